@@ -2,7 +2,14 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+import pluggy
+
 try:
     __version__ = version("edged")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0"
+
+#: Decorator for plugin hook implementations (see :mod:`edged.hookspecs`).
+hookimpl = pluggy.HookimplMarker("edged")
+
+__all__ = ["__version__", "hookimpl"]

@@ -1,0 +1,41 @@
+"""Actuator ``log``: writes each event to the daemon's log (and so to the journal)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import structlog
+from pydantic import Field
+
+from edged import hookimpl
+from edged.components import BuildContext, Component
+from edged.config import ActuatorConfig
+from edged.events import Event
+from edged.registry import ComponentType
+
+
+class LogActuatorConfig(ActuatorConfig):
+    type: Literal["log"]
+    level: Literal["info", "warning", "error"] = Field(
+        "warning", description="Log level of alarms; clears and recoveries log at info."
+    )
+
+
+class LogActuator(Component):
+    def __init__(self, config: LogActuatorConfig, ctx: BuildContext) -> None:
+        self.level = config.level
+        self.log = structlog.get_logger("edged.actuator").bind(actuator=ctx.name)
+        self.handled = 0
+
+    async def handle(self, event: Event) -> None:
+        self.handled += 1
+        level = self.level if event.kind in ("alarm", "sensor_stale") else "info"
+        fields = event.to_dict()
+        del fields["kind"]  # the event name says it: turbine_alarm, turbine_clear, ...
+        await getattr(self.log, f"a{level}")(f"turbine_{event.kind}", **fields)
+
+
+@hookimpl
+def edged_component_types() -> list[ComponentType]:
+    return [ComponentType("actuator", "log", LogActuatorConfig, LogActuator,
+                          "log alarms, clears and sensor events")]

@@ -1,0 +1,93 @@
+"""Inference backend ``onnx``: ONNX Runtime on the CPU, one batched call per round."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from edged import hookimpl
+from edged.components import BuildContext
+from edged.config import InferenceConfig
+from edged.errors import ModelError
+from edged.events import ModelRef
+from edged.modelpkg import read_manifest, resolve_model_path
+from edged.registry import ComponentType
+
+
+class OnnxConfig(InferenceConfig):
+    type: Literal["onnx"]
+    model: str = Field(
+        "builtin:windturbine-v1",
+        description="A model directory (manifest.json + model), or builtin:NAME.",
+    )
+    threads: int = Field(
+        1, ge=1, le=64,
+        description="ONNX Runtime intra-op threads; 1 leaves the other cores to the rest.",
+    )
+    max_batch: int = Field(
+        1024, ge=1, description="Largest batch per model call; bigger rounds are split."
+    )
+    verify: bool = Field(True, description="Check every file's SHA-256 against the manifest.")
+
+
+class OnnxBackend:
+    """Loads the model when started; ``predict`` is thread-safe (ONNX Runtime sessions
+    may be run from several threads)."""
+
+    def __init__(self, config: OnnxConfig, ctx: BuildContext | None = None) -> None:
+        self.config = config
+        self.directory = resolve_model_path(config.model)
+        manifest = read_manifest(self.directory, verify=config.verify)
+        self.manifest = manifest.model_dump()
+        self.model = ModelRef(manifest.name, manifest.version)
+        self._file = self.directory / manifest.model
+        self._session = None
+        self._input = manifest.inputs[0]
+
+    async def __aenter__(self) -> OnnxBackend:
+        self.load()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._session = None
+
+    def load(self) -> None:
+        import onnxruntime as ort  # imported here: plugin discovery must stay cheap
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.config.threads
+        options.inter_op_num_threads = 1
+        try:
+            session = ort.InferenceSession(str(self._file), options,
+                                           providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise ModelError(f"{self._file}: ONNX Runtime cannot load it: {exc}") from exc
+        declared = session.get_inputs()[0]
+        if declared.name != self._input.name or len(declared.shape) != len(self._input.shape):
+            raise ModelError(f"{self._file}: model input {declared.name}{declared.shape} does "
+                             f"not match the manifest's {self._input.name}{self._input.shape}")
+        self._session = session
+        self._input_name = declared.name
+        self._dtype = np.dtype(self._input.dtype)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        if self._session is None:
+            raise ModelError("model is not loaded (backend not started)")
+        x = np.ascontiguousarray(x, dtype=self._dtype)
+        step = self.config.max_batch
+        if len(x) <= step:
+            return self._session.run(None, {self._input_name: x})[0]
+        return np.concatenate([self._session.run(None, {self._input_name: x[i:i + step]})[0]
+                               for i in range(0, len(x), step)])
+
+
+def _build(config: OnnxConfig, ctx: BuildContext) -> OnnxBackend:
+    return OnnxBackend(config, ctx)
+
+
+@hookimpl
+def edged_component_types() -> list[ComponentType]:
+    return [ComponentType("inference", "onnx", OnnxConfig, _build,
+                          "ONNX Runtime on the CPU, batching all turbines into one call")]

@@ -1,0 +1,148 @@
+"""Source ``simulator``: an in-process wind farm (``edged.windturbine.simulator``)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from edged import hookimpl
+from edged.components import BuildContext, Component, Emit, Readings
+from edged.config import SourceConfig
+from edged.registry import ComponentType
+from edged.windturbine.layout import DATASET_COLUMNS, FAULT_KINDS
+from edged.windturbine.simulator import Fault, WindFarm, parse_schedule
+
+_HISTORY_CHUNK_TICKS = 100  # rows per turbine per emitted history batch
+
+
+class FaultSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    turbine: int = Field(ge=0, description="Turbine index (0-based).")
+    kind: Literal["vibration", "rotation", "voltage"]
+    start: float = Field(ge=0, description="Seconds after the source starts.")
+    end: float = Field(gt=0, description="Seconds after the source starts.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FaultSpec:
+        if self.end <= self.start:
+            raise ValueError(f"end ({self.end}) must come after start ({self.start})")
+        return self
+
+
+class SimulatorConfig(SourceConfig):
+    type: Literal["simulator"]
+    turbines: int = Field(5, ge=1, le=100_000, description="Number of simulated turbines.")
+    rate_hz: float = Field(20.0, gt=0, le=1000, description="Rows per turbine per second.")
+    seed: int | None = Field(None, description="Random seed; the same seed gives the same farm.")
+    farm_id: str = Field("farm", min_length=1, description="The nanoId of every row.")
+    history_s: float = Field(
+        25.0, ge=0, le=3600,
+        description="Simulated past emitted at start, so decisions begin at once (25 s fills "
+        "the reference's 500-row buffer at 20 Hz).",
+    )
+    faults: list[FaultSpec] | str = Field(
+        default_factory=list,
+        description="Faults by schedule: a list, or the compact form "
+        "'2:vibration@5-12,3:rotation@10+6' (seconds after start).",
+    )
+
+    @field_validator("faults")
+    @classmethod
+    def _parse(cls, value):
+        if isinstance(value, str):
+            return [FaultSpec(turbine=f.turbine, kind=f.kind, start=f.start, end=f.end)
+                    for f in parse_schedule(value)]
+        return value
+
+    @model_validator(mode="after")
+    def _turbines_exist(self) -> SimulatorConfig:
+        for fault in self.faults:
+            if fault.turbine >= self.turbines:
+                raise ValueError(f"fault on turbine {fault.turbine}, but there are only "
+                                 f"{self.turbines} (0..{self.turbines - 1})")
+        return self
+
+
+@dataclass(frozen=True)
+class Injection:
+    """A fault as it happened (or is scheduled), in wall-clock seconds."""
+
+    turbine: str
+    kind: str
+    start: float
+    end: float
+
+
+class SimulatorSource(Component):
+    def __init__(self, config: SimulatorConfig, ctx: BuildContext) -> None:
+        self.config = config
+        missing = [c for c in ctx.inputs if c not in DATASET_COLUMNS]
+        if missing:
+            raise ValueError(f"the simulator has no columns {missing}")
+        self._columns = np.array([DATASET_COLUMNS.index(c) for c in ctx.inputs])
+        self._history_ticks = round(config.history_s * config.rate_hz)
+        # Fault times in the config count from the live start, after the history.
+        offset = self._history_ticks / config.rate_hz
+        self.farm = WindFarm(
+            turbines=config.turbines, rate_hz=config.rate_hz, seed=config.seed,
+            farm_id=config.farm_id,
+            faults=[Fault(f.turbine, f.kind, f.start + offset, f.end + offset)
+                    for f in config.faults],
+        )
+        self._ids = tuple(self.farm.turbine_ids)
+        self.started_at: float | None = None  # wall clock of the live start
+        self.live = asyncio.Event()  # set when the history is out and live rows begin
+        self._commands: list[Injection] = []
+
+    def injections(self) -> list[Injection]:
+        """Every fault scheduled or commanded so far, in wall-clock seconds."""
+        if self.started_at is None:
+            return []
+        scheduled = [Injection(self._ids[f.turbine], f.kind, self.started_at + f.start,
+                               self.started_at + f.end) for f in self.config.faults]
+        return sorted(scheduled + self._commands, key=lambda i: (i.start, i.turbine))
+
+    def inject(self, turbine: int, kind: str, duration: float | None = None) -> None:
+        """Start a fault now (by command), for ``duration`` seconds or until cleared."""
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {kind!r}")
+        self.farm.inject(turbine, kind, duration)
+        now = time.time()
+        end = now + duration if duration is not None else float("inf")
+        self._commands.append(Injection(self._ids[turbine], kind, now, end))
+
+    def _readings(self, rows: np.ndarray) -> Readings:
+        """(ticks, turbines, 23) -> one batch, rows in time order per turbine."""
+        ticks = rows.shape[0]
+        return Readings(self._ids * ticks, rows.reshape(-1, rows.shape[-1])[:, self._columns])
+
+    async def run(self, emit: Emit) -> None:
+        remaining = self._history_ticks
+        while remaining > 0:
+            chunk = min(remaining, _HISTORY_CHUNK_TICKS)
+            await emit(self._readings(self.farm.ticks(chunk)))
+            remaining -= chunk
+        loop = asyncio.get_running_loop()
+        self.started_at = time.time()
+        self.live.set()
+        start, done = loop.time(), 0
+        period = 1.0 / self.config.rate_hz
+        while True:
+            # Catch up in one batch if the loop was late, so the data rate stays exact.
+            due = int((loop.time() - start) * self.config.rate_hz) + 1 - done
+            if due > 0:
+                await emit(self._readings(self.farm.ticks(due)))
+                done += due
+            await asyncio.sleep(max(0.0, start + done * period - loop.time()))
+
+
+@hookimpl
+def edged_component_types() -> list[ComponentType]:
+    return [ComponentType("source", "simulator", SimulatorConfig, SimulatorSource,
+                          "simulated wind farm with scheduled or commanded faults")]

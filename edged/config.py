@@ -1,0 +1,364 @@
+"""The configuration: typed models, validation against the registry, located errors.
+
+A config is checked in two passes. The first validates the top level (device, log,
+plugins, component names and wiring keys); the second validates each component against
+the config model of the plugin its ``type:`` selects. Every mistake found in either
+pass is reported, each naming the file, the line and the key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
+
+from edged.config_yaml import Location, line_of, load_yaml
+from edged.errors import ConfigError
+from edged.registry import Kind, Registry
+
+NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class Strict(BaseModel):
+    """Base of every config model: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _secret_from_env(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return value
+    match = _ENV_REF.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(
+            "a secret must reference an environment variable, like ${EDGED_TOKEN}, "
+            "not be written in the file"
+        )
+    name = match.group(1)
+    if name not in os.environ:
+        raise ValueError(f"environment variable {name} is not set")
+    return SecretStr(os.environ[name])
+
+
+#: A secret field: written in YAML as ``${ENV_NAME}``, read from the environment.
+EnvSecret = Annotated[SecretStr, BeforeValidator(_secret_from_env)]
+
+
+class StartPolicy(Strict):
+    """What the runtime does when a component fails to start."""
+
+    policy: Literal["fail", "retry", "disable"] = Field(
+        "fail",
+        description="fail: the daemon does not start; retry: try again with jittered "
+        "backoff, then fail; disable: log the reason and run without the component.",
+    )
+    attempts: int = Field(5, ge=1, description="Start attempts under the retry policy.")
+    backoff_s: float = Field(1.0, gt=0, description="First retry delay; doubles each time.")
+    max_backoff_s: float = Field(30.0, gt=0, description="Upper bound of the retry delay.")
+
+
+class QueueConfig(Strict):
+    """A bounded queue between two stages."""
+
+    size: int = Field(ge=1, le=10_000_000, description="Items the queue holds at most.")
+    overflow: Literal["drop_oldest", "drop_newest", "block"] = Field(
+        description="When full: drop the oldest item, drop the new one, or make the "
+        "producer wait. Every drop is counted."
+    )
+
+
+class ComponentConfig(Strict):
+    """Fields every component has; plugin config models subclass a kind's base."""
+
+    type: str = Field(description="The registered component type.")
+    on_start_failure: StartPolicy = Field(default_factory=StartPolicy)
+
+
+class SourceConfig(ComponentConfig):
+    """Base of sensor-source configs."""
+
+
+class PreprocessorConfig(ComponentConfig):
+    """Base of preprocessor configs."""
+
+
+class InferenceConfig(ComponentConfig):
+    """Base of inference-backend configs."""
+
+
+class ActuatorConfig(ComponentConfig):
+    """Base of actuator configs: wiring, debounce and cooldown are the runtime's."""
+
+    inputs: list[Annotated[str, Field(pattern=NAME_PATTERN)]] = Field(
+        min_length=1, description="Pipelines whose events this actuator receives."
+    )
+    debounce: int = Field(
+        2, ge=1, description="Act after this many consecutive anomalous decisions."
+    )
+    clear_after: int = Field(
+        4, ge=1, description="Clear an alarm after this many consecutive healthy decisions."
+    )
+    cooldown_s: float = Field(
+        30.0, ge=0, description="Least time between two alarms for the same turbine."
+    )
+    events: list[Literal["alarm", "clear", "sensor_stale", "sensor_recovered"]] = Field(
+        default_factory=lambda: ["alarm", "clear", "sensor_stale", "sensor_recovered"],
+        description="Event kinds delivered to this actuator.",
+    )
+    queue: QueueConfig = Field(
+        default_factory=lambda: QueueConfig(size=1000, overflow="drop_oldest"),
+        description="Events waiting for this actuator.",
+    )
+
+
+class PipelineSpec(Strict):
+    """A pipeline: sources -> buffers -> preprocessing -> inference -> decisions."""
+
+    inputs: list[Annotated[str, Field(pattern=NAME_PATTERN)]] = Field(
+        min_length=1, description="Sources whose readings this pipeline consumes."
+    )
+    preprocessor: dict[str, Any] = Field(description="Preprocessor config (with `type`).")
+    inference: dict[str, Any] = Field(description="Inference backend config (with `type`).")
+    interval_s: float = Field(0.5, gt=0, le=3600, description="Time between decisions.")
+    stale_after_s: float = Field(
+        5.0, gt=0, description="A turbine silent this long raises `sensor_stale`."
+    )
+    max_turbines: int = Field(10_000, ge=1, description="Turbines this pipeline tracks.")
+    queue: QueueConfig = Field(
+        default_factory=lambda: QueueConfig(size=10_000, overflow="drop_oldest"),
+        description="Reading batches waiting to enter the buffers.",
+    )
+
+
+class DeviceSpec(Strict):
+    id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
+
+
+class LogSpec(Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = Field(
+        "auto", description="auto: console on a terminal, JSON lines otherwise."
+    )
+
+
+class PluginsSpec(Strict):
+    block: list[str] = Field(default_factory=list, description="Plugins not to load.")
+
+
+class ShutdownSpec(Strict):
+    stage_timeout_s: float = Field(
+        5.0, gt=0, le=300, description="Bound on each shutdown stage."
+    )
+
+
+class RawConfig(Strict):
+    """The first pass: the top level, with components still untyped."""
+
+    device: DeviceSpec = Field(default_factory=DeviceSpec)
+    log: LogSpec = Field(default_factory=LogSpec)
+    plugins: PluginsSpec = Field(default_factory=PluginsSpec)
+    state_dir: Path | None = None
+    shutdown: ShutdownSpec = Field(default_factory=ShutdownSpec)
+    sources: dict[Annotated[str, Field(pattern=NAME_PATTERN)], dict[str, Any]] = Field(
+        min_length=1
+    )
+    pipelines: dict[Annotated[str, Field(pattern=NAME_PATTERN)], PipelineSpec] = Field(
+        min_length=1
+    )
+    actuators: dict[Annotated[str, Field(pattern=NAME_PATTERN)], dict[str, Any]] = Field(
+        default_factory=dict
+    )
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    name: str
+    spec: PipelineSpec
+    preprocessor: PreprocessorConfig
+    inference: InferenceConfig
+
+
+@dataclass(frozen=True)
+class EdgedConfig:
+    """A validated config: every component's config is an instance of its plugin's
+    model."""
+
+    path: Path
+    raw: RawConfig
+    sources: dict[str, SourceConfig]
+    pipelines: dict[str, PipelineConfig]
+    actuators: dict[str, ActuatorConfig]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def state_dir(self) -> Path:
+        if self.raw.state_dir is not None:
+            return self.raw.state_dir
+        # systemd's StateDirectory= sets this; elsewhere keep state beside the user.
+        return Path(os.environ.get("STATE_DIRECTORY", "state"))
+
+
+_KIND_BASES: dict[Kind, type[ComponentConfig]] = {
+    "source": SourceConfig,
+    "preprocessor": PreprocessorConfig,
+    "inference": InferenceConfig,
+    "actuator": ActuatorConfig,
+}
+
+
+class _Problems:
+    """Collects located error messages for one config file."""
+
+    def __init__(self, filename: str, lines: dict[Location, int]) -> None:
+        self.filename = filename
+        self.lines = lines
+        self.items: list[str] = []
+
+    def add(self, loc: Location, message: str) -> None:
+        key = ".".join(str(part) for part in loc) or "(top level)"
+        line = line_of(self.lines, loc)
+        where = f"{self.filename}, line {line}" if line else self.filename
+        self.items.append(f"Invalid config for '{key}' at {where}: {message}")
+
+    def add_validation(self, prefix: Location, error: ValidationError) -> None:
+        for item in error.errors(include_url=False):
+            loc = (*prefix, *item["loc"])
+            if item["type"] == "extra_forbidden":
+                self.add(loc, f"unknown key '{loc[-1]}'")
+            elif item["type"] == "missing":
+                self.add(loc, f"required key '{loc[-1]}' is missing")
+            else:
+                message = item["msg"].removeprefix("Value error, ")
+                self.add(loc, f"{message} (got {_short(item.get('input'))})")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _component(
+    registry: Registry, kind: Kind, data: Any, loc: Location, problems: _Problems
+) -> ComponentConfig | None:
+    if not isinstance(data, dict):
+        problems.add(loc, f"must be a mapping with a 'type' key (got {_short(data)})")
+        return None
+    type_name = data.get("type")
+    if type_name is None:
+        problems.add((*loc, "type"), f"required key 'type' is missing (one of: "
+                     f"{', '.join(registry.names(kind)) or 'none installed'})")
+        return None
+    ctype = registry.component(kind, str(type_name))
+    if ctype is None:
+        known = ", ".join(registry.names(kind)) or "none installed"
+        hint = " (blocked)" if str(type_name) in registry.blocked else ""
+        problems.add((*loc, "type"), f"unknown {kind} type '{type_name}'{hint}; known: {known}")
+        return None
+    try:
+        config = ctype.config.model_validate(data)
+    except ValidationError as exc:
+        problems.add_validation(loc, exc)
+        return None
+    if not isinstance(config, _KIND_BASES[kind]):
+        problems.add(loc, f"plugin config model {ctype.config.__name__} must subclass "
+                     f"{_KIND_BASES[kind].__name__}")
+        return None
+    return config
+
+
+def parse_config(text: str, filename: str, registry: Registry) -> EdgedConfig:
+    """Validate config ``text``; raise :class:`ConfigError` listing every mistake."""
+    try:
+        data, lines = load_yaml(text, filename)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f"{filename}, line {mark.line + 1}" if mark else filename
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"Invalid YAML at {where}: {problem}"]) from None
+    problems = _Problems(filename, lines)
+    if not isinstance(data, dict):
+        problems.add((), "the file must hold a mapping of sections (sources, pipelines, ...)")
+        raise ConfigError(problems.items)
+    try:
+        raw = RawConfig.model_validate(data)
+    except ValidationError as exc:
+        problems.add_validation((), exc)
+        raise ConfigError(problems.items) from None
+
+    sources = {
+        name: _component(registry, "source", body, ("sources", name), problems)
+        for name, body in raw.sources.items()
+    }
+    actuators = {
+        name: _component(registry, "actuator", body, ("actuators", name), problems)
+        for name, body in raw.actuators.items()
+    }
+    pipelines: dict[str, PipelineConfig] = {}
+    for name, spec in raw.pipelines.items():
+        loc = ("pipelines", name)
+        pre = _component(registry, "preprocessor", spec.preprocessor, (*loc, "preprocessor"),
+                         problems)
+        inf = _component(registry, "inference", spec.inference, (*loc, "inference"), problems)
+        if pre is not None and inf is not None:
+            pipelines[name] = PipelineConfig(name, spec, pre, inf)  # type: ignore[arg-type]
+
+    warnings = _check_wiring(raw, actuators, problems)
+    if problems.items:
+        raise ConfigError(problems.items)
+    return EdgedConfig(
+        path=Path(filename),
+        raw=raw,
+        sources=sources,  # type: ignore[arg-type]
+        pipelines=pipelines,
+        actuators=actuators,  # type: ignore[arg-type]
+        warnings=warnings,
+    )
+
+
+def _check_wiring(raw: RawConfig, actuators: dict, problems: _Problems) -> list[str]:
+    """Every input names an existing component of the right kind; report unused ones."""
+    used_sources: set[str] = set()
+    for name, spec in raw.pipelines.items():
+        for index, source in enumerate(spec.inputs):
+            if source not in raw.sources:
+                problems.add(("pipelines", name, "inputs", index),
+                             f"no source named '{source}' (sources: "
+                             f"{', '.join(raw.sources)})")
+            used_sources.add(source)
+        if len(set(spec.inputs)) != len(spec.inputs):
+            problems.add(("pipelines", name, "inputs"), "lists a source more than once")
+    for name, actuator in actuators.items():
+        for index, pipeline in enumerate(getattr(actuator, "inputs", ())):
+            if pipeline not in raw.pipelines:
+                problems.add(("actuators", name, "inputs", index),
+                             f"no pipeline named '{pipeline}' (pipelines: "
+                             f"{', '.join(raw.pipelines)})")
+    return [f"source '{name}' feeds no pipeline" for name in raw.sources
+            if name not in used_sources]
+
+
+def load_config(path: Path | str, registry: Registry) -> EdgedConfig:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"Cannot read config {path}: {exc.strerror}"]) from None
+    return parse_config(text, str(path), registry)
+
+
+def blocked_plugins(path: Path | str) -> list[str]:
+    """The config's ``plugins.block`` list, read before the registry exists (the
+    registry depends on it). Anything malformed is left to full validation."""
+    try:
+        data, _ = load_yaml(Path(path).read_text(encoding="utf-8"), str(path))
+        block = data.get("plugins", {}).get("block", [])
+        return [str(name) for name in block] if isinstance(block, list) else []
+    except (OSError, yaml.YAMLError, AttributeError):
+        return []

@@ -1,0 +1,36 @@
+"""Every exception edged raises on purpose, in one place."""
+
+from __future__ import annotations
+
+
+class EdgedError(Exception):
+    """Base class of edged's own errors."""
+
+
+class ConfigError(EdgedError):
+    """A configuration is invalid; `problems` holds one located message per mistake."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class PluginError(EdgedError):
+    """A plugin could not be loaded or registered something inconsistent."""
+
+
+class ComponentStartError(EdgedError):
+    """A component failed to start and its start-up policy says the daemon must not run."""
+
+
+class ModelError(EdgedError):
+    """A model directory or file is missing, malformed or incompatible with its pipeline."""
+
+
+class RowError(EdgedError):
+    """One sensor row was rejected; `reason` is the counter it is tallied under."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail

@@ -1,0 +1,75 @@
+"""Per-turbine ring buffers of feature rows, written in batches, read in order."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class TurbineBuffers:
+    """The last ``history`` feature rows of up to ``max_turbines`` turbines.
+
+    One (turbines, history, features) array holds every ring, so a decision over many
+    turbines gathers them with one fancy-indexing call instead of a Python loop.
+    """
+
+    def __init__(self, history: int, features: int, max_turbines: int) -> None:
+        self.history = history
+        self.features = features
+        self.max_turbines = max_turbines
+        self._capacity = min(max_turbines, 64)
+        self._data = np.zeros((self._capacity, history, features))
+        self._pos = np.zeros(self._capacity, dtype=np.int64)  # next write slot
+        self.count = np.zeros(self._capacity, dtype=np.int64)  # rows ever written
+        self.last_seen = np.zeros(self._capacity)  # monotonic time of the last row
+        self.ids: dict[str, int] = {}
+        self.names: list[str] = []
+
+    def index(self, turbine: str) -> int | None:
+        """The slot of ``turbine``, allocating one; None when ``max_turbines`` is reached."""
+        slot = self.ids.get(turbine)
+        if slot is not None:
+            return slot
+        if len(self.names) >= self.max_turbines:
+            return None
+        slot = len(self.names)
+        if slot >= self._capacity:
+            self._grow()
+        self.ids[turbine] = slot
+        self.names.append(turbine)
+        return slot
+
+    def _grow(self) -> None:
+        new = min(self.max_turbines, self._capacity * 2)
+        pad = new - self._capacity
+        self._data = np.concatenate([self._data, np.zeros((pad, *self._data.shape[1:]))])
+        self._pos = np.concatenate([self._pos, np.zeros(pad, dtype=np.int64)])
+        self.count = np.concatenate([self.count, np.zeros(pad, dtype=np.int64)])
+        self.last_seen = np.concatenate([self.last_seen, np.zeros(pad)])
+        self._capacity = new
+
+    def write(self, slots: np.ndarray, rows: np.ndarray, now: float) -> None:
+        """Append ``rows[i]`` to turbine ``slots[i]``, keeping each turbine's order."""
+        if len(slots) == 0:
+            return
+        order = np.argsort(slots, kind="stable")
+        slots, rows = slots[order], rows[order]
+        unique, first, per_turbine = np.unique(slots, return_index=True, return_counts=True)
+        rank = np.arange(len(slots)) - np.repeat(first, per_turbine)
+        # Only the last `history` rows of a turbine survive; writing the others would make
+        # two rows target one ring slot.
+        keep = rank >= np.repeat(per_turbine, per_turbine) - self.history
+        slots, rows, rank = slots[keep], rows[keep], rank[keep]
+        ring = (self._pos[slots] + rank) % self.history
+        self._data[slots, ring] = rows
+        self._pos[unique] = (self._pos[unique] + per_turbine) % self.history
+        self.count[unique] += per_turbine
+        self.last_seen[unique] = now
+
+    def ready(self) -> np.ndarray:
+        """Slots with a full history."""
+        return np.flatnonzero(self.count[: len(self.names)] >= self.history)
+
+    def gather(self, slots: np.ndarray) -> np.ndarray:
+        """(len(slots), history, features), each turbine's rows oldest first."""
+        offsets = (self._pos[slots, None] + np.arange(self.history)) % self.history
+        return self._data[slots[:, None], offsets]

@@ -1,0 +1,214 @@
+"""A graph: every component built from one validated config, run and stopped as one.
+
+Building instantiates components and loads what can be checked without side effects
+(model manifests, files); nothing starts until :meth:`Graph.run`. A graph is never
+edited: a reload builds a new one and swaps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from edged.components import BuildContext, Readings
+from edged.config import EdgedConfig, SourceConfig
+from edged.errors import ConfigError
+from edged.metrics import Counters
+from edged.registry import Registry
+from edged.runtime.actuation import ActuatorBinding
+from edged.runtime.pipeline import Pipeline
+from edged.runtime.startup import backoff_delay, start_component
+
+log = structlog.get_logger("edged.graph")
+
+
+@dataclass
+class SourceNode:
+    name: str
+    config: SourceConfig
+    component: Any
+    targets: list[Pipeline] = field(default_factory=list)
+
+    async def emit(self, readings: Readings) -> None:
+        for pipeline in self.targets:
+            await pipeline.emit(readings)
+
+
+class Graph:
+    def __init__(self, config: EdgedConfig, sources: dict[str, SourceNode],
+                 pipelines: dict[str, Pipeline], actuators: dict[str, ActuatorBinding],
+                 counters: Counters) -> None:
+        self.config = config
+        self.sources = sources
+        self.pipelines = pipelines
+        self.actuators = actuators
+        self.counters = counters
+        self._stop = asyncio.Event()
+        self.stop_reason = "shutdown"
+        self.running: dict[str, list[asyncio.Task]] = {}
+
+    def stop(self, reason: str = "shutdown") -> None:
+        self.stop_reason = reason
+        self._stop.set()
+
+    def adopt_buffers(self, old: Graph) -> None:
+        """Carry turbine histories over a reload, so decisions resume at once."""
+        for name, pipeline in self.pipelines.items():
+            previous = old.pipelines.get(name)
+            if previous is not None and (
+                previous.buffers.history, previous.buffers.features
+            ) == (pipeline.buffers.history, pipeline.buffers.features):
+                pipeline.buffers = previous.buffers
+
+    async def run(self, on_ready: Callable[[], None] = lambda: None) -> None:
+        """Start every component (actuators first, sources last), run until
+        :meth:`stop`, then shut down in bounded stages."""
+        timeout = self.config.raw.shutdown.stage_timeout_s
+        async with AsyncExitStack() as stack:
+            actuators = [b for name, b in self.actuators.items()
+                         if await start_component(stack, f"actuators.{name}", b.actuator,
+                                                  b.config.on_start_failure)]
+            pipelines = [p for p in self.pipelines.values() if await self._start_pipeline(
+                stack, p)]
+            sources = [s for s in self.sources.values()
+                       if await start_component(stack, f"sources.{s.name}", s.component,
+                                                s.config.on_start_failure)]
+            self._wire(actuators, pipelines, sources)
+            async with asyncio.TaskGroup() as tg:
+                self.running = {
+                    "actuators": [tg.create_task(b.run(), name=f"edged[actuator.{b.name}].run")
+                                  for b in actuators],
+                    "pipelines": [
+                        tg.create_task(loop(), name=f"edged[pipeline.{p.name}].{loop.__name__}")
+                        for p in pipelines
+                        for loop in (p.ingest_loop, p.decide_loop, p.watch_loop)
+                    ],
+                    "sources": [tg.create_task(self._supervise(s),
+                                               name=f"edged[source.{s.name}].run")
+                                for s in sources],
+                }
+                log.info("graph_started", sources=[s.name for s in sources],
+                         pipelines=[p.name for p in pipelines],
+                         actuators=[b.name for b in actuators])
+                on_ready()
+                await self._stop.wait()
+                log.info("graph_stopping", reason=self.stop_reason)
+                await self._stop_stage("sources", timeout)
+                await self._stop_stage("pipelines", timeout)
+                await self._stop_stage("actuators", timeout, drain=actuators)
+            await self._bounded("components", stack.aclose(), timeout)
+        log.info("graph_stopped", reason=self.stop_reason)
+
+    async def _start_pipeline(self, stack: AsyncExitStack, pipeline: Pipeline) -> bool:
+        spec = self.config.pipelines[pipeline.name]
+        started = await start_component(
+            stack, f"pipelines.{pipeline.name}.inference", pipeline.backend,
+            spec.inference.on_start_failure)
+        if started and hasattr(pipeline.preprocessor, "__aenter__"):
+            started = await start_component(
+                stack, f"pipelines.{pipeline.name}.preprocessor", pipeline.preprocessor,
+                spec.preprocessor.on_start_failure)
+        return started
+
+    def _wire(self, actuators, pipelines, sources) -> None:
+        for binding in actuators:
+            for name in binding.config.inputs:
+                if self.pipelines[name] in pipelines:
+                    self.pipelines[name].subscribers.append(binding)
+        for source in sources:
+            source.targets = [p for p in source.targets if p in pipelines]
+
+    async def _supervise(self, source: SourceNode) -> None:
+        """Run a source; if it crashes, log it and run it again after a backoff."""
+        attempt = 0
+        while True:
+            try:
+                await source.component.run(source.emit)
+                log.info("source_finished", source=source.name)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                attempt += 1
+                self.counters.inc("source_failures", source=source.name)
+                delay = backoff_delay(source.config.on_start_failure, attempt)
+                log.error("source_failed", source=source.name, error=repr(exc),
+                          restart_in_s=round(delay, 2))
+                await asyncio.sleep(delay)
+
+    async def _stop_stage(self, stage: str, limit_s: float,
+                          drain: Iterable[ActuatorBinding] = ()) -> None:
+        tasks = self.running.get(stage, [])
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=limit_s)
+            if pending:
+                log.warning("shutdown_stage_overran", stage=stage,
+                            still_running=sorted(t.get_name() for t in pending))
+        for binding in drain:  # deliver alarms already decided before closing actuators
+            await self._bounded(f"actuator.{binding.name}.drain", binding.drain(), limit_s)
+
+    @staticmethod
+    async def _bounded(what: str, awaitable: Awaitable, limit_s: float) -> None:
+        try:
+            async with asyncio.timeout(limit_s):
+                await awaitable
+        except TimeoutError:
+            log.warning("shutdown_stage_overran", stage=what, limit_s=limit_s)
+
+
+def build_graph(config: EdgedConfig, registry: Registry,
+                counters: Counters | None = None) -> Graph:
+    """Instantiate every component; raise :class:`ConfigError` if any cannot be built.
+    Nothing is started."""
+    counters = counters or Counters()
+    problems: list[str] = []
+
+    def build(label: str, kind, cfg, *extra, inputs: tuple[str, ...] = ()) -> Any:
+        ctx = BuildContext(name=label, device_id=config.raw.device.id,
+                           state_dir=config.state_dir, counters=counters, inputs=inputs)
+        try:
+            return registry.component(kind, cfg.type).factory(cfg, ctx, *extra)
+        except Exception as exc:  # a factory's error is a config problem, named as such
+            problems.append(f"Cannot build '{label}' from {config.path}: {exc}")
+            return None
+
+    pipelines: dict[str, Pipeline] = {}
+    for name, pc in config.pipelines.items():
+        backend = build(f"pipelines.{name}.inference", "inference", pc.inference)
+        if backend is None:
+            continue
+        pre = build(f"pipelines.{name}.preprocessor", "preprocessor", pc.preprocessor,
+                    backend.manifest)
+        if pre is not None:
+            pipelines[name] = Pipeline(name, pc.spec, pre, backend, counters)
+
+    sources: dict[str, SourceNode] = {}
+    for name, sc in config.sources.items():
+        targets = [pipelines[p] for p, pc in config.pipelines.items()
+                   if name in pc.spec.inputs and p in pipelines]
+        wanted = {t.preprocessor.inputs for t in targets}
+        if len(wanted) > 1:
+            problems.append(f"Cannot build 'sources.{name}': its pipelines want different "
+                            f"inputs {sorted(wanted)}")
+            continue
+        inputs = next(iter(wanted), ())
+        component = build(f"sources.{name}", "source", sc, inputs=inputs)
+        if component is not None:
+            sources[name] = SourceNode(name, sc, component, targets)
+
+    actuators: dict[str, ActuatorBinding] = {}
+    for name, ac in config.actuators.items():
+        component = build(f"actuators.{name}", "actuator", ac)
+        if component is not None:
+            actuators[name] = ActuatorBinding(name, ac, component, counters)
+
+    if problems:
+        raise ConfigError(problems)
+    return Graph(config, sources, pipelines, actuators, counters)

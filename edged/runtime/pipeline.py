@@ -1,0 +1,212 @@
+"""One pipeline: readings -> ring buffers -> batched preprocessing and inference ->
+decisions -> subscribers (actuator bindings, the demo's view).
+
+Three loops, all owned by the supervisor's task group: ``ingest`` drains the bounded
+reading queue into the buffers, ``decide`` runs every ``interval_s`` over every turbine
+with new data, ``watch`` raises ``sensor_stale`` / ``sensor_recovered``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import structlog
+
+from edged.components import InferenceBackend, Preprocessor, Readings
+from edged.config import PipelineSpec
+from edged.events import Decision, Event
+from edged.log import RateLimit
+from edged.metrics import Counters
+from edged.runtime.buffers import TurbineBuffers
+from edged.runtime.queues import BoundedQueue
+
+log = structlog.get_logger("edged.pipeline")
+
+
+class Subscriber(Protocol):
+    def on_decisions(self, decisions: Sequence[Decision], features: Sequence[str],
+                     thresholds: Sequence[float]) -> None: ...
+
+    def on_event(self, event: Event) -> None: ...
+
+
+class Pipeline:
+    def __init__(self, name: str, spec: PipelineSpec, preprocessor: Preprocessor,
+                 backend: InferenceBackend, counters: Counters) -> None:
+        self.name = name
+        self.spec = spec
+        self.preprocessor = preprocessor
+        self.backend = backend
+        self.counters = counters
+        self.queue: BoundedQueue[Readings] = BoundedQueue(
+            f"pipeline.{name}", spec.queue.size, spec.queue.overflow
+        )
+        self.buffers = TurbineBuffers(
+            preprocessor.history, len(preprocessor.features), spec.max_turbines
+        )
+        self.subscribers: list[Subscriber] = []
+        self._decided_at = np.zeros(0, dtype=np.int64)  # buffers.count at the last decision
+        self._stale: set[int] = set()
+        self._rate_limit = RateLimit()
+        self._group_names = tuple(preprocessor.groups)
+        self._group_index = [np.array(ix) for ix in preprocessor.groups.values()]
+
+    # -- ingest -------------------------------------------------------------------------
+
+    async def emit(self, readings: Readings) -> None:
+        """What sources call (their ``emit``): queue a batch under the overflow policy."""
+        if not await self.queue.put(readings):
+            self.counters.inc("batches_dropped", pipeline=self.name)
+
+    async def ingest_loop(self) -> None:
+        while True:
+            self.ingest(await self.queue.get_batch())
+
+    def ingest(self, batches: Sequence[Readings]) -> int:
+        """Write batches into the buffers; return the rows accepted. Rows that are not
+        finite or belong to a turbine over ``max_turbines`` are counted and dropped."""
+        width = len(self.preprocessor.inputs)
+        turbines: list[str] = []
+        blocks: list[np.ndarray] = []
+        for batch in batches:
+            if batch.values.ndim != 2 or batch.values.shape[1] != width:
+                self._reject("wrong_width", len(batch.turbines),
+                             f"expected {width} inputs, got shape {batch.values.shape}")
+                continue
+            turbines.extend(batch.turbines)
+            blocks.append(batch.values)
+        if not blocks:
+            return 0
+        values = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
+        finite = np.isfinite(values).all(axis=1)
+        slots = np.fromiter((self._slot(t) for t in turbines), dtype=np.int64,
+                            count=len(turbines))
+        good = finite & (slots >= 0)
+        if not finite.all():
+            bad = int((~finite).sum())
+            self._reject("not_finite", bad, f"{bad} rows with NaN or infinity")
+        if (slots < 0).any():
+            over = int((slots < 0).sum())
+            self._reject("too_many_turbines", over,
+                         f"already tracking max_turbines={self.spec.max_turbines}")
+        if not good.all():
+            values, slots = values[good], slots[good]
+        if len(slots):
+            features = self.preprocessor.row_features(values)
+            self.buffers.write(slots, features, time.monotonic())
+        self.counters.inc("rows_accepted", len(slots), pipeline=self.name)
+        return len(slots)
+
+    def _slot(self, turbine: str) -> int:
+        slot = self.buffers.index(turbine)
+        return -1 if slot is None else slot
+
+    def _reject(self, reason: str, rows: int, detail: str) -> None:
+        self.counters.inc("rows_rejected", rows, pipeline=self.name, reason=reason)
+        suppressed = self._rate_limit.allow(reason)
+        if suppressed is not None:
+            log.warning("rows_rejected", pipeline=self.name, reason=reason, rows=rows,
+                        detail=detail, suppressed_since_last=suppressed)
+
+    # -- decide -------------------------------------------------------------------------
+
+    async def decide_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            next_at += self.spec.interval_s
+            await self.decide_once()
+            # Keep the cadence; if a round overran, start the next one at once.
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            next_at = max(next_at, loop.time() - self.spec.interval_s)
+
+    def due(self) -> np.ndarray:
+        """Slots with a full history and rows newer than their last decision."""
+        known = len(self.buffers.names)
+        if len(self._decided_at) < known:
+            self._decided_at = np.pad(self._decided_at, (0, known - len(self._decided_at)))
+        ready = self.buffers.ready()
+        return ready[self.buffers.count[ready] > self._decided_at[ready]]
+
+    async def decide_once(self) -> list[Decision]:
+        slots = self.due()
+        if not len(slots):
+            return []
+        # Copy the histories on the loop (ingest keeps writing); compute in a thread.
+        history = self.buffers.gather(slots)
+        self._decided_at[slots] = self.buffers.count[slots]
+        backend = self.backend
+        scores = await asyncio.to_thread(self._score, history, backend)
+        now = time.time()
+        model = backend.model
+        names = self.buffers.names
+        group_flags = self._groups(scores.anomalous)
+        primary = self._primary(scores, group_flags)
+        decisions = [
+            Decision(
+                pipeline=self.name,
+                turbine=names[slot],
+                time=now,
+                values=tuple(scores.values[i].tolist()),
+                anomalous=tuple(scores.anomalous[i].tolist()),
+                groups=dict(zip(self._group_names, group_flags[i].tolist(), strict=True)),
+                model=model,
+                primary=primary[i],
+            )
+            for i, slot in enumerate(slots.tolist())
+        ]
+        self.counters.inc("decisions", len(decisions), pipeline=self.name)
+        self.counters.inc("anomalous_decisions", sum(d.is_anomalous for d in decisions),
+                          pipeline=self.name)
+        thresholds = scores.thresholds.tolist()
+        for subscriber in self.subscribers:
+            subscriber.on_decisions(decisions, self.preprocessor.features, thresholds)
+        return decisions
+
+    def _groups(self, anomalous: np.ndarray) -> np.ndarray:
+        return np.stack([anomalous[:, ix].any(axis=1) for ix in self._group_index], axis=1)
+
+    def _primary(self, scores, group_flags: np.ndarray) -> list[str | None]:
+        ratio = scores.values / scores.thresholds
+        worst = np.stack([ratio[:, ix].max(axis=1) for ix in self._group_index], axis=1)
+        worst[~group_flags] = -np.inf
+        best = worst.argmax(axis=1)
+        return [self._group_names[g] if flagged.any() else None
+                for g, flagged in zip(best.tolist(), group_flags, strict=True)]
+
+    def _score(self, history: np.ndarray, backend: InferenceBackend):
+        x = self.preprocessor.model_input(history)
+        y = backend.predict(x)
+        return self.preprocessor.score(x, y, len(history))
+
+    # -- watch --------------------------------------------------------------------------
+
+    async def watch_loop(self) -> None:
+        period = min(1.0, self.spec.stale_after_s / 2)
+        while True:
+            await asyncio.sleep(period)
+            self.check_stale(time.monotonic())
+
+    def check_stale(self, now: float) -> None:
+        known = len(self.buffers.names)
+        silent = now - self.buffers.last_seen[:known]
+        stale = {int(s) for s in np.flatnonzero(silent > self.spec.stale_after_s)}
+        for slot in sorted(stale - self._stale):
+            self._sensor_event("sensor_stale", slot, silent[slot])
+        for slot in sorted(self._stale - stale):
+            self._sensor_event("sensor_recovered", slot, None)
+        self._stale = stale
+
+    def _sensor_event(self, kind, slot: int, silent_s: float | None) -> None:
+        turbine = self.buffers.names[slot]
+        detail = {"silent_s": round(float(silent_s), 3)} if silent_s is not None else None
+        self.counters.inc(kind, pipeline=self.name)
+        log.warning(kind, pipeline=self.name, turbine=turbine, **(detail or {}))
+        event = Event(kind=kind, pipeline=self.name, turbine=turbine, time=time.time(),
+                      detail=detail)
+        for subscriber in self.subscribers:
+            subscriber.on_event(event)

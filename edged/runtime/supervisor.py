@@ -1,0 +1,144 @@
+"""The supervisor: runs one graph at a time, swaps it on reload, stops it on signals.
+
+Every long-running task of the daemon lives under the supervisor's task group (the
+graph's own task group runs inside it). Shutdown and reload triggers are injectable:
+signals by default, plain events in tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pluggy
+import structlog
+
+from edged.config import EdgedConfig, load_config
+from edged.errors import ComponentStartError, ConfigError
+from edged.metrics import Counters
+from edged.registry import Registry
+from edged.runtime.graph import Graph, build_graph
+
+log = structlog.get_logger("edged.supervisor")
+
+
+class Supervisor:
+    def __init__(self, config: EdgedConfig, registry: Registry, pm: pluggy.PluginManager,
+                 *, stop: asyncio.Event | None = None, reload: asyncio.Event | None = None,
+                 on_graph: Callable[[Graph], None] = lambda graph: None) -> None:
+        self.config = config
+        self.registry = registry
+        self.pm = pm
+        self.counters = Counters()
+        self.graph = build_graph(config, registry, self.counters)
+        self._use_signals = stop is None and reload is None
+        self.stop_event = stop or asyncio.Event()
+        self.reload_event = reload or asyncio.Event()
+        self.on_graph = on_graph  # lets the demo observe every graph it runs
+        self.reloads = 0
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stop_event.set)
+        loop.add_signal_handler(signal.SIGINT, self.stop_event.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_event.set)
+
+    def _remove_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+    async def run(self) -> None:
+        if self._use_signals:
+            self._install_signals()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                await self._serve(tg)
+        finally:
+            if self._use_signals:
+                self._remove_signals()
+
+    async def _serve(self, tg: asyncio.TaskGroup) -> None:
+        graph = self.graph
+        graph_task = await self._start(tg, graph)
+        while True:
+            stop_task = tg.create_task(self.stop_event.wait(), name="edged[supervisor].stop")
+            reload_task = tg.create_task(self.reload_event.wait(),
+                                         name="edged[supervisor].reload")
+            await asyncio.wait([graph_task, stop_task, reload_task],
+                               return_when=asyncio.FIRST_COMPLETED)
+            stop_task.cancel()
+            reload_task.cancel()
+            if graph_task.done():
+                failure = graph_task.result()
+                if failure is not None:
+                    raise failure  # start-up failed under a `fail` policy
+                return
+            if self.stop_event.is_set():
+                await self._stop(graph, graph_task, "shutdown")
+                return
+            self.reload_event.clear()
+            previous_config = self.config
+            new_graph = self._rebuild()
+            if new_graph is None:
+                continue  # refused: the running graph was never touched
+            await self._stop(graph, graph_task, "reload")
+            new_graph.adopt_buffers(graph)
+            self.graph = graph = new_graph
+            graph_task = await self._start(tg, graph)
+            if graph_task.done():
+                # The new config validated but did not start: go back to the old one.
+                log.error("reload_failed_to_start", error=repr(graph_task.result()))
+                self.config = previous_config
+                self.graph = graph = build_graph(previous_config, self.registry, self.counters)
+                graph_task = await self._start(tg, graph)
+                continue
+            self.reloads += 1
+            log.info("config_reloaded", path=str(self.config.path), reloads=self.reloads)
+
+    async def _start(self, tg: asyncio.TaskGroup, graph: Graph) -> asyncio.Task:
+        """Start ``graph``; return once it is ready or has failed to start."""
+        self.on_graph(graph)
+        ready = asyncio.Event()
+        graph_task = tg.create_task(self._guard(graph.run(ready.set)), name="edged[graph].run")
+        ready_task = tg.create_task(ready.wait(), name="edged[graph].ready")
+        await asyncio.wait([graph_task, ready_task], return_when=asyncio.FIRST_COMPLETED)
+        ready_task.cancel()
+        if ready.is_set():
+            self.pm.hook.edged_started(graph=graph, config=graph.config)
+        return graph_task
+
+    @staticmethod
+    async def _guard(run) -> Exception | None:
+        """Keep a graph's start-up failure inside its task, so the supervisor can decide
+        (fall back on reload, exit at start-up) instead of the task group aborting."""
+        try:
+            await run
+        except ComponentStartError as exc:
+            return exc
+        return None
+
+    def _rebuild(self) -> Graph | None:
+        """Build and validate the config file again; None (old config kept) if bad."""
+        try:
+            config = load_config(self.config.path, self.registry)
+            graph = build_graph(config, self.registry, self.counters)
+        except ConfigError as exc:
+            self.counters.inc("reloads_refused")
+            log.error("reload_refused", path=str(self.config.path), problems=exc.problems)
+            return None
+        if config.raw.plugins.block != self.config.raw.plugins.block:
+            log.warning("plugin_changes_need_restart", block=config.raw.plugins.block)
+        self.config = config
+        return graph
+
+    async def _stop(self, graph: Graph, task: asyncio.Task, reason: str) -> None:
+        self.pm.hook.edged_stopping(graph=graph, reason=reason)
+        graph.stop(reason)
+        await task
+
+
+def config_path(path: str | Path) -> Path:
+    return Path(path).expanduser().resolve()
