@@ -1,0 +1,52 @@
+"""Documentation that a test keeps honest: every built-in plugin has a page with a
+sample config that validates, and the README's device config validates."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from edged.config import parse_config
+from edged.plugin_manager import make_plugin_manager
+
+ROOT = Path(__file__).resolve().parents[1]
+YAML_BLOCK = re.compile(r"```yaml\n(.*?)```", re.DOTALL)
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return make_plugin_manager()[1]
+
+
+def builtin_plugins(registry):
+    return [p for p in registry.plugins if p.distribution == "edged"]
+
+
+def test_every_builtin_plugin_has_a_page(registry):
+    names = {p.name for p in builtin_plugins(registry)}
+    assert names == {"simulator", "replay", "windturbine", "onnx", "log"}
+    for name in names:
+        assert (ROOT / "docs" / "plugins" / f"{name}.md").is_file(), name
+
+
+@pytest.mark.parametrize("page", sorted((ROOT / "docs" / "plugins").glob("*.md")),
+                         ids=lambda p: p.stem)
+def test_plugin_page_sample_validates(page, registry):
+    blocks = YAML_BLOCK.findall(page.read_text())
+    assert blocks, f"{page} has no yaml sample"
+    for block in blocks:
+        config = parse_config(block, str(page), registry)
+        types = {c.type for c in config.sources.values()} | {
+            c.type for c in config.actuators.values()} | {
+            p.preprocessor.type for p in config.pipelines.values()} | {
+            p.inference.type for p in config.pipelines.values()}
+        assert page.stem in types, f"{page}'s sample does not use {page.stem}"
+
+
+def test_readme_device_config_validates(registry):
+    blocks = [b for b in YAML_BLOCK.findall((ROOT / "README.md").read_text())
+              if "pipelines:" in b]
+    assert blocks
+    for block in blocks:
+        config = parse_config(block, "README.md", registry)
+        assert config.actuators["operator-log"].debounce == 2
