@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_core import PydanticCustomError
 
 from edged.config_yaml import Location, line_of, load_yaml
 from edged.errors import ConfigError
@@ -36,14 +37,17 @@ def _secret_from_env(value: Any) -> Any:
     if isinstance(value, SecretStr):
         return value
     match = _ENV_REF.fullmatch(value) if isinstance(value, str) else None
+    # A custom error type, so that located messages never echo the value: a secret
+    # written in the file must not be copied into logs too.
     if match is None:
-        raise ValueError(
+        raise PydanticCustomError(
+            "env_secret",
             "a secret must reference an environment variable, like ${EDGED_TOKEN}, "
-            "not be written in the file"
+            "not be written in the file",
         )
     name = match.group(1)
     if name not in os.environ:
-        raise ValueError(f"environment variable {name} is not set")
+        raise PydanticCustomError("env_secret", f"environment variable {name} is not set")
     return SecretStr(os.environ[name])
 
 
@@ -229,11 +233,14 @@ class _Problems:
 
     def add_validation(self, prefix: Location, error: ValidationError) -> None:
         for item in error.errors(include_url=False):
-            loc = (*prefix, *item["loc"])
+            # pydantic marks an invalid mapping key with a "[key]" step; the key is the loc.
+            loc = (*prefix, *(part for part in item["loc"] if part != "[key]"))
             if item["type"] == "extra_forbidden":
                 self.add(loc, f"unknown key '{loc[-1]}'")
             elif item["type"] == "missing":
                 self.add(loc, f"required key '{loc[-1]}' is missing")
+            elif item["type"] == "env_secret":
+                self.add(loc, item["msg"])
             else:
                 message = item["msg"].removeprefix("Value error, ")
                 self.add(loc, f"{message} (got {_short(item.get('input'))})")

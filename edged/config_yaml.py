@@ -32,9 +32,20 @@ class _Loader(yaml.SafeLoader):
 def _walk(node: yaml.Node, loc: Location, lines: dict[Location, int]) -> None:
     lines.setdefault(loc, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
+        seen: dict[tuple[str, Any], int] = {}
         for key_node, value_node in node.value:
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node)
             child = (*loc, key)
+            # Caught here rather than only in _Loader, so the message names the whole path.
+            tagged = (key_node.tag, key)
+            if tagged in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None,
+                    f"duplicate key '{'.'.join(str(p) for p in child)}' "
+                    f"(first on line {seen[tagged]})",
+                    key_node.start_mark,
+                )
+            seen[tagged] = key_node.start_mark.line + 1
             lines[child] = key_node.start_mark.line + 1
             _walk(value_node, child, lines)
             # A nested mapping's own entries start below its key; keep the key's line.

@@ -1,0 +1,131 @@
+"""Design rules of the layout: unique import names, no cloud code on the device, one hook
+contract, built-in plugins where pyproject says they are."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "edged"
+CLOUD_NAMES = ("edged_cloud", "cloud_tools")
+
+
+def _sources(*roots: Path) -> list[Path]:
+    return sorted(path for root in roots for path in root.rglob("*.py")
+                  if ".venv" not in path.parts and "build" not in path.parts)
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module ``path`` imports, statically or by a constant name through
+    ``importlib.import_module`` / ``__import__``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+        elif isinstance(node, ast.Call) and node.args:
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            first = node.args[0]
+            if called in ("import_module", "__import__") and isinstance(first, ast.Constant) \
+                    and isinstance(first.value, str):
+                names.add(first.value)
+    return names
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def test_no_generic_top_level_import_names(tmp_path):
+    # Isolated and outside the checkout: only what is installed counts, not folders that
+    # happen to sit in the current directory.
+    code = ("import importlib.util as u\n"
+            "print([n for n in ('plugins', 'cloud_tools') if u.find_spec(n) is not None])")
+    result = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_installed_packages_have_unique_names(tmp_path):
+    code = "import importlib.util as u; print(u.find_spec('edged').origin)"
+    result = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60, check=True)
+    assert Path(result.stdout.strip()) == PACKAGE / "__init__.py"
+    assert _pyproject()["tool"]["setuptools"]["packages"]["find"]["include"] == ["edged*"]
+
+
+def test_the_import_scanner_sees_imports(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text("import edged_cloud.jobs\nfrom cloud_tools import x\n"
+                      "import importlib\nimportlib.import_module('edged_cloud')\n")
+    assert _imported_modules(sample) == {"edged_cloud.jobs", "cloud_tools", "importlib",
+                                         "edged_cloud"}
+
+
+@pytest.mark.parametrize("path", _sources(PACKAGE), ids=lambda p: str(p.relative_to(ROOT)))
+def test_device_code_never_imports_cloud_code(path):
+    offending = sorted(name for name in _imported_modules(path)
+                       if name.split(".")[0] in CLOUD_NAMES)
+    assert not offending, f"{path.relative_to(ROOT)} imports {offending}"
+
+
+def test_the_package_has_sources():
+    assert len(_sources(PACKAGE)) > 20
+
+
+def test_hookspecs_module_is_the_only_hookspec_marker():
+    roots = [PACKAGE, ROOT / "plugins", ROOT / "cloud_tools"]
+    found = []
+    for path in _sources(*(root for root in roots if root.is_dir())):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and node.attr == "HookspecMarker") or (
+                    isinstance(node, ast.Name) and node.id == "HookspecMarker") or (
+                    isinstance(node, ast.alias) and node.name == "HookspecMarker"):
+                found.append(path.relative_to(ROOT).as_posix())
+    assert sorted(set(found)) == ["edged/hookspecs.py"]
+
+
+def test_hookimpl_marker_is_defined_once():
+    from edged import hookimpl, hookspecs
+
+    assert hookimpl.project_name == hookspecs.hookspec.project_name == "edged"
+
+
+BUILTIN_ENTRY_POINTS = _pyproject()["project"]["entry-points"]["edged.plugins"]
+
+
+def test_pyproject_lists_the_builtins():
+    assert {"simulator", "replay", "windturbine", "onnx", "log"} <= set(BUILTIN_ENTRY_POINTS)
+
+
+@pytest.mark.parametrize(("name", "module"), sorted(BUILTIN_ENTRY_POINTS.items()))
+def test_builtin_plugin_module_exists_and_registers(name, module):
+    assert module.startswith("edged.builtin."), module
+    base = ROOT / Path(*module.split("."))
+    files = [base.with_suffix(".py"), base / "__init__.py"]
+    assert any(f.is_file() for f in files), f"entry point {name} names {module}: no {base}.py"
+    loaded = importlib.import_module(module)
+    hook = getattr(loaded, "edged_component_types", None)
+    assert callable(hook), f"{module} has no edged_component_types"
+    assert hasattr(hook, "edged_impl"), f"{module}.edged_component_types is not a hookimpl"
+    registered = hook()
+    assert registered, f"{module} registers nothing"
+
+
+def test_installed_entry_points_match_pyproject():
+    from importlib.metadata import entry_points
+
+    installed = {ep.name: ep.value for ep in entry_points(group="edged.plugins")
+                 if ep.dist is not None and ep.dist.metadata["Name"] == "edged"}
+    assert installed == BUILTIN_ENTRY_POINTS, "stale install: run `pip install -e .`"
