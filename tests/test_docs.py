@@ -24,7 +24,8 @@ def builtin_plugins(registry):
 
 def test_every_builtin_plugin_has_a_page(registry):
     names = {p.name for p in builtin_plugins(registry)}
-    assert names == {"simulator", "replay", "windturbine", "onnx", "log"}
+    assert names == {"simulator", "replay", "windturbine", "onnx", "log", "mqtt", "webhook",
+                     "command"}
     for name in names:
         assert (ROOT / "docs" / "plugins" / f"{name}.md").is_file(), name
 
