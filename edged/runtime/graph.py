@@ -170,8 +170,8 @@ def build_graph(config: EdgedConfig, registry: Registry,
     counters = counters or Counters()
     problems: list[str] = []
 
-    def build(label: str, kind, cfg, *extra, inputs: tuple[str, ...] = ()) -> Any:
-        ctx = BuildContext(name=label, device_id=config.raw.device.id,
+    def build(name: str, label: str, kind, cfg, *extra, inputs: tuple[str, ...] = ()) -> Any:
+        ctx = BuildContext(name=name, device_id=config.raw.device.id,
                            state_dir=config.state_dir, counters=counters, inputs=inputs)
         try:
             return registry.component(kind, cfg.type).factory(cfg, ctx, *extra)
@@ -181,10 +181,10 @@ def build_graph(config: EdgedConfig, registry: Registry,
 
     pipelines: dict[str, Pipeline] = {}
     for name, pc in config.pipelines.items():
-        backend = build(f"pipelines.{name}.inference", "inference", pc.inference)
+        backend = build(name, f"pipelines.{name}.inference", "inference", pc.inference)
         if backend is None:
             continue
-        pre = build(f"pipelines.{name}.preprocessor", "preprocessor", pc.preprocessor,
+        pre = build(name, f"pipelines.{name}.preprocessor", "preprocessor", pc.preprocessor,
                     backend.manifest)
         if pre is not None:
             pipelines[name] = Pipeline(name, pc.spec, pre, backend, counters)
@@ -199,13 +199,13 @@ def build_graph(config: EdgedConfig, registry: Registry,
                             f"inputs {sorted(wanted)}")
             continue
         inputs = next(iter(wanted), ())
-        component = build(f"sources.{name}", "source", sc, inputs=inputs)
+        component = build(name, f"sources.{name}", "source", sc, inputs=inputs)
         if component is not None:
             sources[name] = SourceNode(name, sc, component, targets)
 
     actuators: dict[str, ActuatorBinding] = {}
     for name, ac in config.actuators.items():
-        component = build(f"actuators.{name}", "actuator", ac)
+        component = build(name, f"actuators.{name}", "actuator", ac)
         if component is not None:
             actuators[name] = ActuatorBinding(name, ac, component, counters)
 
