@@ -90,6 +90,7 @@ class ReplaySource(Component):
             if not self.config.loop:
                 log.info("replay_finished", source=self.name, rows=self.rows_read)
                 return
+            await asyncio.sleep(0)  # a file of bad lines would otherwise spin the loop
 
     async def _fast(self, emit: Emit) -> None:
         turbines: list[str] = []
@@ -103,6 +104,9 @@ class ReplaySource(Component):
             if len(values) >= _BATCH_ROWS:
                 await self._emit(emit, turbines, values)
                 turbines, values = [], []
+                # emit does not suspend while the queue has room: yield, or a large
+                # file holds the loop (ingest included) until it is read.
+                await asyncio.sleep(0)
         if values:
             await self._emit(emit, turbines, values)
 

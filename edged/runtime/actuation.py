@@ -141,7 +141,7 @@ class ActuatorBinding:
             raise
         except Exception as exc:
             self.counters.inc("actuator_errors", actuator=self.name)
-            log.warning("actuator_failed", actuator=self.name, event=event.kind,
+            log.warning("actuator_failed", actuator=self.name, kind=event.kind,
                         turbine=event.turbine, error=repr(exc))
         else:
             self.counters.inc("events_delivered", actuator=self.name, kind=event.kind)

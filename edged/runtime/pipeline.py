@@ -77,20 +77,26 @@ class Pipeline:
                 self._reject("wrong_width", len(batch.turbines),
                              f"expected {width} inputs, got shape {batch.values.shape}")
                 continue
+            if len(batch.turbines) != len(batch.values):
+                self._reject("wrong_length", len(batch.values),
+                             f"{len(batch.values)} rows but {len(batch.turbines)} turbine ids")
+                continue
             turbines.extend(batch.turbines)
             blocks.append(batch.values)
         if not blocks:
             return 0
         values = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
         finite = np.isfinite(values).all(axis=1)
-        slots = np.fromiter((self._slot(t) for t in turbines), dtype=np.int64,
-                            count=len(turbines))
+        # Only valid rows may claim a slot: garbage must not invent turbines.
+        slots = np.fromiter((self._slot(t) if ok else -1
+                             for t, ok in zip(turbines, finite.tolist(), strict=True)),
+                            dtype=np.int64, count=len(turbines))
         good = finite & (slots >= 0)
         if not finite.all():
             bad = int((~finite).sum())
             self._reject("not_finite", bad, f"{bad} rows with NaN or infinity")
-        if (slots < 0).any():
-            over = int((slots < 0).sum())
+        if (finite & (slots < 0)).any():
+            over = int((finite & (slots < 0)).sum())
             self._reject("too_many_turbines", over,
                          f"already tracking max_turbines={self.spec.max_turbines}")
         if not good.all():

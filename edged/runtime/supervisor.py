@@ -55,12 +55,16 @@ class Supervisor:
             self._install_signals()
         try:
             async with asyncio.TaskGroup() as tg:
-                await self._serve(tg)
+                failure = await self._serve(tg)
         finally:
             if self._use_signals:
                 self._remove_signals()
+        if failure is not None:
+            # Raised out here: inside the task group it would come wrapped in an
+            # ExceptionGroup, which callers (``edged run``) do not expect.
+            raise failure
 
-    async def _serve(self, tg: asyncio.TaskGroup) -> None:
+    async def _serve(self, tg: asyncio.TaskGroup) -> ComponentStartError | None:
         graph = self.graph
         graph_task = await self._start(tg, graph)
         while True:
@@ -73,12 +77,10 @@ class Supervisor:
             reload_task.cancel()
             if graph_task.done():
                 failure = graph_task.result()
-                if failure is not None:
-                    raise failure  # start-up failed under a `fail` policy
-                return
+                return failure  # start-up failed under a `fail` policy, or None
             if self.stop_event.is_set():
                 await self._stop(graph, graph_task, "shutdown")
-                return
+                return None
             self.reload_event.clear()
             previous_config = self.config
             new_graph = self._rebuild()
@@ -93,6 +95,7 @@ class Supervisor:
                 log.error("reload_failed_to_start", error=repr(graph_task.result()))
                 self.config = previous_config
                 self.graph = graph = build_graph(previous_config, self.registry, self.counters)
+                graph.adopt_buffers(new_graph)  # which holds the old graph's histories
                 graph_task = await self._start(tg, graph)
                 continue
             self.reloads += 1
