@@ -83,6 +83,7 @@ class ReplaySource(Component):
 
     async def run(self, emit: Emit) -> None:
         while True:
+            before = self.rows_read
             if self.config.speed == "max":
                 await self._fast(emit)
             else:
@@ -90,7 +91,12 @@ class ReplaySource(Component):
             if not self.config.loop:
                 log.info("replay_finished", source=self.name, rows=self.rows_read)
                 return
-            await asyncio.sleep(0)  # a file of bad lines would otherwise spin the loop
+            if self.rows_read == before:
+                # Looping over a file without one good row would spin forever.
+                log.error("replay_stopped", source=self.name, file=str(self.config.path),
+                          reason="no valid rows in a whole pass")
+                return
+            await asyncio.sleep(0)
 
     async def _fast(self, emit: Emit) -> None:
         turbines: list[str] = []
