@@ -74,12 +74,12 @@ _ROTOR_TAU = 1.5
 _ROTOR_NOISE = 0.12
 _GAIN_SPREAD = 0.03  # relative turbine-to-turbine spread of rotor and generator gains
 _VOLTS_PER_RPS = 47.79 / 1.61  # mV per rps: the reference means' ratio
-_VOLTAGE_NOISE = 4.0
+_VOLTAGE_NOISE = 6.0
 
 # Orientation (radians): mounting tilt plus vibration that grows with rotor speed.
 _ROLL_MEAN, _PITCH_MEAN, _YAW_MEAN = -0.008, 0.0012, -0.107
 _MOUNT_STD = 0.002
-_VIBRATION_STD = (0.006, 0.006)  # std = a + b * rps
+_VIBRATION_STD = (0.011, 0.003)  # std = a + b * rps: grows gently, so spikes stay noise
 _YAW_NOISE = 0.01
 _GRAVITY_NOISE = 0.01
 _ACCEL_STD = (0.02, 0.02)  # m/s², std = a + b * rps
@@ -422,7 +422,8 @@ class WindFarm:
         pitch = self._mount[1] + vibration * z("pitch")
         heading = _YAW_MEAN + farm("direction") + turb[:, _TURB.index("yaw_error")]
         yaw = heading + _YAW_NOISE * z("yaw")
-        for column, value in zip(("qw", "qx", "qy", "qz"), _quaternion(roll, pitch, yaw), strict=True):
+        quaternion = _quaternion(roll, pitch, yaw)
+        for column, value in zip(("qw", "qx", "qy", "qz"), quaternion, strict=True):
             put(column, value)
         # Gravity seen in the sensor frame (yaw does not change it).
         gravity = (
@@ -488,7 +489,7 @@ class WindFarm:
         return out
 
     def _record(self, turbine_id: str, stamp: str, values: list[float]) -> list[str]:
-        record = [_format_number(v) for v in values]
+        record = list(map(_format_number, values))
         for column in _INT_COLUMNS:
             record[_COL[column]] = str(int(values[_COL[column]]))
         record[_COL["nanoId"]] = self.farm_id
@@ -503,10 +504,10 @@ def _column_mask(columns: tuple[int, ...]) -> np.ndarray:
     return mask
 
 
-def _format_number(value: float) -> str:
-    # Seven significant digits carry everything the sensors resolve (and more than the
-    # float32 model sees) without printing 17 digits of simulated noise.
-    return f"{value:.7g}"
+# Seven significant digits carry everything the sensors resolve (and more than the float32
+# model sees) without printing 17 digits of simulated noise; %-formatting through map() is
+# about twice as fast as an f-string per value, which matters at 20,000 rows a second.
+_format_number = "%.7g".__mod__
 
 
 def _iso_time(seconds: float) -> str:
