@@ -1,14 +1,16 @@
 """Turning raw sensor rows (CSV fields, JSON objects) into validated input values.
 
-Shared by every source that reads rows written by someone else (replay files now, the
-MQTT bus later): one place decides what a malformed row is, and names the reason it is
-counted under.
+Shared by every source that reads rows written by someone else (replay files, the MQTT
+bus): one place decides what a malformed row is, and names the reason it is counted
+under. Row reasons are counted per row (``rows_rejected``); message reasons per message
+(``messages_rejected``), when a whole message is refused before its rows are looked at.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from operator import itemgetter
 
 from edged.errors import RowError
 
@@ -18,45 +20,122 @@ MISSING_FIELD = "missing_field"
 NOT_A_NUMBER = "not_a_number"
 NOT_FINITE = "not_finite"
 NO_TURBINE = "no_turbine"
+BAD_JSON = "bad_json"  # also a row reason: a JSON row that is neither object nor array
+
+# Reasons a whole message is rejected.
+TOO_LARGE = "too_large"
+NOT_UTF8 = "not_utf8"
+UNKNOWN_TOPIC = "unknown_topic"
+EMPTY = "empty"
+
+ROW_REASONS = (WRONG_WIDTH, MISSING_FIELD, NOT_A_NUMBER, NOT_FINITE, NO_TURBINE, BAD_JSON)
+MESSAGE_REASONS = (TOO_LARGE, NOT_UTF8, BAD_JSON, UNKNOWN_TOPIC, EMPTY)
+
+MAX_TURBINE_ID = 128  # characters; longer ids are garbage, not turbines
+
+
+def _getter(keys: Sequence) -> Callable[[object], tuple]:
+    """Picks ``keys`` out of a row as a tuple, in C (itemgetter), even for one key."""
+    if len(keys) == 1:
+        single = keys[0]
+        return lambda row: (row[single],)  # type: ignore[index]
+    if not keys:
+        return lambda row: ()
+    return itemgetter(*keys)
 
 
 class RowDecoder:
-    """Extracts ``inputs`` (column names, in order) from rows laid out as ``columns``."""
+    """Extracts ``inputs`` (column names, in order) from rows.
+
+    Positional rows (CSV fields, JSON arrays) are laid out as ``columns``; keyed rows
+    (JSON objects) carry input ``name`` under ``keys.get(name, name)``. ``columns`` may be
+    empty for a layout that only has keyed rows. The turbine id is the field
+    ``turbine_column`` of a positional row, or the key ``turbine_key`` (default: the same
+    name) of a keyed row.
+
+    The common case, a row that is fine, takes one pass in C; only a row that fails it
+    is looked at field by field, to name the reason.
+    """
 
     def __init__(self, columns: Sequence[str], inputs: Sequence[str],
-                 turbine_column: str | None = None) -> None:
+                 turbine_column: str | None = None, *,
+                 keys: Mapping[str, str] | None = None,
+                 turbine_key: str | None = None) -> None:
         missing = [name for name in inputs if name not in columns]
-        if missing:
+        if columns and missing:
             raise ValueError(f"layout has no column(s) {missing} (columns: {list(columns)})")
         if turbine_column is not None and turbine_column not in columns:
             raise ValueError(f"layout has no turbine column {turbine_column!r}")
+        unknown = sorted(set(keys or ()) - set(inputs))
+        if unknown:
+            raise ValueError(f"keys given for {unknown}, which are not inputs "
+                             f"(inputs: {list(inputs)})")
         self.columns = tuple(columns)
         self.inputs = tuple(inputs)
         self.width = len(self.columns)
-        self._indices = tuple(self.columns.index(name) for name in inputs)
+        self.keys = tuple((keys or {}).get(name, name) for name in self.inputs)
+        self.turbine_column = turbine_column
+        self.turbine_key = turbine_key if turbine_key is not None else turbine_column
+        self._indices = tuple(self.columns.index(name) for name in inputs) if columns else ()
         self._turbine = None if turbine_column is None else self.columns.index(turbine_column)
+        self._pick_fields = _getter(self._indices)
+        self._pick_keys = _getter(self.keys)
 
-    def turbine(self, fields: Sequence[str]) -> str:
+    # -- turbine ids ------------------------------------------------------------------------
+
+    def turbine(self, fields: Sequence[object]) -> str:
+        """The turbine id of a positional row."""
         if self._turbine is None:
             raise RowError(NO_TURBINE, "this layout has no turbine column")
-        name = fields[self._turbine].strip()
-        if not name:
-            raise RowError(NO_TURBINE, f"empty turbine id in column {self._turbine}")
-        return name
-
-    def from_fields(self, fields: Sequence[str | float]) -> list[float]:
-        """One CSV-like row (positional fields) -> the input values."""
-        if len(fields) != self.width:
+        if len(fields) <= self._turbine:
             raise RowError(WRONG_WIDTH, f"expected {self.width} fields, got {len(fields)}")
-        return [self._number(fields[i], self.columns[i]) for i in self._indices]
+        return turbine_id(fields[self._turbine], f"column {self._turbine}")
+
+    def turbine_of_mapping(self, row: Mapping[str, object]) -> str:
+        """The turbine id of a keyed row."""
+        if self.turbine_key is None:
+            raise RowError(NO_TURBINE, "no turbine key configured")
+        if self.turbine_key not in row:
+            raise RowError(NO_TURBINE, f"no key {self.turbine_key!r}")
+        return turbine_id(row[self.turbine_key], f"key {self.turbine_key!r}")
+
+    # -- values ----------------------------------------------------------------------------
+
+    def from_fields(self, fields: Sequence[object]) -> list[float]:
+        """One positional row (CSV fields, a JSON array) -> the input values."""
+        if len(fields) != self.width:
+            if not self.width:
+                raise RowError(WRONG_WIDTH, "this layout has no positional columns "
+                               "(configure columns, or send JSON objects)")
+            raise RowError(WRONG_WIDTH, f"expected {self.width} fields, got {len(fields)}")
+        raw = self._pick_fields(fields)
+        try:
+            values = list(map(float, raw))
+        except (TypeError, ValueError, OverflowError):
+            values = None
+        # float() takes booleans (JSON true) and any finite sum says every value is finite;
+        # `True in raw` is also true for a 1.0, which the careful pass then accepts.
+        if values is None or not math.isfinite(sum(values)) or True in raw or False in raw:
+            return [self._number(fields[i], self.columns[i]) for i in self._indices]
+        return values
 
     def from_mapping(self, row: Mapping[str, object]) -> list[float]:
-        """One JSON-like row (keys are column names) -> the input values."""
+        """One keyed row (a JSON object) -> the input values."""
+        try:
+            raw = self._pick_keys(row)
+            values = list(map(float, raw))
+        except (KeyError, TypeError, ValueError, OverflowError):
+            values = None
+        if values is None or not math.isfinite(sum(values)) or True in raw or False in raw:
+            return self._careful_mapping(row)
+        return values
+
+    def _careful_mapping(self, row: Mapping[str, object]) -> list[float]:
         values = []
-        for name in self.inputs:
-            if name not in row:
-                raise RowError(MISSING_FIELD, f"no key {name!r}")
-            values.append(self._number(row[name], name))
+        for key in self.keys:
+            if key not in row:
+                raise RowError(MISSING_FIELD, f"no key {key!r}")
+            values.append(self._number(row[key], key))
         return values
 
     @staticmethod
@@ -66,8 +145,25 @@ class RowDecoder:
                            else NOT_A_NUMBER, f"{name} is empty")
         try:
             value = float(raw)  # type: ignore[arg-type]
+        except OverflowError:  # an integer beyond float's range
+            raise RowError(NOT_FINITE, f"{name} is out of range") from None
         except (TypeError, ValueError):
             raise RowError(NOT_A_NUMBER, f"{name} is not a number: {str(raw)[:40]!r}") from None
         if not math.isfinite(value):
             raise RowError(NOT_FINITE, f"{name} is {value}")
         return value
+
+
+def turbine_id(raw: object, where: str) -> str:
+    """A turbine id from a row field: a non-empty string (stripped) or an integer."""
+    if isinstance(raw, str):
+        name = raw.strip()
+    elif isinstance(raw, int) and not isinstance(raw, bool):
+        name = str(raw)
+    else:
+        raise RowError(NO_TURBINE, f"turbine id in {where} is not a string: {str(raw)[:40]!r}")
+    if not name:
+        raise RowError(NO_TURBINE, f"empty turbine id in {where}")
+    if len(name) > MAX_TURBINE_ID:
+        raise RowError(NO_TURBINE, f"turbine id in {where} is longer than {MAX_TURBINE_ID}")
+    return name

@@ -1,0 +1,292 @@
+"""What the ``mqtt`` source reads: topic templates, row layouts, and message -> rows.
+
+Pure functions and small classes, no I/O: testable without a broker. A message is
+refused whole (``messages_rejected``) when it is too large, not UTF-8, not JSON (when it
+should be), on a topic no template matches, or holds no rows; otherwise each of its rows
+is accepted or refused on its own (``rows_rejected``), so one bad row never costs its
+neighbours. What a malformed row is, is decided in :mod:`edged.rows`.
+
+Message shapes:
+
+* CSV: one row per line (``\\n`` or ``\\r\\n``), fields split on commas; lines with a
+  double quote go through the ``csv`` module.
+* JSON: an object (one row), an array of objects or of arrays (a batch), an array of
+  values (one positional row), or ``{"rows": [...]}`` (a batch; a turbine id given
+  beside ``rows`` applies to the rows that lack one).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+from edged.errors import RowError
+from edged.rows import (
+    BAD_JSON,
+    EMPTY,
+    NO_TURBINE,
+    NOT_UTF8,
+    TOO_LARGE,
+    UNKNOWN_TOPIC,
+    RowDecoder,
+    turbine_id,
+)
+from edged.windturbine.layout import DATASET_COLUMNS, SUCCESSOR_COLUMNS
+
+Format = Literal["auto", "json", "csv"]
+LayoutName = Literal["dataset23", "successor20", "custom"]
+
+#: Ready layouts: CSV positions, and (the same names) JSON keys.
+LAYOUTS: dict[str, tuple[str, ...]] = {
+    "dataset23": DATASET_COLUMNS,  # the recorded dataset's 23 columns
+    "successor20": SUCCESSOR_COLUMNS,  # AWS's successor sample: 20 fields on turbine/raw
+}
+PLACEHOLDER = "{turbine}"
+_JSON_START = (ord("{"), ord("["))
+_SPACE = b" \t\r\n"
+
+
+# -- topics -----------------------------------------------------------------------------
+
+
+def check_template(template: str) -> str:
+    """Validate one topic template; ValueError says what is wrong."""
+    if not template:
+        raise ValueError("a topic template must not be empty")
+    levels = template.split("/")
+    if template.count(PLACEHOLDER) > 1:
+        raise ValueError(f"{template!r}: {PLACEHOLDER} may appear once")
+    for i, level in enumerate(levels):
+        if PLACEHOLDER in level and level != PLACEHOLDER:
+            raise ValueError(f"{template!r}: {PLACEHOLDER} must be a whole topic level, "
+                             f"like turbines/{PLACEHOLDER}/raw")
+        if level != PLACEHOLDER and ("{" in level or "}" in level):
+            raise ValueError(f"{template!r}: the only placeholder is {PLACEHOLDER}")
+        if ("+" in level and level != "+") or ("#" in level and level != "#"):
+            raise ValueError(f"{template!r}: + and # must be whole topic levels")
+        if level == "#" and i != len(levels) - 1:
+            raise ValueError(f"{template!r}: # may only be the last level")
+    return template
+
+
+class TopicRouter:
+    """Topic templates -> subscriptions, and a message's topic -> its turbine id.
+
+    ``{turbine}`` is subscribed as ``+`` and its level is the turbine id; ``+`` and ``#``
+    in a template match without capturing. :meth:`turbine` returns None for a topic of
+    a template without ``{turbine}`` (the row or the config names the turbine then).
+    Topics seen before cost one dict lookup.
+    """
+
+    _NONE = ""  # cached result for "matches a template without {turbine}"
+
+    def __init__(self, templates: Sequence[str], cache_size: int = 100_000) -> None:
+        if not templates:
+            raise ValueError("at least one topic template is needed")
+        self.templates = tuple(check_template(t) for t in templates)
+        self.subscriptions = tuple(dict.fromkeys(
+            t.replace(PLACEHOLDER, "+") for t in self.templates))
+        self._patterns = [t.split("/") for t in self.templates]
+        self.has_placeholder = tuple(PLACEHOLDER in t for t in self.templates)
+        self._cache: dict[str, str] = {}
+        self._cache_size = cache_size
+
+    def turbine(self, topic: str) -> str | None:
+        """The turbine id in ``topic``, None if its template has none; RowError
+        (``unknown_topic``) if no template matches."""
+        found = self._cache.get(topic)
+        if found is None:
+            found = self._match(topic)
+            if len(self._cache) >= self._cache_size:
+                self._cache.clear()  # topics churn (ids from garbage): start over
+            self._cache[topic] = found
+        return found or None
+
+    def _match(self, topic: str) -> str:
+        levels = topic.split("/")
+        for pattern in self._patterns:
+            found = _match_levels(pattern, levels)
+            if found is not None:
+                return found
+        raise RowError(UNKNOWN_TOPIC, f"topic {topic[:100]!r} matches none of "
+                       f"{list(self.templates)}")
+
+
+def _match_levels(pattern: list[str], levels: list[str]) -> str | None:
+    """The captured turbine id ('' if none) when ``levels`` match ``pattern``, else None."""
+    captured = ""
+    if pattern[-1] == "#":
+        if len(levels) < len(pattern) - 1:
+            return None
+        pattern = pattern[:-1]
+        levels = levels[:len(pattern)]
+    elif len(levels) != len(pattern):
+        return None
+    for want, level in zip(pattern, levels, strict=True):
+        if want == PLACEHOLDER:
+            if not level:
+                return None
+            captured = level
+        elif want not in ("+", level):
+            return None
+    return captured
+
+
+# -- layouts ----------------------------------------------------------------------------
+
+
+def make_decoder(layout: LayoutName, inputs: Sequence[str], *,
+                 columns: Sequence[str] | None = None,
+                 keys: Mapping[str, str] | None = None,
+                 turbine_field: str | None = None) -> RowDecoder:
+    """The row decoder of a preset or custom layout.
+
+    ``columns`` (custom only) are CSV positions, ``keys`` map an input to its JSON key
+    (default: the input's own name). ``turbine_field`` is the turbine id's column (for
+    positional rows, when the layout has it) and its JSON key.
+    """
+    if layout == "custom":
+        if not columns and not keys:
+            raise ValueError("layout custom needs columns (CSV positions) and/or keys "
+                             "(JSON keys)")
+        positions = tuple(columns or ())
+    else:
+        if columns:
+            raise ValueError(f"columns are only for layout custom (layout {layout} has "
+                             "its own)")
+        positions = LAYOUTS[layout]
+    return RowDecoder(
+        positions, inputs,
+        turbine_column=turbine_field if turbine_field in positions else None,
+        keys=keys, turbine_key=turbine_field,
+    )
+
+
+# -- messages ---------------------------------------------------------------------------
+
+
+class MessageParser:
+    """Turns one message into rows: see the module docstring.
+
+    ``turbine``, when given, is the id of rows whose topic and fields name none.
+    """
+
+    def __init__(self, decoder: RowDecoder, router: TopicRouter, *, fmt: Format = "auto",
+                 max_bytes: int = 65536, turbine: str | None = None) -> None:
+        self.decoder = decoder
+        self.router = router
+        self.format = fmt
+        self.max_bytes = max_bytes
+        self.turbine = turbine
+        # A JSON object is a batch when it has "rows" and "rows" is not a row's own key.
+        self._rows_key = "rows" not in decoder.keys
+
+    def parse(self, topic: str, payload: bytes, turbines: list[str],
+              values: list[list[float]], rejected: list[RowError]) -> int:
+        """Append the message's good rows to ``turbines`` and ``values`` and the errors
+        of its bad rows to ``rejected``; return the rows appended. A message refused whole
+        raises RowError (``too_large``, ``unknown_topic``, ``not_utf8``, ``bad_json``,
+        ``empty``)."""
+        if len(payload) > self.max_bytes:
+            raise RowError(TOO_LARGE, f"{len(payload)} bytes > max_message_bytes "
+                           f"{self.max_bytes}")
+        turbine = self.router.turbine(topic)
+        fmt = self.format
+        if fmt == "auto":
+            first = payload[0] if payload else 0
+            if first in _SPACE:
+                stripped = payload.lstrip()
+                first = stripped[0] if stripped else 0
+            fmt = "json" if first in _JSON_START else "csv"
+        try:
+            text = payload.decode()
+        except UnicodeDecodeError as exc:
+            raise RowError(NOT_UTF8, f"byte {exc.start} is not UTF-8") from None
+        before = len(values)
+        if fmt == "csv":
+            self._csv(text, turbine, turbines, values, rejected)
+        else:
+            self._json(text, turbine, turbines, values, rejected)
+        return len(values) - before
+
+    # -- CSV ----------------------------------------------------------------------------
+
+    def _csv(self, text: str, turbine: str | None, turbines: list[str],
+             values: list[list[float]], rejected: list[RowError]) -> None:
+        if "\n" in text or "\r" in text:
+            lines = [line for line in text.splitlines() if line.strip()]
+        else:
+            lines = [text] if text.strip() else []
+        if not lines:
+            raise RowError(EMPTY, "no rows in the message")
+        rows = csv.reader(lines) if '"' in text else (line.split(",") for line in lines)
+        decoder = self.decoder
+        fixed = turbine if turbine is not None else self.turbine
+        for fields in rows:
+            try:
+                row = decoder.from_fields(fields)
+                name = fixed if fixed is not None else decoder.turbine(fields)
+            except RowError as exc:
+                rejected.append(exc)
+                continue
+            turbines.append(name)
+            values.append(row)
+
+    # -- JSON ---------------------------------------------------------------------------
+
+    def _json(self, text: str, turbine: str | None, turbines: list[str],
+              values: list[list[float]], rejected: list[RowError]) -> None:
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise RowError(BAD_JSON, str(exc)[:100]) from None
+        fallback = self.turbine
+        if isinstance(data, dict):
+            batch = data.get("rows") if self._rows_key else None
+            if isinstance(batch, list):
+                rows = batch
+                if turbine is None and self.decoder.turbine_key in data:
+                    try:
+                        fallback = turbine_id(data[self.decoder.turbine_key], "the batch")
+                    except RowError as exc:
+                        raise RowError(NO_TURBINE, exc.detail) from None
+            else:
+                rows = [data]
+        elif isinstance(data, list):
+            # An array of values is one positional row; of objects or arrays, a batch.
+            rows = data if data and isinstance(data[0], dict | list) else [data]
+        else:
+            raise RowError(BAD_JSON, f"expected an object or an array, got "
+                           f"{type(data).__name__}")
+        if not rows or rows == [[]]:
+            raise RowError(EMPTY, "no rows in the message")
+        decoder = self.decoder
+        for row in rows:
+            try:
+                if isinstance(row, dict):
+                    found = decoder.from_mapping(row)
+                    name = turbine if turbine is not None else self._row_turbine(
+                        row, fallback)
+                elif isinstance(row, list):
+                    found = decoder.from_fields(row)
+                    name = turbine if turbine is not None else (
+                        fallback if decoder.turbine_column is None else decoder.turbine(row))
+                else:
+                    raise RowError(BAD_JSON, f"a row must be an object or an array, got "
+                                   f"{type(row).__name__}")
+                if name is None:
+                    raise RowError(NO_TURBINE, "neither the topic nor the row names "
+                                   "the turbine")
+            except RowError as exc:
+                rejected.append(exc)
+                continue
+            turbines.append(name)
+            values.append(found)
+
+    def _row_turbine(self, row: dict, fallback: str | None) -> str | None:
+        key = self.decoder.turbine_key
+        if key is not None and key in row:
+            return turbine_id(row[key], f"key {key!r}")
+        return fallback

@@ -1,0 +1,282 @@
+"""The mqtt source against a real mosquitto broker (the `mosquitto` fixture)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from pathlib import Path
+
+import aiomqtt
+import numpy as np
+import pytest
+from structlog.testing import capture_logs
+
+from edged.builtin.mqtt.source import MqttSource, MqttSourceConfig
+from edged.components import BuildContext, Readings
+from edged.metrics import Counters
+from edged.windturbine import layout
+from edged.windturbine.simulator import WindFarm
+
+NAME = "bus"
+LINK = "source.bus"  # the connection's component label
+COL = {name: i for i, name in enumerate(layout.DATASET_COLUMNS)}
+
+
+def make_source(broker, tmp_path: Path, **overrides) -> tuple[MqttSource, Counters]:
+    body = {"type": "mqtt", "broker": {"host": broker.host, "port": broker.port,
+                                       "reconnect_min_s": 0.2, "reconnect_max_s": 1.0,
+                                       "connect_timeout_s": 3}} | overrides
+    counters = Counters()
+    ctx = BuildContext(name=NAME, device_id="test", state_dir=tmp_path, counters=counters,
+                       inputs=layout.INPUTS)
+    return MqttSource(MqttSourceConfig.model_validate(body), ctx), counters
+
+
+def farm_records(ticks: int, turbines: int, seed: int = 5) -> list[list[str]]:
+    farm = WindFarm(turbines=turbines, rate_hz=20, seed=seed)
+    return farm.records(farm.ticks(ticks), 1_700_000_000.0)
+
+
+def expected(record: list[str]) -> list[float]:
+    return [float(record[COL[c]]) for c in layout.INPUTS]
+
+
+def as_json(record: list[str]) -> str:
+    text = {"nanoId", "turbineId", "eventTime"}
+    return json.dumps({c: v if c in text else float(v)
+                       for c, v in zip(layout.DATASET_COLUMNS, record, strict=True)})
+
+
+class Collector:
+    """An emit that keeps every batch and can wait for a number of rows."""
+
+    def __init__(self) -> None:
+        self.batches: list[Readings] = []
+        self._changed = asyncio.Event()
+
+    async def __call__(self, readings: Readings) -> None:
+        self.batches.append(readings)
+        self._changed.set()
+
+    @property
+    def rows(self) -> int:
+        return sum(len(b.turbines) for b in self.batches)
+
+    def turbines(self) -> list[str]:
+        return [t for b in self.batches for t in b.turbines]
+
+    def values(self) -> np.ndarray:
+        return np.concatenate([b.values for b in self.batches])
+
+    async def wait_rows(self, rows: int, seconds: float = 10.0) -> None:
+        async with asyncio.timeout(seconds):
+            while self.rows < rows:
+                self._changed.clear()
+                await self._changed.wait()
+
+
+@contextlib.asynccontextmanager
+async def running(source: MqttSource, emit):
+    async with source:
+        task = asyncio.create_task(source.run(emit), name="test-source")
+        try:
+            yield task
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+@contextlib.asynccontextmanager
+async def publisher(broker):
+    async with aiomqtt.Client(broker.host, broker.port, identifier="test-publisher") as client:
+        yield client
+
+
+async def eventually(predicate, seconds: float = 10.0) -> None:
+    """Until ``predicate()`` holds; TimeoutError after ``seconds``."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"still not true after {seconds} s")
+        await asyncio.sleep(0.01)
+
+
+async def subscribed(source: MqttSource) -> None:
+    """Until the source's subscription is in place (the broker drops messages before)."""
+    await eventually(lambda: source.link.client is not None, 5.0)
+    await asyncio.sleep(0.2)
+
+
+async def test_json_and_csv_messages_arrive_as_readings(mosquitto, tmp_path):
+    source, counters = make_source(mosquitto, tmp_path)
+    collect = Collector()
+    recs = farm_records(ticks=4, turbines=3)
+    async with running(source, collect), publisher(mosquitto) as pub:
+        await subscribed(source)
+        for i, record in enumerate(recs):
+            turbine = record[COL["turbineId"]]
+            payload = as_json(record) if i % 2 else ",".join(record)
+            await pub.publish(f"turbines/{turbine}/raw", payload)
+        await collect.wait_rows(len(recs))
+    assert collect.turbines() == [r[COL["turbineId"]] for r in recs]
+    np.testing.assert_array_equal(collect.values(), [expected(r) for r in recs])
+    assert collect.values().shape == (12, len(layout.INPUTS))
+    assert counters.total("rows_rejected") == counters.total("messages_rejected") == 0
+
+
+async def test_batches_and_a_fixed_turbine_on_a_plain_topic(mosquitto, tmp_path):
+    source, _ = make_source(mosquitto, tmp_path, topics=["turbine/raw"], turbine="mini",
+                            layout="successor20", format="csv")
+    collect = Collector()
+    recs = farm_records(ticks=6, turbines=1)
+    lines = [",".join(r[COL[c]] for c in layout.SUCCESSOR_COLUMNS) for r in recs]
+    async with running(source, collect), publisher(mosquitto) as pub:
+        await subscribed(source)
+        await pub.publish("turbine/raw", lines[0])
+        await pub.publish("turbine/raw", "\n".join(lines[1:]))
+        await collect.wait_rows(6)
+    assert collect.turbines() == ["mini"] * 6
+    np.testing.assert_array_equal(collect.values(), [expected(r) for r in recs])
+
+
+async def test_malformed_messages_are_counted_and_spare_other_turbines(mosquitto, tmp_path):
+    source, counters = make_source(mosquitto, tmp_path, max_message_bytes=4096)
+    collect = Collector()
+    recs = farm_records(ticks=5, turbines=2)
+    good = [r for r in recs if r[COL["turbineId"]] == "turbine-1"]
+    spoiled = list(recs[0])
+    spoiled[COL["voltage"]] = "lots"
+    bad = [
+        ("turbines/turbine-0/raw", b"{not json", "messages_rejected", "bad_json"),
+        ("turbines/turbine-0/raw", b"\xff\xfe\xfd", "messages_rejected", "not_utf8"),
+        ("turbines/turbine-0/raw", b"1," * 3000, "messages_rejected", "too_large"),
+        ("turbines//raw", ",".join(recs[0]).encode(), "messages_rejected", "unknown_topic"),
+        ("turbines/turbine-0/raw", b"", "messages_rejected", "empty"),
+        ("turbines/turbine-0/raw", b"1,2,3", "rows_rejected", "wrong_width"),
+        ("turbines/turbine-0/raw", ",".join(spoiled).encode(), "rows_rejected",
+         "not_a_number"),
+        ("turbines/turbine-0/raw", as_json(recs[0]).replace('"qx": ', '"qx": NaN, "x": ')
+         .encode(), "rows_rejected", "not_finite"),
+    ]
+    with capture_logs() as logs:
+        async with running(source, collect), publisher(mosquitto) as pub:
+            await subscribed(source)
+            for i, record in enumerate(good):
+                topic, payload, _, _ = bad[i % len(bad)]
+                await pub.publish(topic, payload)
+                await pub.publish("turbines/turbine-1/raw", ",".join(record))
+            for topic, payload, _, _ in bad[len(good):]:
+                await pub.publish(topic, payload)
+            await pub.publish("turbines/turbine-1/raw", ",".join(good[0]))
+            await collect.wait_rows(len(good) + 1)
+            await asyncio.sleep(0.3)  # anything bad still on its way is counted too
+    assert collect.turbines() == ["turbine-1"] * (len(good) + 1)
+    np.testing.assert_array_equal(collect.values()[:len(good)], [expected(r) for r in good])
+    for _, _, counter, reason in bad:
+        assert counters.get(counter, source=NAME, reason=reason) == 1, (counter, reason)
+    assert counters.total("messages_rejected") == 5
+    assert counters.total("rows_rejected") == 3
+    warned = {(e["event"], e["reason"]) for e in logs if e["log_level"] == "warning"}
+    assert ("message_rejected", "bad_json") in warned
+    assert ("row_rejected", "not_a_number") in warned
+
+
+async def test_a_burst_is_emitted_in_few_batches_with_nothing_dropped(mosquitto, tmp_path):
+    source, counters = make_source(mosquitto, tmp_path, batch_rows=500)
+    collect = Collector()
+    record = ",".join(farm_records(ticks=1, turbines=1)[0])
+    messages = 3000
+    async with running(source, collect), publisher(mosquitto) as pub:
+        await subscribed(source)
+        await asyncio.gather(*(pub.publish(f"turbines/t{i % 50}/raw", record)
+                               for i in range(messages)))
+        await collect.wait_rows(messages, seconds=20)
+    assert collect.rows == messages
+    assert len(collect.batches) < messages / 10
+    assert max(len(b.turbines) for b in collect.batches) <= 500 + 256
+    assert counters.total("mqtt_messages_dropped") == 0
+    assert source.link.inbox.dropped == 0
+
+
+async def test_a_full_inbox_drops_the_oldest_and_counts(mosquitto, tmp_path):
+    source, counters = make_source(mosquitto, tmp_path, max_queued_messages=100)
+    release = asyncio.Event()
+    received: list[Readings] = []
+
+    async def stuck_emit(readings: Readings) -> None:
+        received.append(readings)
+        await release.wait()  # a pipeline that does not take anything for a while
+
+    record = farm_records(ticks=1, turbines=1)[0]
+    async with running(source, stuck_emit), publisher(mosquitto) as pub:
+        await subscribed(source)
+        await pub.publish("turbines/first/raw", ",".join(record))
+        await eventually(lambda: received, 5)
+        for i in range(400):
+            await pub.publish(f"turbines/t{i}/raw", ",".join(record))
+        await eventually(lambda: source.link.inbox.received >= 401, 5)
+        release.set()
+        await eventually(lambda: sum(len(r.turbines) for r in received) >= 101, 5)
+    assert counters.get("mqtt_messages_dropped", component=LINK) == 300
+    kept = [t for r in received[1:] for t in r.turbines]
+    assert kept == [f"t{i}" for i in range(300, 400)]  # the newest survive
+
+
+async def test_the_source_survives_a_broker_restart(mosquitto, tmp_path):
+    source, counters = make_source(mosquitto, tmp_path)
+    collect = Collector()
+    recs = farm_records(ticks=2, turbines=2)
+    with capture_logs() as logs:
+        async with running(source, collect) as task:
+            async with publisher(mosquitto) as pub:
+                await subscribed(source)
+                await pub.publish("turbines/a/raw", ",".join(recs[0]))
+                await collect.wait_rows(1)
+            await asyncio.to_thread(mosquitto.restart, 1.0)
+            await eventually(lambda: counters.get("mqtt_reconnects", component=LINK) >= 1)
+            await subscribed(source)
+            async with publisher(mosquitto) as pub:
+                for record in recs[1:]:
+                    await pub.publish("turbines/b/raw", ",".join(record))
+                await collect.wait_rows(len(recs))
+            assert not task.done()
+    assert collect.turbines() == ["a"] + ["b"] * (len(recs) - 1)
+    assert counters.get("mqtt_disconnected_seconds", component=LINK) >= 1.0
+    connected = [e for e in logs if e["event"] == "mqtt_connected"]
+    assert [e["reconnect"] for e in connected] == [False, True]
+    assert connected[1]["gap_s"] >= 1.0
+    assert any(e["event"] == "mqtt_disconnected" for e in logs)
+    assert sum(e["event"] == "mqtt_subscribed" for e in logs) == 2  # resubscribed
+
+
+async def test_start_fails_when_the_broker_is_unreachable(mosquitto, tmp_path):
+    source, _ = make_source(mosquitto, tmp_path)
+    mosquitto.stop()
+    with pytest.raises(aiomqtt.MqttError):
+        async with source:
+            pass
+
+
+def test_config_rules():
+    broker = {"host": "localhost"}
+    ok = MqttSourceConfig.model_validate({"type": "mqtt", "broker": broker})
+    assert ok.topics == ["turbines/{turbine}/raw"] and ok.qos == 0
+    for bad in (
+        {"topics": ["turbine/raw"]},  # no turbine id anywhere
+        {"topics": ["turbine/raw"], "turbine": "a", "turbine_field": "turbineId"},
+        {"turbine": "a"},  # every topic names the turbine already
+        {"topics": ["turbines/x{turbine}"]},
+        {"layout": "custom"},
+        {"columns": ["a"]},
+        {"qos": 2},
+        {"format": "xml"},
+        {"max_message_bytes": 10},
+        {"broker": {"host": "h", "password": "${EDGED_NOT_SET_ANYWHERE}",
+                    "username": "u"}},
+        {"broker": {"host": "h", "tls": {"cert_file": "c.pem"}}},
+        {"unknown": 1},
+    ):
+        with pytest.raises(ValueError):
+            MqttSourceConfig.model_validate({"type": "mqtt", "broker": broker} | bad)
