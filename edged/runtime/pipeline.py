@@ -51,6 +51,7 @@ class Pipeline:
         self.subscribers: list[Subscriber] = []
         self._decided_at = np.zeros(0, dtype=np.int64)  # buffers.count at the last decision
         self._stale: set[int] = set()
+        self._silent_since: dict[int, float] = {}  # stale slot -> time of its last row
         self._rate_limit = RateLimit()
         self._group_names = tuple(preprocessor.groups)
         self._group_index = [np.array(ix) for ix in preprocessor.groups.values()]
@@ -201,15 +202,20 @@ class Pipeline:
         known = len(self.buffers.names)
         silent = now - self.buffers.last_seen[:known]
         stale = {int(s) for s in np.flatnonzero(silent > self.spec.stale_after_s)}
+        last_seen = self.buffers.last_seen
         for slot in sorted(stale - self._stale):
-            self._sensor_event("sensor_stale", slot, silent[slot])
+            self._silent_since[slot] = float(last_seen[slot])
+            self._sensor_event("sensor_stale", slot, {"silent_s": round(float(silent[slot]), 3)})
         for slot in sorted(self._stale - stale):
-            self._sensor_event("sensor_recovered", slot, None)
+            since = self._silent_since.pop(slot, None)
+            # Seconds without data: from the last row before the silence to the newest
+            # row now (late by at most one watch period).
+            gap = None if since is None else {"gap_s": round(float(last_seen[slot]) - since, 3)}
+            self._sensor_event("sensor_recovered", slot, gap)
         self._stale = stale
 
-    def _sensor_event(self, kind, slot: int, silent_s: float | None) -> None:
+    def _sensor_event(self, kind, slot: int, detail: dict[str, float] | None) -> None:
         turbine = self.buffers.names[slot]
-        detail = {"silent_s": round(float(silent_s), 3)} if silent_s is not None else None
         self.counters.inc(kind, pipeline=self.name)
         log.warning(kind, pipeline=self.name, turbine=turbine, **(detail or {}))
         event = Event(kind=kind, pipeline=self.name, turbine=turbine, time=time.time(),

@@ -280,3 +280,52 @@ def test_config_rules():
     ):
         with pytest.raises(ValueError):
             MqttSourceConfig.model_validate({"type": "mqtt", "broker": broker} | bad)
+
+
+async def test_a_turbine_silent_on_the_bus_is_reported_with_its_gap(mosquitto, tmp_path):
+    """Per-turbine silence is the pipeline's to report: sensor_stale, then
+    sensor_recovered with ``gap_s``, the seconds the turbine was not heard."""
+    from edged.builtin.onnx import OnnxBackend, OnnxConfig
+    from edged.builtin.windturbine import WindTurbineConfig, WindTurbineStage, params_for
+    from edged.config import PipelineSpec
+    from edged.runtime.pipeline import Pipeline
+
+    backend = OnnxBackend(OnnxConfig(type="onnx"))
+    stage = WindTurbineStage(params_for(WindTurbineConfig(type="windturbine"),
+                                        backend.manifest))
+    spec = PipelineSpec(inputs=["bus"], preprocessor={"type": "windturbine"},
+                        inference={"type": "onnx"}, stale_after_s=0.3)
+    source, counters = make_source(mosquitto, tmp_path)
+    pipeline = Pipeline("turbines", spec, stage, backend, counters)
+    events = []
+    pipeline.subscribers.append(type("Events", (), {
+        "on_decisions": lambda self, *a: None,
+        "on_event": lambda self, event: events.append(event)})())
+    record = ",".join(farm_records(ticks=1, turbines=1)[0])
+
+    async def publish(pub: aiomqtt.Client, seconds: float) -> None:
+        end = asyncio.get_running_loop().time() + seconds
+        while asyncio.get_running_loop().time() < end:
+            await pub.publish("turbines/quiet/raw", record)
+            await asyncio.sleep(0.05)
+
+    with capture_logs() as logs:
+        async with running(source, pipeline.emit):
+            loops = [asyncio.create_task(pipeline.ingest_loop()),
+                     asyncio.create_task(pipeline.watch_loop())]
+            try:
+                async with publisher(mosquitto) as pub:
+                    await subscribed(source)
+                    await publish(pub, 0.3)
+                    await asyncio.sleep(1.2)  # silence
+                    await publish(pub, 0.6)
+                await eventually(lambda: len(events) >= 2, 5)
+            finally:
+                for task in loops:
+                    task.cancel()
+                await asyncio.gather(*loops, return_exceptions=True)
+    assert [e.kind for e in events] == ["sensor_stale", "sensor_recovered"]
+    assert events[0].detail["silent_s"] > 0.3
+    assert 1.0 < events[1].detail["gap_s"] < 2.5
+    recovered = [e for e in logs if e["event"] == "sensor_recovered"]
+    assert recovered and recovered[0]["gap_s"] == events[1].detail["gap_s"]
