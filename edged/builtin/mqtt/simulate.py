@@ -32,6 +32,7 @@ import structlog
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edged.builtin.mqtt.formats import LAYOUTS, PLACEHOLDER, check_template
+from edged.log import RateLimit
 from edged.registry import CliCommand
 from edged.windturbine.layout import DATASET_COLUMNS, FAULT_KINDS
 from edged.windturbine.simulator import Fault, WindFarm, parse_schedule
@@ -206,6 +207,9 @@ class Simulation:
         self.client = self._client()
         self._pending: list[list[str]] = []  # records waiting to fill a batch
         self._pending_ticks = 0
+        self._retry_at = 0.0
+        self._down_since: float | None = None
+        self._rate_limit = RateLimit()
 
     # -- connection ----------------------------------------------------------------------
 
@@ -225,6 +229,12 @@ class Simulation:
         if reason.is_failure:
             log.error("simulate_connect_refused", broker=self._address, reason=str(reason))
             return
+        if self._down_since is not None:
+            self.reconnects += 1
+            log.info("simulate_reconnected", broker=self._address,
+                     gap_s=round(time.monotonic() - self._down_since, 3))
+            self._down_since = None
+            self._retry_at = 0.0
         if self.opts.control_topic:
             client.subscribe(self.opts.control_topic, qos=1)
 
@@ -250,7 +260,7 @@ class Simulation:
         client = self.client
         sock = client.socket()
         if sock is None:
-            time.sleep(timeout)
+            time.sleep(max(0.0, timeout))
             return
         wants = [sock] if client.want_write() else []
         try:
@@ -271,13 +281,24 @@ class Simulation:
             self._network(0.05)
 
     def _reconnect(self) -> None:
+        """One reconnection attempt, at most every _RECONNECT_S while the broker is away."""
+        now = time.monotonic()
+        if now < self._retry_at:
+            return
+        if self._down_since is None:
+            self._down_since = now
+            log.warning("simulate_disconnected", broker=self._address)
         try:
             self.client.reconnect()
         except OSError as exc:
-            log.warning("simulate_reconnect_failed", broker=self._address, error=str(exc))
+            self._retry_at = now + _RECONNECT_S
+            suppressed = self._rate_limit.allow("reconnect")
+            if suppressed is not None:
+                log.warning("simulate_reconnect_failed", broker=self._address,
+                            error=str(exc), suppressed_since_last=suppressed)
             return
-        self.reconnects += 1
-        log.info("simulate_reconnected", broker=self._address)
+        # Connected is only after the CONNACK (_on_connect): give it time before retrying.
+        self._retry_at = now + _CONNECT_TIMEOUT_S
 
     # -- control -------------------------------------------------------------------------
 
@@ -398,8 +419,6 @@ class Simulation:
                 self.client.loop_write()
             if not self.client.is_connected():
                 self._reconnect()
-                time.sleep(min(_RECONNECT_S, max(0.0, start + done * period -
-                                                 time.monotonic())))
             self._network(start + done * period - time.monotonic())
         self._flush()
         elapsed = time.monotonic() - start

@@ -206,3 +206,16 @@ def test_an_unreachable_broker_exits_69(mosquitto):
                             timeout=30, check=False)
     assert result.returncode == 69
     assert "cannot connect" in result.stderr
+
+
+async def test_it_rides_out_a_broker_restart(mosquitto):
+    proc = simulate(mosquitto, "--turbines", "2", "--duration", "4.5", "--qos", "1")
+    await asyncio.sleep(1.0)
+    await asyncio.to_thread(mosquitto.restart, 1.0)
+    rows = Rows()
+    async with subscriber(mosquitto, rows):
+        code, out, err = await wait_exit(proc)
+    assert code == 0, err
+    assert "reconnects 1" in out
+    assert '"simulate_reconnected"' in err
+    assert len(rows.by_turbine["turbine-0"]) >= 20  # publishing again after the restart

@@ -23,8 +23,8 @@ LINK = "source.bus"  # the connection's component label
 COL = {name: i for i, name in enumerate(layout.DATASET_COLUMNS)}
 
 
-def make_source(broker, tmp_path: Path, **overrides) -> tuple[MqttSource, Counters]:
-    body = {"type": "mqtt", "broker": {"host": broker.host, "port": broker.port,
+def make_source(mosquitto, tmp_path: Path, **overrides) -> tuple[MqttSource, Counters]:
+    body = {"type": "mqtt", "broker": {"host": mosquitto.host, "port": mosquitto.port,
                                        "reconnect_min_s": 0.2, "reconnect_max_s": 1.0,
                                        "connect_timeout_s": 3}} | overrides
     counters = Counters()
@@ -329,3 +329,85 @@ async def test_a_turbine_silent_on_the_bus_is_reported_with_its_gap(mosquitto, t
     assert 1.0 < events[1].detail["gap_s"] < 2.5
     recovered = [e for e in logs if e["event"] == "sensor_recovered"]
     assert recovered and recovered[0]["gap_s"] == events[1].detail["gap_s"]
+
+
+def make_certificates(directory: Path) -> dict[str, Path]:
+    """A CA and a broker certificate for 127.0.0.1 (openssl's command line)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    ca_key, ca, key, csr, cert = (directory / n for n in (
+        "ca.key", "ca.pem", "broker.key", "broker.csr", "broker.pem"))
+    ext = directory / "san.cnf"
+    ext.write_text("subjectAltName = IP:127.0.0.1\n")
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out",
+        str(ca), "-days", "2", "-subj", "/CN=edged test CA")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
+        "-subj", "/CN=127.0.0.1")
+    run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+        "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(ext))
+    return {"ca": ca, "cert": cert, "key": key}
+
+
+@pytest.fixture
+def cert_dir():
+    """Readable by the broker: mosquitto started as root reads certificates as user
+    mosquitto, and pytest's tmp_path is private to its owner."""
+    import shutil
+    import tempfile
+
+    directory = Path(tempfile.mkdtemp(prefix="edged-tls-"))
+    directory.chmod(0o755)
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+async def test_tls_with_a_private_ca(tmp_path, cert_dir):
+    from edged.testing import Mosquitto, free_port
+
+    certs = make_certificates(cert_dir)
+    for path in certs.values():
+        path.chmod(0o644)
+    tls_port = free_port()
+    extra = (f"listener {tls_port} 127.0.0.1\ncertfile {certs['cert']}\n"
+             f"keyfile {certs['key']}\n")
+    with Mosquitto(tmp_path, extra_config=extra) as broker:
+        tls_broker = {"host": "127.0.0.1", "port": tls_port, "connect_timeout_s": 5,
+                      "tls": {"ca_file": str(certs["ca"])}}
+        source, counters = make_source(broker, tmp_path, broker=tls_broker)
+        collect = Collector()
+        record = farm_records(ticks=1, turbines=1)[0]
+        async with running(source, collect), publisher(broker) as pub:  # plain publisher
+            await subscribed(source)
+            await pub.publish("turbines/secure/raw", ",".join(record))
+            await collect.wait_rows(1)
+        assert collect.turbines() == ["secure"]
+        # Without the CA the broker's certificate is not trusted: the start fails.
+        untrusted = tls_broker | {"tls": {}}
+        source, _ = make_source(broker, tmp_path, broker=untrusted)
+        with pytest.raises(aiomqtt.MqttError):
+            async with source:
+                pass
+
+
+async def test_a_persistent_session_keeps_qos1_rows_while_away(mosquitto, tmp_path):
+    broker = {"host": mosquitto.host, "port": mosquitto.port, "client_id": "edged-persist",
+              "persistent_session": True}
+    record = farm_records(ticks=1, turbines=1)[0]
+    source, _ = make_source(mosquitto, tmp_path, broker=broker, qos=1)
+    async with running(source, Collector()):
+        await subscribed(source)
+    async with publisher(mosquitto) as pub:  # edged is away (restarting, say)
+        for i in range(5):
+            await pub.publish(f"turbines/t{i}/raw", ",".join(record), qos=1)
+    source, _ = make_source(mosquitto, tmp_path, broker=broker, qos=1)
+    collect = Collector()
+    async with running(source, collect):
+        await collect.wait_rows(5)
+    assert collect.turbines() == [f"t{i}" for i in range(5)]
