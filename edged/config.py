@@ -150,6 +150,9 @@ class LogSpec(Strict):
     format: Literal["auto", "json", "console"] = Field(
         "auto", description="auto: console on a terminal, JSON lines otherwise."
     )
+    stats_interval_s: float = Field(
+        60.0, ge=0, description="Log every counter and queue this often (0: never)."
+    )
 
 
 class PluginsSpec(Strict):

@@ -29,6 +29,9 @@ class Decision:
     # fault in one group disturbs the whole reconstruction, so several groups may be
     # flagged at once while one of them is the cause.
     primary: str | None = None
+    # Rows received from this turbine so far; the newest of them is in this decision.
+    # Ties an alarm to the exact reading it was based on (latency, capture).
+    rows: int = 0
 
     @property
     def is_anomalous(self) -> bool:

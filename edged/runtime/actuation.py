@@ -78,7 +78,8 @@ class AlarmTracker:
         state.groups = state.groups | groups
         ordered = tuple(g for g in decision.groups if g in state.groups)
         return self._event("alarm", decision, features, thresholds, ordered,
-                           {"consecutive": state.streak, "primary": decision.primary})
+                           {"consecutive": state.streak, "primary": decision.primary,
+                            "rows": decision.rows})
 
     @staticmethod
     def _event(kind, decision: Decision, features, thresholds, groups, detail=None) -> Event:

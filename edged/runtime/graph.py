@@ -92,6 +92,9 @@ class Graph:
                                                name=f"edged[source.{s.name}].run")
                                 for s in sources],
                 }
+                if self.config.raw.log.stats_interval_s > 0:
+                    self.running["pipelines"].append(
+                        tg.create_task(self._stats_loop(), name="edged[graph].stats"))
                 log.info("graph_started", sources=[s.name for s in sources],
                          pipelines=[p.name for p in pipelines],
                          actuators=[b.name for b in actuators])
@@ -122,6 +125,18 @@ class Graph:
                     self.pipelines[name].subscribers.append(binding)
         for source in sources:
             source.targets = [p for p in source.targets if p in pipelines]
+
+    def stats(self) -> dict[str, Any]:
+        """Every counter, queue and turbine count: what the periodic `stats` log shows."""
+        queues = {p.queue.name: p.queue.stats() for p in self.pipelines.values()}
+        queues |= {b.queue.name: b.queue.stats() for b in self.actuators.values()}
+        return {"counters": self.counters.snapshot(), "queues": queues,
+                "turbines": {n: len(p.buffers.names) for n, p in self.pipelines.items()}}
+
+    async def _stats_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.raw.log.stats_interval_s)
+            log.info("stats", **self.stats())
 
     async def _supervise(self, source: SourceNode) -> None:
         """Run a source; if it crashes, log it and run it again after a backoff."""

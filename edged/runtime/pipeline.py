@@ -146,6 +146,7 @@ class Pipeline:
         # Copy the histories on the loop (ingest keeps writing); compute in a thread.
         history = self.buffers.gather(slots)
         self._decided_at[slots] = self.buffers.count[slots]
+        rows = self.buffers.count[slots].tolist()
         backend = self.backend
         scores = await asyncio.to_thread(self._score, history, backend)
         now = time.time()
@@ -163,6 +164,7 @@ class Pipeline:
                 groups=dict(zip(self._group_names, group_flags[i].tolist(), strict=True)),
                 model=model,
                 primary=primary[i],
+                rows=rows[i],
             )
             for i, slot in enumerate(slots.tolist())
         ]
