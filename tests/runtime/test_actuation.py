@@ -151,7 +151,7 @@ def test_alarm_event_carries_values_thresholds_model_and_primary():
     assert event.values == dict(zip(FEATURES, d.values, strict=True))
     assert event.thresholds == dict(zip(FEATURES, THRESHOLDS, strict=True))
     assert event.groups == ("vibration", "voltage")
-    assert event.detail == {"consecutive": 2, "primary": "voltage"}
+    assert event.detail == {"consecutive": 2, "primary": "voltage", "rows": d.rows}
     as_dict = event.to_dict()
     assert as_dict["detail"]["primary"] == "voltage"
     assert as_dict["model"] == {"name": "windturbine", "version": 3}

@@ -209,6 +209,7 @@ async def test_starts_every_component_and_stops_in_stages(tmp_path, cleanup):
         f"edged[pipeline.{PIPELINE}].ingest_loop",
         f"edged[pipeline.{PIPELINE}].decide_loop",
         f"edged[pipeline.{PIPELINE}].watch_loop",
+        "edged[graph].stats",
         "edged[actuator.log].run",
         "edged[actuator.rec].run",
     }
