@@ -50,7 +50,7 @@ Shared by the ``mqtt`` source and the ``mqtt`` actuator. The whole API::
 
 Logs: ``mqtt_connected`` (``reconnect``, ``gap_s``: seconds without a connection),
 ``mqtt_disconnected`` (``reason``, ``connected_s``), ``mqtt_connect_failed``
-(rate-limited, ``attempt``, ``retry_in_s``). Counters, labelled ``component=<name>``:
+(rate-limited, ``attempt``, ``retry_in_s``). Counters, labelled ``component=<kind>.<name>``:
 ``mqtt_reconnects``, ``mqtt_disconnected_seconds`` (summed outage, float),
 ``mqtt_connect_failures``, ``mqtt_messages_dropped`` (inbox full).
 """
