@@ -20,6 +20,7 @@ from edged.errors import ComponentStartError, ConfigError
 from edged.metrics import Counters
 from edged.registry import Registry
 from edged.runtime.graph import Graph, build_graph
+from edged.sdnotify import Notifier
 
 log = structlog.get_logger("edged.supervisor")
 
@@ -27,7 +28,8 @@ log = structlog.get_logger("edged.supervisor")
 class Supervisor:
     def __init__(self, config: EdgedConfig, registry: Registry, pm: pluggy.PluginManager,
                  *, stop: asyncio.Event | None = None, reload: asyncio.Event | None = None,
-                 on_graph: Callable[[Graph], None] = lambda graph: None) -> None:
+                 on_graph: Callable[[Graph], None] = lambda graph: None,
+                 notifier: Notifier | None = None) -> None:
         self.config = config
         self.registry = registry
         self.pm = pm
@@ -38,6 +40,8 @@ class Supervisor:
         self.reload_event = reload or asyncio.Event()
         self.on_graph = on_graph  # lets the demo observe every graph it runs
         self.reloads = 0
+        # systemd's notify socket and watchdog; a no-op outside systemd.
+        self.notifier = notifier or Notifier.from_environ()
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -55,7 +59,14 @@ class Supervisor:
             self._install_signals()
         try:
             async with asyncio.TaskGroup() as tg:
-                failure = await self._serve(tg)
+                interval = self.notifier.watchdog_interval()
+                watchdog = tg.create_task(self._watchdog(interval / 2),
+                                          name="edged[supervisor].watchdog") if interval else None
+                try:
+                    failure = await self._serve(tg)
+                finally:
+                    if watchdog is not None:
+                        watchdog.cancel()
         finally:
             if self._use_signals:
                 self._remove_signals()
@@ -67,6 +78,7 @@ class Supervisor:
     async def _serve(self, tg: asyncio.TaskGroup) -> ComponentStartError | None:
         graph = self.graph
         graph_task = await self._start(tg, graph)
+        self._ready(graph_task, f"running {self.config.path}")
         while True:
             stop_task = tg.create_task(self.stop_event.wait(), name="edged[supervisor].stop")
             reload_task = tg.create_task(self.reload_event.wait(),
@@ -79,13 +91,19 @@ class Supervisor:
                 failure = graph_task.result()
                 return failure  # start-up failed under a `fail` policy, or None
             if self.stop_event.is_set():
+                self.notifier.stopping("stopping")
                 await self._stop(graph, graph_task, "shutdown")
                 return None
             self.reload_event.clear()
+            self.notifier.reloading(f"reloading {self.config.path}")
             previous_config = self.config
             new_graph = self._rebuild()
             if new_graph is None:
-                continue  # refused: the running graph was never touched
+                # Refused: the running graph was never touched. READY=1 all the same, so
+                # that systemd leaves the reloading state.
+                self.notifier.ready(f"reload refused, {self.config.path} is invalid; "
+                                    "previous config still running")
+                continue
             await self._stop(graph, graph_task, "reload")
             new_graph.adopt_buffers(graph)
             self.graph = graph = new_graph
@@ -97,9 +115,12 @@ class Supervisor:
                 self.graph = graph = build_graph(previous_config, self.registry, self.counters)
                 graph.adopt_buffers(new_graph)  # which holds the old graph's histories
                 graph_task = await self._start(tg, graph)
+                self._ready(graph_task, "reload failed to start; previous config running")
                 continue
             self.reloads += 1
             log.info("config_reloaded", path=str(self.config.path), reloads=self.reloads)
+            self._ready(graph_task, f"running {self.config.path}, reloaded "
+                        f"{self.reloads} time(s)")
 
     async def _start(self, tg: asyncio.TaskGroup, graph: Graph) -> asyncio.Task:
         """Start ``graph``; return once it is ready or has failed to start."""
@@ -112,6 +133,19 @@ class Supervisor:
         if ready.is_set():
             self.pm.hook.edged_started(graph=graph, config=graph.config)
         return graph_task
+
+    def _ready(self, graph_task: asyncio.Task, status: str) -> None:
+        """READY=1 once every component has started (``_start`` returned with the graph
+        still running); nothing if it failed to start, as the daemon then exits."""
+        if not graph_task.done():
+            self.notifier.ready(status)
+
+    async def _watchdog(self, period_s: float) -> None:
+        """Ping systemd's watchdog from the event loop, so that a blocked loop stops the
+        pings and systemd restarts the daemon."""
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(period_s)
 
     @staticmethod
     async def _guard(run) -> Exception | None:

@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Install (or upgrade) edged as a systemd service on a device. Run as root; running it
+# again is safe: the venv is upgraded in place, an existing /etc/edged/edged.yaml or
+# edged.env is never touched, and a running service is restarted on the new code.
+#
+#   systemd/install.sh                  # install this checkout
+#   systemd/install.sh edged-0.1.0-py3-none-any.whl    # or a wheel, a path, a requirement
+#   systemd/install.sh --dry-run        # print the steps, change nothing
+#   PYTHON=/usr/bin/python3.12 systemd/install.sh      # another interpreter (>= 3.11)
+#
+# What goes where (systemd/edged.service expects the same paths):
+#   /opt/edged                      a venv holding edged and its dependencies
+#   /usr/local/bin/edged            a link to /opt/edged/bin/edged, for operators
+#   /etc/edged/edged.yaml           the config (from configs/edged.yaml if absent)
+#   /etc/edged/edged.env            secrets for ${NAME} references, 0600 (if absent)
+#   /etc/systemd/system/edged.service
+#   user and group edged            the service's system user, no home, no shell
+set -euo pipefail
+
+PREFIX=/opt/edged
+CONF_DIR=/etc/edged
+UNIT_DIR=/etc/systemd/system
+LINK=/usr/local/bin/edged
+SERVICE_USER=edged
+DOC_DIR=$PREFIX/share/doc/edged
+# The venv's interpreter must stay visible to the service: not in a home directory
+# (ProtectHome=yes hides them, and the edged user could not read root's anyway).
+PYTHON=${PYTHON:-/usr/bin/python3}
+
+HERE=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+CHECKOUT=$(dirname -- "$HERE")
+
+DRY_RUN=0
+PACKAGE=""
+
+usage() {
+    sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+}
+
+while (($#)); do
+    case $1 in
+        --dry-run | -n) DRY_RUN=1 ;;
+        -h | --help) usage; exit 0 ;;
+        -*) echo "install.sh: unknown option $1" >&2; usage >&2; exit 64 ;;
+        *)
+            if [[ -n $PACKAGE ]]; then
+                echo "install.sh: give one package at most" >&2
+                exit 64
+            fi
+            PACKAGE=$1
+            ;;
+    esac
+    shift
+done
+PACKAGE=${PACKAGE:-$CHECKOUT}
+
+say() { printf '==> %s\n' "$*"; }
+
+# Runs a step, or only prints it under --dry-run.
+run() {
+    if ((DRY_RUN)); then
+        printf '+'
+        printf ' %q' "$@"
+        printf '\n'
+    else
+        "$@"
+    fi
+}
+
+if ((!DRY_RUN)) && ((EUID != 0)); then
+    echo "install.sh: run as root (or with --dry-run to see the steps)" >&2
+    exit 77
+fi
+
+if ! "$PYTHON" -c 'import sys, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "install.sh: edged needs $PYTHON >= 3.11 with venv (apt install python3-venv)" >&2
+    ((DRY_RUN)) || exit 69
+fi
+case $(readlink -f -- "$PYTHON" 2>/dev/null || echo "$PYTHON") in
+    /root/* | /home/*)
+        echo "install.sh: $PYTHON lives in a home directory, which the service cannot" \
+            "see; use the system's python3 (PYTHON=/usr/bin/python3)" >&2
+        ((DRY_RUN)) || exit 69
+        ;;
+esac
+
+say "venv with edged in $PREFIX"
+if [[ ! -x $PREFIX/bin/python ]]; then
+    run "$PYTHON" -m venv "$PREFIX"
+fi
+run "$PREFIX/bin/python" -m pip install --quiet --upgrade pip
+run "$PREFIX/bin/python" -m pip install --quiet --upgrade "$PACKAGE"
+run ln -sfn "$PREFIX/bin/edged" "$LINK"
+run install -D -m 0644 "$HERE/README.md" "$DOC_DIR/systemd.md"
+
+say "system user $SERVICE_USER"
+if getent passwd "$SERVICE_USER" >/dev/null; then
+    echo "user $SERVICE_USER exists"
+else
+    run useradd --system --user-group --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin --comment "edged daemon" "$SERVICE_USER"
+fi
+
+say "config in $CONF_DIR"
+run install -d -m 0755 "$CONF_DIR"
+if [[ -e $CONF_DIR/edged.yaml ]]; then
+    echo "$CONF_DIR/edged.yaml exists: kept as it is"
+else
+    run install -m 0640 -o root -g "$SERVICE_USER" "$CHECKOUT/configs/edged.yaml" \
+        "$CONF_DIR/edged.yaml"
+fi
+if [[ -e $CONF_DIR/edged.env ]]; then
+    echo "$CONF_DIR/edged.env exists: kept as it is"
+elif ((DRY_RUN)); then
+    echo "+ create $CONF_DIR/edged.env (0600, root; secrets for \${NAME} references)"
+else
+    (
+        umask 077
+        printf '%s\n' "# Secrets for \${NAME} references in edged.yaml, read by systemd as root." \
+            "# EDGED_MQTT_PASSWORD=..." >"$CONF_DIR/edged.env"
+    )
+fi
+if ((DRY_RUN)) || [[ ! -x $PREFIX/bin/edged ]]; then
+    run "$PREFIX/bin/edged" check-config "$CONF_DIR/edged.yaml"
+elif ! "$PREFIX/bin/edged" check-config "$CONF_DIR/edged.yaml"; then
+    echo "warning: fix $CONF_DIR/edged.yaml; the service will not start until it passes" >&2
+fi
+
+say "unit $UNIT_DIR/edged.service"
+# The unit is ours and replaced on upgrade; local changes go in a drop-in
+# (systemctl edit edged), which survives.
+run install -m 0644 "$HERE/edged.service" "$UNIT_DIR/edged.service"
+
+if [[ -d /run/systemd/system ]]; then
+    say "systemd: enable and start"
+    was_active=0
+    if systemctl is-active --quiet edged; then
+        was_active=1
+    fi
+    run systemctl daemon-reload
+    run systemctl enable --now edged
+    if ((was_active)); then
+        run systemctl try-restart edged # pick up the new code
+    fi
+    echo "status: systemctl status edged; logs: journalctl -u edged -f"
+else
+    say "systemd is not running here (no /run/systemd/system): nothing started"
+    echo "on the device, run: systemctl daemon-reload && systemctl enable --now edged"
+fi
