@@ -27,7 +27,10 @@ class OnnxConfig(InferenceConfig):
         description="ONNX Runtime intra-op threads; 1 leaves the other cores to the rest.",
     )
     max_batch: int = Field(
-        1024, ge=1, description="Largest batch per model call; bigger rounds are split."
+        16, ge=1,
+        description="Windows per model call; bigger rounds are split. Small batches stay "
+        "in the CPU cache: for the reference model 16 is as fast per window as 1000 and "
+        "needs a tenth of the memory.",
     )
     verify: bool = Field(True, description="Check every file's SHA-256 against the manifest.")
 

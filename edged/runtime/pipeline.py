@@ -9,6 +9,7 @@ with new data, ``watch`` raises ``sensor_stale`` / ``sensor_recovered``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from typing import Protocol
@@ -25,6 +26,7 @@ from edged.runtime.buffers import TurbineBuffers
 from edged.runtime.queues import BoundedQueue
 
 log = structlog.get_logger("edged.pipeline")
+_GOLDEN = 0.6180339887498949
 
 
 class Subscriber(Protocol):
@@ -50,6 +52,8 @@ class Pipeline:
         )
         self.subscribers: list[Subscriber] = []
         self._decided_at = np.zeros(0, dtype=np.int64)  # buffers.count at the last decision
+        self._due_at = np.zeros(0)  # monotonic time each turbine is next due; -1: unset
+        self._wake = asyncio.Event()  # set by ingest: rows arrived
         self._stale: set[int] = set()
         self._silent_since: dict[int, float] = {}  # stale slot -> time of its last row
         self._rate_limit = RateLimit()
@@ -105,6 +109,7 @@ class Pipeline:
         if len(slots):
             features = self.preprocessor.row_features(values)
             self.buffers.write(slots, features, time.monotonic())
+            self._wake.set()
         self.counters.inc("rows_accepted", len(slots), pipeline=self.name)
         return len(slots)
 
@@ -122,30 +127,60 @@ class Pipeline:
     # -- decide -------------------------------------------------------------------------
 
     async def decide_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_at = loop.time()
+        """Decide each turbine once per ``interval_s``, on the first row that arrives
+        after it is due. Turbines are spread over the interval by a fixed phase, so each
+        round holds a fraction of the fleet and a reading waits for one small round's
+        compute, not the whole fleet's."""
         while True:
-            next_at += self.spec.interval_s
-            await self.decide_once()
-            # Keep the cadence; if a round overran, start the next one at once.
-            await asyncio.sleep(max(0.0, next_at - loop.time()))
-            next_at = max(next_at, loop.time() - self.spec.interval_s)
+            slots = self.scheduled(time.monotonic())
+            if len(slots):
+                await self.decide_once(slots)  # yields: the work runs in a thread
+                continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.spec.interval_s):
+                    await self._wake.wait()
+
+    def _phase(self, slots: np.ndarray) -> np.ndarray:
+        # The golden ratio spreads consecutive slots evenly over the interval.
+        return (slots * _GOLDEN) % 1.0 * self.spec.interval_s
+
+    def _grow(self) -> int:
+        known = len(self.buffers.names)
+        if len(self._decided_at) < known:
+            extra = known - len(self._decided_at)
+            self._decided_at = np.pad(self._decided_at, (0, extra))
+            self._due_at = np.pad(self._due_at, (0, extra), constant_values=-1.0)
+        return known
+
+    def scheduled(self, now: float) -> np.ndarray:
+        """Slots due by ``now`` that received a row since they became due."""
+        self._grow()
+        ready = self.buffers.ready()
+        fresh = ready[self._due_at[ready] < 0]
+        if len(fresh):
+            # Decide a turbine at once when its history first fills up, and from then on
+            # at its phase: next due = last row - phase + interval.
+            self._due_at[fresh] = self.buffers.last_seen[fresh] - self._phase(fresh)
+        due_at = self._due_at[ready]
+        return ready[(due_at <= now) & (self.buffers.last_seen[ready] >= due_at)
+                     & (self.buffers.count[ready] > self._decided_at[ready])]
 
     def due(self) -> np.ndarray:
         """Slots with a full history and rows newer than their last decision."""
-        known = len(self.buffers.names)
-        if len(self._decided_at) < known:
-            self._decided_at = np.pad(self._decided_at, (0, known - len(self._decided_at)))
+        self._grow()
         ready = self.buffers.ready()
         return ready[self.buffers.count[ready] > self._decided_at[ready]]
 
-    async def decide_once(self) -> list[Decision]:
-        slots = self.due()
+    async def decide_once(self, slots: np.ndarray | None = None) -> list[Decision]:
+        """Decide ``slots`` (default: every turbine with new rows) in one batch."""
+        slots = self.due() if slots is None else slots
         if not len(slots):
             return []
         # Copy the histories on the loop (ingest keeps writing); compute in a thread.
         history = self.buffers.gather(slots)
         self._decided_at[slots] = self.buffers.count[slots]
+        self._reschedule(slots, time.monotonic())
         rows = self.buffers.count[slots].tolist()
         backend = self.backend
         scores = await asyncio.to_thread(self._score, history, backend)
@@ -175,6 +210,14 @@ class Pipeline:
         for subscriber in self.subscribers:
             subscriber.on_decisions(decisions, self.preprocessor.features, thresholds)
         return decisions
+
+    def _reschedule(self, slots: np.ndarray, now: float) -> None:
+        due_at = self._due_at[slots] + self.spec.interval_s
+        behind = due_at < now
+        # A turbine more than an interval behind (overload, a long pause) starts afresh
+        # at its phase, so the fleet never bunches up into one huge round.
+        due_at[behind] = now + self._phase(slots[behind])
+        self._due_at[slots] = due_at
 
     def _groups(self, anomalous: np.ndarray) -> np.ndarray:
         return np.stack([anomalous[:, ix].any(axis=1) for ix in self._group_index], axis=1)

@@ -252,3 +252,38 @@ async def test_a_batch_whose_turbines_and_rows_disagree_is_rejected(pipeline):
     assert pipeline.counters.get("rows_rejected", pipeline="turbines",
                                  reason="wrong_length") == 3
     np.testing.assert_array_equal(history(pipeline, "turbine-0"), before)
+
+
+async def test_decisions_are_spread_over_the_interval():
+    """The decide loop's schedule: every turbine decided at once when its history fills,
+    then once per interval at its own phase, on the first row after it is due — so a
+    round holds a fraction of the fleet, not all of it."""
+    backend = OnnxBackend(OnnxConfig(type="onnx"))
+    stage = WindTurbineStage(params_for(WindTurbineConfig(type="windturbine"),
+                                        backend.manifest))
+    spec = PipelineSpec(inputs=["farm"], preprocessor={"type": "windturbine"},
+                        inference={"type": "onnx"}, interval_s=0.5)
+    farm = Farm(turbines=40)
+    async with backend:
+        pipe = Pipeline("turbines", spec, stage, backend, Counters())
+        pipe.ingest([farm.readings(HISTORY)])
+        first = pipe.scheduled(time.monotonic())
+        assert len(first) == 40  # a full history is decided at once
+        await pipe.decide_once(first)
+        assert len(pipe.scheduled(time.monotonic())) == 0  # nothing new, nothing due
+        pipe.ingest([farm.readings(1)])
+        now = time.monotonic()
+        # Due times are spread over the next interval...
+        due = np.sort(pipe._due_at[:40]) - now
+        assert due.max() - due.min() > 0.8 * spec.interval_s
+        # ...so a quarter of an interval later about a quarter of the fleet is due,
+        # and only once a row has arrived after its due time.
+        early = pipe.scheduled(now + spec.interval_s / 4)
+        assert len(early) <= 3  # only turbines whose row came after their due time
+        assert (pipe._due_at[early] <= pipe.buffers.last_seen[early]).all()
+        await asyncio.sleep(spec.interval_s / 4)
+        pipe.ingest([farm.readings(1)])
+        round_ = pipe.scheduled(time.monotonic())
+        assert 3 <= len(round_) <= 20
+        await pipe.decide_once(round_)
+        assert set(pipe.scheduled(time.monotonic())).isdisjoint(round_)
