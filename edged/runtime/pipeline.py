@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import numpy as np
@@ -54,6 +55,7 @@ class Pipeline:
         self._decided_at = np.zeros(0, dtype=np.int64)  # buffers.count at the last decision
         self._due_at = np.zeros(0)  # monotonic time each turbine is next due; -1: unset
         self._wake = asyncio.Event()  # set by ingest: rows arrived
+        self._executor: ThreadPoolExecutor | None = None  # None: the default executor
         self._stale: set[int] = set()
         self._silent_since: dict[int, float] = {}  # stale slot -> time of its last row
         self._rate_limit = RateLimit()
@@ -131,15 +133,22 @@ class Pipeline:
         after it is due. Turbines are spread over the interval by a fixed phase, so each
         round holds a fraction of the fleet and a reading waits for one small round's
         compute, not the whole fleet's."""
-        while True:
-            slots = self.scheduled(time.monotonic())
-            if len(slots):
-                await self.decide_once(slots)  # yields: the work runs in a thread
-                continue
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.spec.interval_s):
-                    await self._wake.wait()
+        # One worker thread per pipeline: rounds never overlap, and the process does not
+        # grow a malloc arena per thread of the default executor.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"edged-{self.name}")
+        try:
+            while True:
+                slots = self.scheduled(time.monotonic())
+                if len(slots):
+                    await self.decide_once(slots)  # yields: the work runs in the thread
+                    continue
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.spec.interval_s):
+                        await self._wake.wait()
+        finally:
+            self._executor.shutdown(wait=False)
+            self._executor = None
 
     def _phase(self, slots: np.ndarray) -> np.ndarray:
         # The golden ratio spreads consecutive slots evenly over the interval.
@@ -183,7 +192,8 @@ class Pipeline:
         self._reschedule(slots, time.monotonic())
         rows = self.buffers.count[slots].tolist()
         backend = self.backend
-        scores = await asyncio.to_thread(self._score, history, backend)
+        scores = await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._score, history, backend)
         now = time.time()
         model = backend.model
         names = self.buffers.names
