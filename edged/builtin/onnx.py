@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 import numpy as np
@@ -14,6 +15,12 @@ from edged.errors import ModelError
 from edged.events import ModelRef
 from edged.modelpkg import read_manifest, resolve_model_path
 from edged.registry import ComponentType
+
+# ONNX Runtime >= 1.29 sends usage telemetry from Linux too, and writes a device id under
+# $HOME. A device must not phone home unasked: opt out before the runtime initialises,
+# unless the operator has set the variables themselves.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("ORT_TELEMETRY_DISABLED", "1")
 
 
 class OnnxConfig(InferenceConfig):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -121,3 +122,21 @@ def test_unknown_builtin_lists_the_builtin_models():
     assert "windturbine-v1" in str(info.value)
     with pytest.raises(ModelError, match="built in: .*windturbine-v1"):
         backend("builtin:../models")
+
+
+def test_onnx_runtime_telemetry_is_opted_out_by_default():
+    """ONNX Runtime >= 1.29 phones home from Linux unless told not to; edged tells it,
+    and leaves an operator's explicit choice alone."""
+    import subprocess
+    import sys
+
+    probe = ("import os, edged.builtin.onnx; "
+             "print(os.environ['ORT_DISABLE_TELEMETRY'], os.environ['ORT_TELEMETRY_DISABLED'])")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORT_")}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out == ["1", "1"]
+    env["ORT_DISABLE_TELEMETRY"] = "0"
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out[0] == "0"
