@@ -103,7 +103,7 @@ class MqttActuator(Component):
         self.device_id = ctx.device_id
         self.counters = ctx.counters
         self.link = BrokerLink(config.broker, name=ctx.name, device_id=ctx.device_id,
-                               counters=ctx.counters)
+                               counters=ctx.counters, kind="actuator")
         self.log = log.bind(actuator=ctx.name)
         self.rate_limit = RateLimit(interval=30.0)
         self._task: asyncio.Task | None = None

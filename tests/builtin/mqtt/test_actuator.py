@@ -183,7 +183,7 @@ async def test_an_alarm_raised_while_the_broker_restarts_is_published_after(mosq
         handled = asyncio.create_task(actuator.handle(alarm()))
         await restart
         await asyncio.wait_for(handled, 10)
-        assert counters.get("mqtt_reconnects", component="bus") >= 1
+        assert counters.get("mqtt_reconnects", component="actuator.bus") >= 1
         if down_for > 2:
             assert counters.get("mqtt_publish_retries", actuator="bus") > 0
         assert counters.get("mqtt_publish_failures", actuator="bus") == 0
