@@ -25,6 +25,7 @@ test: venv
 
 bench: venv
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/mqtt_e2e.py
 
 lint: venv
 	$(BIN)/ruff check .

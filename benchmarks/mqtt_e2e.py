@@ -1,11 +1,11 @@
 """End to end through a real broker: ``edged simulate`` -> mosquitto -> ``edged run`` ->
 alarm -> a subscriber, all on this machine.
 
-    .venv/bin/python benchmarks/mqtt_e2e.py [--turbines 100 500 1000] [--batched 2000:10]
+    .venv/bin/python benchmarks/mqtt_e2e.py [--runs 100:1:0.5 1000:10:0.5 ...]
 
-Per scenario: N turbines at 20 Hz publish on ``turbines/<id>/raw`` (CSV, QoS 0; one row
-per message, or K rows per message for the batched runs). The daemon decides every turbine
-twice a second and its ``mqtt`` actuator publishes alarms (QoS 1). Reported: readings/s
+A run ``N:K:I``: N turbines at 20 Hz publish on ``turbines/<id>/raw`` (CSV, QoS 0; K rows
+per message), the daemon decides every turbine every I seconds (0.5: twice a second) and
+its ``mqtt`` actuator publishes alarms (QoS 1). Reported: readings/s
 received, readings lost (published minus accepted, over the whole run), decisions/s, the
 latency from the publish of the newest reading a decision used to the arrival of its alarm
 at a subscriber (p50/p99), and the daemon's RSS and CPU.
@@ -57,7 +57,7 @@ pipelines:
     inputs: [bus]
     preprocessor: {{type: windturbine}}
     inference: {{type: onnx}}
-    interval_s: 0.5
+    interval_s: {interval}
     max_turbines: 100000
     stale_after_s: 30
 actuators:
@@ -172,10 +172,10 @@ class AlarmListener:
         self.client.disconnect()
 
 
-def scenario(turbines: int, batch: int, measure_s: float) -> dict:
+def scenario(turbines: int, batch: int, interval: float, measure_s: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp, Mosquitto(Path(tmp)) as broker:
         config = Path(tmp) / "edged.yaml"
-        config.write_text(CONFIG.format(port=broker.port))
+        config.write_text(CONFIG.format(port=broker.port, interval=interval))
         daemon = Daemon(config)
         if not daemon.started.wait(30):
             daemon.stop()
@@ -207,7 +207,7 @@ def scenario(turbines: int, batch: int, measure_s: float) -> dict:
         daemon.stop()
         latencies = _latencies(listener.alarms, probes, t0, t1)
     return {
-        "turbines": turbines, "batch": batch,
+        "turbines": turbines, "batch": batch, "interval": interval,
         "readings_per_s": (rows1 - rows0) / (t1 - t0),
         "lost": published - accepted, "dropped_counted": dropped,
         "decisions_per_s": (decisions1 - decisions0) / (t1 - t0),
@@ -238,20 +238,21 @@ def _latencies(alarms, probes: Probes, t0: float, t1: float) -> list[float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--turbines", type=int, nargs="*", default=[100, 500, 1000])
-    parser.add_argument("--batched", nargs="*", default=["2000:10"], metavar="N:K",
-                        help="N turbines with K rows per message")
+    parser.add_argument("--runs", nargs="+", metavar="N:K:I",
+                        default=["100:1:0.5", "500:1:0.5", "1000:1:0.5", "1000:10:0.5",
+                                 "1000:1:1"],
+                        help="turbines : rows per message : decision interval (s)")
     parser.add_argument("--seconds", type=float, default=20.0, help="measuring window")
     args = parser.parse_args()
-    runs = [(n, 1) for n in args.turbines] + [tuple(map(int, s.split(":")))
-                                              for s in args.batched]
-    print(f"{'turbines':>8} {'rows/msg':>8} {'readings/s':>10} {'lost':>6} {'decisions/s':>11} "
-          f"{'p50 ms':>7} {'p99 ms':>7} {'alarms':>6} {'RSS MB':>7} {'peak MB':>7} {'CPU':>5}")
-    for turbines, batch in runs:
-        r = scenario(turbines, batch, args.seconds)
-        print(f"{r['turbines']:>8} {r['batch']:>8} {r['readings_per_s']:>10.0f} "
-              f"{r['lost']:>6} {r['decisions_per_s']:>11.0f} {r['p50_ms']:>7.1f} "
-              f"{r['p99_ms']:>7.1f} {r['alarms']:>6} {r['rss_mb']:>7.1f} "
+    runs = [(int(n), int(k), float(i)) for n, k, i in (r.split(":") for r in args.runs)]
+    print(f"{'turbines':>8} {'rows/msg':>8} {'every s':>7} {'readings/s':>10} {'lost':>6} "
+          f"{'decisions/s':>11} {'p50 ms':>7} {'p99 ms':>7} {'alarms':>6} {'RSS MB':>7} "
+          f"{'peak MB':>7} {'CPU':>5}")
+    for turbines, batch, interval in runs:
+        r = scenario(turbines, batch, interval, args.seconds)
+        print(f"{r['turbines']:>8} {r['batch']:>8} {r['interval']:>7g} "
+              f"{r['readings_per_s']:>10.0f} {r['lost']:>6} {r['decisions_per_s']:>11.0f} "
+              f"{r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} {r['alarms']:>6} {r['rss_mb']:>7.1f} "
               f"{r['peak_rss_mb']:>7.1f} {r['cpu']:>5.0%}", flush=True)
     return 0
 
