@@ -205,7 +205,7 @@ def scenario(turbines: int, batch: int, interval: float, measure_s: float) -> di
         dropped = daemon.counter("mqtt_messages_dropped") + daemon.counter("batches_dropped")
         listener.close()
         daemon.stop()
-        latencies = _latencies(listener.alarms, probes, t0, t1)
+        latencies, deciding = _latencies(listener.alarms, probes, t0, t1)
     return {
         "turbines": turbines, "batch": batch, "interval": interval,
         "readings_per_s": (rows1 - rows0) / (t1 - t0),
@@ -213,6 +213,7 @@ def scenario(turbines: int, batch: int, interval: float, measure_s: float) -> di
         "decisions_per_s": (decisions1 - decisions0) / (t1 - t0),
         "p50_ms": float(np.percentile(latencies, 50)) if latencies else float("nan"),
         "p99_ms": float(np.percentile(latencies, 99)) if latencies else float("nan"),
+        "decide_p99_ms": float(np.percentile(deciding, 99)) if deciding else float("nan"),
         "alarms": len(latencies), "rss_mb": rss, "peak_rss_mb": peak,
         "cpu": (cpu1 - cpu0) / (t1 - t0),
     }
@@ -223,8 +224,10 @@ def _published_rows(summary: str) -> int:
     return int(summary.split("(", 1)[1].split(maxsplit=1)[0])
 
 
-def _latencies(alarms, probes: Probes, t0: float, t1: float) -> list[float]:
-    out = []
+def _latencies(alarms, probes: Probes, t0: float, t1: float) -> tuple[list, list]:
+    """Per probe alarm: publish of its newest reading -> arrival of the alarm, and the
+    part of it up to the decision (the alarm's own timestamp), in ms."""
+    out, deciding = [], []
     for arrived, alarm in alarms:
         turbine = alarm.get("turbine", "")
         if not turbine.startswith("probe-") or not t0 <= arrived <= t1:
@@ -233,7 +236,20 @@ def _latencies(alarms, probes: Probes, t0: float, t1: float) -> list[float]:
         sent = probes.published[int(turbine.split("-")[1])]
         if 0 < rows <= len(sent):
             out.append((arrived - sent[rows - 1]) * 1000)
-    return out
+            deciding.append((alarm["timestamp"] - sent[rows - 1]) * 1000)
+    return out, deciding
+
+
+# (title, key, width, format) of each printed column
+COLUMNS = [
+    ("turbines", "turbines", 8, "d"), ("rows/msg", "batch", 8, "d"),
+    ("every s", "interval", 7, "g"), ("readings/s", "readings_per_s", 10, ".0f"),
+    ("lost", "lost", 6, "d"), ("decisions/s", "decisions_per_s", 11, ".0f"),
+    ("p50 ms", "p50_ms", 7, ".1f"), ("p99 ms", "p99_ms", 7, ".1f"),
+    ("p99 to decision", "decide_p99_ms", 15, ".1f"), ("alarms", "alarms", 6, "d"),
+    ("RSS MB", "rss_mb", 7, ".1f"), ("peak MB", "peak_rss_mb", 7, ".1f"),
+    ("CPU", "cpu", 5, ".0%"),
+]
 
 
 def main() -> int:
@@ -245,15 +261,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="measuring window")
     args = parser.parse_args()
     runs = [(int(n), int(k), float(i)) for n, k, i in (r.split(":") for r in args.runs)]
-    print(f"{'turbines':>8} {'rows/msg':>8} {'every s':>7} {'readings/s':>10} {'lost':>6} "
-          f"{'decisions/s':>11} {'p50 ms':>7} {'p99 ms':>7} {'alarms':>6} {'RSS MB':>7} "
-          f"{'peak MB':>7} {'CPU':>5}")
+    print(" ".join(f"{title:>{width}}" for title, _, width, _ in COLUMNS))
     for turbines, batch, interval in runs:
         r = scenario(turbines, batch, interval, args.seconds)
-        print(f"{r['turbines']:>8} {r['batch']:>8} {r['interval']:>7g} "
-              f"{r['readings_per_s']:>10.0f} {r['lost']:>6} {r['decisions_per_s']:>11.0f} "
-              f"{r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} {r['alarms']:>6} {r['rss_mb']:>7.1f} "
-              f"{r['peak_rss_mb']:>7.1f} {r['cpu']:>5.0%}", flush=True)
+        print(" ".join(f"{r[key]:>{width}{fmt}}" for _, key, width, fmt in COLUMNS),
+              flush=True)
     return 0
 
 

@@ -82,8 +82,9 @@ class MqttSourceConfig(SourceConfig):
     )
     batch_rows: int = Field(2000, ge=1, le=100_000,
                             description="Most rows handed to the pipeline at once.")
-    batch_ms: float = Field(20.0, ge=0, le=1000,
-                            description="Longest a row waits to be batched with others.")
+    batch_ms: float = Field(5.0, ge=0, le=1000,
+                            description="Longest a row waits to be batched with others "
+                            "(it adds to the latency of every decision).")
 
     @field_validator("topics")
     @classmethod
