@@ -116,11 +116,13 @@ def test_builtin_plugin_module_exists_and_registers(name, module):
     files = [base.with_suffix(".py"), base / "__init__.py"]
     assert any(f.is_file() for f in files), f"entry point {name} names {module}: no {base}.py"
     loaded = importlib.import_module(module)
-    hook = getattr(loaded, "edged_component_types", None)
-    assert callable(hook), f"{module} has no edged_component_types"
-    assert hasattr(hook, "edged_impl"), f"{module}.edged_component_types is not a hookimpl"
-    registered = hook()
-    assert registered, f"{module} registers nothing"
+    hooks = [getattr(loaded, name, None)
+             for name in ("edged_component_types", "edged_cli_commands")]
+    hooks = [hook for hook in hooks if callable(hook)]
+    assert hooks, f"{module} implements no registration hook"
+    for hook in hooks:
+        assert hasattr(hook, "edged_impl"), f"{module}.{hook.__name__} is not a hookimpl"
+    assert any(hook() for hook in hooks), f"{module} registers nothing"
 
 
 def test_installed_entry_points_match_pyproject():
