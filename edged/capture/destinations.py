@@ -1,0 +1,162 @@
+"""Where batches go: files under ``disk_path`` (Disk) or objects in S3 (Cloud).
+
+Both take the objects :func:`edged.capture.batch.build_batch` makes and write them in
+order, the manifest last. Both block; the store calls them from a thread. A failure is
+raised as :class:`DeliveryError`, marked ``transient`` when waiting is likely to cure it
+(the endpoint is unreachable, slow or throttling): the store retries those for as long
+as it takes, and everything else a bounded number of times.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol
+
+from edged.capture.spool import fsync_dir, makedirs_durably, write_durably
+from edged.errors import EdgedError
+
+# S3 error codes that mean "later", whatever the HTTP status says.
+_TRANSIENT_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException",
+                              "RequestTimeout", "RequestTimeTooSkewed", "ExpiredToken",
+                              "RequestLimitExceeded", "ServiceUnavailable",
+                              "InternalError"})
+
+
+class DeliveryError(EdgedError):
+    """A batch could not be written to its destination; ``transient`` if worth waiting."""
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class Destination(Protocol):
+    name: str
+
+    def open(self) -> None: ...
+
+    def write(self, objects: list[tuple[str, bytes]]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def clean_prefix(prefix: str) -> str:
+    """``folder_prefix`` as a relative POSIX path without empty or dot segments."""
+    parts = [p for p in PurePosixPath(prefix.strip("/")).parts if p not in ("", ".")]
+    if any(p == ".." for p in parts):
+        raise ValueError(f"folder prefix {prefix!r} may not contain '..'")
+    return "/".join(parts)
+
+
+class DiskDestination:
+    """Batches as files under ``root`` (``disk_path/folder_prefix``)."""
+
+    name = "Disk"
+
+    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+        self.root = Path(root)
+        self.fsync = fsync
+
+    def open(self) -> None:
+        try:
+            makedirs_durably(self.root, self.fsync)
+        except OSError as exc:
+            raise DeliveryError(f"cannot create {self.root}: {exc}", transient=False) from exc
+
+    def write(self, objects: list[tuple[str, bytes]]) -> None:
+        *data, (manifest_key, manifest) = objects
+        try:
+            written_dirs: set[Path] = set()
+            for key, body in data:
+                path = self.root / key
+                if path.parent not in written_dirs:
+                    makedirs_durably(path.parent, self.fsync)
+                    written_dirs.add(path.parent)
+                # Rewritten in place on a replay: same batch id, same bytes.
+                with open(path, "wb") as f:
+                    f.write(body)
+                    if self.fsync:
+                        f.flush()
+                        os.fsync(f.fileno())
+            if self.fsync:
+                for directory in written_dirs:
+                    fsync_dir(directory)
+            manifest_path = self.root / manifest_key
+            makedirs_durably(manifest_path.parent, self.fsync)
+            write_durably(manifest_path, [manifest], self.fsync)
+        except OSError as exc:
+            raise DeliveryError(f"writing batch {manifest_key}: {exc}",
+                                transient=False) from exc
+
+    def close(self) -> None:
+        pass
+
+
+class S3Destination:
+    """Batches as objects under ``s3://bucket/prefix/``; boto3 is imported on open."""
+
+    name = "Cloud"
+
+    def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
+                 region: str | None = None, connect_timeout_s: float = 5.0,
+                 read_timeout_s: float = 30.0) -> None:
+        self.bucket = bucket
+        self.prefix = prefix
+        self.endpoint_url = endpoint_url
+        self.region = region
+        self.connect_timeout_s = connect_timeout_s
+        self.read_timeout_s = read_timeout_s
+        self._client: Any = None
+        self._errors: tuple[type[Exception], ...] = ()
+
+    def key(self, relative: str) -> str:
+        return f"{self.prefix}/{relative}" if self.prefix else relative
+
+    def open(self) -> None:
+        try:
+            import boto3
+            from botocore.config import Config
+            from botocore.exceptions import BotoCoreError, ClientError
+        except ImportError as exc:
+            raise ImportError("the Cloud capture destination needs boto3: "
+                              "pip install 'edged[s3]'") from exc
+        config = Config(
+            connect_timeout=self.connect_timeout_s,
+            read_timeout=self.read_timeout_s,
+            # The store retries whole batches with its own backoff, for as long as the
+            # endpoint is down; botocore's few quick retries would only add to the wait.
+            retries={"total_max_attempts": 1},
+            # S3-compatible stores (and moto) on an IP address want path-style URLs.
+            s3={"addressing_style": "path"} if self.endpoint_url else None,
+        )
+        self._client = boto3.session.Session().client(
+            "s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config)
+        self._errors = (BotoCoreError, ClientError)
+
+    def write(self, objects: list[tuple[str, bytes]]) -> None:
+        for relative, body in objects:
+            try:
+                self._client.put_object(Bucket=self.bucket, Key=self.key(relative), Body=body)
+            except self._errors as exc:
+                raise self._classify(exc, relative) from exc
+
+    def _classify(self, exc: Exception, relative: str) -> DeliveryError:
+        from botocore.exceptions import ClientError, HTTPClientError
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+
+        where = f"s3://{self.bucket}/{self.key(relative)}"
+        if isinstance(exc, BotoConnectionError | HTTPClientError):
+            return DeliveryError(f"{where}: {exc}", transient=True)
+        if isinstance(exc, ClientError):
+            error = exc.response.get("Error", {})
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            transient = status >= 500 or status == 429 or error.get("Code") in _TRANSIENT_CODES
+            return DeliveryError(f"{where}: {error.get('Code')} {error.get('Message', '')}",
+                                 transient=transient)
+        return DeliveryError(f"{where}: {exc}", transient=False)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None

@@ -1,0 +1,75 @@
+"""What one capture holds, and the checks a record passes before it is spooled."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+#: Bytes per element of each data type the Edge Agent API knows.
+DTYPE_SIZES = {"uint8": 1, "int16": 2, "int32": 4, "int64": 8, "float16": 2, "float32": 4,
+               "float64": 8}
+ENCODINGS = ("CSV", "JSON", "NONE", "BASE64")
+MODEL_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
+MAX_CAPTURE_ID = 256
+
+
+@dataclass(frozen=True)
+class TensorData:
+    """One captured tensor: its metadata and its raw bytes (row-major, native order)."""
+
+    name: str
+    dtype: str  # "uint8", "int16", "int32", "int64", "float16", "float32", "float64"
+    shape: list[int]
+    data: bytes
+
+
+@dataclass(frozen=True)
+class AuxData:
+    """Auxiliary input or output: opaque bytes and what they hold."""
+
+    name: str
+    encoding: str  # "CSV" | "JSON" | "NONE" | "BASE64"
+    data: bytes
+
+
+@dataclass(frozen=True)
+class CaptureRecord:
+    """One CaptureData request, with tensor bytes already read (inline or shared memory)."""
+
+    model_name: str
+    capture_id: str
+    inference_timestamp: tuple[int, int]  # (seconds, nanos) since the epoch
+    input_tensors: list[TensorData] = field(default_factory=list)
+    output_tensors: list[TensorData] = field(default_factory=list)
+    inputs: list[AuxData] = field(default_factory=list)
+    outputs: list[AuxData] = field(default_factory=list)
+
+
+def check_record(record: CaptureRecord) -> None:
+    """Raise ``ValueError`` naming the first thing that cannot be stored as given."""
+    if not MODEL_NAME.match(record.model_name or ""):
+        raise ValueError(f"model name {record.model_name!r} does not match "
+                         f"{MODEL_NAME.pattern}")
+    capture_id = record.capture_id
+    if not capture_id or len(capture_id) > MAX_CAPTURE_ID or not capture_id.isprintable():
+        raise ValueError(f"capture id must be 1 to {MAX_CAPTURE_ID} printable characters")
+    seconds, nanos = record.inference_timestamp
+    if not (isinstance(seconds, int) and isinstance(nanos, int) and 0 <= nanos < 10**9):
+        raise ValueError(f"inference timestamp {record.inference_timestamp!r} is not "
+                         "(seconds, nanos) with 0 <= nanos < 1e9")
+    for kind in ("input_tensors", "output_tensors"):
+        for tensor in getattr(record, kind):
+            size = DTYPE_SIZES.get(tensor.dtype)
+            if size is None:
+                raise ValueError(f"{kind} {tensor.name!r}: unknown data type {tensor.dtype!r}")
+            if any(not isinstance(d, int) or d < 0 for d in tensor.shape):
+                raise ValueError(f"{kind} {tensor.name!r}: bad shape {tensor.shape!r}")
+            expected = math.prod(tensor.shape) * size
+            if len(tensor.data) != expected:
+                raise ValueError(f"{kind} {tensor.name!r}: {len(tensor.data)} bytes, shape "
+                                 f"{tensor.shape} of {tensor.dtype} needs {expected}")
+    for kind in ("inputs", "outputs"):
+        for aux in getattr(record, kind):
+            if aux.encoding not in ENCODINGS:
+                raise ValueError(f"{kind} {aux.name!r}: unknown encoding {aux.encoding!r}")
