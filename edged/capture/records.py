@@ -48,7 +48,7 @@ class CaptureRecord:
 
 def check_record(record: CaptureRecord) -> None:
     """Raise ``ValueError`` naming the first thing that cannot be stored as given."""
-    if not MODEL_NAME.match(record.model_name or ""):
+    if not MODEL_NAME.fullmatch(record.model_name or ""):
         raise ValueError(f"model name {record.model_name!r} does not match "
                          f"{MODEL_NAME.pattern}")
     capture_id = record.capture_id

@@ -431,9 +431,14 @@ class CaptureStore:
             try:
                 corrupt = await asyncio.to_thread(self._write_batch, intent)
                 break
-            except (DeliveryError, OSError) as exc:
-                error = exc if isinstance(exc, DeliveryError) else DeliveryError(
-                    f"capture spool: {exc}", transient=False)
+            except DeliveryError as exc:
+                error = exc
+            except OSError as exc:
+                error = DeliveryError(f"capture spool: {exc}", transient=False)
+            except Exception as exc:
+                # A bug must settle the batch (as FAILURE, in the end), not strand it.
+                log.exception("capture_batch_error", batch=intent.batch_id)
+                error = DeliveryError(f"unexpected: {exc!r}", transient=False)
             if not error.transient:
                 attempts += 1
                 if attempts >= self.settings.upload_attempts:
