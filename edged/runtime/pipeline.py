@@ -140,7 +140,13 @@ class Pipeline:
             while True:
                 slots = self.scheduled(time.monotonic())
                 if len(slots):
-                    await self.decide_once(slots)  # yields: the work runs in the thread
+                    try:
+                        await self.decide_once(slots)  # yields: the work runs in the thread
+                    except Exception as exc:
+                        # A failed round (a remote model unreachable, say) must not end
+                        # the daemon: its turbines were rescheduled before the model
+                        # call, so they are decided again at their next interval.
+                        self._round_failed(len(slots), exc)
                     continue
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -149,6 +155,13 @@ class Pipeline:
         finally:
             self._executor.shutdown(wait=False)
             self._executor = None
+
+    def _round_failed(self, turbines: int, exc: Exception) -> None:
+        self.counters.inc("rounds_failed", pipeline=self.name)
+        suppressed = self._rate_limit.allow("round_failed")
+        if suppressed is not None:
+            log.error("decision_round_failed", pipeline=self.name, turbines=turbines,
+                      error=f"{type(exc).__name__}: {exc}", suppressed_since_last=suppressed)
 
     def _phase(self, slots: np.ndarray) -> np.ndarray:
         # The golden ratio spreads consecutive slots evenly over the interval.
