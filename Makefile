@@ -26,6 +26,7 @@ test: venv
 bench: venv
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/mqtt_e2e.py
+	$(BIN)/python benchmarks/agent.py
 
 lint: venv
 	$(BIN)/ruff check .
