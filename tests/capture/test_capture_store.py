@@ -209,3 +209,40 @@ def test_settings_defaults_and_checks(tmp_path):
     with pytest.raises(ValidationError, match=r"'\.\.'"):
         CaptureSettings(destination="Disk", disk_path=tmp_path, device_name="d",
                         folder_prefix="../escape")
+
+
+async def test_a_half_cleaned_batch_is_finished_not_redelivered(disk_settings, make_record):
+    """A crash while deleting a delivered batch's records: its intent names a record that
+    is gone, so the batch was delivered; the start finishes the clean-up."""
+    from edged.capture.spool import BatchIntent, Spool
+
+    settings = disk_settings(fsync=False)
+    spool = Spool(settings.spool_dir, fsync=False)
+    spool.open()
+    spool.write_record(0, make_record(0), time.time())
+    intent = BatchIntent("b-1", "model-a", time.time(), (0, 1))  # record 1 already deleted
+    spool.write_intent(intent)
+    spool.close()
+    (settings.spool_dir / "status.jsonl").write_text(
+        '{"id": "cap-00000", "status": "SUCCESS"}\n{"id": "cap-00001", "status": "SUCCESS"}\n')
+    async with CaptureStore(settings) as store:
+        assert store.pending == 0
+        assert store.status("cap-00000") == "SUCCESS"
+    assert not list((settings.spool_dir / "records").iterdir())
+    assert not list((settings.spool_dir / "batches").iterdir())
+    assert manifests(settings.disk_path) == []
+
+
+async def test_a_torn_status_line_is_skipped(disk_settings, make_record, until):
+    settings = disk_settings()
+    settings.spool_dir.mkdir(parents=True)
+    (settings.spool_dir / "status.jsonl").write_text(
+        '{"id": "old", "status": "SUCCESS"}\n{"id": "torn", "sta')
+    async with CaptureStore(settings) as store:
+        assert store.status("old") == "SUCCESS"
+        assert store.status("torn") == "NOT_FOUND"
+        await store.submit(make_record(1))
+        await until(lambda: store.pending == 0)
+    async with CaptureStore(settings) as store:
+        assert store.status("cap-00001") == "SUCCESS"
+        assert store.status("old") == "SUCCESS"
