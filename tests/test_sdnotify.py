@@ -413,7 +413,7 @@ def test_ready_waits_for_the_broker(tmp_path, systemd):
                           rf"host: 127.0.0.1\n\g<1>port: {broker.port}\n", text)
     text, retries = re.subn(r"(\s+)policy: retry(.*)\n", r"\g<0>\g<1>attempts: 200"
                             r"\g<1>backoff_s: 0.1\g<1>max_backoff_s: 0.2\n", text)
-    assert (hosts, retries) == (1, 1), text
+    assert (hosts, retries) == (2, 2), text
     daemon = Daemon(tmp_path, systemd, text)
     try:
         early = list(systemd.messages(3.0))
