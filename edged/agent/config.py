@@ -1,0 +1,375 @@
+"""The agent's configuration: the old agent's JSON file as it is, or edged YAML.
+
+Both formats produce one :class:`AgentConfig`. Which one a file is follows from its
+content: a JSON object of ``sagemaker_edge_*`` keys (plus optional ``edged_*``
+extensions) is the agent JSON; anything else is YAML (JSON included) with an ``agent:``
+section and optional ``device:`` and ``log:``. Every mistake is reported with file, line
+and key, in the style of ``edged check-config``; the command exits 78.
+
+The JSON is translated key by key into the YAML's shape and validated by the same model,
+so a wrong value is reported under the JSON key the operator wrote. Keys that meant
+something only to the old agent are accepted and listed in
+:attr:`LoadedAgentConfig.ignored`, each with a note, for the command to log once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError
+
+from edged.capture.store import CaptureSettings
+from edged.config import DeviceSpec, LogSpec, Strict, _Problems
+from edged.config_yaml import Location, load_yaml
+from edged.errors import ConfigError
+
+MIB = 1 << 20
+
+
+def _state_dir() -> Path:
+    # systemd's StateDirectory= sets this (as for `edged run`); elsewhere, beside the user.
+    return Path(os.environ.get("STATE_DIRECTORY", "state"))
+
+
+class CaptureSection(Strict):
+    """Where CaptureData records go; the capture store's settings (docs/capture.md)."""
+
+    destination: Literal["Disk", "Cloud"] = Field(
+        "Disk", description="Disk: batches under disk_path; Cloud: batches to S3.")
+    disk_path: Path | None = Field(
+        None, description="Folder for Disk batches and the durable spool "
+        "(default: $STATE_DIRECTORY/capture).")
+    folder_prefix: str = Field("", description="Prefix of every batch's folder / S3 key.")
+    buffer_size: int = Field(30, ge=1, le=1_000_000,
+                             description="Captures pending at most; more: RESOURCE_EXHAUSTED.")
+    batch_size: int = Field(10, ge=1, description="Flush when this many are pending.")
+    push_period_s: float = Field(4.0, gt=0, description="Or flush after this long.")
+    base64_embed_limit: int = Field(
+        3072, ge=0, le=3072,
+        description="Tensors up to this many bytes are embedded base64 in the batch "
+        "manifest; larger ones are separate files.")
+    s3_bucket: str | None = Field(None, description="Bucket of the Cloud destination.")
+    s3_endpoint_url: str | None = Field(
+        None, description="A non-AWS S3 endpoint (MinIO, a test server).")
+    fsync: bool = Field(True, description="fsync each capture before CaptureData returns.")
+
+
+class AgentConfig(Strict):
+    """Everything ``edged agent`` needs, from either file format."""
+
+    device_name: str = Field(min_length=1, max_length=128,
+                             description="This device's name (capture paths, logs).")
+    fleet_name: str | None = Field(None, description="The device fleet's name.")
+    region: str | None = Field(None, description="AWS region of the S3 bucket.")
+    model_roots: list[Path] = Field(
+        default_factory=lambda: [_state_dir() / "models"], min_length=1,
+        description="Directories LoadModel may load from; a relative url resolves "
+        "against the first. Default: $STATE_DIRECTORY/models.")
+    max_request_bytes: int = Field(
+        16 * MIB, ge=1024, le=2**31 - 1,
+        description="Largest request accepted; bigger ones fail with RESOURCE_EXHAUSTED. "
+        "Large tensors belong in shared memory.")
+    max_loaded_models: int = Field(16, ge=1, le=1024,
+                                   description="Models loaded at once at most.")
+    predict_threads: int = Field(
+        default_factory=lambda: max(2, min(8, os.cpu_count() or 2)), ge=1, le=256,
+        description="Predict calls running at once (ONNX Runtime releases the GIL).")
+    session_threads: int = Field(
+        1, ge=1, le=64,
+        description="ONNX Runtime intra-op threads per call; 1 lets concurrent "
+        "Predicts use the cores instead.")
+    shm_prefix: str = Field(
+        "edged-", pattern=r"^[A-Za-z0-9._-]{0,200}$",
+        description="segment_id N names the POSIX shared-memory object /<prefix>N.")
+    verify_models: bool = Field(
+        True, description="Check the SHA-256 of every file a model's manifest lists.")
+    capture: CaptureSection = Field(default_factory=CaptureSection)
+
+    def capture_settings(self) -> CaptureSettings:
+        c = self.capture
+        return CaptureSettings(
+            destination=c.destination,
+            disk_path=c.disk_path or _state_dir() / "capture",
+            folder_prefix=c.folder_prefix,
+            buffer_size=c.buffer_size,
+            batch_size=c.batch_size,
+            push_period_s=c.push_period_s,
+            base64_embed_limit=c.base64_embed_limit,
+            s3_bucket=c.s3_bucket,
+            s3_endpoint_url=c.s3_endpoint_url,
+            s3_region=self.region,
+            device_name=self.device_name,
+            fleet_name=self.fleet_name,
+            fsync=c.fsync,
+        )
+
+
+class _YamlFile(Strict):
+    """An edged YAML agent config: ``agent:`` plus the usual ``device:`` and ``log:``."""
+
+    device: DeviceSpec = Field(default_factory=DeviceSpec)
+    log: LogSpec = Field(default_factory=LogSpec)
+    agent: dict[str, Any] = Field(description="The agent's settings (AgentConfig).")
+
+
+@dataclass(frozen=True)
+class LoadedAgentConfig:
+    """A validated config, where it came from, and what was accepted but not used."""
+
+    config: AgentConfig
+    path: Path
+    format: Literal["json", "yaml"]
+    log: LogSpec
+    #: (key, note) for each key that meant something to the old agent only.
+    ignored: list[tuple[str, str]] = field(default_factory=list)
+
+
+# -- the agent JSON -------------------------------------------------------------------------
+
+_CAPTURE = "sagemaker_edge_core_capture_data_"
+_CREDENTIALS_NOTE = ("not used: S3 uploads take credentials from the standard AWS chain "
+                     "(environment, shared files, instance role), not the IoT credentials "
+                     "provider")
+
+#: JSON key -> location in the YAML shape (under ``agent:``).
+JSON_KEYS: dict[str, Location] = {
+    "sagemaker_edge_core_device_name": ("device_name",),
+    "sagemaker_edge_core_device_fleet_name": ("fleet_name",),
+    "sagemaker_edge_core_region": ("region",),
+    "sagemaker_edge_provider_s3_bucket_name": ("capture", "s3_bucket"),
+    f"{_CAPTURE}destination": ("capture", "destination"),
+    f"{_CAPTURE}disk_path": ("capture", "disk_path"),
+    "sagemaker_edge_core_folder_prefix": ("capture", "folder_prefix"),
+    f"{_CAPTURE}buffer_size": ("capture", "buffer_size"),
+    f"{_CAPTURE}batch_size": ("capture", "batch_size"),
+    f"{_CAPTURE}push_period_seconds": ("capture", "push_period_s"),
+    f"{_CAPTURE}base64_embed_limit": ("capture", "base64_embed_limit"),
+    # edged's own settings, for devices that keep the JSON file.
+    "edged_model_roots": ("model_roots",),
+    "edged_max_request_bytes": ("max_request_bytes",),
+    "edged_max_loaded_models": ("max_loaded_models",),
+    "edged_predict_threads": ("predict_threads",),
+    "edged_session_threads": ("session_threads",),
+    "edged_shm_prefix": ("shm_prefix",),
+    "edged_verify_models": ("verify_models",),
+    "edged_s3_endpoint_url": ("capture", "s3_endpoint_url"),
+    "edged_capture_fsync": ("capture", "fsync"),
+}
+
+#: Keys the old agent read that edged accepts and does not use, with the reason.
+IGNORED_KEYS: dict[str, str] = {
+    "sagemaker_edge_core_root_certs_path":
+        "not used: models are not signed with AWS's key; edged checks the SHA-256 of "
+        "every file listed in a model's manifest.json",
+    "sagemaker_edge_provider_aws_ca_cert_file": _CREDENTIALS_NOTE,
+    "sagemaker_edge_provider_aws_cert_file": _CREDENTIALS_NOTE,
+    "sagemaker_edge_provider_aws_cert_pk_file": _CREDENTIALS_NOTE,
+    "sagemaker_edge_provider_aws_iot_cred_endpoint": _CREDENTIALS_NOTE,
+    "sagemaker_edge_provider_provider_path":
+        "obsolete: S3 upload is built into edged; no provider library is loaded",
+    f"{_CAPTURE}periodic_upload":
+        "obsolete: captures are flushed when batch_size are pending or every "
+        "push_period_seconds",
+    f"{_CAPTURE}periodic_upload_period_seconds":
+        "obsolete: captures are flushed when batch_size are pending or every "
+        "push_period_seconds",
+    "sagemaker_edge_telemetry_libsystemd_path":
+        "obsolete: edged speaks the systemd notify protocol itself",
+}
+
+_PROVIDER = "sagemaker_edge_provider_provider"
+_VERBOSE = "sagemaker_edge_log_verbose"
+_JSON_LOG_FORMAT = "edged_log_format"
+
+
+def _json_lines(text: str) -> dict[str, int]:
+    """The line of each top-level key's first appearance (the json module has none)."""
+    lines: dict[str, int] = {}
+    for match in re.finditer(r'"((?:[^"\\]|\\.)*)"\s*:', text):
+        lines.setdefault(match.group(1), text.count("\n", 0, match.start()) + 1)
+    return lines
+
+
+class _JsonProblems(_Problems):
+    """Reports a location in the YAML shape under the JSON key it came from."""
+
+    _reverse: dict[Location, str] = {loc: key for key, loc in JSON_KEYS.items()}
+
+    def __init__(self, filename: str, key_lines: dict[str, int]) -> None:
+        super().__init__(filename, {})
+        self.key_lines = key_lines
+
+    def add_key(self, key: str, message: str) -> None:
+        line = self.key_lines.get(key)
+        where = f"{self.filename}, line {line}" if line else self.filename
+        self.items.append(f"Invalid config for '{key}' at {where}: {message}")
+
+    def add(self, loc: Location, message: str) -> None:
+        for n in range(len(loc), 0, -1):
+            key = self._reverse.get(tuple(loc[:n]))
+            if key is not None:
+                message = message.replace(f"key '{loc[-1]}'", f"key '{key}'")
+                self.add_key(key, message)
+                return
+        self.add_key(".".join(str(p) for p in loc) or "(top level)", message)
+
+
+def _parse_json(text: str, filename: str) -> LoadedAgentConfig:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError([f"Invalid JSON at {filename}, line {exc.lineno}: {exc.msg}"]) from None
+    problems = _JsonProblems(filename, _json_lines(text))
+    if not isinstance(data, dict):
+        problems.add((), "the file must hold one JSON object of sagemaker_edge_* keys")
+        raise ConfigError(problems.items)
+    add = problems.add_key
+
+    shaped: dict[str, Any] = {}
+    ignored: list[tuple[str, str]] = []
+    log = LogSpec()
+    for key, value in data.items():
+        if key in JSON_KEYS:
+            *parents, last = JSON_KEYS[key]
+            target = shaped
+            for part in parents:
+                target = target.setdefault(str(part), {})
+            target[str(last)] = value
+        elif key in IGNORED_KEYS:
+            ignored.append((key, IGNORED_KEYS[key]))
+        elif key == _PROVIDER:
+            if value not in ("Aws", "None"):
+                add(key, f"must be 'Aws' or 'None' (got {value!r})")
+        elif key == _VERBOSE:
+            if not isinstance(value, bool | int | str):
+                add(key, f"must be true or false (got {value!r})")
+            elif str(value).lower() in ("true", "1"):
+                log = LogSpec(level="debug")
+        elif key == _JSON_LOG_FORMAT:
+            if value not in ("auto", "json", "console"):
+                add(key, f"must be 'auto', 'json' or 'console' (got {value!r})")
+            else:
+                log = LogSpec(level=log.level, format=value)
+        elif key.startswith("sagemaker_edge_"):
+            # Another agent release may have written keys this one never knew; a device
+            # must still be able to switch agents without editing its file.
+            ignored.append((key, "unknown to edged: ignored"))
+        else:
+            add(key, f"unknown key '{key}' (the agent JSON holds sagemaker_edge_* and "
+                "edged_* keys; see docs/agent.md)")
+    shaped.setdefault("device_name", DeviceSpec().id)
+    if data.get(_PROVIDER) == "None" and data.get(f"{_CAPTURE}destination") == "Cloud":
+        add(f"{_CAPTURE}destination", "'Cloud' needs sagemaker_edge_provider_provider 'Aws' "
+            "(it is 'None')")
+    if isinstance(shaped.get("model_roots"), str):
+        shaped["model_roots"] = [shaped["model_roots"]]
+
+    config = _validate(shaped, (), problems, Path(filename))
+    if problems.items or config is None:
+        raise ConfigError(problems.items)
+    return LoadedAgentConfig(config, Path(filename), "json", log, ignored)
+
+
+# -- edged YAML -----------------------------------------------------------------------------
+
+
+def _parse_yaml(text: str, filename: str) -> LoadedAgentConfig:
+    try:
+        data, lines = load_yaml(text, filename)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f"{filename}, line {mark.line + 1}" if mark else filename
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"Invalid YAML at {where}: {problem}"]) from None
+    problems = _Problems(filename, lines)
+    if not isinstance(data, dict):
+        problems.add((), "the file must hold a mapping with an 'agent' section")
+        raise ConfigError(problems.items)
+    try:
+        top = _YamlFile.model_validate(data)
+    except ValidationError as exc:
+        problems.add_validation((), exc)
+        raise ConfigError(problems.items) from None
+    body = dict(top.agent)
+    body.setdefault("device_name", top.device.id)
+    config = _validate(body, ("agent",), problems, Path(filename))
+    if problems.items or config is None:
+        raise ConfigError(problems.items)
+    return LoadedAgentConfig(config, Path(filename), "yaml", top.log, [])
+
+
+# -- both -------------------------------------------------------------------------------------
+
+
+def _validate(body: dict[str, Any], prefix: Location, problems: _Problems,
+              path: Path) -> AgentConfig | None:
+    try:
+        config = AgentConfig.model_validate(body)
+    except ValidationError as exc:
+        problems.add_validation(prefix, exc)
+        return None
+    capture = config.capture
+    if capture.batch_size > capture.buffer_size:
+        problems.add((*prefix, "capture", "batch_size"),
+                     f"must not exceed buffer_size ({capture.buffer_size}); at most half of "
+                     f"it is advised (got {capture.batch_size})")
+    if capture.destination == "Cloud" and not capture.s3_bucket:
+        problems.add((*prefix, "capture", "s3_bucket"),
+                     "the Cloud destination needs an S3 bucket")
+    # Relative paths are relative to the config file, wherever the agent was started.
+    base = path.resolve().parent
+    updates: dict[str, Any] = {
+        "model_roots": [base / root if not root.is_absolute() else root
+                        for root in config.model_roots]}
+    if capture.disk_path is not None and not capture.disk_path.is_absolute():
+        updates["capture"] = capture.model_copy(update={"disk_path": base / capture.disk_path})
+    config = config.model_copy(update=updates)
+    # The capture store's own checks (folder_prefix, ...) belong to the config check too,
+    # not to a failed start.
+    try:
+        if capture.destination == "Disk" or capture.s3_bucket:  # else reported above
+            config.capture_settings()
+    except ValidationError as exc:
+        for item in exc.errors(include_url=False):
+            key = str(item["loc"][0]) if item["loc"] else ""
+            loc = (*prefix, "capture", key) if key in CaptureSection.model_fields else (
+                (*prefix, "capture", "folder_prefix") if not key else (*prefix, key))
+            message = item["msg"].removeprefix("Value error, ")
+            problems.add(loc, message)
+    return config
+
+
+def parse_agent_config(text: str, filename: str) -> LoadedAgentConfig:
+    """Validate ``text`` (agent JSON or edged YAML); raise :class:`ConfigError` listing
+    every mistake, each located."""
+    if text.lstrip().startswith("{") and not _edged_shape(text):
+        return _parse_json(text, filename)
+    return _parse_yaml(text, filename)
+
+
+def _edged_shape(text: str) -> bool:
+    """JSON is YAML too: an object with an ``agent`` section is edged's format."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(data, dict) and "agent" in data and not any(
+        str(key).startswith("sagemaker_edge_") for key in data)
+
+
+def load_agent_config(path: Path | str) -> LoadedAgentConfig:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"Cannot read config {path}: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"Cannot read config {path}: not UTF-8 text ({exc.reason})"]) \
+            from None
+    return parse_agent_config(text, str(path))

@@ -1,0 +1,52 @@
+"""The agent's request errors, each carrying the gRPC status code it is answered with.
+
+Raised by the model registry and the tensor decoding (plain Python, no grpc import), and
+turned into a status by the server. docs/agent.md lists which request meets which code.
+"""
+
+from __future__ import annotations
+
+from edged.errors import EdgedError
+
+
+class AgentError(EdgedError):
+    """A request the agent refuses; ``code`` names a ``grpc.StatusCode`` member."""
+
+    code = "INTERNAL"
+
+
+class InvalidArgument(AgentError):
+    """The request is malformed: a bad name, url, tensor size, data type or handle."""
+
+    code = "INVALID_ARGUMENT"
+
+
+class NotFound(AgentError):
+    """No model of that name is loaded."""
+
+    code = "NOT_FOUND"
+
+
+class AlreadyExists(AgentError):
+    """A model of that name is loaded (or being loaded)."""
+
+    code = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(AgentError):
+    """The model exists but cannot run here: ONNX Runtime refuses it, or its package is
+    broken (manifest, hashes, unsupported tensor types)."""
+
+    code = "FAILED_PRECONDITION"
+
+
+class ResourceExhausted(AgentError):
+    """A limit is reached: loaded models, capture buffer."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
+class PermissionDenied(AgentError):
+    """The agent may not open a client's shared-memory segment."""
+
+    code = "PERMISSION_DENIED"
