@@ -50,3 +50,13 @@ class PermissionDenied(AgentError):
     """The agent may not open a client's shared-memory segment."""
 
     code = "PERMISSION_DENIED"
+
+
+class Unavailable(AgentError):
+    """The capture store cannot take a record (not running, spool unwritable)."""
+
+    code = "UNAVAILABLE"
+
+
+class AgentStartError(EdgedError):
+    """The agent cannot serve: the socket is taken, is not a socket, or cannot be bound."""

@@ -29,9 +29,11 @@ import structlog
 from edged.agent.config import AgentConfig
 from edged.agent.errors import (
     AgentError,
+    AgentStartError,
     AlreadyExists,
     InvalidArgument,
     ResourceExhausted,
+    Unavailable,
 )
 from edged.agent.models import LoadedModel, ModelRegistry, check_name
 from edged.agent.proto import agent_pb2 as pb
@@ -52,7 +54,6 @@ from edged.capture.store import (
     DuplicateCaptureId,
     TensorData,
 )
-from edged.errors import EdgedError
 from edged.metrics import Counters
 
 log = structlog.get_logger("edged.agent")
@@ -63,10 +64,6 @@ _STATUS = {"FAILURE": pb.FAILURE, "SUCCESS": pb.SUCCESS, "IN_PROGRESS": pb.IN_PR
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
-
-
-class AgentStartError(EdgedError):
-    """The agent cannot serve: the socket is taken or cannot be bound."""
 
 
 class CaptureSink(Protocol):
@@ -100,12 +97,6 @@ def _rpc(method: Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
         raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
     return wrapper
-
-
-class _Unavailable(AgentError):
-    """The capture store failed to take a record (disk full, spool unwritable)."""
-
-    code = "UNAVAILABLE"
 
 
 def _model_message(model: LoadedModel) -> pb.Model:
@@ -196,7 +187,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
 
     def _store(self) -> CaptureSink:
         if self.capture is None:
-            raise _Unavailable("data capture is not running")
+            raise Unavailable("data capture is not running")
         return self.capture
 
     @_rpc
@@ -220,7 +211,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         except ValueError as exc:
             raise InvalidArgument(str(exc)) from None
         except CaptureError as exc:
-            raise _Unavailable(f"the capture store cannot take the record: {exc}") from None
+            raise Unavailable(f"the capture store cannot take the record: {exc}") from None
         self.counters.inc("agent_captures")
         return pb.CaptureDataResponse()
 
