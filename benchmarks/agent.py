@@ -41,22 +41,13 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine import cpu_name  # noqa: E402
 from edged.agent.proto import agent_pb2, agent_pb2_grpc  # noqa: E402
 from edged.builtin.edge_agent import EdgeAgentBackend, EdgeAgentConfig  # noqa: E402
 from edged.log import configure_logging  # noqa: E402
 from edged.modelpkg import read_manifest, resolve_model_path  # noqa: E402
 
 MODEL = "windturbine"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 class AgentProcess:

@@ -37,6 +37,7 @@ import onnxruntime  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine import cpu_name  # noqa: E402
 from edged.builtin.onnx import OnnxBackend, OnnxConfig  # noqa: E402
 from edged.builtin.windturbine import WindTurbineConfig, WindTurbineStage, params_for  # noqa: E402
 from edged.components import Readings  # noqa: E402
@@ -49,16 +50,6 @@ from edged.windturbine.simulator import WindFarm  # noqa: E402
 from tests.windturbine.reference_impl import reference_decide  # noqa: E402
 
 NEW_ROWS = 10  # rows per turbine between two decisions (20 Hz, decided twice a second)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def simulated_inputs(turbines: int, rows: int) -> np.ndarray:

@@ -283,15 +283,21 @@ def _component(
     return config
 
 
-def parse_config(text: str, filename: str, registry: Registry) -> EdgedConfig:
-    """Validate config ``text``; raise :class:`ConfigError` listing every mistake."""
+def load_config_yaml(text: str, filename: str) -> tuple[Any, dict[Location, int]]:
+    """Parse YAML keeping key lines; a syntax error is a :class:`ConfigError` naming the
+    file and line."""
     try:
-        data, lines = load_yaml(text, filename)
+        return load_yaml(text, filename)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         where = f"{filename}, line {mark.line + 1}" if mark else filename
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([f"Invalid YAML at {where}: {problem}"]) from None
+
+
+def parse_config(text: str, filename: str, registry: Registry) -> EdgedConfig:
+    """Validate config ``text``; raise :class:`ConfigError` listing every mistake."""
+    data, lines = load_config_yaml(text, filename)
     problems = _Problems(filename, lines)
     if not isinstance(data, dict):
         problems.add((), "the file must hold a mapping of sections (sources, pipelines, ...)")

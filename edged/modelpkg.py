@@ -73,20 +73,27 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_manifest(directory: Path, verify: bool = True) -> ModelManifest:
-    """Read and check ``directory``'s manifest; with ``verify``, every listed file's
-    hash must match and the model file must be listed."""
-    path = directory / MANIFEST
+def parse_manifest(path: Path) -> ModelManifest:
+    """Read and validate one manifest file (no file checks)."""
     try:
-        manifest = ModelManifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
+        return ModelManifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
     except FileNotFoundError:
-        raise ModelError(f"{directory}: no {MANIFEST} (not a model directory)") from None
+        raise ModelError(f"{path}: no such manifest") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelError(f"{path}: cannot read: {exc}") from None
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         key = ".".join(str(p) for p in first["loc"])
         raise ModelError(f"{path}: '{key}': {first['msg']}") from None
+
+
+def read_manifest(directory: Path, verify: bool = True) -> ModelManifest:
+    """Read and check ``directory``'s manifest; with ``verify``, every listed file's
+    hash must match and the model file must be listed."""
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise ModelError(f"{directory}: no {MANIFEST} (not a model directory)")
+    manifest = parse_manifest(path)
     if not (directory / manifest.model).is_file():
         raise ModelError(f"{directory}: model file {manifest.model!r} is missing")
     if verify:

@@ -21,12 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError
 
 from edged.capture.store import CaptureSettings
-from edged.config import DeviceSpec, LogSpec, Strict, _Problems
-from edged.config_yaml import Location, load_yaml
+from edged.config import DeviceSpec, LogSpec, Strict, _Problems, load_config_yaml
+from edged.config_yaml import Location
 from edged.errors import ConfigError
 
 MIB = 1 << 20
@@ -280,13 +279,7 @@ def _parse_json(text: str, filename: str) -> LoadedAgentConfig:
 
 
 def _parse_yaml(text: str, filename: str) -> LoadedAgentConfig:
-    try:
-        data, lines = load_yaml(text, filename)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        where = f"{filename}, line {mark.line + 1}" if mark else filename
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([f"Invalid YAML at {where}: {problem}"]) from None
+    data, lines = load_config_yaml(text, filename)
     problems = _Problems(filename, lines)
     if not isinstance(data, dict):
         problems.add((), "the file must hold a mapping with an 'agent' section")

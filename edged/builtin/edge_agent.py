@@ -25,14 +25,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import structlog
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from edged import hookimpl
 from edged.components import BuildContext
 from edged.config import InferenceConfig
 from edged.errors import ModelError
 from edged.events import ModelRef
-from edged.modelpkg import MANIFEST, ModelManifest, resolve_model_path
+from edged.modelpkg import MANIFEST, ModelManifest, parse_manifest, resolve_model_path
 from edged.registry import ComponentType
 
 if TYPE_CHECKING:
@@ -112,19 +112,7 @@ def load_manifest(spec: str) -> ModelManifest:
     Only the manifest is read: the model file is the agent's business (it may sit on
     another path, or be a compiled artefact this device cannot read)."""
     path = resolve_model_path(spec)
-    if path.is_dir():
-        path = path / MANIFEST
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return ModelManifest.model_validate(data)
-    except FileNotFoundError:
-        raise ModelError(f"{path}: no such manifest") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path}: cannot read: {exc}") from None
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        key = ".".join(str(p) for p in first["loc"])
-        raise ModelError(f"{path}: '{key}': {first['msg']}") from None
+    return parse_manifest(path / MANIFEST if path.is_dir() else path)
 
 
 def _manifest_spec(config: EdgeAgentConfig) -> str:
