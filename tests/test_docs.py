@@ -19,8 +19,15 @@ def _agent_config(text: str, filename: str) -> None:
     assert parse_agent_config(text, filename).format == "yaml"
 
 
+def _model_config(text: str, filename: str) -> None:
+    # `edged model` reads the daemon's own config (for its state_dir): the sample is a
+    # daemon config whose pipeline serves a model from the store.
+    config = parse_config(text, filename, make_plugin_manager()[1])
+    assert any(p.inference.model.startswith("store:") for p in config.pipelines.values())
+
+
 #: Built-in plugins that register a command, with the parser of its config file.
-COMMAND_CONFIGS = {"agent": _agent_config}
+COMMAND_CONFIGS = {"agent": _agent_config, "model": _model_config}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +42,7 @@ def builtin_plugins(registry):
 def test_every_builtin_plugin_has_a_page(registry):
     names = {p.name for p in builtin_plugins(registry)}
     assert names == {"simulator", "replay", "windturbine", "onnx", "log", "mqtt", "webhook",
-                     "command", "agent", "edge_agent"}
+                     "command", "agent", "edge_agent", "model"}
     for name in names:
         assert (ROOT / "docs" / "plugins" / f"{name}.md").is_file(), name
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Literal
 
 import numpy as np
+import structlog
 from pydantic import Field
 
 from edged import hookimpl
@@ -14,7 +16,10 @@ from edged.config import InferenceConfig
 from edged.errors import ModelError
 from edged.events import ModelRef
 from edged.modelpkg import read_manifest, resolve_model_path
+from edged.modelstore.store import STORE_PREFIX, resolve_store_model
 from edged.registry import ComponentType
+
+log = structlog.get_logger("edged.onnx")
 
 # ONNX Runtime >= 1.29 sends usage telemetry from Linux too, and writes a device id under
 # $HOME. A device must not phone home unasked: opt out before the runtime initialises,
@@ -27,7 +32,9 @@ class OnnxConfig(InferenceConfig):
     type: Literal["onnx"]
     model: str = Field(
         "builtin:windturbine-v1",
-        description="A model directory (manifest.json + model), or builtin:NAME.",
+        description="A model directory (manifest.json + model), builtin:NAME, or "
+        "store:NAME (the model store's current slot, seeded with the built-in model of "
+        "that name on first start).",
     )
     threads: int = Field(
         1, ge=1, le=64,
@@ -48,7 +55,14 @@ class OnnxBackend:
 
     def __init__(self, config: OnnxConfig, ctx: BuildContext | None = None) -> None:
         self.config = config
-        self.directory = resolve_model_path(config.model)
+        self._seed = None  # (store, built-in dir): seed the store when started
+        if config.model.startswith(STORE_PREFIX):
+            if ctx is None:
+                raise ModelError(f"{config.model}: a store model needs the state directory")
+            self.directory, store, builtin = resolve_store_model(config.model, ctx.state_dir)
+            self._seed = (store, builtin) if builtin is not None else None
+        else:
+            self.directory = resolve_model_path(config.model)
         manifest = read_manifest(self.directory, verify=config.verify)
         self.manifest = manifest.model_dump()
         self.model = ModelRef(manifest.name, manifest.version)
@@ -57,6 +71,13 @@ class OnnxBackend:
         self._input = manifest.inputs[0]
 
     async def __aenter__(self) -> OnnxBackend:
+        if self._seed is not None:
+            store, builtin = self._seed
+            try:
+                # Same files as what was built: loading from either is the same model.
+                await asyncio.to_thread(store.seed, builtin)
+            except (OSError, ModelError) as exc:  # a read-only disk must not stop inference
+                log.warning("model_store_seed_failed", store=str(store.root), error=str(exc))
         self.load()
         return self
 

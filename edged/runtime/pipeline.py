@@ -42,8 +42,10 @@ class Pipeline:
                  backend: InferenceBackend, counters: Counters) -> None:
         self.name = name
         self.spec = spec
-        self.preprocessor = preprocessor
-        self.backend = backend
+        # One reference to the pair, read once per round: a swap between two rounds can
+        # never give a round one model's preprocessor and another's backend.
+        self._stage: tuple[Preprocessor, InferenceBackend] = (preprocessor, backend)
+        self._rounds: set[asyncio.Future] = set()  # model calls in flight
         self.counters = counters
         self.queue: BoundedQueue[Readings] = BoundedQueue(
             f"pipeline.{name}", spec.queue.size, spec.queue.overflow
@@ -61,6 +63,34 @@ class Pipeline:
         self._rate_limit = RateLimit()
         self._group_names = tuple(preprocessor.groups)
         self._group_index = [np.array(ix) for ix in preprocessor.groups.values()]
+
+    @property
+    def preprocessor(self) -> Preprocessor:
+        return self._stage[0]
+
+    @preprocessor.setter
+    def preprocessor(self, preprocessor: Preprocessor) -> None:
+        self._stage = (preprocessor, self._stage[1])
+
+    @property
+    def backend(self) -> InferenceBackend:
+        return self._stage[1]
+
+    @backend.setter
+    def backend(self, backend: InferenceBackend) -> None:
+        self._stage = (self._stage[0], backend)
+
+    async def swap_model(self, backend: InferenceBackend,
+                         preprocessor: Preprocessor | None = None
+                         ) -> tuple[Preprocessor, InferenceBackend]:
+        """Replace the backend (and preprocessor) between two rounds: rounds already
+        running finish on the old pair, the next round uses the new one. Returns the old
+        pair once no round uses it any more, for the caller to close."""
+        old = self._stage
+        self._stage = (preprocessor or old[0], backend)  # no await before: atomic
+        if self._rounds:
+            await asyncio.wait(set(self._rounds))
+        return old
 
     # -- ingest -------------------------------------------------------------------------
 
@@ -204,9 +234,12 @@ class Pipeline:
         self._decided_at[slots] = self.buffers.count[slots]
         self._reschedule(slots, time.monotonic())
         rows = self.buffers.count[slots].tolist()
-        backend = self.backend
-        scores = await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._score, history, backend)
+        preprocessor, backend = self._stage
+        work = asyncio.get_running_loop().run_in_executor(
+            self._executor, self._score, history, preprocessor, backend)
+        self._rounds.add(work)
+        work.add_done_callback(self._rounds.discard)
+        scores = await work
         now = time.time()
         model = backend.model
         names = self.buffers.names
@@ -231,7 +264,7 @@ class Pipeline:
                           pipeline=self.name)
         thresholds = scores.thresholds.tolist()
         for subscriber in self.subscribers:
-            subscriber.on_decisions(decisions, self.preprocessor.features, thresholds)
+            subscriber.on_decisions(decisions, preprocessor.features, thresholds)
         return decisions
 
     def _reschedule(self, slots: np.ndarray, now: float) -> None:
@@ -253,10 +286,11 @@ class Pipeline:
         return [self._group_names[g] if flagged.any() else None
                 for g, flagged in zip(best.tolist(), group_flags, strict=True)]
 
-    def _score(self, history: np.ndarray, backend: InferenceBackend):
-        x = self.preprocessor.model_input(history)
+    def _score(self, history: np.ndarray, preprocessor: Preprocessor,
+               backend: InferenceBackend):
+        x = preprocessor.model_input(history)
         y = backend.predict(x)
-        return self.preprocessor.score(x, y, len(history))
+        return preprocessor.score(x, y, len(history))
 
     # -- watch --------------------------------------------------------------------------
 
