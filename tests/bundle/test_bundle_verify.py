@@ -247,3 +247,17 @@ def test_invalid_manifest_is_malformed(signed):
     signed.resign(stage)
     slot = extract_bundle(signed.repack(stage), signed.tmp / "slot")
     assert "version" in str(_refused("malformed", _verify, slot, signed))
+
+
+def test_nan_in_golden_outputs_fails_without_warnings(signed):
+    stage = signed.unpack()
+    golden = stage / "golden.npz"
+    with np.load(golden) as pairs:
+        inputs, outputs = pairs["inputs"], np.full_like(pairs["outputs"], np.nan)
+    outputs[0, 0, 0, 0] = np.inf
+    np.savez(golden, inputs=inputs, outputs=outputs)
+    data = json.loads((stage / "manifest.json").read_text())
+    _edit_manifest(stage, files={**data["files"], "golden.npz": sha256_file(golden)})
+    signed.resign(stage)
+    slot = extract_bundle(signed.repack(stage), signed.tmp / "slot")
+    assert "14400 of 14400" in str(_refused("golden_failed", _verify, slot, signed))
