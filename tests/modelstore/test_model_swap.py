@@ -228,3 +228,25 @@ async def test_swap_waits_for_the_round_in_flight(tmp_path, store, make_model):
         decisions = await round_task
     assert {d.model.version for d in decisions} == {1}
     assert result.new.version == 2
+
+
+def test_preprocessor_factory_uses_the_pipelines_configured_options(tmp_path):
+    from edged.config import parse_config
+    from edged.modelstore.swap import preprocessor_factory
+    from edged.plugin_manager import make_plugin_manager
+
+    registry = make_plugin_manager()[1]
+    config = parse_config("""\
+sources:
+  farm: {type: simulator}
+pipelines:
+  turbines:
+    inputs: [farm]
+    preprocessor: {type: windturbine, thresholds: [1, 2, 3, 4, 5, 6]}
+    inference: {type: onnx}
+""", "edged.yaml", registry)
+    build = preprocessor_factory(registry, config, "turbines", tmp_path)
+    manifest = OnnxBackend(OnnxConfig(type="onnx")).manifest
+    stage = build(manifest)
+    assert isinstance(stage, WindTurbineStage)
+    assert stage.params.thresholds.tolist() == [1, 2, 3, 4, 5, 6]
