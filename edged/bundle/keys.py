@@ -91,8 +91,8 @@ class TrustConfig(Strict):
     """Which signing keys this device accepts model bundles from."""
 
     keys_dir: Path | None = Field(
-        None, description="A directory of trusted public keys (*.pem, *.pub); "
-        "drop a file in to trust a key.")
+        None, description="A directory of trusted public keys (*.pem, *.pub; private "
+        "keys there are skipped); drop a file in to trust a key.")
     keys: list[str] = Field(
         default_factory=list,
         description="More trusted public keys: PEM text or paths of PEM files.")
@@ -100,6 +100,15 @@ class TrustConfig(Strict):
         default_factory=list,
         description="Key ids (16 hex characters) that are no longer trusted, even if "
         "their key is listed above.")
+
+
+def _is_private_key(path: Path) -> bool:
+    """`keygen` writes both halves into one directory; a private key beside the public
+    ones is never a trust anchor, so a keys_dir may be that directory."""
+    try:
+        return b"PRIVATE KEY" in path.read_bytes()[:200]
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -125,7 +134,8 @@ class TrustStore:
                 problems.append(f"trust.keys_dir: {directory} is not a directory")
             else:
                 sources += sorted(p for p in directory.iterdir()
-                                  if p.suffix in PUBLIC_KEY_SUFFIXES and p.is_file())
+                                  if p.suffix in PUBLIC_KEY_SUFFIXES and p.is_file()
+                                  and not _is_private_key(p))
         sources += config.keys
         for source in sources:
             try:

@@ -84,6 +84,15 @@ def test_trust_from_a_directory_and_a_list(tmp_path):
     assert set(store.keys) == {key_id(a), key_id(b), key_id(c)}
 
 
+def test_the_keygen_directory_can_be_the_trust_directory(tmp_path):
+    """keygen puts both halves in one folder; trusting that folder takes the public key
+    and skips the private one."""
+    private, public = generate_keypair(tmp_path / "keys")
+    store = TrustStore.from_config(TrustConfig(keys_dir=tmp_path / "keys"))
+    assert set(store.keys) == {key_id(load_public_key(public))}
+    assert private.exists()
+
+
 def test_trust_configuration_errors(tmp_path):
     bad = tmp_path / "bad.pem"
     bad.write_text("-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----\n")
