@@ -13,7 +13,8 @@ import os
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
-from edged.capture.spool import fsync_dir, makedirs_durably, write_durably
+from edged.capture.spool import makedirs_durably, write_durably
+from edged.durable import fsync_dir
 from edged.errors import EdgedError
 
 # S3 error codes that mean "later", whatever the HTTP status says.

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edged.capture.records import AuxData, CaptureRecord, TensorData
+from edged.durable import fsync_dir
 from edged.errors import EdgedError
 
 MAGIC = b"EDGEDCAP1\n"
@@ -138,14 +139,6 @@ def decode(raw: bytes, seq: int) -> Spooled:
     except (ValueError, KeyError, TypeError, struct.error) as exc:
         raise CorruptRecord(f"capture file {seq:016d}.cap: {exc}") from None
     return Spooled(seq, record, float(header["received_at"]))
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_durably(path: Path, parts: list[bytes], fsync: bool) -> None:

@@ -35,6 +35,7 @@ from typing import Any
 
 import structlog
 
+from edged.durable import fsync_dir
 from edged.errors import ModelError
 from edged.modelpkg import MANIFEST, ModelManifest, parse_manifest, read_manifest
 from edged.modelstore.errors import StoreError
@@ -63,20 +64,12 @@ class Slot:
         return parse_manifest(self.path / MANIFEST)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(path: Path) -> None:
     for directory, _, names in os.walk(path):
         for name in names:
             with open(os.path.join(directory, name), "rb") as handle:
                 os.fsync(handle.fileno())
-        _fsync_dir(Path(directory))
+        fsync_dir(Path(directory))
 
 
 def _write_synced(path: Path, text: str) -> None:
@@ -215,7 +208,7 @@ class ModelStore:
                     path.unlink()
                 removed.append(path.name)
             if removed:
-                _fsync_dir(self.slots_dir)
+                fsync_dir(self.slots_dir)
                 log.warning("model_store_cleaned", store=str(self.root), removed=removed)
         return removed
 
@@ -252,7 +245,7 @@ class ModelStore:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
             self._fault("renamed")
-            _fsync_dir(self.slots_dir)
+            fsync_dir(self.slots_dir)
         log.info("model_installed", model=self.name, slot=final.name,
                  version=manifest.version)
         return self.slot(final.name)
@@ -314,7 +307,7 @@ class ModelStore:
         self._fault("state_written")
         os.replace(tmp, self.root / STATE)  # the commit point
         self._fault("state_renamed")
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def remove_unused(self, keep: int = 2) -> list[str]:
         """Delete slots that are neither current nor previous, keeping the newest so that
@@ -333,7 +326,7 @@ class ModelStore:
                 shutil.rmtree(trash, ignore_errors=True)
                 removed.append(slot.name)
             if removed:
-                _fsync_dir(self.slots_dir)
+                fsync_dir(self.slots_dir)
                 log.info("model_slots_removed", model=self.name, removed=removed)
         return removed
 
