@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from edged.config import ShutdownSpec
+from edged.testing import unit_directive, unit_directives
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "systemd" / "edged.service"
@@ -39,24 +40,11 @@ needs_analyze = pytest.mark.skipif(
 
 
 def directives(section: str = "Service") -> list[tuple[str, str]]:
-    """The unit's KEY=value lines of one section, in order (keys may repeat)."""
-    current, found = None, []
-    for raw in UNIT.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        if line.startswith("["):
-            current = line.strip("[]")
-        elif current == section:
-            key, _, value = line.partition("=")
-            found.append((key, value))
-    return found
+    return unit_directives(UNIT, section)
 
 
 def directive(key: str, section: str = "Service") -> str:
-    values = [v for k, v in directives(section) if k == key]
-    assert len(values) == 1, (key, values)
-    return values[0]
+    return unit_directive(UNIT, key, section)
 
 
 def seconds(value: str) -> float:

@@ -26,6 +26,7 @@ from agent_testkit import BUILTIN_MODEL, ROOT, inline, output_array, reference_p
 
 from edged.agent.proto import agent_pb2 as pb
 from edged.agent.proto import agent_pb2_grpc
+from edged.testing import unit_directive, unit_directives
 
 UNIT = ROOT / "systemd" / "edged-agent.service"
 INSTALLED_EDGED = "/opt/edged/bin/edged"
@@ -36,23 +37,11 @@ needs_analyze = pytest.mark.skipif(SYSTEMD_ANALYZE is None,
 
 
 def directives(section: str = "Service") -> list[tuple[str, str]]:
-    current, found = None, []
-    for raw in UNIT.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        if line.startswith("["):
-            current = line.strip("[]")
-        elif current == section:
-            key, _, value = line.partition("=")
-            found.append((key, value))
-    return found
+    return unit_directives(UNIT, section)
 
 
 def directive(key: str, section: str = "Service") -> str:
-    values = [v for k, v in directives(section) if k == key]
-    assert len(values) == 1, (key, values)
-    return values[0]
+    return unit_directive(UNIT, key, section)
 
 
 def analyze(*args: str) -> subprocess.CompletedProcess[str]:
