@@ -1,7 +1,9 @@
-"""Plugin ``model``: registers the ``edged model`` command (list slots, roll back).
+"""Plugin ``model``: registers the ``edged model`` command (list slots, install a signed
+bundle, roll back).
 
-Both act on the model store on disk. A running daemon serves the store's current slot
-from its next reload on: ``systemctl reload edged`` (SIGHUP) after a rollback.
+All act on the model store on disk. A running daemon serves the store's current slot
+from its next reload on: ``systemctl reload edged`` (SIGHUP) after an install or a
+rollback.
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,8 +33,18 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     listing = actions.add_parser("list", help="every model's slots, current and previous")
     rollback = actions.add_parser("rollback", help="make a model's previous slot current")
     rollback.add_argument("name", metavar="NAME", help="the model's name (see `list`)")
+    install = actions.add_parser("install", help="verify a signed bundle, install it "
+                                 "into a new slot and make it current")
+    install.add_argument("bundle", metavar="BUNDLE", type=Path, help="the .tar.gz to install")
+    install.add_argument("--trust", metavar="DIR", type=Path, required=True,
+                         help="directory of trusted public keys (*.pem, *.pub)")
+    install.add_argument("--revoked", action="append", default=[], metavar="KEY_ID",
+                         help="a key id no longer trusted (repeatable)")
+    install.add_argument("--activate", action=argparse.BooleanOptionalAction, default=True,
+                         help="make the new slot current (default); --no-activate only "
+                         "stages it")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
-    for sub in (listing, rollback):
+    for sub in (listing, install, rollback):
         where = sub.add_mutually_exclusive_group()
         where.add_argument("-c", "--config", metavar="FILE",
                            help="the daemon's config (its state_dir holds the store)")
@@ -93,6 +107,72 @@ def _rollback(state_dir: Path, name: str) -> int:
     return EX_OK
 
 
+def _peek_name(directory: Path) -> str | None:
+    """The model name an extracted, not yet verified manifest claims, to find the store
+    whose version and schema it must meet; None if there is none to read (then
+    ``verify_bundle`` refuses the manifest itself)."""
+    from edged.modelpkg import MANIFEST
+
+    try:
+        name = json.loads((directory / MANIFEST).read_bytes()).get("name")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(name, str) or not name or Path(name).name != name \
+            or name.startswith("."):
+        return None
+    return name
+
+
+def _install(state_dir: Path, args: argparse.Namespace) -> int:
+    from edged.bundle import (
+        BundleError,
+        ModelExpectation,
+        TrustConfig,
+        TrustStore,
+        extract_bundle,
+        verify_bundle,
+    )
+    from edged.modelstore import ModelStore
+
+    trust = TrustStore.from_config(TrustConfig(keys_dir=args.trust, revoked=args.revoked))
+    models = state_dir / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    # Unpacked beside the stores (same file system), so the slot is a rename, not a copy.
+    # A hidden name is never a store (ModelStore.for_model refuses it).
+    incoming = Path(tempfile.mkdtemp(prefix=".incoming-", dir=models))
+    try:
+        staged = incoming / "bundle"
+        try:
+            extract_bundle(args.bundle, staged)
+            name = _peek_name(staged)
+            current = (ModelStore.for_model(state_dir, name).current()
+                       if name is not None else None)
+            manifest = verify_bundle(
+                staged, trust, installed_version=current.version if current else None,
+                expect=ModelExpectation.from_manifest(current.manifest()) if current else None)
+        except BundleError as exc:
+            _say(f"REJECTED {exc.reason}: {exc.detail}", error=True)
+            return EX_FAILURE
+        if manifest.name != name:  # the same bytes: cannot happen
+            raise RuntimeError(f"the manifest names {manifest.name!r}, not {name!r}")
+        store = ModelStore.for_model(state_dir, manifest.name)
+        slot = store.install(staged, move=True)
+        if not args.activate:
+            _say(f"installed {slot.model} version {slot.version} (slot {slot.name}), not "
+                 "current: the store still serves "
+                 f"{current.name if current else 'nothing'}")
+            return EX_OK
+        store.activate(slot, action="install")
+    finally:
+        shutil.rmtree(incoming, ignore_errors=True)
+    previous = f"; previous (last-known-good): {current.name}" if current else ""
+    _say(f"installed {slot.model} version {slot.version} (slot {slot.name}){previous}")
+    _say("a running daemon serves it after its next reload (SIGHUP, "
+         "`systemctl reload edged`); undo with `edged model rollback "
+         f"{slot.model}`")
+    return EX_OK
+
+
 def _run(args: argparse.Namespace) -> int:
     from edged.errors import ConfigError, ModelError
 
@@ -100,6 +180,8 @@ def _run(args: argparse.Namespace) -> int:
         state_dir = _state_dir(args)
         if args.action == "list":
             return _list(state_dir, args.json)
+        if args.action == "install":
+            return _install(state_dir, args)
         return _rollback(state_dir, args.name)
     except ConfigError as exc:
         for problem in exc.problems:
@@ -112,5 +194,5 @@ def _run(args: argparse.Namespace) -> int:
 
 @hookimpl
 def edged_cli_commands() -> list[CliCommand]:
-    return [CliCommand("model", "list model store slots, roll a model back", _arguments,
-                       _run)]
+    return [CliCommand("model", "list model store slots, install a signed bundle, roll a "
+                       "model back", _arguments, _run)]
