@@ -1,0 +1,393 @@
+"""A jobs-service peer for tests: the device side of AWS IoT Jobs over a real broker.
+
+``JobsService`` speaks the contract's topics and payloads (``edged.jobs.protocol``) on any
+MQTT broker, so the executor can be tested against a mosquitto broker without AWS::
+
+    async with JobsService(broker.host, broker.port) as jobs:
+        await jobs.queue_job("turbine-7", "deploy-7", document)
+        ...  # the device under test talks to $aws/things/turbine-7/jobs/...
+
+It keeps jobs per thing in memory, answers start-next, describe ($next too), get and
+update, echoes ``clientToken``, enforces ``expectedVersion`` and the statusDetails limits,
+and publishes notify-next and notify when the pending list changes. ``presign`` replaces
+``${aws:iot:s3-presigned-url[-v2]:...}`` placeholders each time a document is sent, as the
+service does; with ``presign=None`` they go out unresolved.
+
+It is a test double, not a jobs service: no rollouts, retries, timers or abort criteria.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+import aiomqtt
+
+from edged.jobs import protocol
+from edged.jobs.protocol import DEVICE_STATUSES, TERMINAL_STATUSES, JobsProtocolError
+
+_PLACEHOLDER = re.compile(r"\$\{aws:iot:s3-presigned-url(-v2)?:([^}]*)\}")
+
+
+@dataclass
+class Execution:
+    """One job's execution on one thing, as the service holds it."""
+
+    job_id: str
+    thing: str
+    document: dict[str, Any]
+    queued_at: int
+    status: str = "QUEUED"
+    status_details: dict[str, str] = field(default_factory=dict)
+    started_at: int | None = None
+    last_updated_at: int | None = None
+    version_number: int = 1
+    execution_number: int = 1
+    step_timeout_minutes: int | None = None
+    order: int = 0
+
+    def state(self) -> dict[str, Any]:
+        return {"status": self.status, "statusDetails": dict(self.status_details),
+                "versionNumber": self.version_number}
+
+    def summary(self) -> dict[str, Any]:
+        found = {"jobId": self.job_id, "queuedAt": self.queued_at,
+                 "lastUpdatedAt": self.last_updated_at or self.queued_at,
+                 "versionNumber": self.version_number,
+                 "executionNumber": self.execution_number}
+        if self.started_at is not None:
+            found["startedAt"] = self.started_at
+        return found
+
+
+class Presigner:
+    """Signs placeholder S3 URLs as ``base_url``/<key>?X-Edged-Expires=<epoch>&X-Edged-Id=<n>
+    and remembers them, so that a test's HTTP server can refuse expired ones
+    (``valid(url)``) and a test can expire every URL issued so far (``expire_all()``)::
+
+        presigner = Presigner("http://127.0.0.1:8080", expires_s=60)
+        async with JobsService(host, port, presign=presigner) as jobs: ...
+    """
+
+    def __init__(self, base_url: str, expires_s: int = 3600,
+                 clock: Callable[[], float] = time.time) -> None:
+        if not 60 <= expires_s <= 3600:
+            raise ValueError("a pre-signed URL lives 60-3600 s")
+        self.base_url = base_url.rstrip("/")
+        self.expires_s = expires_s
+        self.clock = clock
+        self.issued: dict[str, str] = {}  # id -> the S3 URL it signs
+        self._revoked: set[str] = set()
+        self._ids = itertools.count(1)
+
+    def __call__(self, s3_url: str) -> str:
+        key = urlsplit(s3_url).path.lstrip("/")
+        ident = str(next(self._ids))
+        self.issued[ident] = s3_url
+        expires = int(self.clock()) + self.expires_s
+        return (f"{self.base_url}/{quote(key)}?X-Edged-Expires={expires}"
+                f"&X-Edged-Id={ident}")
+
+    def valid(self, url: str) -> bool:
+        """True if this presigner issued ``url``, it has not expired and was not revoked."""
+        query = parse_qs(urlsplit(url).query)
+        ident = query.get("X-Edged-Id", [""])[0]
+        try:
+            expires = int(query.get("X-Edged-Expires", [""])[0])
+        except ValueError:
+            return False
+        return ident in self.issued and ident not in self._revoked and \
+            self.clock() < expires
+
+    def expire_all(self) -> None:
+        """Every URL issued so far stops working; new ones (a fresh describe) work."""
+        self._revoked.update(self.issued)
+
+
+class _Refused(Exception):
+    """A request the service rejects with ``code``."""
+
+    def __init__(self, code: str, message: str, state: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.state = state
+
+
+class JobsService:
+    """An in-memory IoT Jobs service on an MQTT broker, started as an async context."""
+
+    def __init__(self, host: str, port: int, *,
+                 presign: Callable[[str], str] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.host = host
+        self.port = port
+        #: S3 URL (decoded) -> pre-signed URL; None leaves placeholders unresolved.
+        self.presign = presign
+        self.clock = clock
+        self.jobs: dict[str, dict[str, Execution]] = {}
+        #: Every request seen, in order: (topic, payload) for tests to inspect.
+        self.requests: list[tuple[str, dict[str, Any] | None]] = []
+        self._order = itertools.count()
+        self._client: aiomqtt.Client | None = None
+        self._task: asyncio.Task | None = None
+        self._identifier = f"edged-jobs-peer-{uuid.uuid4().hex[:8]}"
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def __aenter__(self) -> JobsService:
+        client = aiomqtt.Client(self.host, self.port, identifier=self._identifier)
+        await client.__aenter__()
+        try:
+            await client.subscribe("$aws/things/+/jobs/#", qos=1)
+        except BaseException:
+            await client.__aexit__(None, None, None)
+            raise
+        self._client = client
+        self._task = asyncio.create_task(self._serve(), name="edged-jobs-peer.serve")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.__aexit__(None, None, None)
+
+    # -- what a test does ----------------------------------------------------------------
+
+    async def queue_job(self, thing: str, job_id: str,
+                        document: dict[str, Any] | str) -> Execution:
+        """Queue ``job_id`` for ``thing``; notify-next goes out if the next one changed."""
+        protocol.check_job_id(job_id)
+        text = document if isinstance(document, str) else json.dumps(document)
+        if len(text) > 32_768:
+            raise ValueError("a job document holds at most 32,768 characters")
+        executions = self.jobs.setdefault(thing, {})
+        if job_id in executions:
+            raise ValueError(f"job {job_id} is already queued for {thing}")
+        before = self._snapshot(thing)
+        execution = Execution(job_id, thing, json.loads(text), int(self.clock()),
+                              order=next(self._order))
+        executions[job_id] = execution
+        await self._notify(thing, before)
+        return execution
+
+    async def cancel(self, thing: str, job_id: str) -> None:
+        """Cancel a pending execution, as an operator or abort criteria would."""
+        execution = self.jobs[thing][job_id]
+        before = self._snapshot(thing)
+        if execution.status not in TERMINAL_STATUSES:
+            self._set(execution, "CANCELED")
+        await self._notify(thing, before)
+
+    def execution(self, thing: str, job_id: str) -> Execution:
+        return self.jobs[thing][job_id]
+
+    # -- the service ---------------------------------------------------------------------
+
+    def _pending(self, thing: str) -> tuple[list[Execution], list[Execution]]:
+        executions = sorted(self.jobs.get(thing, {}).values(), key=lambda e: e.order)
+        return ([e for e in executions if e.status == "IN_PROGRESS"],
+                [e for e in executions if e.status == "QUEUED"])
+
+    def _next(self, thing: str) -> Execution | None:
+        in_progress, queued = self._pending(thing)
+        return (in_progress or queued or [None])[0]
+
+    def _set(self, execution: Execution, status: str) -> None:
+        now = int(self.clock())
+        if status == "IN_PROGRESS" and execution.started_at is None:
+            execution.started_at = now
+        execution.status = status
+        execution.last_updated_at = now
+        execution.version_number += 1
+
+    def _document(self, execution: Execution) -> dict[str, Any]:
+        if self.presign is None:
+            return execution.document
+        presign = self.presign
+
+        def signed(match: re.Match[str]) -> str:
+            inner = match.group(2)
+            # The v2 form holds a URL-encoded S3 URL; the old one holds it as is.
+            return presign(unquote(inner) if match.group(1) else inner)
+
+        return json.loads(_PLACEHOLDER.sub(signed, json.dumps(execution.document)))
+
+    def _execution(self, execution: Execution, include_document: bool = True) -> dict:
+        found = {"jobId": execution.job_id, "thingName": execution.thing,
+                 "status": execution.status, "statusDetails": dict(execution.status_details),
+                 "queuedAt": execution.queued_at,
+                 "lastUpdatedAt": execution.last_updated_at or execution.queued_at,
+                 "versionNumber": execution.version_number,
+                 "executionNumber": execution.execution_number}
+        if execution.started_at is not None:
+            found["startedAt"] = execution.started_at
+        if include_document:
+            found["jobDocument"] = self._document(execution)
+        return found
+
+    async def _publish(self, topic: str, payload: dict[str, Any]) -> None:
+        assert self._client is not None
+        await self._client.publish(topic, json.dumps(payload), qos=1)
+
+    def _snapshot(self, thing: str) -> tuple[list[str], list[str]]:
+        in_progress, queued = self._pending(thing)
+        return [e.job_id for e in in_progress], [e.job_id for e in queued]
+
+    async def _notify(self, thing: str, before: tuple[list[str], list[str]]) -> None:
+        """Push notify if the pending list changed, notify-next if the next one did."""
+        after = self._snapshot(thing)
+        if after == before:
+            return
+        now = int(self.clock())
+        in_progress, queued = self._pending(thing)
+        await self._publish(protocol.notify_topic(thing), {"timestamp": now, "jobs": {
+            **({"IN_PROGRESS": [e.summary() for e in in_progress]} if in_progress else {}),
+            **({"QUEUED": [e.summary() for e in queued]} if queued else {})}})
+        if (before[0] or before[1] or [None])[0] != (after[0] or after[1] or [None])[0]:
+            payload: dict[str, Any] = {"timestamp": now}
+            following = self._next(thing)
+            if following is not None:
+                payload["execution"] = self._execution(following)
+            await self._publish(protocol.notify_next_topic(thing), payload)
+
+    async def _serve(self) -> None:
+        assert self._client is not None
+        async for message in self._client.messages:
+            topic = str(message.topic)
+            try:
+                parsed = protocol.parse_topic(topic)
+            except JobsProtocolError:
+                continue
+            if parsed.reply is not None or parsed.operation in ("notify", "notify-next"):
+                continue  # our own replies and pushes come back to us
+            await self._answer(topic, parsed, bytes(message.payload))
+
+    async def _answer(self, topic: str, parsed: protocol.Topic, raw: bytes) -> None:
+        try:
+            request = json.loads(raw) if raw else {}
+        except ValueError:
+            request = None
+        self.requests.append((topic, request))
+        token = request.get("clientToken") if isinstance(request, dict) else None
+        before = self._snapshot(parsed.thing)
+        try:
+            if not isinstance(request, dict):
+                raise _Refused("InvalidRequest", "the payload must be a JSON object")
+            if token is not None and not isinstance(token, str):
+                raise _Refused("InvalidRequest", "clientToken must be a string")
+            handler = {"start-next": self._start_next, "describe": self._describe,
+                       "get": self._get_pending, "update": self._update}[parsed.operation]
+            reply = handler(parsed, request)
+        except _Refused as refused:
+            reply = {"code": refused.code, "message": refused.message}
+            if refused.state is not None:
+                reply["executionState"] = refused.state
+            outcome = protocol.rejected(topic)
+        else:
+            outcome = protocol.accepted(topic)
+        reply["timestamp"] = int(self.clock())
+        if token is not None:
+            reply["clientToken"] = token
+        await self._publish(outcome, reply)
+        await self._notify(parsed.thing, before)
+
+    @staticmethod
+    def _details(request: dict[str, Any]) -> dict[str, str] | None:
+        details = request.get("statusDetails")
+        if details is None:
+            return None
+        try:
+            return dict(protocol.check_status_details(details))
+        except JobsProtocolError as exc:
+            raise _Refused("InvalidRequest", str(exc)) from None
+
+    @staticmethod
+    def _step_timeout(request: dict[str, Any]) -> int | None:
+        minutes = request.get("stepTimeoutInMinutes")
+        low, high = protocol.STEP_TIMEOUT_MINUTES
+        if minutes is not None and (type(minutes) is not int or not low <= minutes <= high):
+            raise _Refused("InvalidRequest", f"stepTimeoutInMinutes must be {low}-{high}")
+        return minutes
+
+    def _start_next(self, parsed: protocol.Topic, request: dict[str, Any]) -> dict:
+        details = self._details(request)
+        minutes = self._step_timeout(request)
+        execution = self._next(parsed.thing)
+        if execution is None:
+            return {}
+        if execution.status == "QUEUED":
+            self._set(execution, "IN_PROGRESS")
+            if details is not None:
+                execution.status_details = details
+        if minutes is not None:
+            execution.step_timeout_minutes = minutes
+        return {"execution": self._execution(execution)}
+
+    def _find(self, thing: str, job_id: str) -> Execution:
+        execution = self._next(thing) if job_id == protocol.NEXT else \
+            self.jobs.get(thing, {}).get(job_id)
+        if execution is None:
+            raise _Refused("ResourceNotFound", f"no execution of {job_id} for {thing}")
+        return execution
+
+    def _describe(self, parsed: protocol.Topic, request: dict[str, Any]) -> dict:
+        assert parsed.job_id is not None
+        execution = self._find(parsed.thing, parsed.job_id)
+        number = request.get("executionNumber")
+        if number is not None and number != execution.execution_number:
+            raise _Refused("ResourceNotFound", f"no execution number {number}")
+        include = request.get("includeJobDocument", True)
+        if not isinstance(include, bool):
+            raise _Refused("InvalidRequest", "includeJobDocument must be a boolean")
+        return {"execution": self._execution(execution, include)}
+
+    def _get_pending(self, parsed: protocol.Topic, request: dict[str, Any]) -> dict:
+        in_progress, queued = self._pending(parsed.thing)
+        return {"inProgressJobs": [e.summary() for e in in_progress],
+                "queuedJobs": [e.summary() for e in queued]}
+
+    def _update(self, parsed: protocol.Topic, request: dict[str, Any]) -> dict:
+        assert parsed.job_id is not None
+        execution = self._find(parsed.thing, parsed.job_id)
+        status = request.get("status")
+        if status not in DEVICE_STATUSES:
+            raise _Refused("InvalidRequest", f"a device may not set status {status!r}")
+        details = self._details(request)
+        minutes = self._step_timeout(request)
+        expected = request.get("expectedVersion")
+        if expected is not None and (type(expected) is not int):
+            raise _Refused("InvalidRequest", "expectedVersion must be an integer")
+        if expected is not None and expected != execution.version_number:
+            raise _Refused("VersionMismatch",
+                           f"expected version {expected}, current {execution.version_number}",
+                           execution.state())
+        if execution.status in TERMINAL_STATUSES:
+            raise _Refused("InvalidStateTransition",
+                           f"{execution.status} is terminal, cannot become {status}",
+                           execution.state())
+        self._set(execution, status)
+        if details is not None:
+            execution.status_details = details
+        if minutes is not None:
+            execution.step_timeout_minutes = minutes
+        reply: dict[str, Any] = {}
+        if request.get("includeJobExecutionState", False) is True:
+            reply["executionState"] = execution.state()
+        if request.get("includeJobDocument", False) is True:
+            reply["jobDocument"] = self._document(execution)
+        return reply
