@@ -305,8 +305,13 @@ def syscall_groups() -> dict[str, list[str]]:
     return groups
 
 
-def unit_seccomp_spec() -> dict:
+def unit_seccomp_spec(unit: Path = UNIT) -> dict:
+    """The seccomp filter systemd would build from ``unit``'s own lines (the agent's unit
+    tests use it too)."""
     groups = syscall_groups()
+
+    def directive(key: str) -> str:
+        return unit_directive(unit, key)
 
     def expand(item: str) -> set[str]:
         if item.startswith("@"):
@@ -314,7 +319,7 @@ def unit_seccomp_spec() -> dict:
         return {item}
 
     allow: set[str] = set()
-    for value in (v for k, v in directives() if k == "SystemCallFilter"):
+    for value in (v for k, v in unit_directives(unit) if k == "SystemCallFilter"):
         if value.startswith("~"):
             for item in value[1:].split():
                 allow -= expand(item)

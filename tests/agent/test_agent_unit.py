@@ -5,14 +5,12 @@ tests/test_systemd_unit.py, fed this unit's lines)."""
 from __future__ import annotations
 
 import ctypes.util
-import errno
 import importlib.util
 import json
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -113,33 +111,12 @@ def _systemd_unit_tests():
     return module
 
 
-def seccomp_spec(groups: dict[str, list[str]]) -> dict:
-    def expand(item: str) -> set[str]:
-        if item.startswith("@"):
-            return set().union(*(expand(member) for member in groups[item]))
-        return {item}
-
-    allow: set[str] = set()
-    for value in (v for k, v in directives() if k == "SystemCallFilter"):
-        if value.startswith("~"):
-            for item in value[1:].split():
-                allow -= expand(item)
-        else:
-            for item in value.split():
-                allow |= expand(item)
-    families = {"AF_UNIX": socket.AF_UNIX, "AF_INET": socket.AF_INET,
-                "AF_INET6": socket.AF_INET6}
-    return {"allow": sorted(allow), "errno": getattr(errno, directive("SystemCallErrorNumber")),
-            "mdwe": directive("MemoryDenyWriteExecute") == "yes",
-            "families": [int(families[f]) for f in directive("RestrictAddressFamilies").split()]}
-
-
 @needs_seccomp
 def test_agent_serves_inside_the_units_seccomp_filters(tmp_path, short_dir):
     helpers = _systemd_unit_tests()
     launcher = tmp_path / "launch.py"
     launcher.write_text(helpers.LAUNCHER)
-    spec = seccomp_spec(helpers.syscall_groups())
+    spec = helpers.unit_seccomp_spec(UNIT)
     models = tmp_path / "models"
     shutil.copytree(BUILTIN_MODEL, models / "windturbine-v1")
     config = tmp_path / "agent.yaml"
