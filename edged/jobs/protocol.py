@@ -279,6 +279,17 @@ def _field(data: dict[str, Any], key: str, kind: type | tuple[type, ...],
     return value
 
 
+def _status_and_details(data: dict) -> tuple[str | None, dict[str, str]]:
+    """An execution's ``status`` and ``statusDetails``, checked."""
+    status = _field(data, "status", str)
+    if status is not None and status not in STATUSES:
+        raise JobsProtocolError(f"unknown execution status {status!r}")
+    details = _field(data, "statusDetails", dict) or {}
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in details.items()):
+        raise JobsProtocolError("statusDetails must map strings to strings")
+    return status, dict(details)
+
+
 @dataclass(frozen=True)
 class JobExecution:
     """One job execution as the service reports it."""
@@ -298,16 +309,11 @@ class JobExecution:
     def from_json(cls, data: Any) -> JobExecution:
         if not isinstance(data, dict):
             raise JobsProtocolError("an execution must be an object")
-        status = _field(data, "status", str)
-        if status is not None and status not in STATUSES:
-            raise JobsProtocolError(f"unknown execution status {status!r}")
-        details = _field(data, "statusDetails", dict) or {}
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in details.items()):
-            raise JobsProtocolError("statusDetails must map strings to strings")
+        status, details = _status_and_details(data)
         return cls(
             job_id=check_job_id(_field(data, "jobId", str, required=True)),
             thing_name=_field(data, "thingName", str), status=status,
-            status_details=dict(details),
+            status_details=details,
             queued_at=_field(data, "queuedAt", int),
             started_at=_field(data, "startedAt", int),
             last_updated_at=_field(data, "lastUpdatedAt", int),
@@ -329,13 +335,8 @@ class ExecutionState:
     def from_json(cls, data: Any) -> ExecutionState:
         if not isinstance(data, dict):
             raise JobsProtocolError("executionState must be an object")
-        status = _field(data, "status", str)
-        if status is not None and status not in STATUSES:
-            raise JobsProtocolError(f"unknown execution status {status!r}")
-        details = _field(data, "statusDetails", dict) or {}
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in details.items()):
-            raise JobsProtocolError("statusDetails must map strings to strings")
-        return cls(status, dict(details), _field(data, "versionNumber", int))
+        status, details = _status_and_details(data)
+        return cls(status, details, _field(data, "versionNumber", int))
 
 
 @dataclass(frozen=True)
