@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
-from edged.capture.store import CaptureSettings
+from edged.capture.store import CapturePolicy, CaptureSettings
 from edged.config import DeviceSpec, LogSpec, Strict, _Problems, load_config_yaml
 from edged.config_yaml import Location
 from edged.errors import ConfigError
@@ -36,27 +36,9 @@ def _state_dir() -> Path:
     return Path(os.environ.get("STATE_DIRECTORY", "state"))
 
 
-class CaptureSection(Strict):
-    """Where CaptureData records go; the capture store's settings (docs/capture.md)."""
-
-    destination: Literal["Disk", "Cloud"] = Field(
-        "Disk", description="Disk: batches under disk_path; Cloud: batches to S3.")
-    disk_path: Path | None = Field(
-        None, description="Folder for Disk batches and the durable spool "
-        "(default: $STATE_DIRECTORY/capture).")
-    folder_prefix: str = Field("", description="Prefix of every batch's folder / S3 key.")
-    buffer_size: int = Field(30, ge=1, le=1_000_000,
-                             description="Captures pending at most; more: RESOURCE_EXHAUSTED.")
-    batch_size: int = Field(10, ge=1, description="Flush when this many are pending.")
-    push_period_s: float = Field(4.0, gt=0, description="Or flush after this long.")
-    base64_embed_limit: int = Field(
-        3072, ge=0, le=3072,
-        description="Tensors up to this many bytes are embedded base64 in the batch "
-        "manifest; larger ones are separate files.")
-    s3_bucket: str | None = Field(None, description="Bucket of the Cloud destination.")
-    s3_endpoint_url: str | None = Field(
-        None, description="A non-AWS S3 endpoint (MinIO, a test server).")
-    fsync: bool = Field(True, description="fsync each capture before CaptureData returns.")
+class CaptureSection(CapturePolicy):
+    """Where CaptureData records go; the capture store's settings (docs/capture.md).
+    ``disk_path`` defaults to $STATE_DIRECTORY/capture."""
 
 
 class AgentConfig(Strict):
@@ -92,21 +74,13 @@ class AgentConfig(Strict):
 
     def capture_settings(self) -> CaptureSettings:
         c = self.capture
-        return CaptureSettings(
-            destination=c.destination,
-            disk_path=c.disk_path or _state_dir() / "capture",
-            folder_prefix=c.folder_prefix,
-            buffer_size=c.buffer_size,
-            batch_size=c.batch_size,
-            push_period_s=c.push_period_s,
-            base64_embed_limit=c.base64_embed_limit,
-            s3_bucket=c.s3_bucket,
-            s3_endpoint_url=c.s3_endpoint_url,
-            s3_region=self.region,
-            device_name=self.device_name,
-            fleet_name=self.fleet_name,
-            fsync=c.fsync,
-        )
+        return CaptureSettings(**{
+            **c.model_dump(),
+            "disk_path": c.disk_path or _state_dir() / "capture",
+            "s3_region": self.region,
+            "device_name": self.device_name,
+            "fleet_name": self.fleet_name,
+        })
 
 
 class _YamlFile(Strict):

@@ -75,17 +75,20 @@ class DuplicateCaptureId(CaptureError, ValueError):
     """A capture with this id is pending or has a status already."""
 
 
-class CaptureSettings(Strict):
-    """Where and how captures are stored (the agent maps its capture config keys here)."""
+class CapturePolicy(Strict):
+    """The capture keys an operator sets (the agent's ``capture:`` section)."""
 
     destination: Literal["Disk", "Cloud"] = Field(
-        description="Disk: batches as files under disk_path; Cloud: objects in s3_bucket.")
-    disk_path: Path = Field(
-        description="Root of the Disk layout, and of the default spool_dir.")
+        "Disk", description="Disk: batches as files under disk_path; Cloud: objects in "
+        "s3_bucket.")
+    disk_path: Path | None = Field(
+        None, description="Root of the Disk layout, and of the default spool_dir.")
     folder_prefix: str = Field(
         "", description="Folder (Disk) or key prefix (Cloud) above the <model>/ folders.")
     buffer_size: int = Field(
-        30, ge=1, description="Captures pending at most; submit() raises BufferFull beyond.")
+        30, ge=1, le=1_000_000,
+        description="Captures pending at most; submit() raises BufferFull beyond (the "
+        "agent answers RESOURCE_EXHAUSTED).")
     batch_size: int = Field(
         10, ge=1, description="Write a model's batch once this many captures are pending.")
     push_period_s: float = Field(
@@ -97,14 +100,21 @@ class CaptureSettings(Strict):
     s3_bucket: str | None = Field(None, description="The Cloud destination's bucket.")
     s3_endpoint_url: str | None = Field(
         None, description="An S3-compatible endpoint instead of AWS's (MinIO, moto, ...).")
+    fsync: bool = Field(
+        True, description="fsync spool and batch files; off: a power cut may lose the "
+        "last captures (a process crash still loses none).")
+
+
+class CaptureSettings(CapturePolicy):
+    """Where and how captures are stored: the policy plus what the device supplies."""
+
+    disk_path: Path = Field(
+        description="Root of the Disk layout, and of the default spool_dir.")
     s3_region: str | None = Field(None, description="AWS region; default: boto3's chain.")
     device_name: str = Field(description="Written into every manifest line.")
     fleet_name: str | None = Field(None, description="Written into every manifest line.")
     spool_dir: Path = Field(
         description="Where pending captures live durably; default disk_path/.spool.")
-    fsync: bool = Field(
-        True, description="fsync spool and batch files; off: a power cut may lose the "
-        "last captures (a process crash still loses none).")
     status_keep: int = Field(
         10_000, ge=1, description="Terminal statuses remembered (and persisted) at most; "
         "older ids answer NOT_FOUND.")
