@@ -182,6 +182,9 @@ class RawConfig(Strict):
     actuators: dict[Annotated[str, Field(pattern=NAME_PATTERN)], dict[str, Any]] = Field(
         default_factory=dict
     )
+    cloud: dict[str, Any] | None = Field(
+        None, description="The link to AWS IoT Core and IoT Jobs (edged.cloud.CloudConfig)."
+    )
 
 
 @dataclass(frozen=True)
@@ -203,6 +206,7 @@ class EdgedConfig:
     pipelines: dict[str, PipelineConfig]
     actuators: dict[str, ActuatorConfig]
     warnings: list[str] = field(default_factory=list)
+    cloud: Any = None  # edged.cloud.CloudConfig, or None without a cloud section
 
     @property
     def state_dir(self) -> Path:
@@ -326,6 +330,7 @@ def parse_config(text: str, filename: str, registry: Registry) -> EdgedConfig:
             pipelines[name] = PipelineConfig(name, spec, pre, inf)  # type: ignore[arg-type]
 
     warnings = _check_wiring(raw, actuators, problems)
+    cloud = _cloud(raw, pipelines, problems)
     if problems.items:
         raise ConfigError(problems.items)
     return EdgedConfig(
@@ -335,7 +340,44 @@ def parse_config(text: str, filename: str, registry: Registry) -> EdgedConfig:
         pipelines=pipelines,
         actuators=actuators,  # type: ignore[arg-type]
         warnings=warnings,
+        cloud=cloud,
     )
+
+
+def _cloud(raw: RawConfig, pipelines: dict[str, PipelineConfig], problems: _Problems) -> Any:
+    """The ``cloud`` section, validated; jobs may only replace models kept in a store."""
+    if raw.cloud is None:
+        return None
+    from edged.cloud import CloudConfig  # it builds on this module
+
+    try:
+        cloud = CloudConfig.model_validate(raw.cloud)
+    except ValidationError as exc:
+        problems.add_validation(("cloud",), exc)
+        return None
+    if cloud.jobs is not None and cloud.jobs.enabled:
+        for index, name in enumerate(cloud.jobs.pipelines or ()):
+            pipeline = pipelines.get(name)
+            if name not in raw.pipelines:
+                problems.add(("cloud", "jobs", "pipelines", index),
+                             f"no pipeline named '{name}' (pipelines: "
+                             f"{', '.join(raw.pipelines)})")
+            elif pipeline is not None and not store_model(pipeline):
+                problems.add(("cloud", "jobs", "pipelines", index),
+                             f"pipeline '{name}' does not run a store:NAME model, so a "
+                             "job cannot replace it (set its inference model to "
+                             "store:NAME)")
+    return cloud
+
+
+def store_model(pipeline: PipelineConfig) -> str | None:
+    """The name of the model store a pipeline's model comes from (``store:NAME``)."""
+    from edged.modelstore.store import STORE_PREFIX
+
+    model = getattr(pipeline.inference, "model", None)
+    if isinstance(model, str) and model.startswith(STORE_PREFIX):
+        return model.removeprefix(STORE_PREFIX)
+    return None
 
 
 def _check_wiring(raw: RawConfig, actuators: dict, problems: _Problems) -> list[str]:

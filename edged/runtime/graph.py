@@ -15,8 +15,9 @@ from typing import Any
 
 import structlog
 
+from edged.cloud import build_cloud
 from edged.components import BuildContext, Readings
-from edged.config import EdgedConfig, SourceConfig
+from edged.config import EdgedConfig, SourceConfig, StartPolicy
 from edged.errors import ConfigError
 from edged.metrics import Counters
 from edged.registry import Registry
@@ -42,11 +43,12 @@ class SourceNode:
 class Graph:
     def __init__(self, config: EdgedConfig, sources: dict[str, SourceNode],
                  pipelines: dict[str, Pipeline], actuators: dict[str, ActuatorBinding],
-                 counters: Counters) -> None:
+                 counters: Counters, cloud: Any = None) -> None:
         self.config = config
         self.sources = sources
         self.pipelines = pipelines
         self.actuators = actuators
+        self.cloud = cloud  # edged.cloud.Cloud: the fleet link and the jobs executor
         self.counters = counters
         self._stop = asyncio.Event()
         self.stop_reason = "shutdown"
@@ -75,6 +77,10 @@ class Graph:
                                                   b.config.on_start_failure)]
             pipelines = [p for p in self.pipelines.values() if await self._start_pipeline(
                 stack, p)]
+            # The cloud never holds the turbines hostage: it connects in the background,
+            # and if it cannot even start (unreadable certificates) the daemon runs on.
+            cloud = self.cloud is not None and await start_component(
+                stack, "cloud", self.cloud, StartPolicy(policy="disable"))
             sources = [s for s in self.sources.values()
                        if await start_component(stack, f"sources.{s.name}", s.component,
                                                 s.config.on_start_failure)]
@@ -92,15 +98,21 @@ class Graph:
                                                name=f"edged[source.{s.name}].run")
                                 for s in sources],
                 }
+                if cloud:
+                    self.running["cloud"] = [tg.create_task(self.cloud.run(),
+                                                            name="edged[cloud].run")]
                 if self.config.raw.log.stats_interval_s > 0:
                     self.running["pipelines"].append(
                         tg.create_task(self._stats_loop(), name="edged[graph].stats"))
                 log.info("graph_started", sources=[s.name for s in sources],
                          pipelines=[p.name for p in pipelines],
-                         actuators=[b.name for b in actuators])
+                         actuators=[b.name for b in actuators], cloud=bool(cloud))
                 on_ready()
                 await self._stop.wait()
                 log.info("graph_stopping", reason=self.stop_reason)
+                # A job stops first: its journal resumes it, and a swap must not start
+                # while the pipelines are going away.
+                await self._stop_stage("cloud", timeout)
                 await self._stop_stage("sources", timeout)
                 await self._stop_stage("pipelines", timeout)
                 await self._stop_stage("actuators", timeout, drain=actuators)
@@ -224,6 +236,12 @@ def build_graph(config: EdgedConfig, registry: Registry,
         if component is not None:
             actuators[name] = ActuatorBinding(name, ac, component, counters)
 
+    cloud = None
+    try:
+        cloud = build_cloud(config, registry, pipelines, counters)
+    except ConfigError as exc:
+        problems += [f"Cannot build 'cloud' from {config.path}: {p}" for p in exc.problems]
+
     if problems:
         raise ConfigError(problems)
-    return Graph(config, sources, pipelines, actuators, counters)
+    return Graph(config, sources, pipelines, actuators, counters, cloud)

@@ -13,7 +13,9 @@ Shared by the ``mqtt`` source and the ``mqtt`` actuator. The whole API::
     async with link:                     # the component's __aenter__: first connection,
         ...                              # bounded by connect_timeout_s; raises
                                          # aiomqtt.MqttError or TimeoutError (the runtime's
-                                         # start policy decides what then)
+                                         # start policy decides what then);
+                                         # `await link.open(connect=False)` instead
+                                         # leaves the first connection to run()
         await link.run(on_connected)     # in the component's run(): keeps the connection
                                          # up until cancelled, never returns or raises on
                                          # broker restarts or network loss
@@ -234,9 +236,16 @@ class BrokerLink:
         return self._client is not None
 
     async def __aenter__(self) -> BrokerLink:
+        return await self.open()
+
+    async def open(self, *, connect: bool = True) -> BrokerLink:
+        """What ``async with`` does; ``connect=False`` only loads the TLS files and
+        leaves the first connection to :meth:`run` (for a link whose broker may be
+        unreachable for a long time without that stopping the daemon)."""
         if self.config.tls is not None:
             self._tls = await asyncio.to_thread(_tls_context, self.config.tls)
-        self._up(await self._connect())
+        if connect:
+            self._up(await self._connect())
         return self
 
     async def __aexit__(self, *exc: object) -> None:

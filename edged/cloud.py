@@ -1,0 +1,184 @@
+"""The device's link to the cloud: one MQTT connection as an AWS IoT thing.
+
+AWS IoT Core (or any MQTT broker standing in for it) is reached with the device
+certificate over mutual TLS, under a client id equal to the thing name (what the usual
+IoT policy ``client/${iot:Connection.Thing.ThingName}`` allows), with a persistent
+session so that QoS 1 messages sent while the device was offline (a job notification)
+are delivered when it comes back. Everything that talks to the fleet service (the jobs
+executor today) shares this one connection.
+
+The link is aiomqtt, like the turbine bus: one MQTT stack in the daemon, with the
+reconnect, backoff and TLS handling the bus already has. IoT Jobs is plain MQTT 3.1.1
+topics and JSON (edged.jobs.protocol), which needs nothing from the AWS device SDK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated, Protocol
+
+import aiomqtt
+from pydantic import Field
+
+from edged.builtin.mqtt.connection import BrokerConfig, BrokerLink
+from edged.bundle.keys import TrustConfig, TrustStore
+from edged.config import NAME_PATTERN, EdgedConfig, Strict, store_model
+from edged.jobs.protocol import STEP_TIMEOUT_MINUTES
+from edged.metrics import Counters
+from edged.registry import Registry
+from edged.runtime.pipeline import Pipeline
+
+MiB = 1 << 20
+
+
+class CloudBrokerConfig(BrokerConfig):
+    """The cloud broker: a persistent session by default (jobs notifications queue for
+    a device that is offline)."""
+
+    persistent_session: bool = Field(
+        True, description="Keep the session on the broker while disconnected, so QoS 1 "
+        "notifications sent meanwhile arrive on reconnect.")
+
+
+class JobsConfig(Strict):
+    """Model updates over AWS IoT Jobs (docs/jobs.md)."""
+
+    enabled: bool = Field(True, description="Act on jobs; false keeps the section but "
+                          "ignores jobs.")
+    trust: TrustConfig = Field(description="The keys model bundles must be signed with.")
+    pipelines: list[Annotated[str, Field(pattern=NAME_PATTERN)]] | None = Field(
+        None, description="Pipelines whose model jobs may replace (they must run a "
+        "`store:NAME` model); default: every pipeline that does.")
+    max_bundle_bytes: int = Field(
+        256 * MiB, ge=1, le=1 << 40,
+        description="Largest bundle accepted; a job naming a bigger one is REJECTED.")
+    step_timeout_minutes: int = Field(
+        10, ge=STEP_TIMEOUT_MINUTES[0], le=STEP_TIMEOUT_MINUTES[1],
+        description="Step timer set with every progress update: a device that stops "
+        "reporting for this long has its execution TIMED_OUT by the service.")
+    progress_interval_s: float = Field(
+        10.0, gt=0, le=3600, description="Least time between two download progress "
+        "updates.")
+    request_timeout_s: float = Field(
+        15.0, gt=0, le=300, description="Wait for the service's reply to one request.")
+    download_timeout_s: float = Field(
+        30.0, gt=0, le=600, description="Socket timeout of the bundle download.")
+    download_attempts: int = Field(
+        5, ge=1, le=50, description="Tries per download before the job FAILS (each "
+        "resumes where the last stopped).")
+    url_lifetime_s: float = Field(
+        3000.0, ge=30, le=7 * 86400,
+        description="Describe the execution again for a fresh pre-signed URL once the "
+        "one held is this old (the service signs them for 60-3600 s).")
+    shadow_timeout_s: float = Field(
+        3600.0, gt=0, description="Longest a shadow trial may take to collect its "
+        "decisions; the job FAILS if it does not finish.")
+    ca_file: Path | None = Field(None, description="CA bundle for https bundle URLs "
+                                 "(default: the system's).")
+
+
+class CloudConfig(Strict):
+    """The ``cloud:`` section: who this device is to the fleet service, and how to
+    reach it."""
+
+    thing_name: str | None = Field(
+        None, min_length=1, max_length=128, pattern=r"^[a-zA-Z0-9:_-]+$",
+        description="The AWS IoT thing name (default: device.id).")
+    broker: CloudBrokerConfig = Field(description="The AWS IoT Core endpoint (port 8883, "
+                                      "mutual TLS) or another MQTT broker.")
+    jobs: JobsConfig | None = Field(None, description="Model updates over IoT Jobs.")
+
+
+def thing_name(config: CloudConfig, device_id: str) -> str:
+    return config.thing_name or device_id
+
+
+def cloud_link(config: CloudConfig, device_id: str, counters: Counters) -> BrokerLink:
+    """The one connection to the cloud broker, as the thing (client id = thing name
+    unless the config names another)."""
+    broker = config.broker
+    if broker.client_id is None:
+        broker = broker.model_copy(update={"client_id": thing_name(config, device_id)})
+    return BrokerLink(broker, name="cloud", device_id=device_id, counters=counters,
+                      inbox_size=10_000)
+
+
+class CloudService(Protocol):
+    """What runs over the cloud link (the jobs executor)."""
+
+    async def subscribe(self, client: aiomqtt.Client) -> None:
+        """Subscribe to its topics on a new connection."""
+
+    def dispatch(self, message: aiomqtt.Message) -> None:
+        """Take one received message (every service sees every message)."""
+
+    async def run(self) -> None:
+        """Work until cancelled."""
+
+
+class Cloud:
+    """The cloud link and the services on it, started and stopped as one component.
+
+    Starting never waits for the broker: a device must decide and act on its turbines
+    whether or not the cloud is reachable, so the first connection is made by
+    :meth:`run`, retried with backoff for as long as it takes."""
+
+    def __init__(self, link: BrokerLink, services: list[CloudService]) -> None:
+        self.link = link
+        self.services = services
+
+    async def __aenter__(self) -> Cloud:
+        await self.link.open(connect=False)  # TLS files are read (and checked) here
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.link.__aexit__(*exc)
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.link.run(self._connected), name="edged[cloud].link")
+            tg.create_task(self._read(), name="edged[cloud].read")
+            for service in self.services:
+                tg.create_task(service.run(), name=f"edged[cloud].{type(service).__name__}")
+
+    async def _connected(self, client: aiomqtt.Client) -> None:
+        for service in self.services:
+            await service.subscribe(client)
+
+    async def _read(self) -> None:
+        inbox = self.link.inbox
+        while True:
+            await inbox.wait()
+            for message in inbox.take(100):
+                for service in self.services:
+                    service.dispatch(message)
+
+
+def build_cloud(config: EdgedConfig, registry: Registry, pipelines: dict[str, Pipeline],
+                counters: Counters) -> Cloud | None:
+    """The cloud component of a graph, or None without a ``cloud`` section. Raises
+    ConfigError for what can be checked before anything starts (trusted keys)."""
+    cloud: CloudConfig | None = config.cloud
+    if cloud is None:
+        return None
+    # Only a device with a cloud section loads the executor (bundles, the model store).
+    from edged.jobs.executor import JobsExecutor
+    from edged.modelstore.swap import preprocessor_factory
+
+    device = config.raw.device.id
+    link = cloud_link(cloud, device, counters)
+    services: list[CloudService] = []
+    jobs = cloud.jobs
+    if jobs is not None and jobs.enabled:
+        stores = {name: model for name, pc in config.pipelines.items()
+                  if (model := store_model(pc)) is not None
+                  and (jobs.pipelines is None or name in jobs.pipelines)}
+        services.append(JobsExecutor(
+            jobs, link=link, thing=thing_name(cloud, device),
+            pipelines={pipelines[name]: preprocessor_factory(registry, config, name,
+                                                             config.state_dir)
+                       for name in stores if name in pipelines},
+            stores=stores, state_dir=config.state_dir,
+            trust=TrustStore.from_config(jobs.trust), counters=counters))
+    return Cloud(link, services)
