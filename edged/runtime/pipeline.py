@@ -13,7 +13,7 @@ import contextlib
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import structlog
@@ -25,6 +25,9 @@ from edged.log import RateLimit
 from edged.metrics import Counters
 from edged.runtime.buffers import TurbineBuffers
 from edged.runtime.queues import BoundedQueue
+
+if TYPE_CHECKING:
+    from edged.modelstore.shadow import ShadowReport, ShadowTrial
 
 log = structlog.get_logger("edged.pipeline")
 _GOLDEN = 0.6180339887498949
@@ -46,6 +49,9 @@ class Pipeline:
         # never give a round one model's preprocessor and another's backend.
         self._stage: tuple[Preprocessor, InferenceBackend] = (preprocessor, backend)
         self._rounds: set[asyncio.Future] = set()  # model calls in flight
+        # A shadow trial and the stage it shadows; only rounds of that stage feed it.
+        self._shadow: tuple[ShadowTrial, tuple[Preprocessor, InferenceBackend]] | None = None
+        self._observing: set[asyncio.Future] = set()  # shadow observations queued
         self.counters = counters
         self.queue: BoundedQueue[Readings] = BoundedQueue(
             f"pipeline.{name}", spec.queue.size, spec.queue.overflow
@@ -70,7 +76,7 @@ class Pipeline:
 
     @preprocessor.setter
     def preprocessor(self, preprocessor: Preprocessor) -> None:
-        self._stage = (preprocessor, self._stage[1])
+        self._restage((preprocessor, self._stage[1]))
 
     @property
     def backend(self) -> InferenceBackend:
@@ -78,7 +84,19 @@ class Pipeline:
 
     @backend.setter
     def backend(self, backend: InferenceBackend) -> None:
-        self._stage = (self._stage[0], backend)
+        self._restage((self._stage[0], backend))
+
+    @property
+    def shadow(self) -> ShadowTrial | None:
+        """The shadow trial attached now, if any."""
+        return None if self._shadow is None else self._shadow[0]
+
+    def _restage(self, stage: tuple[Preprocessor, InferenceBackend]) -> None:
+        self._stage = stage
+        if self._shadow is not None:
+            # The trial compares a candidate with the model it was attached beside.
+            self._shadow[0].abort("model swapped during shadow")
+            self._shadow = None
 
     async def swap_model(self, backend: InferenceBackend,
                          preprocessor: Preprocessor | None = None
@@ -87,10 +105,26 @@ class Pipeline:
         running finish on the old pair, the next round uses the new one. Returns the old
         pair once no round uses it any more, for the caller to close."""
         old = self._stage
-        self._stage = (preprocessor or old[0], backend)  # no await before: atomic
+        self._restage((preprocessor or old[0], backend))  # no await before: atomic
         if self._rounds:
             await asyncio.wait(set(self._rounds))
         return old
+
+    async def run_shadow(self, trial: ShadowTrial) -> ShadowReport:
+        """Feed ``trial`` every round of the serving model until it reports: after the
+        round's decisions are published, queued on the pipeline's worker thread and not
+        awaited. A model swap meanwhile ends the trial as failed. The trial is detached
+        on return, error or cancellation (which also ends it): bound this with a timeout
+        if rounds may stop coming."""
+        if self._shadow is not None:
+            raise RuntimeError(f"pipeline {self.name!r} already runs a shadow trial")
+        self._shadow = (trial, self._stage)
+        try:
+            return await trial.wait()
+        finally:
+            if self._shadow is not None and self._shadow[0] is trial:
+                self._shadow = None
+            trial.abort("shadow trial cancelled")  # no-op once ended; queued rounds skip
 
     # -- ingest -------------------------------------------------------------------------
 
@@ -234,7 +268,8 @@ class Pipeline:
         self._decided_at[slots] = self.buffers.count[slots]
         self._reschedule(slots, time.monotonic())
         rows = self.buffers.count[slots].tolist()
-        preprocessor, backend = self._stage
+        stage = self._stage
+        preprocessor, backend = stage
         work = asyncio.get_running_loop().run_in_executor(
             self._executor, self._score, history, preprocessor, backend)
         self._rounds.add(work)
@@ -265,6 +300,14 @@ class Pipeline:
         thresholds = scores.thresholds.tolist()
         for subscriber in self.subscribers:
             subscriber.on_decisions(decisions, preprocessor.features, thresholds)
+        shadow = self._shadow
+        if shadow is not None and shadow[1] is stage:
+            # Published first and not awaited: the candidate never delays a decision. On
+            # the one worker thread it runs before the next round, never beside it.
+            observed = asyncio.get_running_loop().run_in_executor(
+                self._executor, shadow[0].observe, history, scores)
+            self._observing.add(observed)
+            observed.add_done_callback(self._observing.discard)
         return decisions
 
     def _reschedule(self, slots: np.ndarray, now: float) -> None:
