@@ -79,6 +79,8 @@ class OnnxBackend:
             except (OSError, ModelError) as exc:  # a read-only disk must not stop inference
                 log.warning("model_store_seed_failed", store=str(store.root), error=str(exc))
         self.load()
+        log.info("model_loaded", model=self.model.name, version=self.model.version,
+                 directory=str(self.directory))
         return self
 
     async def __aexit__(self, *exc: object) -> None:

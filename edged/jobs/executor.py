@@ -86,6 +86,8 @@ class _Run:
     bytes: int = 0
     entered: float = field(default_factory=time.monotonic)  # start of the current phase
     candidates: list[tuple[Pipeline, Candidate]] = field(default_factory=list)
+    work: asyncio.Task | None = None  # the phases, cancelled if the execution is gone
+    gone: str | None = None  # why the execution is no longer ours
 
 
 class JobsExecutor:
@@ -108,6 +110,8 @@ class JobsExecutor:
         self.journal = Journal(self.state_dir / "jobs")
         self.work_root = self.state_dir / "jobs" / "work"
         self._wake = asyncio.Event()
+        self._announced = asyncio.Event()  # notify-next arrived while a job runs
+        self._running: _Run | None = None
         self._pause_at = os.environ.get(PAUSE_ENV)
 
     # -- the cloud link's service interface ------------------------------------------
@@ -118,8 +122,13 @@ class JobsExecutor:
 
     def dispatch(self, message: aiomqtt.Message) -> None:
         announced = self.client.dispatch(message)
-        if announced is not JobsClient.NO_NOTIFICATION:
-            self._wake.set()
+        if announced is JobsClient.NO_NOTIFICATION:
+            return
+        self._wake.set()
+        running = self._running
+        if running is not None and (announced is None
+                                    or announced.job_id != running.record.job_id):
+            self._announced.set()  # the next job is another one: is ours still on?
 
     async def run(self) -> None:
         failures = 0
@@ -134,7 +143,7 @@ class JobsExecutor:
                 # The service is unreachable or answered nonsense: ask again later.
                 failures += 1
                 delay = random.uniform(0, min(300.0, 2.0 ** failures))
-                log.warning("jobs_service_unavailable", error=str(exc),
+                log.warning("jobs_service_unavailable", error=repr(exc),
                             retry_in_s=round(delay, 1))
                 await asyncio.sleep(delay)
                 self._wake.set()
@@ -166,28 +175,64 @@ class JobsExecutor:
             self.counters.inc("jobs_started")
             log.info("job_started", job=record.job_id, model=record.model,
                      version=record.version)
+            await self._pause("received")
         run = _Run(record, execution.version_number)
         if record.outcome is None:
+            self._running = run
             try:
-                details = await self._work(run)
+                details = await self._guarded(run)
                 record.outcome = {"status": "SUCCEEDED", "details": details}
             except JobGone as exc:
-                await self._close_candidates(run)
                 log.warning("job_gone", job=record.job_id, phase=record.phase,
                             reason=str(exc))
-                self._finish(record)
+                self._finish()
                 return
-            except (asyncio.CancelledError, KeyboardInterrupt):
-                await self._close_candidates(run)
-                raise
             except Exception as exc:
-                await self._close_candidates(run)
                 record.outcome = self._failure(record, exc)
+            finally:
+                self._running = None
+                await self._close_candidates(run)
             self._tick(run)
             record.phase = "reporting"
             self.journal.save(record)
             await self._pause("reporting")
         await self._report(run)
+
+    async def _guarded(self, run: _Run) -> dict[str, str]:
+        """Run the phases as a task that stops as soon as the execution is found gone
+        (cancelled, removed, timed out): by a rejected progress update, or by describing
+        it when notify-next announces another job. Raises JobGone then."""
+        run.work = asyncio.create_task(self._work(run), name="edged[jobs].work")
+        watcher = asyncio.create_task(self._watch(run), name="edged[jobs].watch")
+        try:
+            return await run.work
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if run.gone is None or (current is not None and current.cancelling()):
+                raise  # the daemon is stopping: the journal resumes the job
+            raise JobGone(run.gone) from None
+        finally:
+            run.work.cancel()
+            watcher.cancel()
+            await asyncio.gather(run.work, watcher, return_exceptions=True)
+
+    async def _watch(self, run: _Run) -> None:
+        while True:
+            await self._announced.wait()
+            self._announced.clear()
+            with contextlib.suppress(TimeoutError, JobsRejected, JobsProtocolError):
+                execution = await self.client.describe(run.record.job_id)
+                if execution.status in protocol.TERMINAL_STATUSES:
+                    self._gone(run, f"the execution is {execution.status}")
+
+    def _gone(self, run: _Run, reason: str) -> None:
+        """Stop the work for an execution that is no longer ours. Once the commit
+        has begun it runs to its end (it is short): the report then finds the
+        execution terminal and says nothing."""
+        if run.gone is None and run.record.phase not in ("activating", "reporting"):
+            run.gone = reason
+            if run.work is not None:
+                run.work.cancel()
 
     def _new_record(self, execution: JobExecution) -> JobRecord:
         document = execution.job_document or {}
@@ -278,8 +323,7 @@ class JobsExecutor:
                                 f"{URL_REFRESHES} fresh ones")
         finally:
             reporter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reporter
+            await asyncio.gather(reporter, return_exceptions=True)
 
     async def _fresh_document(self, run: _Run, old: JobDocument) -> JobDocument:
         """Describe the execution again: the service signs the bundle URL anew."""
@@ -304,7 +348,11 @@ class JobsExecutor:
             if run.bytes != reported:
                 reported = run.record.bytes = run.bytes
                 self.journal.save(run.record)
-                await self._progress(run, bytes=reported, size=size)
+                try:
+                    await self._progress(run, bytes=reported, size=size)
+                except JobGone as exc:
+                    self._gone(run, str(exc))
+                    return
 
     def _verify(self, bundle: Path, document: JobDocument, targets: list[Pipeline],
                 installed: int | None) -> Path:
@@ -443,7 +491,7 @@ class JobsExecutor:
                 await asyncio.sleep(delay)
         self.counters.inc("jobs_finished", status=status)
         log.info("job_finished", job=record.job_id, status=status, **details)
-        self._finish(record)
+        self._finish()
 
     def _success(self, record: JobRecord, previous: int | None, *, activated: bool = True,
                  committed_before: bool = False) -> dict[str, str]:
@@ -472,9 +520,9 @@ class JobsExecutor:
                 await self._update(_Run(record, None), record.outcome["status"],
                                    record.outcome["details"])
         log.warning("job_abandoned", job=record.job_id, phase=record.phase)
-        self._finish(record)
+        self._finish()
 
-    def _finish(self, record: JobRecord) -> None:
+    def _finish(self) -> None:
         self.journal.clear()
         self._clean_work()
 

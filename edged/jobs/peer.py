@@ -112,6 +112,10 @@ class Presigner:
         """Every URL issued so far stops working; new ones (a fresh describe) work."""
         self._revoked.update(self.issued)
 
+    def revoke(self, url: str) -> None:
+        """``url`` stops working (one this presigner issued)."""
+        self._revoked.update(parse_qs(urlsplit(url).query).get("X-Edged-Id", []))
+
 
 class _Refused(Exception):
     """A request the service rejects with ``code``."""

@@ -1,0 +1,128 @@
+"""kill -9 of the daemon at every phase of a model update: on restart it serves the old
+model or the new one (never none) and finishes the job correctly.
+
+The daemon runs as a real process (``edged run``); the test hook EDGED_JOBS_PAUSE_AT
+stops its executor right after a phase is saved in the journal, where the test kills
+it. The jobs service peer and the bundle server outlive the daemon, as AWS would."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from edged.jobs.executor import PAUSE_ENV
+from edged.jobs.journal import PHASES
+from edged.jobs.peer import JobsService
+
+from .conftest import THING, Fleet, eventually, finished
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Daemon:
+    """``edged run`` in a subprocess, its JSON log lines collected."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edged", "run", "-c", str(config)], cwd=ROOT,
+            env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True)
+        self.lines: list[dict] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            with contextlib.suppress(ValueError):
+                self.lines.append(json.loads(line))
+
+    def events(self, name: str) -> list[dict]:
+        return [line for line in self.lines if line.get("event") == name]
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self._reader.join(timeout=5)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return -9
+        finally:
+            self._reader.join(timeout=5)
+
+
+@contextlib.contextmanager
+def daemon(config: Path, **env: str):
+    process = Daemon(config, env)
+    try:
+        yield process
+    finally:
+        if process.proc.poll() is None:
+            process.stop()
+
+
+@pytest.mark.parametrize("phase", PHASES)
+async def test_killed_at_each_phase_serves_a_model_and_finishes_the_job(fleet: Fleet, phase):
+    shadow = 8 if phase == "shadow" else 0
+    doc = fleet.publish("v2", fleet.bundle(2), 2, shadow_decisions=shadow)
+    config = fleet.config()
+    marker = fleet.state_dir / "jobs" / f"paused-at-{phase}"
+    async with JobsService(fleet.broker.host, fleet.broker.port) as jobs:
+        await jobs.queue_job(THING, "deploy-2", doc)
+        with daemon(config, **{PAUSE_ENV: phase}) as first:
+            await eventually(marker.exists, 60)
+            first.kill()
+        # The commit to the store is the last step of "activating": killed before the
+        # report, the new model is what a restart serves; killed earlier, the old one.
+        served = fleet.serving()
+        assert served == (2 if phase == "reporting" else 1)
+        journal = json.loads((fleet.state_dir / "jobs" / "job.json").read_text())
+        assert journal["phase"] == phase
+        marker.unlink()
+        with daemon(config) as second:
+            execution = await finished(jobs, "deploy-2", 60)
+            assert execution.status == "SUCCEEDED", execution.status_details
+            await eventually(lambda: second.events("graph_started"), 30)
+            assert second.events("model_loaded")[0]["version"] == served
+            await eventually(lambda: second.events("job_finished"), 30)
+        assert fleet.serving() == 2
+    assert execution.status_details["version"] == "2"
+    assert int(execution.status_details.get("resumed", "0")) >= 1 or phase == "reporting"
+    assert not (fleet.state_dir / "jobs" / "job.json").exists()
+    assert not (fleet.state_dir / "jobs" / "work").exists()
+
+
+async def test_killed_mid_download_resumes_where_it_stopped(fleet: Fleet):
+    data = fleet.bundle(2)
+    doc = fleet.publish("v2", data, 2)
+    fleet.server.stall_after = len(data) // 2  # the first download hangs half-way
+    part = fleet.state_dir / "jobs" / "work" / "deploy-2" / "bundle.tar.gz.part"
+    async with JobsService(fleet.broker.host, fleet.broker.port) as jobs:
+        await jobs.queue_job(THING, "deploy-2", doc)
+        with daemon(fleet.config()) as first:
+            await eventually(lambda: part.exists() and part.stat().st_size == len(data) // 2,
+                             60)
+            first.kill()
+        on_disk = part.stat().st_size
+        assert 0 < on_disk < len(data) and fleet.serving() == 1
+        fleet.server.stall_after = None
+        with daemon(fleet.config()):
+            execution = await finished(jobs, "deploy-2", 60)
+    assert execution.status == "SUCCEEDED", execution.status_details
+    resumed = [r for r in fleet.server.requests if r.get("range")]
+    assert resumed and resumed[-1]["range"].startswith("bytes=")
+    assert int(resumed[-1]["range"].removeprefix("bytes=").split("-")[0]) > 0
+    assert fleet.serving() == 2
