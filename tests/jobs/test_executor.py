@@ -13,6 +13,7 @@ import tarfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiomqtt
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -23,6 +24,7 @@ from edged.errors import ConfigError
 from edged.jobs.peer import JobsService, Presigner
 from edged.plugin_manager import make_plugin_manager
 from edged.runtime.graph import Graph, build_graph
+from edged.testing import Mosquitto, S3Server, make_pki
 
 from .conftest import THING, Fleet, document, eventually, finished, trust_key
 
@@ -341,3 +343,47 @@ def test_a_cloud_section_is_checked_before_anything_starts(fleet: Fleet):
         "jobs:\n", "jobs:\n    pipelines: [turbines]\n"))
     with pytest.raises(ConfigError, match="store:NAME"):
         load_config(config, REGISTRY)
+
+
+async def test_a_thing_on_mutual_tls_gets_its_bundle_from_s3(fleet: Fleet, tmp_path: Path):
+    """As on AWS: the device connects with its certificate (the broker takes the CN as
+    the thing and confines it to its own topics) and downloads a pre-signed S3 URL."""
+    pki = make_pki(tmp_path / "pki")
+    cert, key = pki.client(THING)
+    data = fleet.bundle(2)
+    (tmp_path / "tls").mkdir()
+    with Mosquitto(tmp_path / "tls", pki=pki, acl=True) as broker, S3Server() as s3:
+        bucket = s3.create_bucket()
+        s3.client().put_object(Bucket=bucket, Key="models/windturbine-2.tar.gz", Body=data)
+        url = s3.client().generate_presigned_url(
+            "get_object", Params={"Bucket": bucket, "Key": "models/windturbine-2.tar.gz"},
+            ExpiresIn=600)
+        config = fleet.config(broker=(
+            f"{{host: localhost, port: {broker.tls_port}, reconnect_min_s: 0.1, "
+            f"reconnect_max_s: 0.5, tls: {{ca_file: {pki.ca_file}, cert_file: {cert}, "
+            f"key_file: {key}}}}}"))
+        async with JobsService(broker.host, broker.port) as jobs, \
+                daemon(config) as (graph, _):
+            await jobs.queue_job(THING, "deploy-2", document(url, data, 2))
+            execution = await finished(jobs, "deploy-2")
+            assert execution.status == "SUCCEEDED", execution.status_details
+            assert serving(graph) == 2
+    assert fleet.serving() == 2
+
+
+async def test_garbage_on_the_jobs_topics_is_counted_and_ignored(fleet: Fleet):
+    doc = fleet.publish("v2", fleet.bundle(2), 2)
+    base = f"$aws/things/{THING}/jobs"
+    async with JobsService(fleet.broker.host, fleet.broker.port) as jobs, \
+            daemon(fleet.config()) as (graph, _), \
+            aiomqtt.Client(fleet.broker.host, fleet.broker.port) as rogue:
+        for topic, payload in ((f"{base}/start-next/accepted", b"{not json"),
+                               (f"{base}/notify-next", b'{"execution": {"jobId": 7}}'),
+                               (f"{base}/deploy-2/update/rejected", b'{"code": 1}'),
+                               (f"{base}/start-next/accepted", b'{"clientToken": "stray"}')):
+            await rogue.publish(topic, payload, qos=1)
+        await eventually(lambda: graph.counters.total("jobs_replies_ignored") >= 4)
+        await jobs.queue_job(THING, "deploy-2", doc)
+        execution = await finished(jobs, "deploy-2")
+        assert execution.status == "SUCCEEDED"
+        assert serving(graph) == 2
