@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from edged.config import parse_config
 from edged.plugin_manager import make_plugin_manager
@@ -74,3 +75,12 @@ def test_readme_device_config_validates(registry):
     for block in blocks:
         config = parse_config(block, "README.md", registry)
         assert config.actuators["operator-log"].debounce == 2
+
+
+def test_jobs_page_cloud_sample_validates():
+    from edged.cloud import CloudConfig
+
+    blocks = YAML_BLOCK.findall((ROOT / "docs" / "jobs.md").read_text())
+    assert blocks
+    cloud = CloudConfig.model_validate(yaml.safe_load(blocks[0])["cloud"])
+    assert cloud.broker.persistent_session and cloud.jobs.trust.keys_dir is not None
