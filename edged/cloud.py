@@ -156,12 +156,10 @@ class Cloud:
 
 
 def build_cloud(config: EdgedConfig, registry: Registry, pipelines: dict[str, Pipeline],
-                counters: Counters) -> Cloud | None:
-    """The cloud component of a graph, or None without a ``cloud`` section. Raises
-    ConfigError for what can be checked before anything starts (trusted keys)."""
-    cloud: CloudConfig | None = config.cloud
-    if cloud is None:
-        return None
+                counters: Counters) -> Cloud:
+    """The cloud component of a graph with a ``cloud`` section. Raises ConfigError for
+    what can be checked before anything starts (trusted keys)."""
+    cloud: CloudConfig = config.cloud
     # Only a device with a cloud section loads the executor (bundles, the model store).
     from edged.jobs.executor import JobsExecutor
     from edged.modelstore.swap import preprocessor_factory

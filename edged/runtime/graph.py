@@ -15,7 +15,6 @@ from typing import Any
 
 import structlog
 
-from edged.cloud import build_cloud
 from edged.components import BuildContext, Readings
 from edged.config import EdgedConfig, SourceConfig, StartPolicy
 from edged.errors import ConfigError
@@ -237,10 +236,15 @@ def build_graph(config: EdgedConfig, registry: Registry,
             actuators[name] = ActuatorBinding(name, ac, component, counters)
 
     cloud = None
-    try:
-        cloud = build_cloud(config, registry, pipelines, counters)
-    except ConfigError as exc:
-        problems += [f"Cannot build 'cloud' from {config.path}: {p}" for p in exc.problems]
+    if config.cloud is not None:
+        # Imported here: importing edged must not load a plugin (the link is the mqtt one).
+        from edged.cloud import build_cloud
+
+        try:
+            cloud = build_cloud(config, registry, pipelines, counters)
+        except ConfigError as exc:
+            problems += [f"Cannot build 'cloud' from {config.path}: {p}"
+                         for p in exc.problems]
 
     if problems:
         raise ConfigError(problems)
