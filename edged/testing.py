@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import json
 import logging
 import os
 import re
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -621,6 +624,58 @@ class BundleServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class EdgedProcess:
+    """``edged run -c CONFIG`` as a child process, its JSON log lines (stderr) collected
+    as they come: for tests that start, kill and restart a real daemon::
+
+        daemon = EdgedProcess(config, env={"EDGED_JOBS_PAUSE_AT": "staging"})
+        ...  # daemon.events("graph_started"), daemon.lines
+        daemon.kill()     # SIGKILL, as a power cut looks to the process
+        daemon.stop()     # SIGTERM, waits (SIGKILL after 20 s); returns the exit code
+    """
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edged", "run", "-c", str(config)], cwd=cwd,
+            env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True)
+        self.lines: list[dict] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:  # type: ignore[union-attr]
+            with contextlib.suppress(ValueError):
+                self.lines.append(json.loads(line))
+
+    def events(self, name: str) -> list[dict]:
+        return [line for line in self.lines if line.get("event") == name]
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        self._reader.join(timeout=5)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+        finally:
+            self._reader.join(timeout=5)
+
+    def __enter__(self) -> EdgedProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.stop()
 
 
 def unit_directives(unit: Path, section: str = "Service") -> list[tuple[str, str]]:

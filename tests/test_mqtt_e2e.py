@@ -10,11 +10,12 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import aiomqtt
+
+from edged.testing import EdgedProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 FAULTY = "turbine-2"
@@ -50,37 +51,6 @@ actuators:
 """
 
 
-class Daemon:
-    """``edged run`` as a subprocess; its JSON log lines collected as they come."""
-
-    def __init__(self, config: Path) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edged", "run", "-c", str(config)], cwd=ROOT,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.lines: list[dict] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stderr:
-            with contextlib.suppress(ValueError):
-                self.lines.append(json.loads(line))
-
-    def events(self, name: str) -> list[dict]:
-        return [line for line in self.lines if line.get("event") == name]
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait()
-        self._reader.join(timeout=5)
-        return code
-
-
 def simulate(broker: str, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "edged", "simulate", "--broker", broker,
                              *args], cwd=ROOT, stdout=subprocess.PIPE,
@@ -107,7 +77,7 @@ async def test_a_fault_on_the_bus_raises_an_alarm_and_a_command(mosquitto, tmp_p
                 seen.append((message.topic.value, json.loads(message.payload)))
 
         receiver = asyncio.create_task(receive())
-        daemon = Daemon(config)
+        daemon = EdgedProcess(config, cwd=ROOT)
         simulator = None
         try:
             await eventually(lambda: daemon.events("graph_started")

@@ -7,13 +7,7 @@ it. The jobs service peer and the bundle server outlive the daemon, as AWS would
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -21,57 +15,15 @@ import pytest
 from edged.jobs.executor import PAUSE_ENV
 from edged.jobs.journal import PHASES
 from edged.jobs.peer import JobsService
+from edged.testing import EdgedProcess
 
 from .conftest import THING, Fleet, eventually, finished
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class Daemon:
-    """``edged run`` in a subprocess, its JSON log lines collected."""
-
-    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edged", "run", "-c", str(config)], cwd=ROOT,
-            env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True)
-        self.lines: list[dict] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stderr:
-            with contextlib.suppress(ValueError):
-                self.lines.append(json.loads(line))
-
-    def events(self, name: str) -> list[dict]:
-        return [line for line in self.lines if line.get("event") == name]
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        self._reader.join(timeout=5)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return -9
-        finally:
-            self._reader.join(timeout=5)
-
-
-@contextlib.contextmanager
-def daemon(config: Path, **env: str):
-    process = Daemon(config, env)
-    try:
-        yield process
-    finally:
-        if process.proc.poll() is None:
-            process.stop()
+def daemon(config: Path, **env: str) -> EdgedProcess:
+    return EdgedProcess(config, env, cwd=ROOT)
 
 
 @pytest.mark.parametrize("phase", PHASES)
