@@ -27,6 +27,7 @@ bench: venv
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/mqtt_e2e.py
 	$(BIN)/python benchmarks/agent.py
+	$(BIN)/python benchmarks/swap.py
 
 lint: venv
 	$(BIN)/ruff check .
