@@ -256,7 +256,7 @@ class JobsExecutor:
         current = await asyncio.to_thread(store.current)
         if record.slot is not None and current is not None and current.name == record.slot:
             # The commit happened before a restart: the new model is already serving.
-            return self._success(record, None, committed_before=True)
+            return self._success(run, None, committed_before=True)
         bundle = self.work_root / record.job_id / "bundle.tar.gz"
         if record.phase in ("received", "downloading") or not bundle.exists():
             await self._enter(run, "downloading")
@@ -274,7 +274,7 @@ class JobsExecutor:
         previous = targets[0].backend.model.version
         if not document.options.activate:
             await self._close_candidates(run)
-            return self._success(record, previous, activated=False)
+            return self._success(run, previous, activated=False)
         if document.options.shadow_decisions and record.shadow is None:
             await self._enter(run, "shadow")
             await self._shadow(run, document)
@@ -284,7 +284,7 @@ class JobsExecutor:
             await commit_swap(pipeline, candidate, store)
             run.candidates.pop(0)
         await asyncio.to_thread(store.remove_unused)
-        return self._success(record, previous)
+        return self._success(run, previous)
 
     def _targets(self, document: JobDocument) -> list[Pipeline]:
         targets = [p for p in self.pipelines if self.stores[p.name] == document.model.name]
@@ -493,8 +493,10 @@ class JobsExecutor:
         log.info("job_finished", job=record.job_id, status=status, **details)
         self._finish()
 
-    def _success(self, record: JobRecord, previous: int | None, *, activated: bool = True,
+    def _success(self, run: _Run, previous: int | None, *, activated: bool = True,
                  committed_before: bool = False) -> dict[str, str]:
+        self._tick(run)  # the last phase's time belongs in the report
+        record = run.record
         extra: dict[str, Any] = {"slot": record.slot, "activated": str(activated).lower()}
         if previous is not None:
             extra["previousVersion"] = previous

@@ -91,7 +91,7 @@ async def test_a_signed_newer_model_is_installed_and_served_without_missing_a_de
     details = execution.status_details
     assert details["phase"] == "done" and details["version"] == "2"
     assert details["previousVersion"] == "1" and details["activated"] == "true"
-    assert {"t:downloading", "t:verifying", "t:staging"} <= details.keys()
+    assert {"t:downloading", "t:verifying", "t:staging", "t:activating"} <= details.keys()
     assert recorder.versions() == {1, 2}
     # Every turbine is decided every interval across the swap (0.5 s; allow scheduling).
     for turbine in {t for t, _, _ in recorder.decisions}:

@@ -63,6 +63,7 @@ import asyncio
 import contextlib
 import random
 import re
+import socket
 import ssl
 import time
 from collections import deque
@@ -333,6 +334,9 @@ class BrokerLink:
             # QoS 1 deliveries outstanding at once; paho's default of 20 throttles a
             # busy subscriber on a slow link.
             max_inflight_messages=1000,
+            # Requests and replies are small and each waits for the last (IoT Jobs,
+            # alarms): Nagle's algorithm would hold every one back for a delayed ACK.
+            socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
         )
         _read_bursts(client, self.inbox)
         return client
