@@ -24,6 +24,7 @@ from pydantic import Field
 from edged.builtin.mqtt.connection import BrokerConfig, BrokerLink
 from edged.bundle.keys import TrustConfig, TrustStore
 from edged.config import NAME_PATTERN, EdgedConfig, Strict, store_model
+from edged.health import Health, HealthConfig
 from edged.jobs.protocol import STEP_TIMEOUT_MINUTES
 from edged.metrics import Counters
 from edged.registry import Registry
@@ -88,6 +89,8 @@ class CloudConfig(Strict):
     broker: CloudBrokerConfig = Field(description="The AWS IoT Core endpoint (port 8883, "
                                       "mutual TLS) or another MQTT broker.")
     jobs: JobsConfig | None = Field(None, description="Model updates over IoT Jobs.")
+    health: HealthConfig | None = Field(
+        None, description="Heartbeats and the named shadow (docs/health.md); absent: off.")
 
 
 def thing_name(config: CloudConfig, device_id: str) -> str:
@@ -156,7 +159,7 @@ class Cloud:
 
 
 def build_cloud(config: EdgedConfig, registry: Registry, pipelines: dict[str, Pipeline],
-                counters: Counters) -> Cloud:
+                counters: Counters, health: Health | None = None) -> Cloud:
     """The cloud component of a graph with a ``cloud`` section. Raises ConfigError for
     what can be checked before anything starts (trusted keys)."""
     cloud: CloudConfig = config.cloud
@@ -179,4 +182,11 @@ def build_cloud(config: EdgedConfig, registry: Registry, pipelines: dict[str, Pi
                        for name in stores if name in pipelines},
             stores=stores, state_dir=config.state_dir,
             trust=TrustStore.from_config(jobs.trust), counters=counters))
+    if cloud.health is not None and health is not None:
+        from edged.heartbeat import Heartbeat
+
+        health.thing = thing_name(cloud, device)
+        health.stalest = cloud.health.stalest
+        services.append(Heartbeat(cloud.health, link=link, thing=health.thing,
+                                  health=health, counters=counters))
     return Cloud(link, services)

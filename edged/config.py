@@ -165,6 +165,32 @@ class ShutdownSpec(Strict):
     )
 
 
+_LISTEN = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})")
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:9464`` for IPv6) as (host, port)."""
+    match = _LISTEN.fullmatch(listen)
+    assert match is not None, listen  # validated by MetricsSpec
+    return match.group(1).strip("[]"), int(match.group(2))
+
+
+def _check_listen(value: Any) -> Any:
+    match = _LISTEN.fullmatch(value) if isinstance(value, str) else None
+    if match is None or int(match.group(2)) > 65535:
+        raise PydanticCustomError(
+            "listen", "must be HOST:PORT with a port from 0 to 65535, like 127.0.0.1:9464")
+    return value
+
+
+class MetricsSpec(Strict):
+    """The local Prometheus endpoint (docs/health.md); absent: no endpoint."""
+
+    listen: Annotated[str, BeforeValidator(_check_listen)] = Field(
+        "127.0.0.1:9464", description="Address and port to serve /metrics on; only this "
+        "machine by default (0.0.0.0:9464 exposes it to the network).")
+
+
 class RawConfig(Strict):
     """The first pass: the top level, with components still untyped."""
 
@@ -185,6 +211,8 @@ class RawConfig(Strict):
     cloud: dict[str, Any] | None = Field(
         None, description="The link to AWS IoT Core and IoT Jobs (edged.cloud.CloudConfig)."
     )
+    metrics: MetricsSpec | None = Field(
+        None, description="Serve the health figures to Prometheus (absent: off).")
 
 
 @dataclass(frozen=True)

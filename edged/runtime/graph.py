@@ -42,13 +42,16 @@ class SourceNode:
 class Graph:
     def __init__(self, config: EdgedConfig, sources: dict[str, SourceNode],
                  pipelines: dict[str, Pipeline], actuators: dict[str, ActuatorBinding],
-                 counters: Counters, cloud: Any = None) -> None:
+                 counters: Counters, cloud: Any = None, health: Any = None,
+                 metrics: Any = None) -> None:
         self.config = config
         self.sources = sources
         self.pipelines = pipelines
         self.actuators = actuators
         self.cloud = cloud  # edged.cloud.Cloud: the fleet link and the jobs executor
         self.counters = counters
+        self.health = health  # edged.health.Health, with cloud.health or metrics only
+        self.metrics = metrics  # edged.prometheus.MetricsServer: the `metrics:` endpoint
         self._stop = asyncio.Event()
         self.stop_reason = "shutdown"
         self.running: dict[str, list[asyncio.Task]] = {}
@@ -76,6 +79,14 @@ class Graph:
                                                   b.config.on_start_failure)]
             pipelines = [p for p in self.pipelines.values() if await self._start_pipeline(
                 stack, p)]
+            # Health and the local metrics endpoint are for watching, never a reason not
+            # to run (a port already taken, say): disabled with a logged reason.
+            if self.health is not None:
+                await start_component(stack, "health", self.health,
+                                      StartPolicy(policy="disable"))
+            if self.metrics is not None:
+                await start_component(stack, "metrics", self.metrics,
+                                      StartPolicy(policy="disable"))
             # The cloud never holds the turbines hostage: it connects in the background,
             # and if it cannot even start (unreadable certificates) the daemon runs on.
             cloud = self.cloud is not None and await start_component(
@@ -235,17 +246,28 @@ def build_graph(config: EdgedConfig, registry: Registry,
         if component is not None:
             actuators[name] = ActuatorBinding(name, ac, component, counters)
 
+    health = metrics = None
+    if config.raw.metrics is not None or (config.cloud is not None
+                                          and config.cloud.health is not None):
+        from edged.health import Health
+
+        health = Health(pipelines, counters, config.state_dir, device=config.raw.device.id)
+        if config.raw.metrics is not None:
+            from edged.prometheus import MetricsServer
+
+            metrics = MetricsServer(config.raw.metrics, health)
+
     cloud = None
     if config.cloud is not None:
         # Imported here: importing edged must not load a plugin (the link is the mqtt one).
         from edged.cloud import build_cloud
 
         try:
-            cloud = build_cloud(config, registry, pipelines, counters)
+            cloud = build_cloud(config, registry, pipelines, counters, health)
         except ConfigError as exc:
             problems += [f"Cannot build 'cloud' from {config.path}: {p}"
                          for p in exc.problems]
 
     if problems:
         raise ConfigError(problems)
-    return Graph(config, sources, pipelines, actuators, counters, cloud)
+    return Graph(config, sources, pipelines, actuators, counters, cloud, health, metrics)

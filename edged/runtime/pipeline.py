@@ -24,6 +24,7 @@ from edged.events import Decision, Event
 from edged.log import RateLimit
 from edged.metrics import Counters
 from edged.runtime.buffers import TurbineBuffers
+from edged.runtime.latency import LatencyRing
 from edged.runtime.queues import BoundedQueue
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ class Pipeline:
         self._stale: set[int] = set()
         self._silent_since: dict[int, float] = {}  # stale slot -> time of its last row
         self._rate_limit = RateLimit()
+        self.latency = LatencyRing()  # each round's model call, for health reports
         self._group_names = tuple(preprocessor.groups)
         self._group_index = [np.array(ix) for ix in preprocessor.groups.values()]
 
@@ -274,7 +276,9 @@ class Pipeline:
             self._executor, self._score, history, preprocessor, backend)
         self._rounds.add(work)
         work.add_done_callback(self._rounds.discard)
+        started = time.perf_counter()
         scores = await work
+        self.latency.record(time.perf_counter() - started)
         now = time.time()
         model = backend.model
         names = self.buffers.names

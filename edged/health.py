@@ -1,0 +1,256 @@
+"""The device's health as one snapshot: what a heartbeat carries to the cloud, what the
+thing's named shadow keeps, and what the local Prometheus endpoint serves.
+
+Everything is read from the running pipelines and the daemon's :class:`Counters` when a
+report is asked for, so the heartbeat, the shadow and Prometheus never count anything
+twice and the decision path pays only for its counters and one latency store per round.
+The schema is documented in docs/health.md; ``SCHEMA`` changes when a field changes
+meaning or goes away (new fields may appear without it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import structlog
+from pydantic import Field, field_validator
+
+from edged.config import Strict
+from edged.durable import fsync_dir
+from edged.metrics import Counters
+
+if TYPE_CHECKING:
+    from edged.runtime.pipeline import Pipeline
+
+log = structlog.get_logger("edged.health")
+
+SCHEMA = 1
+#: Turbines listed by name in a report (the stalest first); the rest are only counted,
+#: so that a gateway of thousands of turbines still sends a small heartbeat.
+STALEST = 50
+#: AWS IoT keeps at most 8 KB of state in a shadow document; the reported state is kept
+#: well under it (see :meth:`Health.shadow_state`).
+SHADOW_STATE_LIMIT = 6 * 1024
+
+
+class HealthConfig(Strict):
+    """``cloud.health``: heartbeats and the thing's named shadow (docs/health.md)."""
+
+    interval_s: float = Field(60.0, ge=0.05, le=86400,
+                              description="Seconds between two heartbeats.")
+    topic: str = Field("edged/{thing}/health", min_length=1, max_length=256,
+                       description="Heartbeat topic; {thing} is the thing name.")
+    shadow: str | None = Field(
+        "edged-health", min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9:_-]+$",
+        description="Named shadow whose reported state holds the summary; null: none.")
+    stalest: int = Field(STALEST, ge=0, le=1000,
+                         description="Stalest turbines listed by name in a heartbeat.")
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, topic: str) -> str:
+        if "+" in topic or "#" in topic:
+            raise ValueError("a publish topic cannot hold the wildcards + or #")
+        try:
+            topic.format(thing="x")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"only {{thing}} may be substituted ({exc!r})") from None
+        return topic
+
+
+def daemon_version() -> str:
+    try:
+        return metadata.version("edged")
+    except metadata.PackageNotFoundError:  # run from a source tree
+        return "unknown"
+
+
+# One start per daemon, not per graph: a reload builds a new graph with the same
+# Counters (the supervisor keeps them), so keying on them makes a reload neither a
+# restart nor a reset of the uptime.
+_STARTS: weakref.WeakKeyDictionary[Counters, tuple[int, float, float]] = (
+    weakref.WeakKeyDictionary())
+
+
+def record_start(state_dir: Path) -> int:
+    """Add one to ``<state_dir>/health/starts`` and return the new count (blocking)."""
+    directory = state_dir / "health"
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "starts"
+    try:
+        starts = int(path.read_text().strip() or 0)
+    except (FileNotFoundError, ValueError):
+        starts = 0  # a torn or missing file starts the count again
+    starts += 1
+    part = path.with_suffix(".part")
+    part.write_text(f"{starts}\n")
+    os.replace(part, path)
+    fsync_dir(directory)
+    return starts
+
+
+_KEY = re.compile(r"([^{]+)(?:\{(.*)\})?")
+
+
+def parse_key(key: str) -> tuple[str, dict[str, str]]:
+    """A :class:`Counters` key (``rows_rejected{pipeline=a,reason=nan}``) as its name
+    and labels."""
+    match = _KEY.fullmatch(key)
+    if match is None:
+        return key, {}
+    name, inner = match.groups()
+    labels = dict(part.partition("=")[::2] for part in inner.split(",")) if inner else {}
+    return name, labels
+
+
+class Health:
+    """Health reports of one daemon, read from its pipelines and counters.
+
+    Entered as a component (the graph does it): the start is recorded then, once per
+    daemon. ``spool`` is the hook for a local capture store: a callable returning
+    ``{"depth": ..., "dropped": ...}``; None (today) reports ``"spool": null``.
+    """
+
+    def __init__(self, pipelines: Mapping[str, Pipeline], counters: Counters,
+                 state_dir: Path, *, device: str, thing: str | None = None,
+                 stalest: int = STALEST) -> None:
+        self.pipelines = pipelines
+        self.counters = counters
+        self.state_dir = Path(state_dir)
+        self.device = device
+        self.thing = thing or device
+        self.stalest = stalest
+        self.version = daemon_version()
+        self.spool: Callable[[], dict[str, int] | None] | None = None
+        self.starts = 0
+        self._started = time.monotonic()
+        self.started_at = time.time()
+
+    async def __aenter__(self) -> Health:
+        known = _STARTS.get(self.counters)
+        if known is None:
+            try:
+                starts = await asyncio.to_thread(record_start, self.state_dir)
+            except OSError as exc:  # a read-only state dir must not stop the daemon
+                log.warning("health_starts_unrecorded", error=repr(exc))
+                starts = 0
+            known = (starts, time.monotonic(), time.time())
+            _STARTS[self.counters] = known
+        self.starts, self._started, self.started_at = known
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass
+
+    def uptime_s(self) -> float:
+        return time.monotonic() - self._started
+
+    def report(self) -> dict[str, Any]:
+        """The full report (docs/health.md): a JSON-serialisable dict."""
+        now = time.monotonic()
+        counters = self.counters
+        pipelines: dict[str, Any] = {}
+        ages: list[np.ndarray] = []
+        owners: list[tuple[str, list[str]]] = []
+        for name, pipeline in self.pipelines.items():
+            model = pipeline.backend.model
+            known = len(pipeline.buffers.names)
+            age = now - pipeline.buffers.last_seen[:known]
+            latency = pipeline.latency.percentiles()
+            pipelines[name] = {
+                "model": model.name,
+                "version": model.version,
+                "decisions": counters.get("decisions", pipeline=name),
+                "anomalous_decisions": counters.get("anomalous_decisions", pipeline=name),
+                "rounds_failed": counters.get("rounds_failed", pipeline=name),
+                "latency_ms": None if latency is None else {
+                    f"p{round(q * 100)}": round(v * 1000, 3) for q, v in latency.items()},
+                "rounds": pipeline.latency.recorded,
+                "turbines": known,
+                "stale": int((age > pipeline.spec.stale_after_s).sum()),
+                "stalest_age_s": round(float(age.max()), 3) if known else None,
+            }
+            ages.append(age)
+            owners.append((name, pipeline.buffers.names))
+        total = sum(len(a) for a in ages)
+        return {
+            "schema": SCHEMA,
+            "device": self.device,
+            "thing": self.thing,
+            "time": round(time.time(), 3),
+            "version": self.version,
+            "uptime_s": round(now - self._started, 3),
+            "started_at": round(self.started_at, 3),
+            "starts": self.starts,
+            "pipelines": pipelines,
+            "turbines": {"count": total,
+                         "stalest": self._stalest(ages, owners) if total else []},
+            "spool": self.spool() if self.spool is not None else None,
+            "jobs": {"finished": {labels.get("status", ""): value
+                                  for key, value in counters.snapshot().items()
+                                  for name, labels in [parse_key(key)]
+                                  if name == "jobs_finished"}},
+            "counters": counters.snapshot(),
+        }
+
+    def _stalest(self, ages: list[np.ndarray], owners: list[tuple[str, list[str]]]
+                 ) -> list[dict[str, Any]]:
+        """The ``stalest`` turbines over every pipeline, oldest sample first."""
+        every = np.concatenate(ages)
+        keep = min(self.stalest, len(every))
+        if keep == 0:
+            return []
+        top = np.argpartition(-every, keep - 1)[:keep] if keep < len(every) \
+            else np.arange(len(every))
+        top = top[np.argsort(-every[top], kind="stable")]
+        starts = np.cumsum([0] + [len(a) for a in ages])
+        listed = []
+        for index in top.tolist():
+            which = int(np.searchsorted(starts, index, side="right")) - 1
+            pipeline, names = owners[which]
+            listed.append({"pipeline": pipeline, "turbine": names[index - starts[which]],
+                           "age_s": round(float(every[index]), 3)})
+        return listed
+
+    @staticmethod
+    def shadow_state(report: Mapping[str, Any]) -> dict[str, Any]:
+        """The compact summary kept in the named shadow's ``reported`` state: figures per
+        pipeline, never per turbine, so it stays far below the shadow's 8 KB."""
+        state: dict[str, Any] = {
+            "schema": report["schema"],
+            "version": report["version"],
+            "time": report["time"],
+            "uptime_s": round(report["uptime_s"]),
+            "starts": report["starts"],
+            "turbines": report["turbines"]["count"],
+            "stalest_age_s": (report["turbines"]["stalest"] or [{}])[0].get("age_s"),
+            "spool": report["spool"],
+            "pipelines": {
+                name: {"model": p["model"], "version": p["version"],
+                       "decisions": p["decisions"],
+                       "anomalous_decisions": p["anomalous_decisions"],
+                       "p95_ms": (p["latency_ms"] or {}).get("p95"),
+                       "turbines": p["turbines"], "stale": p["stale"]}
+                for name, p in report["pipelines"].items()},
+        }
+        if len(to_json(state)) > SHADOW_STATE_LIMIT:  # hundreds of pipelines: totals only
+            pipelines = state.pop("pipelines").values()
+            state["pipelines_count"] = len(pipelines)
+            state["decisions"] = sum(p["decisions"] for p in pipelines)
+            state["anomalous_decisions"] = sum(p["anomalous_decisions"] for p in pipelines)
+        return state
+
+
+def to_json(value: Any) -> bytes:
+    """Compact JSON, as sent."""
+    return json.dumps(value, separators=(",", ":")).encode()

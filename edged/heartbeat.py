@@ -1,0 +1,111 @@
+"""Heartbeats over the cloud link, and the thing's named shadow (docs/health.md).
+
+A cloud service (:class:`edged.cloud.CloudService`): every ``cloud.health.interval_s``,
+and at once on every connection, the health report goes QoS 1 to the heartbeat topic and
+its summary to ``$aws/things/<thing>/shadow/name/<shadow>/update`` as
+``{"state": {"reported": ...}, "clientToken": ...}`` (the AWS IoT Device Shadow MQTT
+contract). The shadow service answers on ``.../update/accepted`` or ``.../update/rejected``
+(``{"code": 400, "message": ...}``); both are counted.
+
+A heartbeat is a picture of now: one that cannot go out (offline, the broker slow to
+acknowledge) is counted and skipped, never queued, and nothing here waits on a decision
+or makes one wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+
+import aiomqtt
+import structlog
+
+from edged.builtin.mqtt.connection import BrokerLink
+from edged.health import Health, HealthConfig, to_json
+from edged.log import RateLimit
+from edged.metrics import Counters
+
+log = structlog.get_logger("edged.heartbeat")
+
+#: Longest wait for the broker's PUBACK of one heartbeat or shadow update.
+PUBLISH_TIMEOUT_S = 5.0
+
+
+class Heartbeat:
+    def __init__(self, config: HealthConfig, *, link: BrokerLink, thing: str,
+                 health: Health, counters: Counters) -> None:
+        self.config = config
+        self.link = link
+        self.health = health
+        self.counters = counters
+        self.topic = config.topic.format(thing=thing)
+        self.shadow_topic = (None if config.shadow is None else
+                             f"$aws/things/{thing}/shadow/name/{config.shadow}/update")
+        self._token = secrets.token_hex(4)  # tells this daemon's updates from others'
+        self._sent = 0
+        self._wake = asyncio.Event()
+        self._rate_limit = RateLimit()
+
+    async def subscribe(self, client: aiomqtt.Client) -> None:
+        if self.shadow_topic is not None:
+            await client.subscribe([(f"{self.shadow_topic}/accepted", 1),
+                                    (f"{self.shadow_topic}/rejected", 1)])
+        self._wake.set()  # a heartbeat right away: the fleet sees the device is back
+
+    def dispatch(self, message: aiomqtt.Message) -> None:
+        if self.shadow_topic is None:
+            return
+        topic = str(message.topic)
+        if topic == f"{self.shadow_topic}/accepted":
+            self.counters.inc("health_shadow_updates", result="accepted")
+        elif topic == f"{self.shadow_topic}/rejected":
+            self.counters.inc("health_shadow_updates", result="rejected")
+            try:
+                error = json.loads(message.payload)
+            except (TypeError, ValueError):
+                error = {}
+            if not isinstance(error, dict):
+                error = {}
+            suppressed = self._rate_limit.allow("rejected")
+            if suppressed is not None:
+                log.warning("shadow_update_rejected", code=error.get("code"),
+                            message=error.get("message"), suppressed_since_last=suppressed)
+
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.interval_s):
+                    await self._wake.wait()
+            self._wake.clear()
+            await self.beat()
+
+    async def beat(self) -> None:
+        """Send one heartbeat and shadow update now, or count why not."""
+        if not self.link.connected:
+            self.counters.inc("health_heartbeats", result="offline")
+            return
+        report = self.health.report()
+        self._sent += 1
+        if not await self._publish(self.topic, to_json(report)):
+            self.counters.inc("health_heartbeats", result="failed")
+            return
+        self.counters.inc("health_heartbeats", result="sent")
+        if self.shadow_topic is not None:
+            update = {"state": {"reported": Health.shadow_state(report)},
+                      "clientToken": f"edged-{self._token}-{self._sent}"}
+            if not await self._publish(self.shadow_topic, to_json(update)):
+                self.counters.inc("health_shadow_updates", result="failed")
+
+    async def _publish(self, topic: str, payload: bytes) -> bool:
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                await self.link.publish(topic, payload, qos=1)
+        except (aiomqtt.MqttError, TimeoutError) as exc:
+            suppressed = self._rate_limit.allow("publish")
+            if suppressed is not None:
+                log.warning("heartbeat_publish_failed", topic=topic, error=repr(exc),
+                            suppressed_since_last=suppressed)
+            return False
+        return True

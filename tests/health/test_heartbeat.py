@@ -1,0 +1,67 @@
+"""Heartbeats and the named shadow from a running daemon graph, over mosquitto, answered
+by a stand-in for the Device Shadow service."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edged.health import SHADOW_STATE_LIMIT
+from edged.testing import Mosquitto, free_port
+
+from .conftest import THING, ShadowService, daemon, eventually, write_config
+
+
+def cloud(port: int, health: str = "{interval_s: 0.2}") -> str:
+    return (f"cloud:\n  broker: {{host: 127.0.0.1, port: {port}, reconnect_min_s: 0.1, "
+            f"reconnect_max_s: 0.5}}\n  health: {health}\n")
+
+
+async def test_heartbeats_and_shadow_updates_reach_the_cloud(tmp_path: Path):
+    with Mosquitto(tmp_path) as broker:
+        async with ShadowService(broker.host, broker.port) as shadow, \
+                daemon(write_config(tmp_path, cloud(broker.port))) as graph:
+            await eventually(lambda: any(
+                b["pipelines"]["turbines"]["decisions"] > 0 for _, b in shadow.beats))
+            await eventually(lambda: graph.counters.get(
+                "health_shadow_updates", result="accepted") >= 2)
+    topic, beat = shadow.beats[-1]
+    assert topic == f"edged/{THING}/health"
+    assert beat["schema"] == 1 and beat["thing"] == THING and beat["starts"] == 1
+    assert beat["version"] and beat["uptime_s"] > 0
+    turbines = beat["pipelines"]["turbines"]
+    assert turbines["model"] == "windturbine" and turbines["version"] == 1
+    assert set(turbines["latency_ms"]) == {"p50", "p95", "p99"}
+    assert turbines["turbines"] == 4 and beat["turbines"]["count"] == 4
+    assert len(beat["turbines"]["stalest"]) == 4
+    assert beat["spool"] is None
+    topic, update = shadow.updates[-1]
+    assert topic == f"$aws/things/{THING}/shadow/name/edged-health/update"
+    assert update["clientToken"].startswith("edged-")
+    reported = update["state"]["reported"]
+    assert reported["pipelines"]["turbines"]["model"] == "windturbine"
+    assert "stalest" not in reported and "counters" not in reported  # summary figures only
+    assert len(json.dumps(update["state"])) < SHADOW_STATE_LIMIT
+    assert graph.counters.get("health_heartbeats", result="sent") >= 2
+
+
+async def test_rejected_shadow_updates_are_counted(tmp_path: Path):
+    with Mosquitto(tmp_path) as broker:
+        async with ShadowService(broker.host, broker.port) as shadow:
+            shadow.reject = True
+            async with daemon(write_config(tmp_path, cloud(
+                    broker.port, '{interval_s: 0.2, shadow: health2, topic: "hb/{thing}"}'))
+                    ) as graph:
+                await eventually(lambda: graph.counters.get(
+                    "health_shadow_updates", result="rejected") >= 2)
+    assert shadow.updates[0][0] == f"$aws/things/{THING}/shadow/name/health2/update"
+    assert shadow.beats == []  # the topic was changed away from edged/+/health
+    assert graph.counters.get("health_shadow_updates", result="accepted") == 0
+
+
+async def test_heartbeats_while_offline_are_counted_and_skipped(tmp_path: Path):
+    async with daemon(write_config(tmp_path, cloud(free_port()))) as graph:
+        await eventually(lambda: graph.counters.get(
+            "health_heartbeats", result="offline") >= 2)
+        assert graph.counters.get("decisions", pipeline="turbines") >= 0
+    assert graph.counters.get("health_heartbeats", result="sent") == 0
