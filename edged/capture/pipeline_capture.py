@@ -1,0 +1,387 @@
+"""Sampled capture of a pipeline's decisions: subscriber -> bounded queue -> writer ->
+segment spool -> uploader -> S3 or disk. See docs/capture.md, "Pipeline capture".
+
+The decision path only runs the sampling policies and ``put_nowait``: it never waits
+for the disk or the network. A full queue drops the new picks, counted as
+``capture_dropped{pipeline,reason=queue_full}``; a full spool drops the oldest records
+without an anomaly (``reason=budget``), then the oldest with one (``reason=budget_anomaly``).
+A record counts as captured (``capture_records``) once its segment is on disk; it leaves
+the spool only after the destination acknowledged its upload (``capture_uploaded``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from edged.capture.destinations import Destination, DiskDestination, S3Destination
+from edged.capture.policy import AnomalyPolicy, Pick, RatePolicy, ReservoirPolicy, Sampler
+from edged.capture.segments import Segment, SegmentSpool, Upload, build_objects
+from edged.capture_config import PipelineCaptureSpec
+from edged.events import Decision, Event
+from edged.log import RateLimit
+from edged.metrics import Counters
+
+log = structlog.get_logger("edged.capture.pipeline")
+SCHEMA_VERSION = 1
+_TIME_ERROR = 5  # adjtimex(2): the clock is not synchronised (STA_UNSYNC)
+
+
+def clock_synced() -> bool | None:
+    """Whether the kernel considers the system clock synchronised: ``adjtimex(2)`` in
+    read-only mode (``modes = 0``) returns ``TIME_ERROR`` while ``STA_UNSYNC`` is set,
+    which NTP daemons (chrony, ntpd, systemd-timesyncd) clear once they discipline the
+    clock. This is what ``timedatectl`` shows as "System clock synchronized". None where
+    the call is unavailable (not Linux)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        timex = ctypes.create_string_buffer(512)  # struct timex is 208 bytes on 64-bit
+        state = libc.adjtimex(timex)  # modes is the first field, zeroed: read only
+    except (OSError, AttributeError):
+        return None
+    if state < 0:
+        return None
+    return state != _TIME_ERROR
+
+
+def manifest_hash(manifest: dict[str, Any] | None) -> str | None:
+    """SHA-256 of the model manifest as canonical JSON (sorted keys, no spaces): it
+    names every file of the bundle with its own SHA-256, so it identifies the bundle."""
+    if not manifest:
+        return None
+    body = json.dumps(manifest, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def build_sampler(spec: PipelineCaptureSpec) -> Sampler:
+    return Sampler(
+        rate=RatePolicy(spec.rate.every, mode=spec.rate.mode, seed=spec.rate.seed)
+        if spec.rate else None,
+        reservoir=ReservoirPolicy(spec.reservoir.size, spec.reservoir.window_s,
+                                  seed=spec.reservoir.seed) if spec.reservoir else None,
+        anomalies=AnomalyPolicy(spec.anomalies.before, spec.anomalies.after)
+        if spec.anomalies else None,
+    )
+
+
+def build_destination(spec: PipelineCaptureSpec, fsync: bool) -> Destination:
+    dest = spec.destination
+    if dest.type == "s3":
+        return S3Destination(dest.bucket, dest.prefix.strip("/"),
+                             endpoint_url=dest.endpoint_url, region=dest.region)
+    return DiskDestination(Path(dest.path), fsync=fsync)
+
+
+# A queued pick: the pick, then (features, thresholds, model info, round monotonic, wall).
+_Item = tuple[Pick, tuple]
+
+
+def encode_record(pick: Pick, meta: tuple, pipeline: str, device: str,
+                  synced: bool | None) -> bytes:
+    """One record as a JSON line (the schema in docs/capture.md)."""
+    features, thresholds, model_info, mono, wall = meta
+    d: Decision = pick.decision
+    window = pick.window
+    record = {
+        "schema": SCHEMA_VERSION,
+        "id": str(uuid.uuid4()),
+        "key": f"{d.turbine}:{d.rows}",
+        "pipeline": pipeline,
+        "device": device,
+        "turbine": d.turbine,
+        "model": {"name": d.model.name, "version": d.model.version,
+                  "bundle_sha256": model_info.get((d.model.name, d.model.version))},
+        "time": d.time,
+        # The round's monotonic time, shifted by the decision's age for context
+        # decisions of earlier rounds.
+        "monotonic": mono - (wall - d.time),
+        "clock_synced": synced,
+        "rows": d.rows,
+        "reasons": pick.reasons,
+        "anomalous": d.is_anomalous,
+        "primary": d.primary,
+        "features": list(features),
+        "values": list(d.values),
+        "thresholds": list(thresholds),
+        "flags": list(d.anomalous),
+        "groups": d.groups,
+        "window": None if window is None else window.tolist(),  # type: ignore[attr-defined]
+    }
+    return json.dumps(record, separators=(",", ":")).encode() + b"\n"
+
+
+class PipelineCapture:
+    """One pipeline's capture: a subscriber (add it to ``pipeline.subscribers``), a
+    writer and an uploader loop, and the spool they share. An async context manager:
+    entering opens the spool (replaying what a previous run left) and the destination."""
+
+    def __init__(self, pipeline: str, spec: PipelineCaptureSpec, *, device: str,
+                 root: Path, counters: Counters, source: Any = None,
+                 destination: Destination | None = None,
+                 clock: Callable[[], bool | None] = clock_synced) -> None:
+        self.pipeline = pipeline
+        self.spec = spec
+        self.device = device
+        self.counters = counters
+        self.sampler = build_sampler(spec)
+        self._source = source  # the Pipeline: its round window and backend manifest
+        fsync = spec.spool.fsync != "never"
+        self.spool = SegmentSpool(root, fsync=fsync)
+        self.destination = destination or build_destination(spec, fsync)
+        self._clock = clock
+        self._budget = int(spec.spool.budget_mb * 1024 * 1024)
+        self.queue: asyncio.Queue[_Item] = asyncio.Queue(spec.spool.queue_size)
+        self._segments: dict[str, Segment] = {}  # oldest first
+        self._claimed: set[str] = set()
+        self._bytes = 0
+        self._seq = 0
+        self._replay: list[Upload] = []
+        self._upload_now = asyncio.Event()
+        self._models: dict[tuple[str, int], str | None] = {}
+        self._rate_limit = RateLimit()
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    async def __aenter__(self) -> PipelineCapture:
+        segments, self._replay = await asyncio.to_thread(self.spool.open)
+        try:
+            await asyncio.to_thread(self.destination.open)
+        except BaseException:
+            self.spool.close()
+            raise
+        for segment in segments:
+            self._add(segment)
+        self._seq = segments[-1].seq + 1 if segments else 0
+        for upload in self._replay:
+            self._claimed.update(upload.segments)
+        if segments:
+            log.info("capture_replay", pipeline=self.pipeline, segments=len(segments),
+                     records=sum(s.count for s in segments), uploads=len(self._replay))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.destination.close)
+        self.spool.close()
+
+    # -- the decision path ---------------------------------------------------------------
+
+    def on_decisions(self, decisions: Sequence[Decision], features: Sequence[str],
+                     thresholds: Sequence[float]) -> None:
+        now = time.monotonic()
+        window = (getattr(self._source, "round_window", None)
+                  if self.spec.spool.include_window else None)
+        picks = self.sampler.select(decisions, now, window)
+        if picks:
+            self._enqueue(picks, (features, thresholds, self._model_info(), now, time.time()))
+
+    def on_event(self, event: Event) -> None:
+        pass
+
+    def request(self, turbine: str, duration_s: float) -> None:
+        """Capture every decision of ``turbine`` (``*``: all) for ``duration_s``."""
+        self.sampler.on_demand.request(turbine, time.monotonic() + duration_s)
+        log.info("capture_on_demand", pipeline=self.pipeline, turbine=turbine,
+                 duration_s=duration_s)
+
+    def _enqueue(self, picks: list[Pick], meta: tuple) -> None:
+        put, dropped = self.queue.put_nowait, 0
+        for pick in picks:
+            try:
+                put((pick, meta))
+            except asyncio.QueueFull:
+                dropped += 1
+        if dropped:
+            self.counters.inc("capture_dropped", dropped, pipeline=self.pipeline,
+                              reason="queue_full")
+
+    def _model_info(self) -> dict[tuple[str, int], str | None]:
+        backend = getattr(self._source, "backend", None)
+        model = getattr(backend, "model", None)
+        if model is not None and (model.name, model.version) not in self._models:
+            self._models[(model.name, model.version)] = manifest_hash(
+                getattr(backend, "manifest", None))
+        return self._models
+
+    # -- the writer ----------------------------------------------------------------------
+
+    async def write_loop(self) -> None:
+        """Write queued picks to the spool; on cancellation, write what is queued (and
+        the reservoir's open window) before ending."""
+        try:
+            while True:
+                items = [await self.queue.get()]
+                if self.spec.spool.fsync != "always":
+                    items += self._take_queued()
+                await self.write(items)
+        except asyncio.CancelledError:
+            rest = self._take_queued()
+            meta = ((), (), self._model_info(), time.monotonic(), time.time())
+            rest += [(pick, meta) for pick in self.sampler.drain()]
+            if rest:
+                await self.write(rest)
+            raise
+
+    def _take_queued(self) -> list[_Item]:
+        items = []
+        while not self.queue.empty():
+            items.append(self.queue.get_nowait())
+        return items
+
+    async def write(self, items: list[_Item]) -> None:
+        """Append ``items`` to the spool (anomalous and other records in separate
+        segments), then hold the spool to its budget."""
+        if not items:
+            return
+        per_record = self.spec.spool.fsync == "always"
+        first = self._seq
+        self._seq += len(items) if per_record else 2
+        work = asyncio.ensure_future(asyncio.to_thread(self._write_segments, items, first,
+                                                       per_record))
+        try:
+            segments = await asyncio.shield(work)
+        except asyncio.CancelledError:
+            segments = await work  # the thread writes regardless: keep the books right
+            self._written(segments)
+            raise
+        self._written(segments)
+        await self._enforce_budget()
+
+    def _write_segments(self, items: list[_Item], seq: int, per_record: bool) -> list[Segment]:
+        synced = self._clock()
+        encoded = [(pick.decision.is_anomalous,
+                    encode_record(pick, meta, self.pipeline, self.device, synced))
+                   for pick, meta in items]
+        if per_record:
+            return [self.spool.write_segment(seq + i, anomalous, [line])
+                    for i, (anomalous, line) in enumerate(encoded)]
+        segments = []
+        for offset, flag in enumerate((True, False)):
+            lines = [line for anomalous, line in encoded if anomalous is flag]
+            if lines:
+                segments.append(self.spool.write_segment(seq + offset, flag, lines))
+        return segments
+
+    def _written(self, segments: list[Segment]) -> None:
+        for segment in segments:
+            self._add(segment)
+            self.counters.inc("capture_records", segment.count, pipeline=self.pipeline)
+        if self._pending_records() >= self.spec.upload.max_records:
+            self._upload_now.set()
+
+    def _add(self, segment: Segment) -> None:
+        self._segments[segment.name] = segment
+        self._bytes += segment.size
+
+    def _remove(self, names: Sequence[str]) -> None:
+        for name in names:
+            segment = self._segments.pop(name, None)
+            if segment is not None:
+                self._bytes -= segment.size
+            self._claimed.discard(name)
+
+    def _pending_records(self) -> int:
+        return sum(s.count for n, s in self._segments.items() if n not in self._claimed)
+
+    async def _enforce_budget(self) -> None:
+        if self._bytes <= self._budget:
+            return
+        victims: list[Segment] = []
+        over = self._bytes - self._budget
+        for anomalous in (False, True):
+            for name, segment in self._segments.items():
+                if over <= 0:
+                    break
+                if segment.anomalous is anomalous and name not in self._claimed:
+                    victims.append(segment)
+                    over -= segment.size
+        if not victims:
+            return  # everything is in an upload in flight
+        names = [s.name for s in victims]
+        self._remove(names)
+        for segment in victims:
+            self.counters.inc("capture_dropped", segment.count, pipeline=self.pipeline,
+                              reason="budget_anomaly" if segment.anomalous else "budget")
+        await asyncio.to_thread(self.spool.delete_segments, names)
+        self._warn("capture_budget_drop", records=sum(s.count for s in victims))
+
+    # -- the uploader --------------------------------------------------------------------
+
+    async def upload_loop(self) -> None:
+        """Deliver uploads a previous run left unfinished, then every ``interval_s`` (or
+        as soon as ``max_records`` are pending) upload what is spooled, oldest first."""
+        while self._replay:
+            await self._deliver(self._replay[0])
+            self._replay.pop(0)
+        while True:
+            await self.upload_pending()
+            self._upload_now.clear()
+            try:
+                async with asyncio.timeout(self.spec.upload.interval_s):
+                    await self._upload_now.wait()
+            except TimeoutError:
+                pass
+
+    async def upload_pending(self) -> int:
+        """Upload every unclaimed segment, in batches of at most ``max_records`` (a
+        segment is never split); return the records uploaded."""
+        uploaded = 0
+        while True:
+            names: list[str] = []
+            records = 0
+            for name, segment in self._segments.items():
+                if name in self._claimed:
+                    continue
+                if names and records + segment.count > self.spec.upload.max_records:
+                    break
+                names.append(name)
+                records += segment.count
+            if not names:
+                return uploaded
+            upload = Upload(str(uuid.uuid4()), tuple(names))
+            self._claimed.update(names)
+            try:
+                await asyncio.to_thread(self.spool.write_upload, upload)
+            except BaseException:
+                self._claimed.difference_update(names)
+                raise
+            await self._deliver(upload)
+            uploaded += records
+
+    async def _deliver(self, upload: Upload) -> None:
+        records = sum(self._segments[n].count for n in upload.segments if n in self._segments)
+        lines = await asyncio.to_thread(self.spool.read_lines, upload.segments)
+        objects = await asyncio.to_thread(build_objects, upload.batch_id, lines, self.device)
+        delay = self.spec.upload.retry_backoff_s
+        while True:
+            try:
+                if objects:
+                    await asyncio.to_thread(self.destination.write, objects)
+                break
+            except Exception as exc:
+                # Retried for as long as it takes: nothing leaves the spool unacknowledged,
+                # and a destination's bug must not end the daemon.
+                self.counters.inc("capture_upload_failures", pipeline=self.pipeline)
+                self._warn("capture_upload_failed", error=f"{type(exc).__name__}: {exc}",
+                           transient=getattr(exc, "transient", False), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.spec.upload.max_backoff_s)
+        await asyncio.to_thread(self.spool.finish_upload, upload)
+        self._remove(upload.segments)
+        self.counters.inc("capture_uploaded", records, pipeline=self.pipeline)
+        self.counters.inc("capture_objects", len(objects), pipeline=self.pipeline)
+
+    def _warn(self, event: str, **fields: Any) -> None:
+        suppressed = self._rate_limit.allow(event)
+        if suppressed is not None:
+            log.warning(event, pipeline=self.pipeline, suppressed_since_last=suppressed,
+                        **fields)

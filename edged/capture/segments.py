@@ -1,0 +1,171 @@
+"""The pipeline capture spool: JSON-lines segments on disk, upload intents, a budget.
+
+Blocking file I/O; :mod:`edged.capture.pipeline_capture` calls it from a thread and
+keeps the bookkeeping (which segments exist, which an upload claimed) on the loop.
+
+Layout under ``<state_dir>/capture/<pipeline>/``::
+
+    lock                                  flock'ed while a capture runs
+    segments/<seq>-<kind>-<count>.jsonl   records, one JSON object a line; kind ``a``:
+                                          every record anomalous, ``n``: none is
+    uploads/<batch_id>.json               an upload in flight: its segments, in order
+
+A segment is written under a temporary name and renamed into place (through
+:func:`edged.capture.spool.write_durably`), so one that exists is whole. Anomalous and
+other records never share a segment: the budget drops whole ``n`` segments, oldest first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gzip
+import json
+import os
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from edged.capture.spool import SpoolLocked, makedirs_durably, write_durably
+from edged.durable import fsync_dir
+
+
+@dataclass(frozen=True)
+class Segment:
+    seq: int
+    anomalous: bool
+    count: int
+    size: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.seq:016d}-{'a' if self.anomalous else 'n'}-{self.count}.jsonl"
+
+    @staticmethod
+    def parse(name: str, size: int) -> Segment | None:
+        try:
+            seq, kind, count = name.removesuffix(".jsonl").split("-")
+            if kind not in ("a", "n") or not name.endswith(".jsonl"):
+                return None
+            return Segment(int(seq), kind == "a", int(count), size)
+        except ValueError:
+            return None
+
+
+@dataclass(frozen=True)
+class Upload:
+    """Segments chosen for one upload, written down before the first byte leaves: a
+    restart uploads the same records under the same keys, overwriting, not duplicating."""
+
+    batch_id: str
+    segments: tuple[str, ...]
+
+
+def partition(record: dict, device: str) -> str:
+    """``device=<id>/model=<name>/version=<v>/date=YYYY-MM-DD/hour=HH`` (UTC, from the
+    decision's wall-clock time)."""
+    when = datetime.fromtimestamp(record["time"], UTC)
+    model = record["model"]
+    return (f"device={device}/model={model['name']}/version={model['version']}/"
+            f"date={when:%Y-%m-%d}/hour={when:%H}")
+
+
+def build_objects(batch_id: str, lines: Iterable[bytes],
+                  device: str) -> list[tuple[str, bytes]]:
+    """One gzip JSON-lines object per partition, keyed ``<partition>/<uuid>.jsonl.gz``
+    with the uuid derived from the batch id and the partition: a retry makes the same
+    keys and the same bytes."""
+    parts: dict[str, list[bytes]] = {}
+    for line in lines:
+        parts.setdefault(partition(json.loads(line), device), []).append(line)
+    base = uuid.UUID(batch_id)
+    objects = []
+    for prefix, chunk in sorted(parts.items()):
+        name = uuid.uuid5(base, prefix)
+        body = gzip.compress(b"".join(chunk), mtime=0)
+        objects.append((f"{prefix}/{name}.jsonl.gz", body))
+    return objects
+
+
+class SegmentSpool:
+    """One pipeline's spool directory. Methods block; call them from a thread."""
+
+    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+        self.root = Path(root)
+        self.segments_dir = self.root / "segments"
+        self.uploads_dir = self.root / "uploads"
+        self.fsync = fsync
+        self._lock_fd: int | None = None
+
+    def open(self) -> tuple[list[Segment], list[Upload]]:
+        """Lock the spool; return the segments (oldest first) and unfinished uploads."""
+        for directory in (self.root, self.segments_dir, self.uploads_dir):
+            makedirs_durably(directory, self.fsync)
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SpoolLocked(f"capture spool {self.root} is in use") from None
+        self._lock_fd = fd
+        for directory in (self.segments_dir, self.uploads_dir):
+            for stray in directory.glob(".*.tmp"):
+                stray.unlink(missing_ok=True)  # never renamed into place: never counted
+        segments = []
+        for entry in os.scandir(self.segments_dir):
+            segment = Segment.parse(entry.name, entry.stat().st_size)
+            if segment is not None:
+                segments.append(segment)
+        segments.sort(key=lambda s: s.seq)
+        present = {s.name for s in segments}
+        uploads = []
+        for path in sorted(self.uploads_dir.glob("*.json")):
+            try:
+                data = json.loads(path.read_bytes())
+                upload = Upload(data["batch_id"], tuple(data["segments"]))
+            except (ValueError, KeyError, TypeError):
+                path.unlink(missing_ok=True)  # torn: its segments go in a new upload
+                continue
+            kept = tuple(n for n in upload.segments if n in present)
+            if kept:
+                uploads.append(Upload(upload.batch_id, kept))
+            else:
+                path.unlink(missing_ok=True)  # acknowledged; only the cleanup was cut
+        return segments, uploads
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def write_segment(self, seq: int, anomalous: bool, lines: list[bytes]) -> Segment:
+        segment = Segment(seq, anomalous, len(lines), sum(map(len, lines)))
+        write_durably(self.segments_dir / segment.name, lines, self.fsync)
+        return segment
+
+    def delete_segments(self, names: Iterable[str]) -> None:
+        for name in names:
+            (self.segments_dir / name).unlink(missing_ok=True)
+        if self.fsync:
+            fsync_dir(self.segments_dir)
+
+    def read_lines(self, names: Iterable[str]) -> list[bytes]:
+        lines: list[bytes] = []
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                lines.extend((self.segments_dir / name).read_bytes().splitlines(keepends=True))
+        return lines
+
+    def write_upload(self, upload: Upload) -> None:
+        body = json.dumps({"batch_id": upload.batch_id, "segments": list(upload.segments)})
+        write_durably(self.uploads_dir / f"{upload.batch_id}.json", [body.encode()],
+                      self.fsync)
+
+    def finish_upload(self, upload: Upload) -> None:
+        """After the destination acknowledged: the records, then the intent."""
+        self.delete_segments(upload.segments)
+        (self.uploads_dir / f"{upload.batch_id}.json").unlink(missing_ok=True)
+        if self.fsync:
+            fsync_dir(self.uploads_dir)
