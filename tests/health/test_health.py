@@ -86,3 +86,13 @@ def test_a_bad_health_section_is_a_config_error(tmp_path: Path, health: str):
     with pytest.raises(ConfigError) as error:
         load_config(write_config(tmp_path, cloud), REGISTRY)
     assert "cloud" in "\n".join(error.value.problems)
+
+
+def test_the_docs_sample_config_validates():
+    from edged.config import parse_config
+
+    page = Path(__file__).resolve().parents[2] / "docs" / "health.md"
+    sample = page.read_text().split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = parse_config(sample, str(page), REGISTRY)
+    assert config.cloud.health.topic == "edged/{thing}/health"
+    assert config.raw.metrics.listen == "127.0.0.1:9464"
