@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_core import PydanticCustomError
 
+from edged.capture_config import PipelineCaptureSpec
 from edged.config_yaml import Location, line_of, load_yaml
 from edged.errors import ConfigError
 from edged.registry import Kind, Registry
@@ -138,6 +139,10 @@ class PipelineSpec(Strict):
     queue: QueueConfig = Field(
         default_factory=lambda: QueueConfig(size=10_000, overflow="drop_oldest"),
         description="Reading batches waiting to enter the buffers.",
+    )
+    capture: PipelineCaptureSpec | None = Field(
+        None, description="Sampled capture of decisions to a spool and S3 or disk "
+        "(docs/capture.md, Pipeline capture); absent: none.",
     )
 
 

@@ -55,6 +55,8 @@ class Graph:
         self._stop = asyncio.Event()
         self.stop_reason = "shutdown"
         self.running: dict[str, list[asyncio.Task]] = {}
+        # pipeline name -> edged.capture.pipeline_capture.PipelineCapture
+        self.captures: dict[str, Any] = {}
 
     def stop(self, reason: str = "shutdown") -> None:
         self.stop_reason = reason
@@ -79,6 +81,10 @@ class Graph:
                                                   b.config.on_start_failure)]
             pipelines = [p for p in self.pipelines.values() if await self._start_pipeline(
                 stack, p)]
+            # Capture never holds the turbines hostage: a spool it cannot open disables it.
+            captures = [c for n, c in self.captures.items()
+                        if self.pipelines[n] in pipelines and await start_component(
+                            stack, f"pipelines.{n}.capture", c, StartPolicy(policy="disable"))]
             # Health and the local metrics endpoint are for watching, never a reason not
             # to run (a port already taken, say): disabled with a logged reason.
             if self.health is not None:
@@ -95,6 +101,8 @@ class Graph:
                        if await start_component(stack, f"sources.{s.name}", s.component,
                                                 s.config.on_start_failure)]
             self._wire(actuators, pipelines, sources)
+            for capture in captures:
+                self.pipelines[capture.pipeline].subscribers.append(capture)
             async with asyncio.TaskGroup() as tg:
                 self.running = {
                     "actuators": [tg.create_task(b.run(), name=f"edged[actuator.{b.name}].run")
@@ -108,6 +116,11 @@ class Graph:
                                                name=f"edged[source.{s.name}].run")
                                 for s in sources],
                 }
+                self.running["capture"] = [
+                    tg.create_task(loop(), name=f"edged[capture.{c.pipeline}].{name}")
+                    for c in captures
+                    for name, loop in (("write", c.write_loop), ("upload", c.upload_loop))
+                ]
                 if cloud:
                     self.running["cloud"] = [tg.create_task(self.cloud.run(),
                                                             name="edged[cloud].run")]
@@ -125,6 +138,8 @@ class Graph:
                 await self._stop_stage("cloud", timeout)
                 await self._stop_stage("sources", timeout)
                 await self._stop_stage("pipelines", timeout)
+                # After the pipelines: the writer spools what they queued before it ends.
+                await self._stop_stage("capture", timeout)
                 await self._stop_stage("actuators", timeout, drain=actuators)
             await self._bounded("components", stack.aclose(), timeout)
         log.info("graph_stopped", reason=self.stop_reason)
@@ -270,4 +285,13 @@ def build_graph(config: EdgedConfig, registry: Registry,
 
     if problems:
         raise ConfigError(problems)
-    return Graph(config, sources, pipelines, actuators, counters, cloud, health, metrics)
+    graph = Graph(config, sources, pipelines, actuators, counters, cloud, health, metrics)
+    for name, pipeline in pipelines.items():
+        capture = config.pipelines[name].spec.capture
+        if capture is not None:
+            from edged.capture.pipeline_capture import PipelineCapture
+
+            graph.captures[name] = PipelineCapture(
+                name, capture, device=config.raw.device.id,
+                root=config.state_dir / "capture" / name, counters=counters, source=pipeline)
+    return graph

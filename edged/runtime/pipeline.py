@@ -61,6 +61,7 @@ class Pipeline:
             preprocessor.history, len(preprocessor.features), spec.max_turbines
         )
         self.subscribers: list[Subscriber] = []
+        self.round_window: np.ndarray | None = None  # set only while subscribers run
         self._decided_at = np.zeros(0, dtype=np.int64)  # buffers.count at the last decision
         self._due_at = np.zeros(0)  # monotonic time each turbine is next due; -1: unset
         self._wake = asyncio.Event()  # set by ingest: rows arrived
@@ -302,8 +303,12 @@ class Pipeline:
         self.counters.inc("anomalous_decisions", sum(d.is_anomalous for d in decisions),
                           pipeline=self.name)
         thresholds = scores.thresholds.tolist()
+        # The round's feature history, row i behind decisions[i], for subscribers that
+        # read it during on_decisions (capture): handed over, never copied.
+        self.round_window = history
         for subscriber in self.subscribers:
             subscriber.on_decisions(decisions, preprocessor.features, thresholds)
+        self.round_window = None
         shadow = self._shadow
         if shadow is not None and shadow[1] is stage:
             # Published first and not awaited: the candidate never delays a decision. On
