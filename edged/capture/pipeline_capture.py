@@ -148,6 +148,7 @@ class PipelineCapture:
         self._replay: list[Upload] = []
         self._upload_now = asyncio.Event()
         self._models: dict[tuple[str, int], str | None] = {}
+        self._last_round: tuple[Sequence[str], Sequence[float]] = ((), ())
         self._rate_limit = RateLimit()
 
     # -- life cycle ----------------------------------------------------------------------
@@ -181,6 +182,7 @@ class PipelineCapture:
         window = (getattr(self._source, "round_window", None)
                   if self.spec.spool.include_window else None)
         picks = self.sampler.select(decisions, now, window)
+        self._last_round = (features, thresholds)
         if picks:
             self._enqueue(picks, (features, thresholds, self._model_info(), now, time.time()))
 
@@ -225,7 +227,7 @@ class PipelineCapture:
                 await self.write(items)
         except asyncio.CancelledError:
             rest = self._take_queued()
-            meta = ((), (), self._model_info(), time.monotonic(), time.time())
+            meta = (*self._last_round, self._model_info(), time.monotonic(), time.time())
             rest += [(pick, meta) for pick in self.sampler.drain()]
             if rest:
                 await self.write(rest)

@@ -201,6 +201,7 @@ def test_writer_flushes_queue_and_reservoir_on_cancel(tmp_path):
     asyncio.run(main())
     records = [r for rs in read_disk(tmp_path / "out").values() for r in rs]
     assert len(records) == 2 and all(r["reasons"] == ["reservoir"] for r in records)
+    assert all(r["features"] == ["f1", "f2"] for r in records)
 
 
 class StuckDestination:
