@@ -144,6 +144,7 @@ class PipelineCapture:
         self._segments: dict[str, Segment] = {}  # oldest first
         self._claimed: set[str] = set()
         self._bytes = 0
+        self._waiting = 0  # records in segments no upload claimed
         self._seq = 0
         self._replay: list[Upload] = []
         self._upload_now = asyncio.Event()
@@ -164,7 +165,7 @@ class PipelineCapture:
             self._add(segment)
         self._seq = segments[-1].seq + 1 if segments else 0
         for upload in self._replay:
-            self._claimed.update(upload.segments)
+            self._claim(upload.segments)
         if segments:
             log.info("capture_replay", pipeline=self.pipeline, segments=len(segments),
                      records=sum(s.count for s in segments), uploads=len(self._replay))
@@ -277,22 +278,34 @@ class PipelineCapture:
         for segment in segments:
             self._add(segment)
             self.counters.inc("capture_records", segment.count, pipeline=self.pipeline)
-        if self._pending_records() >= self.spec.upload.max_records:
+        if self._waiting >= self.spec.upload.max_records:
             self._upload_now.set()
 
     def _add(self, segment: Segment) -> None:
         self._segments[segment.name] = segment
         self._bytes += segment.size
+        self._waiting += segment.count
+
+    def _claim(self, names: Sequence[str]) -> None:
+        for name in names:
+            if name in self._segments and name not in self._claimed:
+                self._claimed.add(name)
+                self._waiting -= self._segments[name].count
+
+    def _unclaim(self, names: Sequence[str]) -> None:
+        for name in names:
+            if name in self._claimed:
+                self._claimed.discard(name)
+                self._waiting += self._segments[name].count
 
     def _remove(self, names: Sequence[str]) -> None:
         for name in names:
             segment = self._segments.pop(name, None)
             if segment is not None:
                 self._bytes -= segment.size
+                if name not in self._claimed:
+                    self._waiting -= segment.count
             self._claimed.discard(name)
-
-    def _pending_records(self) -> int:
-        return sum(s.count for n, s in self._segments.items() if n not in self._claimed)
 
     async def _enforce_budget(self) -> None:
         if self._bytes <= self._budget:
@@ -350,11 +363,11 @@ class PipelineCapture:
             if not names:
                 return uploaded
             upload = Upload(str(uuid.uuid4()), tuple(names))
-            self._claimed.update(names)
+            self._claim(names)
             try:
                 await asyncio.to_thread(self.spool.write_upload, upload)
             except BaseException:
-                self._claimed.difference_update(names)
+                self._unclaim(names)
                 raise
             await self._deliver(upload)
             uploaded += records

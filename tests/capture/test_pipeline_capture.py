@@ -160,6 +160,7 @@ def test_budget_drops_oldest_non_anomalous_first(tmp_path):
             for r in range(1, 20):
                 await capture.write(_items(capture, [decision("t1", r)]))
             assert capture._bytes <= 3 * 1024
+            assert capture._waiting == sum(s.count for s in capture._segments.values())
             await capture.upload_pending()
     asyncio.run(main())
     records = [r for rs in read_disk(tmp_path / "out").values() for r in rs]
@@ -286,7 +287,7 @@ def test_s3_down_then_back_loses_nothing(tmp_path, s3):
             for task in (writer, uploader):
                 task.cancel()
             await asyncio.gather(writer, uploader, return_exceptions=True)
-            assert not capture._segments
+            assert not capture._segments and capture._waiting == 0
     asyncio.run(asyncio.wait_for(main(), 20))
     client = s3.client()
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]]
