@@ -140,6 +140,7 @@ class JobsExecutor:
                     pass
                 failures = 0
             except (TimeoutError, JobsProtocolError, JobsRejected) as exc:
+                _raise_if_cancelled()
                 # The service is unreachable or answered nonsense: ask again later.
                 failures += 1
                 delay = random.uniform(0, min(300.0, 2.0 ** failures))
@@ -188,6 +189,7 @@ class JobsExecutor:
                 self._finish()
                 return
             except Exception as exc:
+                _raise_if_cancelled()  # stopping is not a failure: the journal resumes it
                 record.outcome = self._failure(record, exc)
             finally:
                 self._running = None
@@ -220,10 +222,13 @@ class JobsExecutor:
         while True:
             await self._announced.wait()
             self._announced.clear()
-            with contextlib.suppress(TimeoutError, JobsRejected, JobsProtocolError):
+            try:
                 execution = await self.client.describe(run.record.job_id)
-                if execution.status in protocol.TERMINAL_STATUSES:
-                    self._gone(run, f"the execution is {execution.status}")
+            except (TimeoutError, JobsRejected, JobsProtocolError):
+                _raise_if_cancelled()
+                continue
+            if execution.status in protocol.TERMINAL_STATUSES:
+                self._gone(run, f"the execution is {execution.status}")
 
     def _gone(self, run: _Run, reason: str) -> None:
         """Stop the work for an execution that is no longer ours. Once the commit
@@ -379,6 +384,7 @@ class JobsExecutor:
             async with asyncio.timeout(self.config.shadow_timeout_s):
                 report = await pipeline.run_shadow(trial)
         except TimeoutError:
+            _raise_if_cancelled()
             raise TimeoutError(f"the shadow trial did not see "
                                f"{document.options.shadow_decisions} decisions in "
                                f"{self.config.shadow_timeout_s:g} s") from None
@@ -433,6 +439,7 @@ class JobsExecutor:
         try:
             await self._update(run, "IN_PROGRESS", self._details(run.record, **extra))
         except (TimeoutError, JobsRejected) as exc:  # Throttling, say: report again later
+            _raise_if_cancelled()
             log.warning("job_progress_not_sent", job=run.record.job_id, error=str(exc))
 
     async def _update(self, run: _Run, status: str, details: dict[str, str]) -> None:
@@ -484,6 +491,7 @@ class JobsExecutor:
                 failures += 1
                 await asyncio.sleep(random.uniform(0, min(60.0, 2.0 ** failures)))
             except TimeoutError as exc:
+                _raise_if_cancelled()
                 failures += 1
                 delay = random.uniform(0, min(60.0, 2.0 ** failures))
                 log.warning("job_report_not_sent", job=record.job_id, error=str(exc),
@@ -521,6 +529,7 @@ class JobsExecutor:
             with contextlib.suppress(JobGone, JobsRejected, TimeoutError):
                 await self._update(_Run(record, None), record.outcome["status"],
                                    record.outcome["details"])
+            _raise_if_cancelled()
         log.warning("job_abandoned", job=record.job_id, phase=record.phase)
         self._finish()
 
@@ -532,6 +541,15 @@ class JobsExecutor:
         """Remove downloads and unpacked bundles (only called with no job in the
         journal, so nothing there is needed)."""
         shutil.rmtree(self.work_root, ignore_errors=True)
+
+
+def _raise_if_cancelled() -> None:
+    """Stop a retry loop whose task is being cancelled. ``asyncio.timeout`` turns a
+    cancellation that lands as it expires into TimeoutError, and aiomqtt may report it
+    as a failed publish: a loop that retries those must not swallow the daemon's stop."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _reason(exc: Exception) -> str:
