@@ -226,6 +226,8 @@ class JobsExecutor:
                 execution = await self.client.describe(run.record.job_id)
             except (TimeoutError, JobsRejected, JobsProtocolError):
                 _raise_if_cancelled()
+                self._announced.set()  # the question stands: ask again shortly
+                await asyncio.sleep(1.0)
                 continue
             if execution.status in protocol.TERMINAL_STATUSES:
                 self._gone(run, f"the execution is {execution.status}")
