@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated, Protocol
+from typing import Annotated, Any, Protocol
 
 import aiomqtt
 from pydantic import Field
@@ -91,6 +91,10 @@ class CloudConfig(Strict):
     jobs: JobsConfig | None = Field(None, description="Model updates over IoT Jobs.")
     health: HealthConfig | None = Field(
         None, description="Heartbeats and the named shadow (docs/health.md); absent: off.")
+    capture_requests: bool = Field(
+        True, description="Take capture-on-demand requests on edged/<thing>/capture/"
+        "request for the pipelines with a capture: section (docs/capture.md); false: "
+        "ignore them.")
 
 
 def thing_name(config: CloudConfig, device_id: str) -> str:
@@ -159,9 +163,11 @@ class Cloud:
 
 
 def build_cloud(config: EdgedConfig, registry: Registry, pipelines: dict[str, Pipeline],
-                counters: Counters, health: Health | None = None) -> Cloud:
+                counters: Counters, health: Health | None = None,
+                captures: dict[str, Any] | None = None) -> Cloud:
     """The cloud component of a graph with a ``cloud`` section. Raises ConfigError for
-    what can be checked before anything starts (trusted keys)."""
+    what can be checked before anything starts (trusted keys). ``captures``: the
+    pipelines' PipelineCapture objects, by pipeline name (for capture on demand)."""
     cloud: CloudConfig = config.cloud
     # Only a device with a cloud section loads the executor (bundles, the model store).
     from edged.jobs.executor import JobsExecutor
@@ -189,4 +195,9 @@ def build_cloud(config: EdgedConfig, registry: Registry, pipelines: dict[str, Pi
         health.stalest = cloud.health.stalest
         services.append(Heartbeat(cloud.health, link=link, thing=health.thing,
                                   health=health, counters=counters))
+    if cloud.capture_requests and captures:
+        from edged.capture.commands import CaptureCommands
+
+        services.append(CaptureCommands(link=link, thing=thing_name(cloud, device),
+                                        captures=captures, counters=counters))
     return Cloud(link, services)

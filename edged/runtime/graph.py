@@ -43,7 +43,7 @@ class Graph:
     def __init__(self, config: EdgedConfig, sources: dict[str, SourceNode],
                  pipelines: dict[str, Pipeline], actuators: dict[str, ActuatorBinding],
                  counters: Counters, cloud: Any = None, health: Any = None,
-                 metrics: Any = None) -> None:
+                 metrics: Any = None, captures: dict[str, Any] | None = None) -> None:
         self.config = config
         self.sources = sources
         self.pipelines = pipelines
@@ -56,7 +56,7 @@ class Graph:
         self.stop_reason = "shutdown"
         self.running: dict[str, list[asyncio.Task]] = {}
         # pipeline name -> edged.capture.pipeline_capture.PipelineCapture
-        self.captures: dict[str, Any] = {}
+        self.captures: dict[str, Any] = {} if captures is None else captures
 
     def stop(self, reason: str = "shutdown") -> None:
         self.stop_reason = reason
@@ -215,6 +215,21 @@ class Graph:
             log.warning("shutdown_stage_overran", stage=what, limit_s=limit_s)
 
 
+def _build_captures(config: EdgedConfig, pipelines: dict[str, Pipeline],
+                    counters: Counters) -> dict[str, Any]:
+    """Each pipeline's PipelineCapture (those with a ``capture`` key), by name."""
+    captures: dict[str, Any] = {}
+    for name, pipeline in pipelines.items():
+        capture = config.pipelines[name].spec.capture
+        if capture is not None:
+            from edged.capture.pipeline_capture import PipelineCapture
+
+            captures[name] = PipelineCapture(
+                name, capture, device=config.raw.device.id,
+                root=config.state_dir / "capture" / name, counters=counters, source=pipeline)
+    return captures
+
+
 def build_graph(config: EdgedConfig, registry: Registry,
                 counters: Counters | None = None) -> Graph:
     """Instantiate every component; raise :class:`ConfigError` if any cannot be built.
@@ -272,26 +287,20 @@ def build_graph(config: EdgedConfig, registry: Registry,
 
             metrics = MetricsServer(config.raw.metrics, health)
 
+    # Before the cloud: capture on demand (a cloud service) acts on them.
+    captures = _build_captures(config, pipelines, counters)
     cloud = None
     if config.cloud is not None:
         # Imported here: importing edged must not load a plugin (the link is the mqtt one).
         from edged.cloud import build_cloud
 
         try:
-            cloud = build_cloud(config, registry, pipelines, counters, health)
+            cloud = build_cloud(config, registry, pipelines, counters, health, captures)
         except ConfigError as exc:
             problems += [f"Cannot build 'cloud' from {config.path}: {p}"
                          for p in exc.problems]
 
     if problems:
         raise ConfigError(problems)
-    graph = Graph(config, sources, pipelines, actuators, counters, cloud, health, metrics)
-    for name, pipeline in pipelines.items():
-        capture = config.pipelines[name].spec.capture
-        if capture is not None:
-            from edged.capture.pipeline_capture import PipelineCapture
-
-            graph.captures[name] = PipelineCapture(
-                name, capture, device=config.raw.device.id,
-                root=config.state_dir / "capture" / name, counters=counters, source=pipeline)
-    return graph
+    return Graph(config, sources, pipelines, actuators, counters, cloud, health, metrics,
+                 captures)

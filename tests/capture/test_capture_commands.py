@@ -1,0 +1,205 @@
+"""Capture on demand over the cloud link: a daemon graph in-process, mosquitto, and a
+client playing the fleet service that sends requests and reads the responses."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import aiomqtt
+import yaml
+
+from edged.config import load_config
+from edged.plugin_manager import make_plugin_manager
+from edged.runtime.graph import Graph, build_graph
+from edged.testing import Mosquitto
+
+_, REGISTRY = make_plugin_manager()
+THING = "turbine-gw-3"
+REQUEST = f"edged/{THING}/capture/request"
+RESPONSE = f"edged/{THING}/capture/response"
+
+
+def write_config(tmp: Path, port: int, **cloud_extra: object) -> Path:
+    config = {
+        "device": {"id": THING},
+        "log": {"level": "info", "stats_interval_s": 0},
+        "state_dir": str(tmp / "state"),
+        "shutdown": {"stage_timeout_s": 2},
+        "sources": {"farm": {"type": "simulator", "turbines": 4, "rate_hz": 20, "seed": 3,
+                             "history_s": 25}},
+        "pipelines": {
+            "turbines": {
+                "inputs": ["farm"],
+                "preprocessor": {"type": "windturbine"},
+                "inference": {"type": "onnx", "model": "builtin:windturbine-v1"},
+                "interval_s": 0.1,
+                "capture": {
+                    # p = 1e-6 per decision, seeded: captures nothing by itself.
+                    "rate": {"every": 1_000_000, "mode": "random", "seed": 1},
+                    "upload": {"interval_s": 0.1},
+                    "destination": {"type": "disk", "path": str(tmp / "out")},
+                },
+            },
+            "plain": {
+                "inputs": ["farm"],
+                "preprocessor": {"type": "windturbine"},
+                "inference": {"type": "onnx", "model": "builtin:windturbine-v1"},
+                "interval_s": 0.5,
+            },
+        },
+        "cloud": {"broker": {"host": "127.0.0.1", "port": port, "reconnect_min_s": 0.1,
+                             "reconnect_max_s": 0.5}, **cloud_extra},
+    }
+    path = tmp / "edged.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@contextlib.asynccontextmanager
+async def daemon(config: Path) -> AsyncIterator[Graph]:
+    graph = build_graph(load_config(config, REGISTRY), REGISTRY)
+    ready = asyncio.Event()
+    task = asyncio.create_task(graph.run(on_ready=ready.set))
+    await asyncio.wait_for(ready.wait(), 30)
+    try:
+        yield graph
+    finally:
+        graph.stop()
+        await asyncio.wait_for(task, 30)
+
+
+async def eventually(predicate: Callable[[], object], seconds: float = 15.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():  # noqa: ASYNC110
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"still not true after {seconds} s")
+        await asyncio.sleep(0.05)
+
+
+class Fleet:
+    """The cloud side: sends requests, keeps every response by request id."""
+
+    def __init__(self, broker: Mosquitto) -> None:
+        self.broker = broker
+        self.responses: dict[str | None, dict] = {}
+        self._client: aiomqtt.Client | None = None
+        self._task: asyncio.Task | None = None
+
+    async def __aenter__(self) -> Fleet:
+        self._client = aiomqtt.Client(self.broker.host, self.broker.port,
+                                      identifier="fleet-service")
+        await self._client.__aenter__()
+        await self._client.subscribe(RESPONSE, qos=1)
+        self._task = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None and self._client is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        await self._client.__aexit__(None, None, None)
+
+    async def _read(self) -> None:
+        assert self._client is not None
+        async for message in self._client.messages:
+            body = json.loads(message.payload)
+            self.responses[body.get("request_id")] = body
+
+    async def send(self, payload: bytes | dict) -> None:
+        assert self._client is not None
+        if isinstance(payload, dict):
+            payload = json.dumps(payload).encode()
+        await self._client.publish(REQUEST, payload, qos=1)
+
+    async def ask(self, payload: dict) -> dict:
+        await self.send(payload)
+        await eventually(lambda: payload["request_id"] in self.responses)
+        return self.responses[payload["request_id"]]
+
+
+def captured(root: Path) -> list[dict]:
+    return [json.loads(line) for path in sorted(root.rglob("*.jsonl.gz"))
+            for line in gzip.decompress(path.read_bytes()).splitlines()]
+
+
+async def subscribed(graph: Graph) -> None:
+    await eventually(lambda: graph.cloud.link.connected)
+    await asyncio.sleep(0.3)  # the subscription follows the connection
+
+
+async def test_a_request_captures_one_turbine_for_its_duration(tmp_path: Path):
+    out = tmp_path / "out"
+    with Mosquitto(tmp_path) as broker:
+        async with Fleet(broker) as fleet, \
+                daemon(write_config(tmp_path, broker.port)) as graph:
+            await subscribed(graph)
+            await asyncio.sleep(0.5)
+            assert graph.counters.get("capture_records", pipeline="turbines") == 0
+            sent = time.time()
+            reply = await fleet.ask({"pipeline": "turbines", "turbine": "turbine-2",
+                                     "duration_s": 2, "request_id": "r-1"})
+            assert reply["status"] == "accepted" and "reason" not in reply
+            assert sent + 1.5 < reply["until"] < time.time() + 2.5
+            await eventually(lambda: graph.counters.get(
+                "capture_uploaded", pipeline="turbines") >= 5)
+            await asyncio.sleep(2.5)  # past the request: nothing more is captured
+            done = graph.counters.get("capture_records", pipeline="turbines")
+            await asyncio.sleep(1.0)
+            assert graph.counters.get("capture_records", pipeline="turbines") == done
+            await eventually(lambda: graph.counters.get(
+                "capture_uploaded", pipeline="turbines") == done)
+    records = captured(out)
+    assert len(records) == done >= 5
+    assert {r["turbine"] for r in records} == {"turbine-2"}
+    assert all(r["reasons"] == ["on_demand"] for r in records)
+    assert all(r["pipeline"] == "turbines" for r in records)
+    times = sorted(r["time"] for r in records)
+    assert times[-1] - times[0] <= 2.5
+    assert graph.counters.get("capture_requests", result="accepted") == 1
+
+
+async def test_bad_requests_are_rejected_with_a_reason_and_counted(tmp_path: Path):
+    with Mosquitto(tmp_path) as broker:
+        async with Fleet(broker) as fleet, \
+                daemon(write_config(tmp_path, broker.port)) as graph:
+            await subscribed(graph)
+            reply = await fleet.ask({"pipeline": "turbines", "turbine": "turbine-1",
+                                     "duration_s": 100_000, "request_id": "too-long"})
+            assert reply["status"] == "rejected" and "until" not in reply
+            assert reply["reason"].startswith("duration_s: ")
+            assert "86400" in reply["reason"]
+            reply = await fleet.ask({"pipeline": "turbines", "turbine": "x" * 200,
+                                     "duration_s": 5, "request_id": "long-name",
+                                     "extra": 1})
+            assert "turbine: " in reply["reason"] and "extra: " in reply["reason"]
+            reply = await fleet.ask({"pipeline": "nacelles", "turbine": "*",
+                                     "duration_s": 5, "request_id": "unknown"})
+            assert reply["status"] == "rejected"
+            assert reply["reason"].startswith("pipeline: ") and "nacelles" in reply["reason"]
+            reply = await fleet.ask({"pipeline": "plain", "turbine": "*",
+                                     "duration_s": 5, "request_id": "no-capture"})
+            assert reply["status"] == "rejected" and "'plain'" in reply["reason"]
+            await fleet.send(b"{not json")
+            await eventually(lambda: None in fleet.responses)
+            assert fleet.responses[None]["reason"].startswith("request: not JSON")
+            # The link and the graph carry on: a good request still works.
+            reply = await fleet.ask({"pipeline": "turbines", "turbine": "*",
+                                     "duration_s": 1, "request_id": "good"})
+            assert reply["status"] == "accepted"
+            assert graph.counters.get("capture_requests", result="rejected") == 5
+            assert graph.counters.get("capture_requests", result="accepted") == 1
+            assert graph.counters.get("decisions", pipeline="turbines") > 0
+
+
+async def test_requests_can_be_turned_off(tmp_path: Path):
+    with Mosquitto(tmp_path) as broker:
+        async with daemon(write_config(tmp_path, broker.port,
+                                       capture_requests=False)) as graph:
+            assert [type(s).__name__ for s in graph.cloud.services] == []
