@@ -92,6 +92,9 @@ def metrics(report: dict[str, Any]) -> Iterator[Metric]:
                                 "spool.", value=spool.get("depth", 0))
         yield CounterMetricFamily("edged_spool_dropped", "Records the spool dropped.",
                                   value=spool.get("dropped", 0))
+        if "bytes" in spool:
+            yield GaugeMetricFamily("edged_spool_bytes", "Bytes of the records waiting "
+                                    "in the capture spool.", value=spool["bytes"])
 
     # Every other counter, as edged_<name>_total with its own labels.
     families: dict[str, Metric] = {}

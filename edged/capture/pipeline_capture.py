@@ -175,6 +175,25 @@ class PipelineCapture:
         await asyncio.to_thread(self.destination.close)
         self.spool.close()
 
+    # -- figures -------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """Records in the spool not yet acknowledged by the destination (an upload in
+        flight included); picks still queued for the writer are not counted."""
+        return sum(segment.count for segment in self._segments.values())
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of the spool's segments not yet acknowledged by the destination."""
+        return self._bytes
+
+    def dropped(self) -> int:
+        """Records this pipeline's capture dropped (``capture_dropped``, every reason)."""
+        prefix = f"capture_dropped{{pipeline={self.pipeline},"  # labels are sorted
+        return sum(value for key, value in self.counters.snapshot().items()
+                   if key.startswith(prefix))
+
     # -- the decision path ---------------------------------------------------------------
 
     def on_decisions(self, decisions: Sequence[Decision], features: Sequence[str],

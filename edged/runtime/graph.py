@@ -8,6 +8,7 @@ edited: a reload builds a new one and swaps.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -302,5 +303,15 @@ def build_graph(config: EdgedConfig, registry: Registry,
 
     if problems:
         raise ConfigError(problems)
-    return Graph(config, sources, pipelines, actuators, counters, cloud, health, metrics,
-                 captures)
+    graph = Graph(config, sources, pipelines, actuators, counters, cloud, health, metrics,
+                  captures)
+    if health is not None and graph.captures:
+        health.spool = functools.partial(spool_figures, list(graph.captures.values()))
+    return graph
+
+
+def spool_figures(captures: list[Any]) -> dict[str, int]:
+    """Fleet health's ``spool``: every pipeline's capture spool, summed."""
+    return {"depth": sum(c.pending for c in captures),
+            "bytes": sum(c.pending_bytes for c in captures),
+            "dropped": sum(c.dropped() for c in captures)}
