@@ -25,6 +25,7 @@ test: venv
 
 bench: venv
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/capture.py
 	$(BIN)/python benchmarks/mqtt_e2e.py
 	$(BIN)/python benchmarks/agent.py
 	$(BIN)/python benchmarks/swap.py
