@@ -20,8 +20,10 @@ the faults a download meets (cuts, stalls, 5xx, expired URLs, oversized bodies).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.server
+import io
 import json
 import logging
 import os
@@ -35,9 +37,10 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/bin/mosquitto")
@@ -624,6 +627,45 @@ class BundleServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+async def eventually(predicate: Callable[[], object], seconds: float = 15.0) -> None:
+    """Wait until ``predicate()`` is true; TimeoutError after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not predicate():  # noqa: ASYNC110  (a condition on any state, polled)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"still not true after {seconds} s")
+        await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def running_graph(config: Path, registry: Any = None) -> AsyncIterator[Any]:
+    """A daemon graph built from ``config`` and running in this event loop (started,
+    ready) for the block's duration; stopped, in stages, after it."""
+    from edged.config import load_config
+    from edged.plugin_manager import make_plugin_manager
+    from edged.runtime.graph import build_graph
+
+    if registry is None:
+        _, registry = make_plugin_manager()
+    graph = build_graph(load_config(config, registry), registry)
+    ready = asyncio.Event()
+    task = asyncio.create_task(graph.run(on_ready=ready.set))
+    await asyncio.wait_for(ready.wait(), 30)
+    try:
+        yield graph
+    finally:
+        graph.stop()
+        # Not wait_for: it waits without bound for a task that ignores its cancellation,
+        # and a hung test says less than a failed one with every task's stack.
+        done, _ = await asyncio.wait({task}, timeout=30)
+        if not done:
+            stacks = io.StringIO()
+            for other in asyncio.all_tasks():
+                other.print_stack(file=stacks)
+            task.cancel()
+            raise AssertionError(f"the graph did not stop within 30 s:\n{stacks.getvalue()}")
+        task.result()
 
 
 class EdgedProcess:

@@ -8,16 +8,15 @@ import contextlib
 import gzip
 import json
 import time
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiomqtt
 import yaml
 
-from edged.config import load_config
 from edged.plugin_manager import make_plugin_manager
-from edged.runtime.graph import Graph, build_graph
-from edged.testing import Mosquitto
+from edged.runtime.graph import Graph
+from edged.testing import Mosquitto, eventually
+from edged.testing import running_graph as daemon
 
 _, REGISTRY = make_plugin_manager()
 THING = "turbine-gw-3"
@@ -61,25 +60,8 @@ def write_config(tmp: Path, port: int, **cloud_extra: object) -> Path:
     return path
 
 
-@contextlib.asynccontextmanager
-async def daemon(config: Path) -> AsyncIterator[Graph]:
-    graph = build_graph(load_config(config, REGISTRY), REGISTRY)
-    ready = asyncio.Event()
-    task = asyncio.create_task(graph.run(on_ready=ready.set))
-    await asyncio.wait_for(ready.wait(), 30)
-    try:
-        yield graph
-    finally:
-        graph.stop()
-        await asyncio.wait_for(task, 30)
 
 
-async def eventually(predicate: Callable[[], object], seconds: float = 15.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():  # noqa: ASYNC110
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"still not true after {seconds} s")
-        await asyncio.sleep(0.05)
 
 
 class Fleet:

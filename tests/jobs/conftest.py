@@ -154,10 +154,3 @@ async def finished(jobs, job_id: str, seconds: float = 30.0, thing: str = THING)
                                f"{execution.status_details}")
         await asyncio.sleep(0.05)
 
-
-async def eventually(predicate: Callable[[], object], seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"still not true after {seconds} s")
-        await asyncio.sleep(0.05)

@@ -4,7 +4,6 @@ a working model."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 import json
@@ -24,9 +23,9 @@ from edged.errors import ConfigError
 from edged.jobs.peer import JobsService, Presigner
 from edged.plugin_manager import make_plugin_manager
 from edged.runtime.graph import Graph, build_graph
-from edged.testing import Mosquitto, S3Server, make_pki
+from edged.testing import Mosquitto, S3Server, eventually, make_pki, running_graph
 
-from .conftest import THING, Fleet, document, eventually, finished, trust_key
+from .conftest import THING, Fleet, document, finished, trust_key
 
 _, REGISTRY = make_plugin_manager()
 
@@ -49,17 +48,11 @@ class Recorder:
 
 @contextlib.asynccontextmanager
 async def daemon(config: Path) -> AsyncIterator[tuple[Graph, Recorder]]:
-    graph = build_graph(load_config(config, REGISTRY), REGISTRY)
-    recorder = Recorder()
-    ready = asyncio.Event()
-    task = asyncio.create_task(graph.run(on_ready=ready.set))
-    await asyncio.wait_for(ready.wait(), 30)
-    graph.pipelines["turbines"].subscribers.append(recorder)
-    try:
+    """A running daemon graph, and a recorder of its decisions from its start on."""
+    async with running_graph(config, REGISTRY) as graph:
+        recorder = Recorder()
+        graph.pipelines["turbines"].subscribers.append(recorder)
         yield graph, recorder
-    finally:
-        graph.stop()
-        await asyncio.wait_for(task, 30)
 
 
 def serving(graph: Graph) -> int:

@@ -15,9 +15,9 @@ import pytest
 from edged.jobs.executor import PAUSE_ENV
 from edged.jobs.journal import PHASES
 from edged.jobs.peer import JobsService
-from edged.testing import EdgedProcess
+from edged.testing import EdgedProcess, eventually
 
-from .conftest import THING, Fleet, eventually, finished
+from .conftest import THING, Fleet, finished
 
 ROOT = Path(__file__).resolve().parents[2]
 
