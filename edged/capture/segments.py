@@ -18,7 +18,6 @@ other records never share a segment: the budget drops whole ``n`` segments, olde
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gzip
 import json
 import os
@@ -28,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from edged.capture.spool import SpoolLocked, makedirs_durably, write_durably
+from edged.capture.spool import lock_spool, makedirs_durably, write_durably
 from edged.durable import fsync_dir
 
 
@@ -103,13 +102,7 @@ class SegmentSpool:
         """Lock the spool; return the segments (oldest first) and unfinished uploads."""
         for directory in (self.root, self.segments_dir, self.uploads_dir):
             makedirs_durably(directory, self.fsync)
-        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise SpoolLocked(f"capture spool {self.root} is in use") from None
-        self._lock_fd = fd
+        self._lock_fd = lock_spool(self.root)
         for directory in (self.segments_dir, self.uploads_dir):
             for stray in directory.glob(".*.tmp"):
                 stray.unlink(missing_ok=True)  # never renamed into place: never counted

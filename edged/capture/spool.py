@@ -168,6 +168,18 @@ def makedirs_durably(path: Path, fsync: bool) -> None:
             fsync_dir(directory.parent)
 
 
+def lock_spool(root: Path, holder: str = "another process") -> int:
+    """Take ``root/lock`` (flock, released by the kernel if the process dies): one
+    writer per spool. Returns the descriptor to close; SpoolLocked if it is taken."""
+    fd = os.open(root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise SpoolLocked(f"capture spool {root} is in use by {holder}") from None
+    return fd
+
+
 class Spool:
     """The spool directory. Methods block; call them from a thread."""
 
@@ -185,13 +197,7 @@ class Spool:
     def open(self) -> None:
         for directory in (self.root, self.records, self.batches):
             makedirs_durably(directory, self.fsync)
-        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise SpoolLocked(f"capture spool {self.root} is in use by another store") from None
-        self._lock_fd = fd
+        self._lock_fd = lock_spool(self.root, "another store")
         self._records_fd = os.open(self.records, os.O_RDONLY | os.O_DIRECTORY)
         # A .tmp was never acknowledged to a client: nothing was promised about it.
         for directory in (self.records, self.batches):
