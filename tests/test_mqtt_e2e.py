@@ -15,7 +15,7 @@ from pathlib import Path
 
 import aiomqtt
 
-from edged.testing import EdgedProcess
+from edged.testing import EdgedProcess, eventually
 
 ROOT = Path(__file__).resolve().parents[1]
 FAULTY = "turbine-2"
@@ -55,14 +55,6 @@ def simulate(broker: str, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "edged", "simulate", "--broker", broker,
                              *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-
-
-async def eventually(predicate, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"still not true after {seconds} s")
-        await asyncio.sleep(0.05)
 
 
 async def test_a_fault_on_the_bus_raises_an_alarm_and_a_command(mosquitto, tmp_path):

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edged.capture.records import AuxData, CaptureRecord, TensorData
-from edged.durable import fsync_dir
+from edged.durable import fsync_dir, write_durably
 from edged.errors import EdgedError
 
 MAGIC = b"EDGEDCAP1\n"
@@ -139,20 +139,6 @@ def decode(raw: bytes, seq: int) -> Spooled:
     except (ValueError, KeyError, TypeError, struct.error) as exc:
         raise CorruptRecord(f"capture file {seq:016d}.cap: {exc}") from None
     return Spooled(seq, record, float(header["received_at"]))
-
-
-def write_durably(path: Path, parts: list[bytes], fsync: bool) -> None:
-    """Write ``parts`` to ``path`` through a temporary name; fsync file and directory."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        for part in parts:
-            f.write(part)
-        if fsync:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
-    if fsync:
-        fsync_dir(path.parent)
 
 
 def makedirs_durably(path: Path, fsync: bool) -> None:

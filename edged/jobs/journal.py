@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from edged.durable import fsync_dir
+from edged.durable import fsync_dir, write_durably
 
 log = structlog.get_logger("edged.jobs")
 
@@ -78,13 +78,8 @@ class Journal:
 
     def save(self, record: JobRecord) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name("job.json.tmp")
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(asdict(record), handle, indent=1, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
-        fsync_dir(self.directory)
+        text = json.dumps(asdict(record), indent=1, sort_keys=True)
+        write_durably(self.path, [text.encode()], fsync=True)
 
     def clear(self) -> None:
         if self.path.exists():
