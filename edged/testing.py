@@ -629,7 +629,7 @@ class BundleServer:
         self.close()
 
 
-async def eventually(predicate: Callable[[], object], seconds: float = 15.0) -> None:
+async def eventually(predicate: Callable[[], object], seconds: float = 20.0) -> None:
     """Wait until ``predicate()`` is true; TimeoutError after ``seconds``."""
     deadline = time.monotonic() + seconds
     while not predicate():  # noqa: ASYNC110  (a condition on any state, polled)

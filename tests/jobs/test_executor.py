@@ -375,6 +375,8 @@ async def test_garbage_on_the_jobs_topics_is_counted_and_ignored(fleet: Fleet):
     async with JobsService(fleet.broker.host, fleet.broker.port) as jobs, \
             daemon(fleet.config()) as (graph, _), \
             aiomqtt.Client(fleet.broker.host, fleet.broker.port) as rogue:
+        # The device asks start-next once it has subscribed: only then can it hear these.
+        await eventually(lambda: any(t.endswith("/start-next") for t, _ in jobs.requests))
         for topic, payload in ((f"{base}/start-next/accepted", b"{not json"),
                                (f"{base}/notify-next", b'{"execution": {"jobId": 7}}'),
                                (f"{base}/deploy-2/update/rejected", b'{"code": 1}'),
