@@ -12,10 +12,6 @@ the spool only after the destination acknowledged its upload (``capture_uploaded
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
-import hashlib
-import json
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -24,6 +20,7 @@ from typing import Any
 
 import structlog
 
+from edged.capture.decision_records import Item, clock_synced, encode_record, manifest_hash
 from edged.capture.destinations import Destination, DiskDestination, S3Destination
 from edged.capture.policy import AnomalyPolicy, Pick, RatePolicy, ReservoirPolicy, Sampler
 from edged.capture.segments import Segment, SegmentSpool, Upload, build_objects
@@ -33,34 +30,6 @@ from edged.log import RateLimit
 from edged.metrics import Counters
 
 log = structlog.get_logger("edged.capture.pipeline")
-SCHEMA_VERSION = 1
-_TIME_ERROR = 5  # adjtimex(2): the clock is not synchronised (STA_UNSYNC)
-
-
-def clock_synced() -> bool | None:
-    """Whether the kernel considers the system clock synchronised: ``adjtimex(2)`` in
-    read-only mode (``modes = 0``) returns ``TIME_ERROR`` while ``STA_UNSYNC`` is set,
-    which NTP daemons (chrony, ntpd, systemd-timesyncd) clear once they discipline the
-    clock. This is what ``timedatectl`` shows as "System clock synchronized". None where
-    the call is unavailable (not Linux)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        timex = ctypes.create_string_buffer(512)  # struct timex is 208 bytes on 64-bit
-        state = libc.adjtimex(timex)  # modes is the first field, zeroed: read only
-    except (OSError, AttributeError):
-        return None
-    if state < 0:
-        return None
-    return state != _TIME_ERROR
-
-
-def manifest_hash(manifest: dict[str, Any] | None) -> str | None:
-    """SHA-256 of the model manifest as canonical JSON (sorted keys, no spaces): it
-    names every file of the bundle with its own SHA-256, so it identifies the bundle."""
-    if not manifest:
-        return None
-    body = json.dumps(manifest, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(body.encode()).hexdigest()
 
 
 def build_sampler(spec: PipelineCaptureSpec) -> Sampler:
@@ -80,44 +49,6 @@ def build_destination(spec: PipelineCaptureSpec, fsync: bool) -> Destination:
         return S3Destination(dest.bucket, dest.prefix.strip("/"),
                              endpoint_url=dest.endpoint_url, region=dest.region)
     return DiskDestination(Path(dest.path), fsync=fsync)
-
-
-# A queued pick: the pick, then (features, thresholds, model info, round monotonic, wall).
-_Item = tuple[Pick, tuple]
-
-
-def encode_record(pick: Pick, meta: tuple, pipeline: str, device: str,
-                  synced: bool | None) -> bytes:
-    """One record as a JSON line (the schema in docs/capture.md)."""
-    features, thresholds, model_info, mono, wall = meta
-    d: Decision = pick.decision
-    window = pick.window
-    record = {
-        "schema": SCHEMA_VERSION,
-        "id": str(uuid.uuid4()),
-        "key": f"{d.turbine}:{d.rows}",
-        "pipeline": pipeline,
-        "device": device,
-        "turbine": d.turbine,
-        "model": {"name": d.model.name, "version": d.model.version,
-                  "bundle_sha256": model_info.get((d.model.name, d.model.version))},
-        "time": d.time,
-        # The round's monotonic time, shifted by the decision's age for context
-        # decisions of earlier rounds.
-        "monotonic": mono - (wall - d.time),
-        "clock_synced": synced,
-        "rows": d.rows,
-        "reasons": pick.reasons,
-        "anomalous": d.is_anomalous,
-        "primary": d.primary,
-        "features": list(features),
-        "values": list(d.values),
-        "thresholds": list(thresholds),
-        "flags": list(d.anomalous),
-        "groups": d.groups,
-        "window": None if window is None else window.tolist(),  # type: ignore[attr-defined]
-    }
-    return json.dumps(record, separators=(",", ":")).encode() + b"\n"
 
 
 class PipelineCapture:
@@ -140,7 +71,7 @@ class PipelineCapture:
         self.destination = destination or build_destination(spec, fsync)
         self._clock = clock
         self._budget = int(spec.spool.budget_mb * 1024 * 1024)
-        self.queue: asyncio.Queue[_Item] = asyncio.Queue(spec.spool.queue_size)
+        self.queue: asyncio.Queue[Item] = asyncio.Queue(spec.spool.queue_size)
         self._segments: dict[str, Segment] = {}  # oldest first
         self._claimed: set[str] = set()
         self._bytes = 0
@@ -253,13 +184,13 @@ class PipelineCapture:
                 await self.write(rest)
             raise
 
-    def _take_queued(self) -> list[_Item]:
+    def _take_queued(self) -> list[Item]:
         items = []
         while not self.queue.empty():
             items.append(self.queue.get_nowait())
         return items
 
-    async def write(self, items: list[_Item]) -> None:
+    async def write(self, items: list[Item]) -> None:
         """Append ``items`` to the spool (anomalous and other records in separate
         segments), then hold the spool to its budget."""
         if not items:
@@ -278,7 +209,7 @@ class PipelineCapture:
         self._written(segments)
         await self._enforce_budget()
 
-    def _write_segments(self, items: list[_Item], seq: int, per_record: bool) -> list[Segment]:
+    def _write_segments(self, items: list[Item], seq: int, per_record: bool) -> list[Segment]:
         synced = self._clock()
         encoded = [(pick.decision.is_anomalous,
                     encode_record(pick, meta, self.pipeline, self.device, synced))

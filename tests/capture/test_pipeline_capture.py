@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edged.capture.pipeline_capture import PipelineCapture, clock_synced, manifest_hash
+from edged.capture.decision_records import clock_synced, manifest_hash
+from edged.capture.pipeline_capture import PipelineCapture
 from edged.capture_config import PipelineCaptureSpec
 from edged.events import Decision, ModelRef
 from edged.metrics import Counters

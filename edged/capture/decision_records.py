@@ -1,0 +1,83 @@
+"""A pipeline capture record: one sampled decision as a JSON line (schema v1 in
+docs/capture.md), and the facts it carries about the clock and the model bundle."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import hashlib
+import json
+import uuid
+from typing import Any
+
+from edged.capture.policy import Pick
+from edged.events import Decision
+
+SCHEMA_VERSION = 1
+_TIME_ERROR = 5  # adjtimex(2): the clock is not synchronised (STA_UNSYNC)
+
+
+def clock_synced() -> bool | None:
+    """Whether the kernel considers the system clock synchronised: ``adjtimex(2)`` in
+    read-only mode (``modes = 0``) returns ``TIME_ERROR`` while ``STA_UNSYNC`` is set,
+    which NTP daemons (chrony, ntpd, systemd-timesyncd) clear once they discipline the
+    clock. This is what ``timedatectl`` shows as "System clock synchronized". None where
+    the call is unavailable (not Linux)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        timex = ctypes.create_string_buffer(512)  # struct timex is 208 bytes on 64-bit
+        state = libc.adjtimex(timex)  # modes is the first field, zeroed: read only
+    except (OSError, AttributeError):
+        return None
+    if state < 0:
+        return None
+    return state != _TIME_ERROR
+
+
+def manifest_hash(manifest: dict[str, Any] | None) -> str | None:
+    """SHA-256 of the model manifest as canonical JSON (sorted keys, no spaces): it
+    names every file of the bundle with its own SHA-256, so it identifies the bundle."""
+    if not manifest:
+        return None
+    body = json.dumps(manifest, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+# A queued pick: the pick, then (features, thresholds, model info, round monotonic, wall).
+Item = tuple[Pick, tuple]
+
+
+def encode_record(pick: Pick, meta: tuple, pipeline: str, device: str,
+                  synced: bool | None) -> bytes:
+    """One record as a JSON line (the schema in docs/capture.md)."""
+    features, thresholds, model_info, mono, wall = meta
+    d: Decision = pick.decision
+    window = pick.window
+    record = {
+        "schema": SCHEMA_VERSION,
+        "id": str(uuid.uuid4()),
+        "key": f"{d.turbine}:{d.rows}",
+        "pipeline": pipeline,
+        "device": device,
+        "turbine": d.turbine,
+        "model": {"name": d.model.name, "version": d.model.version,
+                  "bundle_sha256": model_info.get((d.model.name, d.model.version))},
+        "time": d.time,
+        # The round's monotonic time, shifted by the decision's age for context
+        # decisions of earlier rounds.
+        "monotonic": mono - (wall - d.time),
+        "clock_synced": synced,
+        "rows": d.rows,
+        "reasons": pick.reasons,
+        "anomalous": d.is_anomalous,
+        "primary": d.primary,
+        "features": list(features),
+        "values": list(d.values),
+        "thresholds": list(thresholds),
+        "flags": list(d.anomalous),
+        "groups": d.groups,
+        "window": None if window is None else window.tolist(),  # type: ignore[attr-defined]
+    }
+    return json.dumps(record, separators=(",", ":")).encode() + b"\n"
+
+
