@@ -21,8 +21,10 @@ from typing import Annotated, Any, Protocol
 import aiomqtt
 from pydantic import Field
 
+from edged.budget import DataBudget, DataBudgetConfig
 from edged.builtin.mqtt.connection import BrokerConfig, BrokerLink
 from edged.bundle.keys import TrustConfig, TrustStore
+from edged.cloud_alarms import CloudAlarms, CloudAlarmsConfig
 from edged.config import NAME_PATTERN, EdgedConfig, Strict, store_model
 from edged.health import Health, HealthConfig
 from edged.jobs.protocol import STEP_TIMEOUT_MINUTES
@@ -95,20 +97,27 @@ class CloudConfig(Strict):
         True, description="Take capture-on-demand requests on edged/<thing>/capture/"
         "request for the pipelines with a capture: section (docs/capture.md); false: "
         "ignore them.")
+    data_budget: DataBudgetConfig | None = Field(
+        None, description="A daily byte budget for uploads, with priorities "
+        "(docs/health.md, \"Data budget\"); absent: no budget.")
+    alarms: CloudAlarmsConfig | None = Field(
+        None, description="Publish alarm events of every pipeline over the cloud link "
+        "(docs/health.md); absent: off.")
 
 
 def thing_name(config: CloudConfig, device_id: str) -> str:
     return config.thing_name or device_id
 
 
-def cloud_link(config: CloudConfig, device_id: str, counters: Counters) -> BrokerLink:
+def cloud_link(config: CloudConfig, device_id: str, counters: Counters,
+               budget: DataBudget | None = None) -> BrokerLink:
     """The one connection to the cloud broker, as the thing (client id = thing name
-    unless the config names another)."""
+    unless the config names another); every publish on it is charged to ``budget``."""
     broker = config.broker
     if broker.client_id is None:
         broker = broker.model_copy(update={"client_id": thing_name(config, device_id)})
     return BrokerLink(broker, name="cloud", device_id=device_id, counters=counters,
-                      inbox_size=10_000)
+                      inbox_size=10_000, meter=budget)
 
 
 class CloudService(Protocol):
@@ -131,9 +140,12 @@ class Cloud:
     whether or not the cloud is reachable, so the first connection is made by
     :meth:`run`, retried with backoff for as long as it takes."""
 
-    def __init__(self, link: BrokerLink, services: list[CloudService]) -> None:
+    def __init__(self, link: BrokerLink, services: list[CloudService],
+                 alarms: CloudAlarms | None = None) -> None:
         self.link = link
         self.services = services
+        # The alarms service, also a pipeline subscriber: the graph subscribes it.
+        self.alarms = alarms
 
     async def __aenter__(self) -> Cloud:
         await self.link.open(connect=False)  # TLS files are read (and checked) here
@@ -164,17 +176,20 @@ class Cloud:
 
 def build_cloud(config: EdgedConfig, registry: Registry, pipelines: dict[str, Pipeline],
                 counters: Counters, health: Health | None = None,
-                captures: dict[str, Any] | None = None) -> Cloud:
+                captures: dict[str, Any] | None = None,
+                budget: DataBudget | None = None) -> Cloud:
     """The cloud component of a graph with a ``cloud`` section. Raises ConfigError for
     what can be checked before anything starts (trusted keys). ``captures``: the
-    pipelines' PipelineCapture objects, by pipeline name (for capture on demand)."""
+    pipelines' PipelineCapture objects, by pipeline name (for capture on demand);
+    ``budget``: the data budget (edged.budget.build_budget) every publish is charged
+    to."""
     cloud: CloudConfig = config.cloud
     # Only a device with a cloud section loads the executor (bundles, the model store).
     from edged.jobs.executor import JobsExecutor
     from edged.modelstore.swap import preprocessor_factory
 
     device = config.raw.device.id
-    link = cloud_link(cloud, device, counters)
+    link = cloud_link(cloud, device, counters, budget)
     services: list[CloudService] = []
     jobs = cloud.jobs
     if jobs is not None and jobs.enabled:
@@ -194,10 +209,15 @@ def build_cloud(config: EdgedConfig, registry: Registry, pipelines: dict[str, Pi
         health.thing = thing_name(cloud, device)
         health.stalest = cloud.health.stalest
         services.append(Heartbeat(cloud.health, link=link, thing=health.thing,
-                                  health=health, counters=counters))
+                                  health=health, counters=counters, budget=budget))
     if cloud.capture_requests and captures:
         from edged.capture.commands import CaptureCommands
 
         services.append(CaptureCommands(link=link, thing=thing_name(cloud, device),
                                         captures=captures, counters=counters))
-    return Cloud(link, services)
+    alarms = None
+    if cloud.alarms is not None:
+        alarms = CloudAlarms(cloud.alarms, link=link, thing=thing_name(cloud, device),
+                             device=device, counters=counters)
+        services.append(alarms)
+    return Cloud(link, services, alarms)

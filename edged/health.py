@@ -19,17 +19,18 @@ import weakref
 from collections.abc import Callable, Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import structlog
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field
 
 from edged.config import Strict
 from edged.durable import fsync_dir
 from edged.metrics import Counters
 
 if TYPE_CHECKING:
+    from edged.budget import DataBudget
     from edged.runtime.pipeline import Pipeline
 
 log = structlog.get_logger("edged.health")
@@ -43,29 +44,31 @@ STALEST = 50
 SHADOW_STATE_LIMIT = 6 * 1024
 
 
+def publish_topic(topic: str) -> str:
+    """``topic`` if it is a publish topic template with at most ``{thing}`` in it; a
+    ValueError saying what is wrong otherwise (a config validator)."""
+    if "+" in topic or "#" in topic:
+        raise ValueError("a publish topic cannot hold the wildcards + or #")
+    try:
+        topic.format(thing="x")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"only {{thing}} may be substituted ({exc!r})") from None
+    return topic
+
+
 class HealthConfig(Strict):
     """``cloud.health``: heartbeats and the thing's named shadow (docs/health.md)."""
 
     interval_s: float = Field(60.0, ge=0.05, le=86400,
                               description="Seconds between two heartbeats.")
-    topic: str = Field("edged/{thing}/health", min_length=1, max_length=256,
-                       description="Heartbeat topic; {thing} is the thing name.")
+    topic: Annotated[str, AfterValidator(publish_topic)] = Field(
+        "edged/{thing}/health", min_length=1, max_length=256,
+        description="Heartbeat topic; {thing} is the thing name.")
     shadow: str | None = Field(
         "edged-health", min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9:_-]+$",
         description="Named shadow whose reported state holds the summary; null: none.")
     stalest: int = Field(STALEST, ge=0, le=1000,
                          description="Stalest turbines listed by name in a heartbeat.")
-
-    @field_validator("topic")
-    @classmethod
-    def _topic(cls, topic: str) -> str:
-        if "+" in topic or "#" in topic:
-            raise ValueError("a publish topic cannot hold the wildcards + or #")
-        try:
-            topic.format(thing="x")
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"only {{thing}} may be substituted ({exc!r})") from None
-        return topic
 
 
 def daemon_version() -> str:
@@ -119,11 +122,13 @@ class Health:
     Entered as a component (the graph does it): the start is recorded then, once per
     daemon. ``spool`` is the hook for a local capture store: a callable returning
     ``{"depth": ..., "dropped": ...}``; None (today) reports ``"spool": null``.
+    ``budget`` is the daemon's :class:`edged.budget.DataBudget` (``cloud.data_budget``),
+    whose usage the report carries; None reports ``"budget": null``.
     """
 
     def __init__(self, pipelines: Mapping[str, Pipeline], counters: Counters,
                  state_dir: Path, *, device: str, thing: str | None = None,
-                 stalest: int = STALEST) -> None:
+                 stalest: int = STALEST, budget: DataBudget | None = None) -> None:
         self.pipelines = pipelines
         self.counters = counters
         self.state_dir = Path(state_dir)
@@ -132,6 +137,7 @@ class Health:
         self.stalest = stalest
         self.version = daemon_version()
         self.spool: Callable[[], dict[str, int] | None] | None = None
+        self.budget = budget
         self.starts = 0
         self._started = time.monotonic()
         self.started_at = time.time()
@@ -196,6 +202,7 @@ class Health:
             "turbines": {"count": total,
                          "stalest": self._stalest(ages, owners) if total else []},
             "spool": self.spool() if self.spool is not None else None,
+            "budget": self.budget.usage() if self.budget is not None else None,
             "jobs": {"finished": {labels.get("status", ""): value
                                   for key, value in counters.snapshot().items()
                                   for name, labels in [parse_key(key)]
@@ -235,6 +242,7 @@ class Health:
             "turbines": report["turbines"]["count"],
             "stalest_age_s": (report["turbines"]["stalest"] or [{}])[0].get("age_s"),
             "spool": report["spool"],
+            "budget": _budget_summary(report.get("budget")),
             "pipelines": {
                 name: {"model": p["model"], "version": p["version"],
                        "decisions": p["decisions"],
@@ -249,6 +257,15 @@ class Health:
             state["decisions"] = sum(p["decisions"] for p in pipelines)
             state["anomalous_decisions"] = sum(p["anomalous_decisions"] for p in pipelines)
         return state
+
+
+def _budget_summary(usage: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The shadow's share of the budget figures: today's bytes, not the ceilings."""
+    if usage is None:
+        return None
+    return {"day": usage["day"], "budget_bytes": usage["budget_bytes"],
+            "used_bytes": usage["used_bytes"], "over_bytes": usage["over_bytes"],
+            "deferred": usage["deferred"]}
 
 
 def to_json(value: Any) -> bytes:

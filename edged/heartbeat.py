@@ -9,7 +9,9 @@ contract). The shadow service answers on ``.../update/accepted`` or ``.../update
 
 A heartbeat is a picture of now: one that cannot go out (offline, the broker slow to
 acknowledge) is counted and skipped, never queued, and nothing here waits on a decision
-or makes one wait.
+or makes one wait. With a data budget, the heartbeat and its shadow update are asked for
+together as ``heartbeat`` priority; a refusal is counted as
+``health_heartbeats{result=over_budget}`` and skipped the same way.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import secrets
 import aiomqtt
 import structlog
 
-from edged.builtin.mqtt.connection import BrokerLink
+from edged.budget import DataBudget
+from edged.builtin.mqtt.connection import BrokerLink, publish_size
 from edged.health import Health, HealthConfig, to_json
 from edged.log import RateLimit
 from edged.metrics import Counters
@@ -35,8 +38,10 @@ PUBLISH_TIMEOUT_S = 5.0
 
 class Heartbeat:
     def __init__(self, config: HealthConfig, *, link: BrokerLink, thing: str,
-                 health: Health, counters: Counters) -> None:
+                 health: Health, counters: Counters, budget: DataBudget | None = None
+                 ) -> None:
         self.config = config
+        self.budget = budget
         self.link = link
         self.health = health
         self.counters = counters
@@ -87,21 +92,29 @@ class Heartbeat:
             self.counters.inc("health_heartbeats", result="offline")
             return
         report = self.health.report()
+        beat = to_json(report)
+        size = publish_size(self.topic, beat, 1)
+        shadow = None
+        if self.shadow_topic is not None:
+            shadow = (self.shadow_topic, to_json(
+                {"state": {"reported": Health.shadow_state(report)},
+                 "clientToken": f"edged-{self._token}-{self._sent + 1}"}))
+            size += publish_size(*shadow, 1)
+        if self.budget is not None and not self.budget.allows("heartbeat", size):
+            self.counters.inc("health_heartbeats", result="over_budget")
+            return
         self._sent += 1
-        if not await self._publish(self.topic, to_json(report)):
+        if not await self._publish(self.topic, beat):
             self.counters.inc("health_heartbeats", result="failed")
             return
         self.counters.inc("health_heartbeats", result="sent")
-        if self.shadow_topic is not None:
-            update = {"state": {"reported": Health.shadow_state(report)},
-                      "clientToken": f"edged-{self._token}-{self._sent}"}
-            if not await self._publish(self.shadow_topic, to_json(update)):
-                self.counters.inc("health_shadow_updates", result="failed")
+        if shadow is not None and not await self._publish(*shadow):
+            self.counters.inc("health_shadow_updates", result="failed")
 
     async def _publish(self, topic: str, payload: bytes) -> bool:
         try:
             async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-                await self.link.publish(topic, payload, qos=1)
+                await self.link.publish(topic, payload, qos=1, priority="heartbeat")
         except (aiomqtt.MqttError, TimeoutError) as exc:
             suppressed = self._rate_limit.allow("publish")
             if suppressed is not None:

@@ -96,6 +96,10 @@ def metrics(report: dict[str, Any]) -> Iterator[Metric]:
             yield GaugeMetricFamily("edged_spool_bytes", "Bytes of the records waiting "
                                     "in the capture spool.", value=spool["bytes"])
 
+    budget = report.get("budget")
+    if budget is not None:
+        yield from budget_metrics(budget)
+
     # Every other counter, as edged_<name>_total with its own labels.
     families: dict[str, Metric] = {}
     for key, value in report["counters"].items():
@@ -109,6 +113,31 @@ def metrics(report: dict[str, Any]) -> Iterator[Metric]:
                 metric_name, f"The daemon's {name} counter.")
         family.add_sample(metric_name + "_total", key_labels, value)
     yield from families.values()
+
+
+def budget_metrics(usage: dict[str, Any]) -> Iterator[Metric]:
+    """The data budget's figures for today (they start from zero each UTC day; the
+    cumulative ones are the generic edged_budget_bytes_total and friends)."""
+    yield GaugeMetricFamily("edged_data_budget_bytes", "The daily upload budget.",
+                            value=usage["budget_bytes"])
+    used = GaugeMetricFamily("edged_data_budget_used_bytes", "Bytes uploaded today, by "
+                             "priority.", labels=["priority"])
+    deferred = GaugeMetricFamily("edged_data_budget_deferred", "Uploads refused today "
+                                 "by the budget, by priority.", labels=["priority"])
+    for priority, value in usage["used_bytes"].items():
+        if priority != "total":
+            used.add_metric([priority], value)
+            deferred.add_metric([priority], usage["deferred"][priority])
+    ceilings = GaugeMetricFamily("edged_data_budget_ceiling_bytes", "Usage past which a "
+                                 "priority is held back.", labels=["priority"])
+    for priority, value in usage["ceilings_bytes"].items():
+        ceilings.add_metric([priority], value)
+    yield from (used, deferred, ceilings)
+    yield GaugeMetricFamily("edged_data_budget_over_bytes", "Bytes uploaded today past "
+                            "the budget (critical traffic is never held back).",
+                            value=usage["over_bytes"])
+    yield GaugeMetricFamily("edged_data_budget_reset_seconds", "Seconds until the "
+                            "budget starts again (UTC midnight).", value=usage["reset_in_s"])
 
 
 class MetricsServer:

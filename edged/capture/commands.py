@@ -133,7 +133,8 @@ class CaptureCommands:
             body = json.dumps(response, separators=(",", ":")).encode()
             try:
                 async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-                    await self.link.publish(self.response_topic, body, qos=1)
+                    await self.link.publish(self.response_topic, body, qos=1,
+                                            priority="critical")
             except (aiomqtt.MqttError, TimeoutError) as exc:
                 self._warn("capture_response_failed", request_id=response["request_id"],
                            error=repr(exc))

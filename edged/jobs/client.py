@@ -98,7 +98,7 @@ class JobsClient:
         self._waiting[token] = waiter
         try:
             async with asyncio.timeout(self.timeout_s):
-                await self.link.publish(topic, build(token), qos=1)
+                await self.link.publish(topic, build(token), qos=1, priority="critical")
                 return await waiter
         except aiomqtt.MqttError as exc:
             raise TimeoutError(f"jobs request to {topic} not sent: {exc}") from None

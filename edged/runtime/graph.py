@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from edged.budget import build_budget
 from edged.components import BuildContext, Readings
 from edged.config import EdgedConfig, SourceConfig, StartPolicy
 from edged.errors import ConfigError
@@ -44,7 +45,8 @@ class Graph:
     def __init__(self, config: EdgedConfig, sources: dict[str, SourceNode],
                  pipelines: dict[str, Pipeline], actuators: dict[str, ActuatorBinding],
                  counters: Counters, cloud: Any = None, health: Any = None,
-                 metrics: Any = None, captures: dict[str, Any] | None = None) -> None:
+                 metrics: Any = None, captures: dict[str, Any] | None = None,
+                 budget: Any = None) -> None:
         self.config = config
         self.sources = sources
         self.pipelines = pipelines
@@ -53,6 +55,9 @@ class Graph:
         self.counters = counters
         self.health = health  # edged.health.Health, with cloud.health or metrics only
         self.metrics = metrics  # edged.prometheus.MetricsServer: the `metrics:` endpoint
+        # edged.budget.DataBudget with cloud.data_budget: charged by the cloud link's
+        # publishes and the capture uploads.
+        self.budget = budget
         self._stop = asyncio.Event()
         self.stop_reason = "shutdown"
         self.running: dict[str, list[asyncio.Task]] = {}
@@ -77,6 +82,10 @@ class Graph:
         :meth:`stop`, then shut down in bounded stages."""
         timeout = self.config.raw.shutdown.stage_timeout_s
         async with AsyncExitStack() as stack:
+            # First, so today's usage is loaded before anything uploads; a state dir it
+            # cannot read costs the day's count, never the daemon.
+            budget = self.budget is not None and await start_component(
+                stack, "budget", self.budget, StartPolicy(policy="disable"))
             actuators = [b for name, b in self.actuators.items()
                          if await start_component(stack, f"actuators.{name}", b.actuator,
                                                   b.config.on_start_failure)]
@@ -101,7 +110,7 @@ class Graph:
             sources = [s for s in self.sources.values()
                        if await start_component(stack, f"sources.{s.name}", s.component,
                                                 s.config.on_start_failure)]
-            self._wire(actuators, pipelines, sources)
+            self._wire(actuators, pipelines, sources, cloud)
             for capture in captures:
                 self.pipelines[capture.pipeline].subscribers.append(capture)
             async with asyncio.TaskGroup() as tg:
@@ -125,6 +134,9 @@ class Graph:
                 if cloud:
                     self.running["cloud"] = [tg.create_task(self.cloud.run(),
                                                             name="edged[cloud].run")]
+                if budget:
+                    self.running["budget"] = [tg.create_task(self.budget.run(),
+                                                             name="edged[budget].save")]
                 if self.config.raw.log.stats_interval_s > 0:
                     self.running["pipelines"].append(
                         tg.create_task(self._stats_loop(), name="edged[graph].stats"))
@@ -142,6 +154,8 @@ class Graph:
                 # After the pipelines: the writer spools what they queued before it ends.
                 await self._stop_stage("capture", timeout)
                 await self._stop_stage("actuators", timeout, drain=actuators)
+                # Last, after every upload: leaving it (stack.aclose) saves the final usage.
+                await self._stop_stage("budget", timeout)
             await self._bounded("components", stack.aclose(), timeout)
         log.info("graph_stopped", reason=self.stop_reason)
 
@@ -156,11 +170,15 @@ class Graph:
                 spec.preprocessor.on_start_failure)
         return started
 
-    def _wire(self, actuators, pipelines, sources) -> None:
+    def _wire(self, actuators, pipelines, sources, cloud: bool) -> None:
         for binding in actuators:
             for name in binding.config.inputs:
                 if self.pipelines[name] in pipelines:
                     self.pipelines[name].subscribers.append(binding)
+        alarms = self.cloud.alarms if cloud else None
+        if alarms is not None:  # cloud.alarms: every pipeline's alarms go to the cloud
+            for pipeline in pipelines:
+                pipeline.subscribers.append(alarms)
         for source in sources:
             source.targets = [p for p in source.targets if p in pipelines]
 
@@ -277,12 +295,14 @@ def build_graph(config: EdgedConfig, registry: Registry,
         if component is not None:
             actuators[name] = ActuatorBinding(name, ac, component, counters)
 
+    budget = build_budget(config, counters)
     health = metrics = None
     if config.raw.metrics is not None or (config.cloud is not None
                                           and config.cloud.health is not None):
         from edged.health import Health
 
-        health = Health(pipelines, counters, config.state_dir, device=config.raw.device.id)
+        health = Health(pipelines, counters, config.state_dir, device=config.raw.device.id,
+                        budget=budget)
         if config.raw.metrics is not None:
             from edged.prometheus import MetricsServer
 
@@ -296,7 +316,8 @@ def build_graph(config: EdgedConfig, registry: Registry,
         from edged.cloud import build_cloud
 
         try:
-            cloud = build_cloud(config, registry, pipelines, counters, health, captures)
+            cloud = build_cloud(config, registry, pipelines, counters, health, captures,
+                                budget)
         except ConfigError as exc:
             problems += [f"Cannot build 'cloud' from {config.path}: {p}"
                          for p in exc.problems]
@@ -304,7 +325,7 @@ def build_graph(config: EdgedConfig, registry: Registry,
     if problems:
         raise ConfigError(problems)
     graph = Graph(config, sources, pipelines, actuators, counters, cloud, health, metrics,
-                  captures)
+                  captures, budget)
     if health is not None and graph.captures:
         health.spool = functools.partial(spool_figures, list(graph.captures.values()))
     return graph

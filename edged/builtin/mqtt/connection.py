@@ -22,22 +22,26 @@ Shared by the ``mqtt`` source and the ``mqtt`` actuator. The whole API::
         await link.publish(topic, payload, qos=1, retain=False)
         link.inbox.take(1000)            # messages received (see Inbox)
 
-``BrokerLink(config, *, name, device_id, counters, kind="", inbox_size=100_000, will=None)``
+``BrokerLink(config, *, name, device_id, counters, kind="", inbox_size=100_000, will=None,
+meter=None)``
     ``name`` is the component's name (``ctx.name``) and ``kind`` its kind (``source``,
     ``actuator``): a source and an actuator may share a name. ``kind.name`` (or just
     ``name`` without a kind) is the ``component`` of the log lines and counters, and the
-    default client id is ``edged-<device_id>-<kind>.<name>``.
+    default client id is ``edged-<device_id>-<kind>.<name>``. ``meter`` (a :class:`Meter`,
+    e.g. the cloud link's ``edged.budget.DataBudget``) is charged for every publish.
 ``async run(on_connected: Callable[[aiomqtt.Client], Awaitable[None]] | None = None)``
     Calls ``on_connected(client)`` after every (re)connection (subscribe there and
     return), then waits for the connection to drop, backs off (exponential, full jitter,
     ``reconnect_min_s`` .. ``reconnect_max_s``) and connects again. ``on_connected``
     raising ``aiomqtt.MqttError`` counts as a lost connection; any other exception
     propagates.
-``async publish(topic, payload, *, qos=0, retain=False) -> None``
+``async publish(topic, payload, *, qos=0, retain=False, priority="critical") -> None``
     Waits up to ``connect_timeout_s`` for a connection, then publishes (QoS 1 waits for
     the broker's PUBACK, again within ``connect_timeout_s``). Raises ``aiomqtt.MqttError``
     when there is no connection or the publish failed. Wrap it in ``asyncio.timeout``
-    for a tighter bound.
+    for a tighter bound. With a meter, the PUBLISH packet's size (:func:`publish_size`)
+    is charged at ``priority`` once it is handed to a connection; the meter only counts,
+    whether to send is the caller's decision.
 ``client`` (property)
     The connected ``aiomqtt.Client``, or None while the link is down.
 ``connected`` (property)
@@ -69,7 +73,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 import aiomqtt
 import paho.mqtt.client as mqtt
@@ -83,6 +87,22 @@ from edged.metrics import Counters
 log = structlog.get_logger("edged.mqtt")
 
 OnConnected = Callable[[aiomqtt.Client], Awaitable[None]]
+
+
+class Meter(Protocol):
+    """What counts a link's outgoing bytes (edged.budget.DataBudget)."""
+
+    def charge(self, priority: str, nbytes: int) -> None: ...
+
+
+def publish_size(topic: str, payload: str | bytes, qos: int) -> int:
+    """Bytes of the MQTT 3.1.1 PUBLISH packet that carries ``payload`` to ``topic``: the
+    fixed header (type byte, remaining length), the topic with its length prefix, the
+    packet id (QoS 1 and 2) and the payload. TLS and TCP framing are not included."""
+    body = (2 + len(topic.encode()) + (2 if qos else 0)
+            + len(payload.encode() if isinstance(payload, str) else payload))
+    length_bytes = 1 if body < 128 else 2 if body < 16_384 else 3 if body < 2_097_152 else 4
+    return 1 + length_bytes + body
 _CLIENT_ID_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -211,8 +231,9 @@ class BrokerLink:
 
     def __init__(self, config: BrokerConfig, *, name: str, device_id: str,
                  counters: Counters, kind: str = "", inbox_size: int = 100_000,
-                 will: aiomqtt.Will | None = None) -> None:
+                 will: aiomqtt.Will | None = None, meter: Meter | None = None) -> None:
         self.config = config
+        self.meter = meter
         # Component names are unique per kind only; "." never occurs in one.
         self.name = f"{kind}.{name}" if kind else name
         self.counters = counters
@@ -261,12 +282,16 @@ class BrokerLink:
         return self._client
 
     async def publish(self, topic: str, payload: str | bytes, *, qos: int = 0,
-                      retain: bool = False) -> None:
+                      retain: bool = False, priority: str = "critical") -> None:
         try:
             async with asyncio.timeout(self.config.connect_timeout_s):
                 client = await self.wait_connected()
         except TimeoutError:
             raise aiomqtt.MqttError(f"not connected to {self._address}") from None
+        if self.meter is not None:
+            # Charged once handed to a connection: paho writes it out even when the
+            # PUBACK never comes, so a failed QoS 1 publish has still used the bytes.
+            self.meter.charge(priority, publish_size(topic, payload, qos))
         await client.publish(topic, payload, qos=qos, retain=retain)
 
     async def run(self, on_connected: OnConnected | None = None) -> NoReturn:
@@ -441,5 +466,5 @@ def _describe(exc: BaseException) -> str:
     return text
 
 
-__all__ = ["BrokerConfig", "BrokerLink", "Inbox", "OnConnected", "TlsConfig",
-           "default_client_id", "reconnect_delay"]
+__all__ = ["BrokerConfig", "BrokerLink", "Inbox", "Meter", "OnConnected", "TlsConfig",
+           "default_client_id", "publish_size", "reconnect_delay"]
