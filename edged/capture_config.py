@@ -50,6 +50,9 @@ class CaptureSpoolSpec(_Strict):
                             "writer; a full queue drops new ones, counted.")
     include_window: bool = Field(False, description="Add the model's input window "
                                  "(history x features) to each record.")
+    include_rows: bool = Field(False, description="Add the raw source rows the window "
+                               "was built from (history x inputs, before preprocessing) "
+                               "and the input names to each record.")
 
 
 class S3DestinationSpec(_Strict):

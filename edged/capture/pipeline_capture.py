@@ -129,13 +129,20 @@ class PipelineCapture:
 
     def on_decisions(self, decisions: Sequence[Decision], features: Sequence[str],
                      thresholds: Sequence[float]) -> None:
-        now = time.monotonic()
-        window = (getattr(self._source, "round_window", None)
-                  if self.spec.spool.include_window else None)
-        picks = self.sampler.select(decisions, now, window)
+        source, spool = self._source, self.spec.spool
+        # Read by the pipeline beside its decisions' wall-clock time, so that a jump of
+        # their difference is a step of the wall clock, not the time the round took.
+        now = getattr(source, "round_monotonic", None)
+        if now is None:
+            now = time.monotonic()
+        window = getattr(source, "round_window", None) if spool.include_window else None
+        raw = getattr(source, "round_raw", None) if spool.include_rows else None
+        inputs = source.preprocessor.inputs if raw is not None else ()
+        picks = self.sampler.select(decisions, now, window, raw, inputs)
         self._last_round = (features, thresholds)
         if picks:
-            self._enqueue(picks, (features, thresholds, self._model_info(), now, time.time()))
+            wall = decisions[0].time  # the pipeline's wall clock, one for both
+            self._enqueue(picks, (features, thresholds, self._model_info(), now, wall))
 
     def on_event(self, event: Event) -> None:
         pass

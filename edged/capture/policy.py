@@ -6,6 +6,10 @@ captured once, with every reason that picked it. See docs/capture.md, "Pipeline 
 
 Reasons: ``rate``, ``reservoir``, ``anomaly``, ``before`` (context ahead of an anomaly),
 ``after`` (context following one), ``on_demand``.
+
+Every pick is stamped with its own round (:class:`Round`): its monotonic time, a sequence
+number and any step of the wall clock seen then (:class:`RoundClock`), so a decision
+captured rounds later (context, reservoir) still says when it was made.
 """
 
 from __future__ import annotations
@@ -20,13 +24,86 @@ from edged.events import Decision
 
 @dataclass(slots=True)
 class Pick:
-    """A decision chosen for capture and why. ``index`` is its position in its round
-    (-1 for one picked from an earlier round); ``window`` what the round handed over."""
+    """A decision chosen for capture and why, with what its own round handed over:
+    ``index``, its position in that round; ``window``, its feature history (history x
+    features); ``raw``, the source rows behind it (history x inputs, columns
+    ``raw_inputs``); ``monotonic``, the round's monotonic time; ``seq``, its sequence
+    number; ``clock_step_s``, the wall-clock step seen at that round (None: none). A pick
+    made by hand rather than by a :class:`Sampler` may leave the stamps None."""
 
     decision: Decision
     reasons: list[str]
     index: int = -1
     window: object = None
+    raw: object = None
+    raw_inputs: tuple[str, ...] = ()
+    seq: int | None = None
+    monotonic: float | None = None
+    clock_step_s: float | None = None
+
+
+class RoundClock:
+    """Stamps rounds: the first sequence number of each, and the step of the wall clock
+    since the previous round.
+
+    A sequence number is the round's ``CLOCK_MONOTONIC`` time in nanoseconds plus the
+    decision's position in the round, and never less than the previous one plus one: it
+    grows with monotonic time, which a step of the wall clock does not touch and which
+    every process of one boot shares, so it also orders the records of a daemon that
+    restarted (a restart takes far longer than the nanoseconds a round reserves).
+
+    A step shows as a jump of (wall - monotonic) between two rounds. Only NTP's slewing
+    moves that difference otherwise, by at most 500 ppm (``adjtimex(2)``'s limit) of the
+    time between the rounds, so a jump beyond that plus ``tolerance_s`` (which absorbs
+    the jitter of reading two clocks) is a step, backwards (negative) or forwards.
+    """
+
+    SLEW = 500e-6
+
+    def __init__(self, tolerance_s: float = 0.05) -> None:
+        self.tolerance_s = tolerance_s
+        self._next_seq = 0
+        self._last: tuple[float, float] | None = None  # (wall - monotonic, monotonic)
+
+    def stamp(self, now: float, wall: float | None, count: int) -> tuple[int, float | None]:
+        """(first sequence number, wall-clock step or None) of a round of ``count``
+        decisions at monotonic time ``now`` whose wall-clock time is ``wall`` (None: not
+        known, no step is looked for)."""
+        first = max(int(now * 1e9), self._next_seq)
+        self._next_seq = first + max(count, 1)
+        if wall is None:
+            return first, None
+        offset, last = wall - now, self._last
+        self._last = (offset, now)
+        if last is None:
+            return first, None
+        moved = offset - last[0]
+        if abs(moved) > self.tolerance_s + self.SLEW * (now - last[1]):
+            return first, round(moved, 6)
+        return first, None
+
+
+@dataclass(slots=True)
+class Round:
+    """One round as the sampler sees it; makes its picks, stamped."""
+
+    first_seq: int
+    monotonic: float
+    clock_step_s: float | None
+    window: object = None  # (decisions, history, features) or None
+    raw: object = None  # (decisions, history, inputs) or None
+    raw_inputs: tuple[str, ...] = ()
+
+    def pick(self, d: Decision, reasons: list[str], i: int, *, copy: bool = False) -> Pick:
+        """Decision ``i``'s pick; its rows are views into the round's arrays, or copies
+        with ``copy`` (for a pick held for rounds: a view would pin the whole round)."""
+        window, raw = self.window, self.raw
+        if window is not None:
+            window = window[i].copy() if copy else window[i]  # type: ignore[index]
+        if raw is not None:
+            raw = raw[i].copy() if copy else raw[i]  # type: ignore[index]
+        return Pick(d, reasons, i, window, raw, self.raw_inputs if raw is not None else (),
+                    self.first_seq + i, self.monotonic, self.clock_step_s)
 
 
 class RatePolicy:
@@ -113,7 +190,7 @@ class AnomalyPolicy:
         self._after: dict[str, int] = {}
 
     def select(self, decisions: Sequence[Decision], taken: dict[int, Pick],
-               window: object) -> list[Pick]:
+               round_: Round) -> list[Pick]:
         """Mark anomalies and after-context in ``taken`` (index -> pick); return the
         before-context picks from earlier rounds. Untaken decisions fill the rings."""
         earlier: list[Pick] = []
@@ -127,13 +204,13 @@ class AnomalyPolicy:
                         pick.reasons.append("before")
                     earlier.extend(ring)
                     ring.clear()
-                self._take(taken, i, d, window, "anomaly")
+                self._take(taken, i, d, round_, "anomaly")
                 if self.after:
                     after_left[turbine] = self.after
                 continue
             left = after_left.get(turbine, 0)
             if left:
-                self._take(taken, i, d, window, "after")
+                self._take(taken, i, d, round_, "after")
                 if left == 1:
                     del after_left[turbine]
                 else:
@@ -142,17 +219,18 @@ class AnomalyPolicy:
                 ring = rings.get(turbine)
                 if ring is None:
                     ring = rings[turbine] = deque(maxlen=self.before)
-                # No window: a view would pin the whole round's array for as long as the
-                # ring holds it, and a copy per decision is too dear for the hot path.
-                ring.append(Pick(d, []))
+                # Copies of its rows (when the capture takes them): a view would pin the
+                # whole round's arrays for as long as the ring holds it. Bounded: before
+                # x turbines x history x (features + inputs) floats.
+                ring.append(round_.pick(d, [], i, copy=True))
         return earlier
 
     @staticmethod
-    def _take(taken: dict[int, Pick], i: int, d: Decision, window: object,
+    def _take(taken: dict[int, Pick], i: int, d: Decision, round_: Round,
               reason: str) -> None:
         pick = taken.get(i)
         if pick is None:
-            taken[i] = Pick(d, [reason], i, window)
+            taken[i] = round_.pick(d, [reason], i)
         else:
             pick.reasons.append(reason)
 
@@ -182,11 +260,6 @@ class OnDemand:
         return [i for i, d in enumerate(decisions) if d.turbine in until]
 
 
-def _row(window: object, i: int) -> object:
-    """Row ``i`` of a round's window (a view, no copy), or None without one."""
-    return None if window is None else window[i]  # type: ignore[index]
-
-
 @dataclass
 class Sampler:
     """The policies of one pipeline, applied in one pass per round."""
@@ -195,34 +268,37 @@ class Sampler:
     reservoir: ReservoirPolicy | None = None
     anomalies: AnomalyPolicy | None = None
     on_demand: OnDemand = field(default_factory=OnDemand)
+    clock: RoundClock = field(default_factory=RoundClock)
 
-    def select(self, decisions: Sequence[Decision], now: float,
-               window: object = None) -> list[Pick]:
+    def select(self, decisions: Sequence[Decision], now: float, window: object = None,
+               raw: object = None, raw_inputs: Sequence[str] = ()) -> list[Pick]:
         """The picks of one round at monotonic time ``now``: context from earlier rounds
         first, then this round's in order, then a reservoir window that closed. A pick's
-        ``window`` is its row of ``window`` (turbines first) when one was given."""
+        ``window`` is its row of ``window``, its ``raw`` its row of ``raw`` (columns
+        ``raw_inputs``), when given (rows in the order of ``decisions``). The round's
+        wall-clock time is its decisions' ``time``."""
+        wall = decisions[0].time if decisions else None
+        first, step = self.clock.stamp(now, wall, len(decisions))
+        round_ = Round(first, now, step, window, raw, tuple(raw_inputs))
         taken: dict[int, Pick] = {}
         if self.rate is not None:
             for i in self.rate.select(decisions):
-                taken[i] = Pick(decisions[i], ["rate"], i)
+                taken[i] = round_.pick(decisions[i], ["rate"], i)
         for i in self.on_demand.select(decisions, now):
             pick = taken.get(i)
             if pick is None:
-                taken[i] = Pick(decisions[i], ["on_demand"], i)
+                taken[i] = round_.pick(decisions[i], ["on_demand"], i)
             else:
                 pick.reasons.append("on_demand")
-        earlier = (self.anomalies.select(decisions, taken, window)
+        earlier = (self.anomalies.select(decisions, taken, round_)
                    if self.anomalies is not None else [])
         closed: list[Pick] = []
         if self.reservoir is not None:
-            candidates = [Pick(d, [], i, _row(window, i))
+            candidates = [round_.pick(d, [], i)
                           for i, d in enumerate(decisions) if i not in taken]
             closed = self.reservoir.offer(candidates, now)
         picks = earlier
-        for i in sorted(taken):
-            pick = taken[i]
-            pick.window = _row(window, i)
-            picks.append(pick)
+        picks.extend(taken[i] for i in sorted(taken))
         picks.extend(closed)
         return picks
 
