@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import hashlib
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 from edged.capture.policy import Pick
@@ -15,6 +17,18 @@ from edged.events import Decision
 
 SCHEMA_VERSION = 1
 _TIME_ERROR = 5  # adjtimex(2): the clock is not synchronised (STA_UNSYNC)
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+@functools.cache
+def boot_id() -> str | None:
+    """The kernel's id of this boot (a UUID, new at every boot): ``CLOCK_MONOTONIC``
+    times, and so sequence numbers, compare only within one boot. None where the file
+    is missing (not Linux)."""
+    try:
+        return BOOT_ID.read_text().strip() or None
+    except OSError:
+        return None
 
 
 def clock_synced() -> bool | None:
@@ -53,6 +67,10 @@ def encode_record(pick: Pick, meta: tuple, pipeline: str, device: str,
     features, thresholds, model_info, mono, wall = meta
     d: Decision = pick.decision
     window = pick.window
+    monotonic = pick.monotonic
+    if monotonic is None:
+        # A pick no sampler stamped: the round it was queued at, shifted by its age.
+        monotonic = mono - (wall - d.time)
     record = {
         "schema": SCHEMA_VERSION,
         "id": str(uuid.uuid4()),
@@ -63,9 +81,10 @@ def encode_record(pick: Pick, meta: tuple, pipeline: str, device: str,
         "model": {"name": d.model.name, "version": d.model.version,
                   "bundle_sha256": model_info.get((d.model.name, d.model.version))},
         "time": d.time,
-        # The round's monotonic time, shifted by the decision's age for context
-        # decisions of earlier rounds.
-        "monotonic": mono - (wall - d.time),
+        "monotonic": monotonic,
+        "boot_id": boot_id(),
+        "seq": pick.seq,
+        "clock_step_s": pick.clock_step_s,
         "clock_synced": synced,
         "rows": d.rows,
         "reasons": pick.reasons,
@@ -78,6 +97,9 @@ def encode_record(pick: Pick, meta: tuple, pipeline: str, device: str,
         "groups": d.groups,
         "window": None if window is None else window.tolist(),  # type: ignore[attr-defined]
     }
+    if pick.raw is not None:  # absent, not null, without include_rows: no bytes spent
+        record["raw_inputs"] = list(pick.raw_inputs)
+        record["raw_rows"] = pick.raw.tolist()  # type: ignore[attr-defined]
     return json.dumps(record, separators=(",", ":")).encode() + b"\n"
 
 

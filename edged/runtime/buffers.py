@@ -1,4 +1,5 @@
-"""Per-turbine ring buffers of feature rows, written in batches, read in order."""
+"""Per-turbine ring buffers of feature rows (and, optionally, of the raw rows they were
+computed from), written in batches, read in order."""
 
 from __future__ import annotations
 
@@ -10,14 +11,21 @@ class TurbineBuffers:
 
     One (turbines, history, features) array holds every ring, so a decision over many
     turbines gathers them with one fancy-indexing call instead of a Python loop.
+
+    With ``inputs`` > 0 a second (turbines, history, inputs) array keeps the raw rows
+    each feature row was computed from, in the same slots (pipeline capture's
+    ``include_rows``); with 0 (the default) there is none and nothing is copied.
     """
 
-    def __init__(self, history: int, features: int, max_turbines: int) -> None:
+    def __init__(self, history: int, features: int, max_turbines: int,
+                 inputs: int = 0) -> None:
         self.history = history
         self.features = features
+        self.inputs = inputs
         self.max_turbines = max_turbines
         self._capacity = min(max_turbines, 64)
         self._data = np.zeros((self._capacity, history, features))
+        self._raw = np.zeros((self._capacity, history, inputs)) if inputs else None
         self._pos = np.zeros(self._capacity, dtype=np.int64)  # next write slot
         self.count = np.zeros(self._capacity, dtype=np.int64)  # rows ever written
         self.last_seen = np.zeros(self._capacity)  # monotonic time of the last row
@@ -42,17 +50,29 @@ class TurbineBuffers:
         new = min(self.max_turbines, self._capacity * 2)
         pad = new - self._capacity
         self._data = np.concatenate([self._data, np.zeros((pad, *self._data.shape[1:]))])
+        if self._raw is not None:
+            self._raw = np.concatenate([self._raw, np.zeros((pad, *self._raw.shape[1:]))])
         self._pos = np.concatenate([self._pos, np.zeros(pad, dtype=np.int64)])
         self.count = np.concatenate([self.count, np.zeros(pad, dtype=np.int64)])
         self.last_seen = np.concatenate([self.last_seen, np.zeros(pad)])
         self._capacity = new
 
-    def write(self, slots: np.ndarray, rows: np.ndarray, now: float) -> None:
-        """Append ``rows[i]`` to turbine ``slots[i]``, keeping each turbine's order."""
+    @property
+    def keeps_raw(self) -> bool:
+        return self._raw is not None
+
+    def write(self, slots: np.ndarray, rows: np.ndarray, now: float,
+              raw: np.ndarray | None = None) -> None:
+        """Append ``rows[i]`` to turbine ``slots[i]``, keeping each turbine's order, and
+        ``raw[i]`` to its raw ring when there is one (``raw`` is then required)."""
         if len(slots) == 0:
             return
         order = np.argsort(slots, kind="stable")
         slots, rows = slots[order], rows[order]
+        if self._raw is not None:
+            if raw is None:
+                raise ValueError("these buffers keep raw rows: write() needs raw")
+            raw = raw[order]
         unique, first, per_turbine = np.unique(slots, return_index=True, return_counts=True)
         rank = np.arange(len(slots)) - np.repeat(first, per_turbine)
         # Only the last `history` rows of a turbine survive; writing the others would make
@@ -61,6 +81,8 @@ class TurbineBuffers:
         slots, rows, rank = slots[keep], rows[keep], rank[keep]
         ring = (self._pos[slots] + rank) % self.history
         self._data[slots, ring] = rows
+        if self._raw is not None:
+            self._raw[slots, ring] = raw[keep]  # type: ignore[index]
         self._pos[unique] = (self._pos[unique] + per_turbine) % self.history
         self.count[unique] += per_turbine
         self.last_seen[unique] = now
@@ -71,5 +93,14 @@ class TurbineBuffers:
 
     def gather(self, slots: np.ndarray) -> np.ndarray:
         """(len(slots), history, features), each turbine's rows oldest first."""
-        offsets = (self._pos[slots, None] + np.arange(self.history)) % self.history
-        return self._data[slots[:, None], offsets]
+        return self._data[slots[:, None], self._offsets(slots)]
+
+    def gather_raw(self, slots: np.ndarray) -> np.ndarray:
+        """(len(slots), history, inputs): the raw rows behind :meth:`gather`'s, in the
+        same order. Only for buffers made with ``inputs``."""
+        if self._raw is None:
+            raise ValueError("these buffers keep no raw rows (inputs=0)")
+        return self._raw[slots[:, None], self._offsets(slots)]
+
+    def _offsets(self, slots: np.ndarray) -> np.ndarray:
+        return (self._pos[slots, None] + np.arange(self.history)) % self.history

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Protocol
 
@@ -57,11 +57,21 @@ class Pipeline:
         self.queue: BoundedQueue[Readings] = BoundedQueue(
             f"pipeline.{name}", spec.queue.size, spec.queue.overflow
         )
+        # A raw ring beside the features only for a capture that records raw rows.
+        keep_raw = spec.capture is not None and spec.capture.spool.include_rows
         self.buffers = TurbineBuffers(
-            preprocessor.history, len(preprocessor.features), spec.max_turbines
+            preprocessor.history, len(preprocessor.features), spec.max_turbines,
+            inputs=len(preprocessor.inputs) if keep_raw else 0,
         )
         self.subscribers: list[Subscriber] = []
-        self.round_window: np.ndarray | None = None  # set only while subscribers run
+        # What a round hands its subscribers, set only while they run: the feature
+        # history and raw rows (None unless kept) behind decisions[i] in row i, and the
+        # monotonic time read beside the decisions' wall-clock time.
+        self.round_window: np.ndarray | None = None
+        self.round_raw: np.ndarray | None = None
+        self.round_monotonic: float | None = None
+        # Decision.time and event times; replaceable so a test can step the wall clock.
+        self.wall_clock: Callable[[], float] = time.time
         self._decided_at = np.zeros(0, dtype=np.int64)  # buffers.count at the last decision
         self._due_at = np.zeros(0)  # monotonic time each turbine is next due; -1: unset
         self._wake = asyncio.Event()  # set by ingest: rows arrived
@@ -177,7 +187,7 @@ class Pipeline:
             values, slots = values[good], slots[good]
         if len(slots):
             features = self.preprocessor.row_features(values)
-            self.buffers.write(slots, features, time.monotonic())
+            self.buffers.write(slots, features, time.monotonic(), values)
             self._wake.set()
         self.counters.inc("rows_accepted", len(slots), pipeline=self.name)
         return len(slots)
@@ -268,6 +278,7 @@ class Pipeline:
             return []
         # Copy the histories on the loop (ingest keeps writing); compute in a thread.
         history = self.buffers.gather(slots)
+        raw = self.buffers.gather_raw(slots) if self.buffers.keeps_raw else None
         self._decided_at[slots] = self.buffers.count[slots]
         self._reschedule(slots, time.monotonic())
         rows = self.buffers.count[slots].tolist()
@@ -280,7 +291,8 @@ class Pipeline:
         started = time.perf_counter()
         scores = await work
         self.latency.record(time.perf_counter() - started)
-        now = time.time()
+        now = self.wall_clock()
+        monotonic = time.monotonic()
         model = backend.model
         names = self.buffers.names
         group_flags = self._groups(scores.anomalous)
@@ -303,12 +315,12 @@ class Pipeline:
         self.counters.inc("anomalous_decisions", sum(d.is_anomalous for d in decisions),
                           pipeline=self.name)
         thresholds = scores.thresholds.tolist()
-        # The round's feature history, row i behind decisions[i], for subscribers that
-        # read it during on_decisions (capture): handed over, never copied.
-        self.round_window = history
+        # For subscribers that read them during on_decisions (capture): handed over,
+        # never copied.
+        self.round_window, self.round_raw, self.round_monotonic = history, raw, monotonic
         for subscriber in self.subscribers:
             subscriber.on_decisions(decisions, preprocessor.features, thresholds)
-        self.round_window = None
+        self.round_window = self.round_raw = self.round_monotonic = None
         shadow = self._shadow
         if shadow is not None and shadow[1] is stage:
             # Published first and not awaited: the candidate never delays a decision. On
@@ -372,7 +384,7 @@ class Pipeline:
         turbine = self.buffers.names[slot]
         self.counters.inc(kind, pipeline=self.name)
         log.warning(kind, pipeline=self.name, turbine=turbine, **(detail or {}))
-        event = Event(kind=kind, pipeline=self.name, turbine=turbine, time=time.time(),
-                      detail=detail)
+        event = Event(kind=kind, pipeline=self.name, turbine=turbine,
+                      time=self.wall_clock(), detail=detail)
         for subscriber in self.subscribers:
             subscriber.on_event(event)
