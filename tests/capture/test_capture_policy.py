@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
+import pytest
 
 from edged.capture.policy import (
     AnomalyPolicy,
@@ -10,6 +13,7 @@ from edged.capture.policy import (
     Pick,
     RatePolicy,
     ReservoirPolicy,
+    RoundClock,
     Sampler,
 )
 from edged.events import Decision, ModelRef
@@ -123,3 +127,84 @@ def test_window_rows_are_handed_to_picks():
 
 def test_sampler_without_policies_picks_nothing():
     assert Sampler().select([decision("a", 0, True)], 0.0) == []
+
+
+def test_before_context_carries_copies_of_its_own_rounds_rows():
+    sampler = Sampler(anomalies=AnomalyPolicy(before=2))
+    rounds = []
+    picks = []
+    for r in range(4):
+        window = np.full((2, 3, 2), float(r))  # (turbines, history, features)
+        raw = np.full((2, 3, 4), 10.0 + r)  # (turbines, history, inputs)
+        rounds.append((window, raw))
+        picks = sampler.select([decision("a", r, anomalous=(r == 3)), decision("b", r)],
+                               float(r), window, raw, ("i1", "i2", "i3", "i4"))
+        window[:] = -1.0  # the pipeline's next gather is a new array; this one is dead
+        raw[:] = -1.0
+    assert rows_of(picks) == [("a", 1, ("before",)), ("a", 2, ("before",)),
+                              ("a", 3, ("anomaly",))]
+    before = picks[:2]
+    for pick, r in zip(before, (1, 2), strict=True):
+        # Copies taken in its own round: what the round's arrays held then.
+        assert pick.window.tolist() == [[float(r)] * 2] * 3
+        assert pick.raw.tolist() == [[10.0 + r] * 4] * 3
+        assert pick.raw_inputs == ("i1", "i2", "i3", "i4")
+        assert not any(np.shares_memory(pick.window, w) for w, _ in rounds)
+        assert not any(np.shares_memory(pick.raw, x) for _, x in rounds)
+    # The anomaly's own rows are views of its round (read before the round ends).
+    assert np.shares_memory(picks[2].window, rounds[3][0])
+
+
+def test_before_context_without_rows_holds_none():
+    sampler = Sampler(anomalies=AnomalyPolicy(before=1))
+    sampler.select([decision("a", 0)], 0.0)
+    [before, anomaly] = sampler.select([decision("a", 1, anomalous=True)], 1.0)
+    assert before.window is None and before.raw is None and before.raw_inputs == ()
+    assert anomaly.window is None and anomaly.raw is None
+
+
+def test_picks_are_stamped_with_their_own_round():
+    sampler = Sampler(rate=RatePolicy(2), anomalies=AnomalyPolicy(before=1))
+    picks = []
+    for r in range(4):
+        # Wall clock = monotonic + 1.7e9: no step.
+        round_ = [replace(d, time=1.7e9 + 100.0 + r)
+                  for d in (decision("a", r, anomalous=(r == 3)), decision("b", r))]
+        picks += sampler.select(round_, 100.0 + r)
+    by_row = {(p.decision.turbine, p.decision.rows): p for p in picks}
+    # The before-context of the anomaly at round 3 was decided in round 1 and says so.
+    before = by_row[("a", 1)]
+    assert before.reasons == ["before"] and before.monotonic == 101.0
+    assert before.seq == 101_000_000_000  # turbine a is first in its round
+    assert by_row[("b", 2)].seq == 102_000_000_001 and by_row[("b", 2)].index == 1
+    assert by_row[("a", 3)].monotonic == 103.0
+    ordered = sorted(picks, key=lambda p: p.seq)
+    assert [p.monotonic for p in ordered] == sorted(p.monotonic for p in picks)
+    assert all(p.clock_step_s is None for p in picks)
+
+
+def test_sequence_numbers_grow_even_when_monotonic_time_does_not():
+    clock = RoundClock()
+    first, _ = clock.stamp(5.0, None, 3)
+    again, _ = clock.stamp(5.0, None, 2)  # same instant: continue after the last
+    assert (first, again) == (5_000_000_000, 5_000_000_003)
+    later, _ = clock.stamp(6.0, None, 1)
+    assert later == 6_000_000_000
+    # A daemon restarted in the same boot starts from its own, later, monotonic time.
+    assert RoundClock().stamp(7.0, None, 1)[0] > later
+
+
+def test_round_clock_reports_a_wall_clock_step_once_either_way():
+    clock = RoundClock()
+    offset = 1_700_000_000.0
+
+    def step_at(now: float, wall_offset: float) -> float | None:
+        return clock.stamp(now, now + wall_offset, 1)[1]
+
+    assert step_at(10.0, offset) is None  # nothing to compare with yet
+    assert step_at(11.0, offset + 0.01) is None  # jitter
+    assert step_at(1011.0, offset + 0.01 + 0.4) is None  # slewed, 400 ppm over 1000 s
+    assert step_at(1012.0, offset - 3600) == pytest.approx(-3600.41)
+    assert step_at(1013.0, offset - 3600) is None  # reported at its round only
+    assert step_at(1014.0, offset + 3600) == pytest.approx(7200.0)
+    assert step_at(1015.0, offset + 3600.2) == pytest.approx(0.2)  # a small one too
