@@ -136,8 +136,9 @@ class CloudAlarms:
             self.counters.inc("cloud_alarms", result="sent")
 
     @property
-    def queued(self) -> int:
-        return len(self._pending)
+    def pending(self) -> tuple[Event, ...]:
+        """The events waiting to go out, oldest first."""
+        return tuple(self._pending)
 
     def _warn(self, event: str, **fields: object) -> None:
         suppressed = self._rate_limit.allow(event)

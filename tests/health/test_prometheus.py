@@ -81,3 +81,26 @@ async def test_a_port_already_taken_leaves_the_daemon_running_without_it(tmp_pat
         async with daemon(config) as graph:
             await eventually(lambda: graph.counters.get("decisions", pipeline="turbines"))
         assert graph.metrics.address is None
+
+
+async def test_the_data_budget_is_scraped_as_today_s_figures(tmp_path: Path):
+    # No broker: the budget counts whatever uploads, cloud link up or not.
+    config = write_config(tmp_path, (
+        f'metrics: {{listen: "127.0.0.1:{free_port()}"}}\n'
+        f"cloud:\n  broker: {{host: 127.0.0.1, port: {free_port()}}}\n"
+        "  data_budget: {daily_mb: 2, capture_share: 0.5}\n"))
+    async with daemon(config) as graph:
+        graph.budget.charge("capture", 1234)
+        assert not graph.budget.allows("capture", 1_000_000)
+        text = await asyncio.to_thread(scrape, graph.metrics.address)
+    assert value(text, "edged_data_budget_bytes") == 2_000_000
+    assert value(text, 'edged_data_budget_used_bytes{priority="capture"}') == 1234
+    assert value(text, 'edged_data_budget_used_bytes{priority="critical"}') == 0
+    assert value(text, 'edged_data_budget_ceiling_bytes{priority="capture"}') == 1_000_000
+    assert value(text, 'edged_data_budget_ceiling_bytes{priority="heartbeat"}') == 1_800_000
+    assert value(text, 'edged_data_budget_deferred{priority="capture"}') == 1
+    assert value(text, "edged_data_budget_over_bytes") == 0
+    assert 0 < value(text, "edged_data_budget_reset_seconds") <= 86400
+    # Since the start, through the daemon's counters:
+    assert value(text, 'edged_budget_bytes_total{priority="capture"}') == 1234
+    assert value(text, 'edged_budget_deferred_total{priority="capture"}') == 1

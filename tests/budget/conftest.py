@@ -1,0 +1,163 @@
+"""A device on a metered cloud link, all real parts: mosquitto, a daemon graph run
+in-process, a recorder subscribed to what the device publishes, and a TCP forwarder
+between device and broker that counts the device's bytes and can cut the link."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+from pathlib import Path
+
+import aiomqtt
+
+from edged.builtin.mqtt.connection import publish_size
+from edged.testing import (
+    eventually,  # noqa: F401  (the tests import it from here)
+    free_port,
+)
+from edged.testing import running_graph as daemon  # noqa: F401
+
+THING = "turbine-gw-5"
+
+CONFIG = """\
+device: {{id: {thing}}}
+state_dir: {state_dir}
+log: {{level: info, stats_interval_s: 0}}
+sources:
+  farm: {{type: simulator, turbines: 4, rate_hz: 20, seed: 3, history_s: 25{faults}}}
+pipelines:
+  turbines:
+    inputs: [farm]
+    preprocessor: {{type: windturbine}}
+    inference: {{type: onnx, model: "builtin:windturbine-v1"}}
+    interval_s: 0.3
+cloud:
+  broker: {{host: 127.0.0.1, port: {port}, reconnect_min_s: 0.1, reconnect_max_s: 0.5}}
+{cloud}
+"""
+
+
+def write_config(tmp: Path, port: int, cloud: str, faults: str = "") -> Path:
+    """The daemon's config; ``cloud``: the cloud section's lines after ``broker``."""
+    path = tmp / "edged.yaml"
+    path.write_text(CONFIG.format(thing=THING, state_dir=tmp / "state", port=port,
+                                  cloud=cloud, faults=f", faults: {faults!r}" if faults
+                                  else ""))
+    return path
+
+
+class Recorder:
+    """Subscribed (QoS 1) to ``topics`` on the broker: every message as it arrived,
+    topic and raw payload."""
+
+    def __init__(self, host: str, port: int, topics: list[str]) -> None:
+        self.host, self.port, self.topics = host, port, topics
+        self.messages: list[tuple[str, bytes]] = []
+        self._task: asyncio.Task | None = None
+
+    def on(self, topic: str) -> list[bytes]:
+        return [payload for t, payload in self.messages if t == topic]
+
+    def bytes_published(self, topic: str | None = None) -> int:
+        """What the device was charged for the messages received (QoS 1 each)."""
+        return sum(publish_size(t, payload, 1) for t, payload in self.messages
+                   if topic is None or t == topic)
+
+    async def __aenter__(self) -> Recorder:
+        subscribed = asyncio.Event()
+        self._task = asyncio.create_task(self._record(subscribed), name="test[recorder]")
+        await asyncio.wait_for(subscribed.wait(), 10)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def _record(self, subscribed: asyncio.Event) -> None:
+        async with aiomqtt.Client(self.host, self.port, identifier="test-recorder") as client:
+            await client.subscribe([(topic, 1) for topic in self.topics])
+            subscribed.set()
+            async for message in client.messages:
+                self.messages.append((str(message.topic), bytes(message.payload)))
+
+
+class Forwarder:
+    """127.0.0.1:``port`` forwarded to ``target_port``, counting the bytes clients send
+    (``upstream``). ``cut()`` closes every connection and refuses new ones, as a lost
+    cellular link looks to the device; ``restore()`` serves the port again."""
+
+    def __init__(self, target_port: int) -> None:
+        self.port = free_port()
+        self.target_port = target_port
+        self.upstream = 0
+        self._lock = threading.Lock()
+        self._connections: set[socket.socket] = set()
+        self._listener: socket.socket | None = None
+        self._accepting: threading.Thread | None = None
+
+    def restore(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(16)
+        self._listener = listener
+        self._accepting = threading.Thread(target=self._accept, args=(listener,),
+                                           daemon=True, name=f"forward-{self.port}")
+        self._accepting.start()
+
+    def cut(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
+        if self._accepting is not None:
+            self._accepting.join()
+        with self._lock:
+            connections, self._connections = self._connections, set()
+        for sock in connections:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def __enter__(self) -> Forwarder:
+        self.restore()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cut()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # cut
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._connections.update((client, upstream))
+            threading.Thread(target=self._pump, args=(client, upstream, True),
+                             daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False),
+                             daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, counted: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if counted:  # before forwarding: once the broker has it, it is counted
+                    with self._lock:
+                        self.upstream += len(data)
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
