@@ -64,3 +64,23 @@ def test_a_good_section_gives_the_budget_and_its_defaults():
             budget.over_budget_heartbeat_s) == (50, 0.7, 0.9, 3600)
     assert config.cloud.alarms.topic == "edged/{thing}/alarms"
     assert config.cloud.alarms.events == ["alarm", "clear"]
+
+
+def test_the_health_page_samples_validate():
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from edged.cloud import CloudConfig
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "health.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", page, re.DOTALL)
+    daemons = [b for b in blocks if "pipelines:" in b]
+    assert len(daemons) == 2 and len(blocks) == 3
+    for block in daemons:
+        parse_config(block, "docs/health.md", REGISTRY)
+    budget = parse_config(daemons[1], "docs/health.md", REGISTRY).cloud.data_budget
+    assert budget.daily_mb == 50 and budget.capture_share == 0.7
+    alarms = CloudConfig.model_validate(yaml.safe_load(blocks[2])["cloud"]).alarms
+    assert alarms.queue_size == 1000 and alarms.events == ["alarm", "clear"]
