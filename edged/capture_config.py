@@ -73,6 +73,11 @@ class UploadSpec(_Strict):
     max_records: int = Field(10_000, ge=1, description="Records per upload at most.")
     retry_backoff_s: float = Field(1.0, gt=0, description="First retry delay; doubles.")
     max_backoff_s: float = Field(60.0, gt=0, description="Upper bound of the retry delay.")
+    attempts: int = Field(5, ge=1, description="Attempts at an upload the destination "
+                          "refuses for good (no such bucket, access denied) before its "
+                          "records are set aside under the spool's failed/ folder. An "
+                          "unreachable or throttling destination is retried for as long "
+                          "as it takes.")
 
 
 class PipelineCaptureSpec(_Strict):

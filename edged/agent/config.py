@@ -24,6 +24,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError
 
 from edged.capture.store import CapturePolicy, CaptureSettings
+from edged.capture_config import IotCredentialsSpec, split_iot_endpoint
 from edged.config import DeviceSpec, LogSpec, Strict, _Problems, load_config_yaml
 from edged.config_yaml import Location
 from edged.errors import ConfigError
@@ -71,6 +72,10 @@ class AgentConfig(Strict):
     verify_models: bool = Field(
         True, description="Check the SHA-256 of every file a model's manifest lists.")
     capture: CaptureSection = Field(default_factory=CaptureSection)
+    credentials: IotCredentialsSpec | None = Field(
+        None, description="S3 credentials for the Cloud destination from the AWS IoT "
+        "credentials provider, for the device's certificate (docs/credentials.md); the "
+        "thing name defaults to device_name. Absent: the standard AWS chain.")
 
     def capture_settings(self) -> CaptureSettings:
         c = self.capture
@@ -106,9 +111,15 @@ class LoadedAgentConfig:
 # -- the agent JSON -------------------------------------------------------------------------
 
 _CAPTURE = "sagemaker_edge_core_capture_data_"
-_CREDENTIALS_NOTE = ("not used: S3 uploads take credentials from the standard AWS chain "
-                     "(environment, shared files, instance role), not the IoT credentials "
-                     "provider")
+_ENDPOINT = "sagemaker_edge_provider_aws_iot_cred_endpoint"
+_CREDENTIAL_FILES = ("sagemaker_edge_provider_aws_cert_file",
+                     "sagemaker_edge_provider_aws_cert_pk_file",
+                     "sagemaker_edge_provider_aws_ca_cert_file")
+_CREDENTIALS_NOTE = (f"not used without {_ENDPOINT}: S3 uploads take credentials from the "
+                     "standard AWS chain (environment, shared files, instance role)")
+
+_EMBED_NOTE = ("obsolete: tensors and auxiliary data are always inline (base64) in the "
+               "capture record; there are no separate files")
 
 #: JSON key -> location in the YAML shape (under ``agent:``).
 JSON_KEYS: dict[str, Location] = {
@@ -122,7 +133,11 @@ JSON_KEYS: dict[str, Location] = {
     f"{_CAPTURE}buffer_size": ("capture", "buffer_size"),
     f"{_CAPTURE}batch_size": ("capture", "batch_size"),
     f"{_CAPTURE}push_period_seconds": ("capture", "push_period_s"),
-    f"{_CAPTURE}base64_embed_limit": ("capture", "base64_embed_limit"),
+    # The IoT credentials provider (edged.iot_credentials), used when the endpoint is set.
+    _ENDPOINT: ("credentials", "endpoint"),
+    "sagemaker_edge_provider_aws_cert_file": ("credentials", "cert_file"),
+    "sagemaker_edge_provider_aws_cert_pk_file": ("credentials", "key_file"),
+    "sagemaker_edge_provider_aws_ca_cert_file": ("credentials", "ca_file"),
     # edged's own settings, for devices that keep the JSON file.
     "edged_model_roots": ("model_roots",),
     "edged_max_request_bytes": ("max_request_bytes",),
@@ -140,10 +155,6 @@ IGNORED_KEYS: dict[str, str] = {
     "sagemaker_edge_core_root_certs_path":
         "not used: models are not signed with AWS's key; edged checks the SHA-256 of "
         "every file listed in a model's manifest.json",
-    "sagemaker_edge_provider_aws_ca_cert_file": _CREDENTIALS_NOTE,
-    "sagemaker_edge_provider_aws_cert_file": _CREDENTIALS_NOTE,
-    "sagemaker_edge_provider_aws_cert_pk_file": _CREDENTIALS_NOTE,
-    "sagemaker_edge_provider_aws_iot_cred_endpoint": _CREDENTIALS_NOTE,
     "sagemaker_edge_provider_provider_path":
         "obsolete: S3 upload is built into edged; no provider library is loaded",
     f"{_CAPTURE}periodic_upload":
@@ -154,6 +165,7 @@ IGNORED_KEYS: dict[str, str] = {
         "push_period_seconds",
     "sagemaker_edge_telemetry_libsystemd_path":
         "obsolete: edged speaks the systemd notify protocol itself",
+    f"{_CAPTURE}base64_embed_limit": _EMBED_NOTE,
 }
 
 _PROVIDER = "sagemaker_edge_provider_provider"
@@ -237,6 +249,7 @@ def _parse_json(text: str, filename: str) -> LoadedAgentConfig:
             add(key, f"unknown key '{key}' (the agent JSON holds sagemaker_edge_* and "
                 "edged_* keys; see docs/agent.md)")
     shaped.setdefault("device_name", DeviceSpec().id)
+    _credentials(data, shaped, ignored, add)
     if data.get(_PROVIDER) == "None" and data.get(f"{_CAPTURE}destination") == "Cloud":
         add(f"{_CAPTURE}destination", "'Cloud' needs sagemaker_edge_provider_provider 'Aws' "
             "(it is 'None')")
@@ -247,6 +260,34 @@ def _parse_json(text: str, filename: str) -> LoadedAgentConfig:
     if problems.items or config is None:
         raise ConfigError(problems.items)
     return LoadedAgentConfig(config, Path(filename), "json", log, ignored)
+
+
+def _credentials(data: dict[str, Any], shaped: dict[str, Any],
+                 ignored: list[tuple[str, str]], add: Any) -> None:
+    """The old agent's IoT credentials keys as a ``credentials: {provider: iot}``
+    section; the certificate keys alone (an empty endpoint) are ignored."""
+    credentials = shaped.get("credentials")
+    if credentials is None:
+        return
+    if not data.get(_ENDPOINT):
+        del shaped["credentials"]
+        ignored.extend((key, _CREDENTIALS_NOTE) for key in (_ENDPOINT, *_CREDENTIAL_FILES)
+                       if key in data)
+        return
+    credentials["provider"] = "iot"
+    try:
+        _, _, alias = split_iot_endpoint(str(data[_ENDPOINT]))
+    except ValueError:
+        return  # the section's own validation reports it, under the endpoint's key
+    fleet = data.get("sagemaker_edge_core_device_fleet_name")
+    if alias is None and fleet:
+        # The alias SageMaker Edge Manager's CreateDeviceFleet makes for a fleet.
+        credentials["role_alias"] = f"SageMakerEdge-{fleet}"
+    elif alias is None:
+        add(_ENDPOINT, "give the full https://<endpoint>/role-aliases/<role alias>/credentials "
+            "URL, or sagemaker_edge_core_device_fleet_name for the fleet's alias "
+            "SageMakerEdge-<fleet>")
+        del shaped["credentials"]
 
 
 # -- edged YAML -----------------------------------------------------------------------------
@@ -265,10 +306,16 @@ def _parse_yaml(text: str, filename: str) -> LoadedAgentConfig:
         raise ConfigError(problems.items) from None
     body = dict(top.agent)
     body.setdefault("device_name", top.device.id)
+    ignored: list[tuple[str, str]] = []
+    capture = body.get("capture")
+    if isinstance(capture, dict) and "base64_embed_limit" in capture:
+        # Meaningful in earlier releases: a file written for them must still load.
+        body["capture"] = {k: v for k, v in capture.items() if k != "base64_embed_limit"}
+        ignored.append(("agent.capture.base64_embed_limit", _EMBED_NOTE))
     config = _validate(body, ("agent",), problems, Path(filename))
     if problems.items or config is None:
         raise ConfigError(problems.items)
-    return LoadedAgentConfig(config, Path(filename), "yaml", top.log, [])
+    return LoadedAgentConfig(config, Path(filename), "yaml", top.log, ignored)
 
 
 # -- both -------------------------------------------------------------------------------------
@@ -294,6 +341,11 @@ def _validate(body: dict[str, Any], prefix: Location, problems: _Problems,
     updates: dict[str, Any] = {
         "model_roots": [base / root if not root.is_absolute() else root
                         for root in config.model_roots]}
+    if config.credentials is not None:
+        c = config.credentials
+        updates["credentials"] = c.model_copy(update={
+            name: base / path for name in ("cert_file", "key_file", "ca_file")
+            if (path := getattr(c, name)) is not None and not path.is_absolute()})
     if capture.disk_path is not None and not capture.disk_path.is_absolute():
         updates["capture"] = capture.model_copy(update={"disk_path": base / capture.disk_path})
     config = config.model_copy(update=updates)

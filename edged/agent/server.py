@@ -54,7 +54,9 @@ from edged.capture.store import (
     DuplicateCaptureId,
     TensorData,
 )
+from edged.errors import ModelError
 from edged.metrics import Counters
+from edged.modelpkg import MANIFEST, read_manifest
 
 log = structlog.get_logger("edged.agent")
 
@@ -235,6 +237,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         ts = request.inference_timestamp
         return CaptureRecord(
             model_name=request.model_name,
+            model_version=_model_version(model),
             capture_id=request.capture_id,
             inference_timestamp=(ts.seconds, ts.nanos),
             input_tensors=tensors(request.input_tensors, model and model.inputs,
@@ -253,6 +256,18 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             raise InvalidArgument("capture_id is empty")
         return pb.GetCaptureDataStatusResponse(
             status=_STATUS[store.status(request.capture_id)])
+
+
+def _model_version(model: LoadedModel | None) -> int | None:
+    """The version in a loaded model's manifest (the capture's ``version=`` partition);
+    None for a bare ``*.onnx`` directory, a model not loaded here, or an unreadable
+    manifest."""
+    if model is None or not (model.directory / MANIFEST).is_file():
+        return None
+    try:
+        return read_manifest(model.directory, verify=False).version
+    except (ModelError, OSError):
+        return None
 
 
 def _prepare_socket(path: Path) -> None:

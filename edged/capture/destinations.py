@@ -1,20 +1,19 @@
-"""Where batches go: files under ``disk_path`` (Disk) or objects in S3 (Cloud).
+"""Where uploads go: files under a folder (Disk) or objects in S3 (Cloud).
 
-Both take the objects :func:`edged.capture.batch.build_batch` makes and write them in
-order, the manifest last. Both block; the store calls them from a thread. A failure is
-raised as :class:`DeliveryError`, marked ``transient`` when waiting is likely to cure it
-(the endpoint is unreachable, slow or throttling): the store retries those for as long
-as it takes, and everything else a bounded number of times.
+Both take the ``(key, bytes)`` objects :func:`edged.capture.segments.build_objects`
+makes. Both block; the uplink calls them from a thread. A failure is raised as
+:class:`DeliveryError`, marked ``transient`` when waiting is likely to cure it (the
+endpoint is unreachable, slow or throttling): the uplink retries those for as long as
+it takes, and everything else a bounded number of times.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
-from edged.capture.spool import makedirs_durably, write_durably
-from edged.durable import fsync_dir
+from edged.capture.spool import makedirs_durably
+from edged.durable import write_durably
 from edged.errors import EdgedError
 
 # S3 error codes that mean "later", whatever the HTTP status says.
@@ -51,7 +50,8 @@ def clean_prefix(prefix: str) -> str:
 
 
 class DiskDestination:
-    """Batches as files under ``root`` (``disk_path/folder_prefix``)."""
+    """Objects as files under ``root``, each written through a temporary name: a file
+    that exists is whole, and a replay rewrites it with the same bytes."""
 
     name = "Disk"
 
@@ -66,48 +66,34 @@ class DiskDestination:
             raise DeliveryError(f"cannot create {self.root}: {exc}", transient=False) from exc
 
     def write(self, objects: list[tuple[str, bytes]]) -> None:
-        *data, (manifest_key, manifest) = objects
-        try:
-            written_dirs: set[Path] = set()
-            for key, body in data:
-                path = self.root / key
-                if path.parent not in written_dirs:
-                    makedirs_durably(path.parent, self.fsync)
-                    written_dirs.add(path.parent)
-                # Rewritten in place on a replay: same batch id, same bytes.
-                with open(path, "wb") as f:
-                    f.write(body)
-                    if self.fsync:
-                        f.flush()
-                        os.fsync(f.fileno())
-            if self.fsync:
-                for directory in written_dirs:
-                    fsync_dir(directory)
-            manifest_path = self.root / manifest_key
-            makedirs_durably(manifest_path.parent, self.fsync)
-            write_durably(manifest_path, [manifest], self.fsync)
-        except OSError as exc:
-            raise DeliveryError(f"writing batch {manifest_key}: {exc}",
-                                transient=False) from exc
+        for key, body in objects:
+            path = self.root / key
+            try:
+                makedirs_durably(path.parent, self.fsync)
+                write_durably(path, [body], self.fsync)
+            except OSError as exc:
+                raise DeliveryError(f"writing {path}: {exc}", transient=False) from exc
 
     def close(self) -> None:
         pass
 
 
 class S3Destination:
-    """Batches as objects under ``s3://bucket/prefix/``; boto3 is imported on open."""
+    """Objects under ``s3://bucket/prefix/``; boto3 is imported on open."""
 
     name = "Cloud"
 
     def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
                  region: str | None = None, connect_timeout_s: float = 5.0,
-                 read_timeout_s: float = 30.0) -> None:
+                 read_timeout_s: float = 30.0, credentials: Any = None) -> None:
         self.bucket = bucket
         self.prefix = prefix
         self.endpoint_url = endpoint_url
         self.region = region
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
+        # An edged.iot_credentials.IotCredentialsProvider, or None: the standard AWS chain.
+        self.credentials = credentials
         self._client: Any = None
         self._errors: tuple[type[Exception], ...] = ()
 
@@ -125,13 +111,15 @@ class S3Destination:
         config = Config(
             connect_timeout=self.connect_timeout_s,
             read_timeout=self.read_timeout_s,
-            # The store retries whole batches with its own backoff, for as long as the
+            # The uplink retries whole uploads with its own backoff, for as long as the
             # endpoint is down; botocore's few quick retries would only add to the wait.
             retries={"total_max_attempts": 1},
             # S3-compatible stores (and moto) on an IP address want path-style URLs.
             s3={"addressing_style": "path"} if self.endpoint_url else None,
         )
-        self._client = boto3.session.Session().client(
+        session = (boto3.session.Session() if self.credentials is None
+                   else self.credentials.session())
+        self._client = session.client(
             "s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config)
         self._errors = (BotoCoreError, ClientError)
 

@@ -1,5 +1,5 @@
 """Sampled capture of a pipeline's decisions: subscriber -> bounded queue -> writer ->
-segment spool -> uploader -> S3 or disk. See docs/capture.md, "Pipeline capture".
+the capture uplink (segment spool, budget, uploads) -> S3 or disk. See docs/capture.md.
 
 The decision path only runs the sampling policies and ``put_nowait``: it never waits
 for the disk or the network. A full queue drops the new picks, counted as
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,10 +22,9 @@ import structlog
 from edged.capture.decision_records import Item, clock_synced, encode_record, manifest_hash
 from edged.capture.destinations import Destination, DiskDestination, S3Destination
 from edged.capture.policy import AnomalyPolicy, Pick, RatePolicy, ReservoirPolicy, Sampler
-from edged.capture.segments import Segment, SegmentSpool, Upload, build_objects
+from edged.capture.uplink import Budget, CaptureUplink, Entry, UplinkSettings
 from edged.capture_config import PipelineCaptureSpec
 from edged.events import Decision, Event
-from edged.log import RateLimit
 from edged.metrics import Counters
 
 log = structlog.get_logger("edged.capture.pipeline")
@@ -59,7 +57,8 @@ class PipelineCapture:
     def __init__(self, pipeline: str, spec: PipelineCaptureSpec, *, device: str,
                  root: Path, counters: Counters, source: Any = None,
                  destination: Destination | None = None,
-                 clock: Callable[[], bool | None] = clock_synced) -> None:
+                 clock: Callable[[], bool | None] = clock_synced,
+                 budget: Budget | None = None) -> None:
         self.pipeline = pipeline
         self.spec = spec
         self.device = device
@@ -67,44 +66,32 @@ class PipelineCapture:
         self.sampler = build_sampler(spec)
         self._source = source  # the Pipeline: its round window and backend manifest
         fsync = spec.spool.fsync != "never"
-        self.spool = SegmentSpool(root, fsync=fsync)
-        self.destination = destination or build_destination(spec, fsync)
+        upload = spec.upload
+        self.uplink = CaptureUplink(
+            root, destination or build_destination(spec, fsync),
+            UplinkSettings(interval_s=upload.interval_s, max_records=upload.max_records,
+                           retry_backoff_s=upload.retry_backoff_s,
+                           max_backoff_s=upload.max_backoff_s,
+                           upload_attempts=upload.attempts, fsync=spec.spool.fsync,
+                           budget_bytes=int(spec.spool.budget_mb * 1024 * 1024)),
+            device=device, counters=counters, labels={"pipeline": pipeline}, budget=budget)
         self._clock = clock
-        self._budget = int(spec.spool.budget_mb * 1024 * 1024)
         self.queue: asyncio.Queue[Item] = asyncio.Queue(spec.spool.queue_size)
-        self._segments: dict[str, Segment] = {}  # oldest first
-        self._claimed: set[str] = set()
-        self._bytes = 0
-        self._waiting = 0  # records in segments no upload claimed
-        self._seq = 0
-        self._replay: list[Upload] = []
-        self._upload_now = asyncio.Event()
         self._models: dict[tuple[str, int], str | None] = {}
         self._last_round: tuple[Sequence[str], Sequence[float]] = ((), ())
-        self._rate_limit = RateLimit()
 
     # -- life cycle ----------------------------------------------------------------------
 
     async def __aenter__(self) -> PipelineCapture:
-        segments, self._replay = await asyncio.to_thread(self.spool.open)
-        try:
-            await asyncio.to_thread(self.destination.open)
-        except BaseException:
-            self.spool.close()
-            raise
-        for segment in segments:
-            self._add(segment)
-        self._seq = segments[-1].seq + 1 if segments else 0
-        for upload in self._replay:
-            self._claim(upload.segments)
-        if segments:
-            log.info("capture_replay", pipeline=self.pipeline, segments=len(segments),
-                     records=sum(s.count for s in segments), uploads=len(self._replay))
+        await self.uplink.__aenter__()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await asyncio.to_thread(self.destination.close)
-        self.spool.close()
+        await self.uplink.__aexit__(*exc)
+
+    @property
+    def destination(self) -> Destination:
+        return self.uplink.destination
 
     # -- figures -------------------------------------------------------------------------
 
@@ -112,12 +99,12 @@ class PipelineCapture:
     def pending(self) -> int:
         """Records in the spool not yet acknowledged by the destination (an upload in
         flight included); picks still queued for the writer are not counted."""
-        return sum(segment.count for segment in self._segments.values())
+        return self.uplink.pending
 
     @property
     def pending_bytes(self) -> int:
         """Bytes of the spool's segments not yet acknowledged by the destination."""
-        return self._bytes
+        return self.uplink.pending_bytes
 
     def dropped(self) -> int:
         """Records this pipeline's capture dropped (``capture_dropped``, every reason)."""
@@ -198,162 +185,34 @@ class PipelineCapture:
         return items
 
     async def write(self, items: list[Item]) -> None:
-        """Append ``items`` to the spool (anomalous and other records in separate
-        segments), then hold the spool to its budget."""
+        """Encode ``items`` (in a thread) and hand them to the uplink: durable in the
+        spool, anomalous and other records in separate segments, within the budget."""
         if not items:
             return
-        per_record = self.spec.spool.fsync == "always"
-        first = self._seq
-        self._seq += len(items) if per_record else 2
-        work = asyncio.ensure_future(asyncio.to_thread(self._write_segments, items, first,
-                                                       per_record))
+        work = asyncio.ensure_future(self._encode_and_write(items))
         try:
-            segments = await asyncio.shield(work)
+            await asyncio.shield(work)
         except asyncio.CancelledError:
-            segments = await work  # the thread writes regardless: keep the books right
-            self._written(segments)
+            await work  # picks taken off the queue are written regardless
             raise
-        self._written(segments)
-        await self._enforce_budget()
 
-    def _write_segments(self, items: list[Item], seq: int, per_record: bool) -> list[Segment]:
+    async def _encode_and_write(self, items: list[Item]) -> None:
+        entries = await asyncio.to_thread(self._encode, items)
+        await self.uplink.write(entries)
+
+    def _encode(self, items: list[Item]) -> list[Entry]:
         synced = self._clock()
-        encoded = [(pick.decision.is_anomalous,
-                    encode_record(pick, meta, self.pipeline, self.device, synced))
-                   for pick, meta in items]
-        if per_record:
-            return [self.spool.write_segment(seq + i, anomalous, [line])
-                    for i, (anomalous, line) in enumerate(encoded)]
-        segments = []
-        for offset, flag in enumerate((True, False)):
-            lines = [line for anomalous, line in encoded if anomalous is flag]
-            if lines:
-                segments.append(self.spool.write_segment(seq + offset, flag, lines))
-        return segments
-
-    def _written(self, segments: list[Segment]) -> None:
-        for segment in segments:
-            self._add(segment)
-            self.counters.inc("capture_records", segment.count, pipeline=self.pipeline)
-        if self._waiting >= self.spec.upload.max_records:
-            self._upload_now.set()
-
-    def _add(self, segment: Segment) -> None:
-        self._segments[segment.name] = segment
-        self._bytes += segment.size
-        self._waiting += segment.count
-
-    def _claim(self, names: Sequence[str]) -> None:
-        for name in names:
-            if name in self._segments and name not in self._claimed:
-                self._claimed.add(name)
-                self._waiting -= self._segments[name].count
-
-    def _unclaim(self, names: Sequence[str]) -> None:
-        for name in names:
-            if name in self._claimed:
-                self._claimed.discard(name)
-                self._waiting += self._segments[name].count
-
-    def _remove(self, names: Sequence[str]) -> None:
-        for name in names:
-            segment = self._segments.pop(name, None)
-            if segment is not None:
-                self._bytes -= segment.size
-                if name not in self._claimed:
-                    self._waiting -= segment.count
-            self._claimed.discard(name)
-
-    async def _enforce_budget(self) -> None:
-        if self._bytes <= self._budget:
-            return
-        victims: list[Segment] = []
-        over = self._bytes - self._budget
-        for anomalous in (False, True):
-            for name, segment in self._segments.items():
-                if over <= 0:
-                    break
-                if segment.anomalous is anomalous and name not in self._claimed:
-                    victims.append(segment)
-                    over -= segment.size
-        if not victims:
-            return  # everything is in an upload in flight
-        names = [s.name for s in victims]
-        self._remove(names)
-        for segment in victims:
-            self.counters.inc("capture_dropped", segment.count, pipeline=self.pipeline,
-                              reason="budget_anomaly" if segment.anomalous else "budget")
-        await asyncio.to_thread(self.spool.delete_segments, names)
-        self._warn("capture_budget_drop", records=sum(s.count for s in victims))
+        return [(pick.decision.is_anomalous,
+                 encode_record(pick, meta, self.pipeline, self.device, synced))
+                for pick, meta in items]
 
     # -- the uploader --------------------------------------------------------------------
 
     async def upload_loop(self) -> None:
-        """Deliver uploads a previous run left unfinished, then every ``interval_s`` (or
-        as soon as ``max_records`` are pending) upload what is spooled, oldest first."""
-        while self._replay:
-            await self._deliver(self._replay[0])
-            self._replay.pop(0)
-        while True:
-            await self.upload_pending()
-            self._upload_now.clear()
-            try:
-                async with asyncio.timeout(self.spec.upload.interval_s):
-                    await self._upload_now.wait()
-            except TimeoutError:
-                pass
+        """The uplink's uploader: every ``interval_s``, sooner once ``max_records`` are
+        waiting; unfinished uploads of a previous run first."""
+        await self.uplink.upload_loop()
 
     async def upload_pending(self) -> int:
-        """Upload every unclaimed segment, in batches of at most ``max_records`` (a
-        segment is never split); return the records uploaded."""
-        uploaded = 0
-        while True:
-            names: list[str] = []
-            records = 0
-            for name, segment in self._segments.items():
-                if name in self._claimed:
-                    continue
-                if names and records + segment.count > self.spec.upload.max_records:
-                    break
-                names.append(name)
-                records += segment.count
-            if not names:
-                return uploaded
-            upload = Upload(str(uuid.uuid4()), tuple(names))
-            self._claim(names)
-            try:
-                await asyncio.to_thread(self.spool.write_upload, upload)
-            except BaseException:
-                self._unclaim(names)
-                raise
-            await self._deliver(upload)
-            uploaded += records
-
-    async def _deliver(self, upload: Upload) -> None:
-        records = sum(self._segments[n].count for n in upload.segments if n in self._segments)
-        lines = await asyncio.to_thread(self.spool.read_lines, upload.segments)
-        objects = await asyncio.to_thread(build_objects, upload.batch_id, lines, self.device)
-        delay = self.spec.upload.retry_backoff_s
-        while True:
-            try:
-                if objects:
-                    await asyncio.to_thread(self.destination.write, objects)
-                break
-            except Exception as exc:
-                # Retried for as long as it takes: nothing leaves the spool unacknowledged,
-                # and a destination's bug must not end the daemon.
-                self.counters.inc("capture_upload_failures", pipeline=self.pipeline)
-                self._warn("capture_upload_failed", error=f"{type(exc).__name__}: {exc}",
-                           transient=getattr(exc, "transient", False), retry_in_s=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.spec.upload.max_backoff_s)
-        await asyncio.to_thread(self.spool.finish_upload, upload)
-        self._remove(upload.segments)
-        self.counters.inc("capture_uploaded", records, pipeline=self.pipeline)
-        self.counters.inc("capture_objects", len(objects), pipeline=self.pipeline)
-
-    def _warn(self, event: str, **fields: Any) -> None:
-        suppressed = self._rate_limit.allow(event)
-        if suppressed is not None:
-            log.warning(event, pipeline=self.pipeline, suppressed_since_last=suppressed,
-                        **fields)
+        """Upload everything spooled now; return the records acknowledged."""
+        return await self.uplink.upload_pending()

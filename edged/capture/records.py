@@ -1,10 +1,16 @@
-"""What one capture holds, and the checks a record passes before it is spooled."""
+"""What one CaptureData capture holds, the checks it passes before it is spooled, and
+its JSON line (the ``agent`` record kind of docs/capture.md)."""
 
 from __future__ import annotations
 
+import base64
+import json
 import math
 import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+AGENT_SCHEMA = 1
 
 #: Bytes per element of each data type the Edge Agent API knows.
 DTYPE_SIZES = {"uint8": 1, "int16": 2, "int32": 4, "int64": 8, "float16": 2, "float32": 4,
@@ -44,6 +50,8 @@ class CaptureRecord:
     output_tensors: list[TensorData] = field(default_factory=list)
     inputs: list[AuxData] = field(default_factory=list)
     outputs: list[AuxData] = field(default_factory=list)
+    #: The model's version when the agent knows one (its manifest); None otherwise.
+    model_version: int | None = None
 
 
 def check_record(record: CaptureRecord) -> None:
@@ -73,3 +81,42 @@ def check_record(record: CaptureRecord) -> None:
         for aux in getattr(record, kind):
             if aux.encoding not in ENCODINGS:
                 raise ValueError(f"{kind} {aux.name!r}: unknown encoding {aux.encoding!r}")
+
+
+def _iso(seconds: float, nanos: int | None = None) -> str:
+    when = datetime.fromtimestamp(int(seconds) if nanos is not None else seconds, UTC)
+    if nanos is None:
+        return when.isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return f"{when:%Y-%m-%dT%H:%M:%S}.{nanos:09d}Z"
+
+
+def encode_agent_record(record: CaptureRecord, received_at: float, *, device: str,
+                        fleet: str | None) -> bytes:
+    """One capture as a JSON line: tensors and auxiliary data inline, base64 of their
+    raw bytes. ``time`` (what the partition's date and hour come from) is the inference
+    time, or the time it was received when the client sent no inference timestamp."""
+    seconds, nanos = record.inference_timestamp
+    tensors = [[{"name": t.name, "dtype": t.dtype, "shape": list(t.shape),
+                 "data": base64.b64encode(t.data).decode("ascii")} for t in items]
+               for items in (record.input_tensors, record.output_tensors)]
+    aux = [[{"name": a.name, "encoding": a.encoding,
+             "data": base64.b64encode(a.data).decode("ascii")} for a in items]
+           for items in (record.inputs, record.outputs)]
+    line = {
+        "schema": AGENT_SCHEMA,
+        "kind": "agent",
+        "id": record.capture_id,
+        "capture_id": record.capture_id,
+        "device": device,
+        "fleet": fleet,
+        "model": {"name": record.model_name, "version": record.model_version},
+        "time": seconds + nanos / 1e9 if seconds > 0 else received_at,
+        "inference_timestamp": {"seconds": seconds, "nanos": nanos},
+        "inference_time": _iso(seconds, nanos),
+        "received_time": _iso(received_at),
+        "input_tensors": tensors[0],
+        "output_tensors": tensors[1],
+        "inputs": aux[0],
+        "outputs": aux[1],
+    }
+    return json.dumps(line, separators=(",", ":")).encode() + b"\n"

@@ -1,17 +1,22 @@
-"""The pipeline capture spool: JSON-lines segments on disk, upload intents, a budget.
+"""The capture spool: JSON-lines segments on disk, upload intents, failed uploads; and
+the object layout at the destination (keys, gzip JSON lines) with its one reader.
 
-Blocking file I/O; :mod:`edged.capture.pipeline_capture` calls it from a thread and
-keeps the bookkeeping (which segments exist, which an upload claimed) on the loop.
+Blocking file I/O; :class:`edged.capture.uplink.CaptureUplink` calls it from a thread
+and keeps the bookkeeping (which segments exist, which an upload claimed) on the loop.
 
-Layout under ``<state_dir>/capture/<pipeline>/``::
+Layout under a spool's root (``<state_dir>/capture/<pipeline>/``, or the agent's
+``spool_dir``)::
 
     lock                                  flock'ed while a capture runs
     segments/<seq>-<kind>-<count>.jsonl   records, one JSON object a line; kind ``a``:
-                                          every record anomalous, ``n``: none is
+                                          every record kept longer (anomalous), ``n``:
+                                          none is
     uploads/<batch_id>.json               an upload in flight: its segments, in order
+    failed/<batch_id>/                    an upload the destination refused for good:
+                                          its segments and ``error.txt``, for a human
 
 A segment is written under a temporary name and renamed into place (through
-:func:`edged.capture.spool.write_durably`), so one that exists is whole. Anomalous and
+:func:`edged.durable.write_durably`), so one that exists is whole. Kept-longer and
 other records never share a segment: the budget drops whole ``n`` segments, oldest first.
 """
 
@@ -27,8 +32,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from edged.capture.spool import lock_spool, makedirs_durably, write_durably
-from edged.durable import fsync_dir
+from edged.capture.spool import lock_spool, makedirs_durably
+from edged.durable import fsync_dir, write_durably
+
+#: The partition of a record without a model version (an agent capture for a model the
+#: agent has no manifest for).
+UNKNOWN_VERSION = "unknown"
+_KEY_PARTS = ("device", "model", "version", "date", "hour")
 
 
 @dataclass(frozen=True)
@@ -64,21 +74,23 @@ class Upload:
 
 def partition(record: dict, device: str) -> str:
     """``device=<id>/model=<name>/version=<v>/date=YYYY-MM-DD/hour=HH`` (UTC, from the
-    decision's wall-clock time)."""
+    record's wall-clock ``time``)."""
     when = datetime.fromtimestamp(record["time"], UTC)
     model = record["model"]
-    return (f"device={device}/model={model['name']}/version={model['version']}/"
+    version = model.get("version")
+    return (f"device={device}/model={model['name']}/"
+            f"version={UNKNOWN_VERSION if version is None else version}/"
             f"date={when:%Y-%m-%d}/hour={when:%H}")
 
 
-def build_objects(batch_id: str, lines: Iterable[bytes],
+def build_objects(batch_id: str, records: Iterable[tuple[dict, bytes]],
                   device: str) -> list[tuple[str, bytes]]:
     """One gzip JSON-lines object per partition, keyed ``<partition>/<uuid>.jsonl.gz``
     with the uuid derived from the batch id and the partition: a retry makes the same
-    keys and the same bytes."""
+    keys and the same bytes. ``records``: each record parsed, with its line."""
     parts: dict[str, list[bytes]] = {}
-    for line in lines:
-        parts.setdefault(partition(json.loads(line), device), []).append(line)
+    for record, line in records:
+        parts.setdefault(partition(record, device), []).append(line)
     base = uuid.UUID(batch_id)
     objects = []
     for prefix, chunk in sorted(parts.items()):
@@ -88,6 +100,31 @@ def build_objects(batch_id: str, lines: Iterable[bytes],
     return objects
 
 
+def parse_key(key: str) -> dict[str, str]:
+    """The partition of an object key (any prefix before ``device=``): ``device``,
+    ``model``, ``version``, ``date``, ``hour``. ValueError for a key of another layout."""
+    parts = key.split("/")
+    if len(parts) < 6 or not parts[-1].endswith(".jsonl.gz"):
+        raise ValueError(f"not a capture object key: {key!r}")
+    found = {}
+    for part, name in zip(parts[-6:-1], _KEY_PARTS, strict=True):
+        field, sep, value = part.partition("=")
+        if field != name or not sep:
+            raise ValueError(f"not a capture object key: {key!r} (expected {name}=...)")
+        found[name] = value
+    return found
+
+
+def read_object(key: str, body: bytes) -> list[dict]:
+    """The records of one uploaded object, each with the partition its key names under
+    ``"partition"``: the one reader of both record kinds (docs/capture.md)."""
+    where = parse_key(key)
+    records = [json.loads(line) for line in gzip.decompress(body).splitlines()]
+    for record in records:
+        record["partition"] = where
+    return records
+
+
 class SegmentSpool:
     """One pipeline's spool directory. Methods block; call them from a thread."""
 
@@ -95,6 +132,7 @@ class SegmentSpool:
         self.root = Path(root)
         self.segments_dir = self.root / "segments"
         self.uploads_dir = self.root / "uploads"
+        self.failed_dir = self.root / "failed"
         self.fsync = fsync
         self._lock_fd: int | None = None
 
@@ -155,6 +193,22 @@ class SegmentSpool:
         body = json.dumps({"batch_id": upload.batch_id, "segments": list(upload.segments)})
         write_durably(self.uploads_dir / f"{upload.batch_id}.json", [body.encode()],
                       self.fsync)
+
+    def fail_upload(self, upload: Upload, reason: str) -> Path:
+        """Set a refused upload's segments aside under ``failed/<batch_id>/`` with the
+        reason, then drop its intent; return that folder."""
+        target = self.failed_dir / upload.batch_id
+        makedirs_durably(target, self.fsync)
+        for name in upload.segments:
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(self.segments_dir / name, target / name)
+        write_durably(target / "error.txt", [reason.encode() + b"\n"], self.fsync)
+        if self.fsync:
+            fsync_dir(self.segments_dir)
+        (self.uploads_dir / f"{upload.batch_id}.json").unlink(missing_ok=True)
+        if self.fsync:
+            fsync_dir(self.uploads_dir)
+        return target
 
     def finish_upload(self, upload: Upload) -> None:
         """After the destination acknowledged: the records, then the intent."""

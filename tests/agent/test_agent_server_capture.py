@@ -1,10 +1,10 @@
 """CaptureData and GetCaptureDataStatus through the server, onto the real capture store
-(Disk destination). The store itself is tested in test_capture*.py."""
+(Disk destination; Cloud with its endpoint down). The store itself is tested in
+tests/capture/."""
 
 from __future__ import annotations
 
 import base64
-import json
 import os
 import time
 import uuid
@@ -17,6 +17,8 @@ import pytest
 from agent_testkit import MemoryCapture, inline, load_windturbine, windows
 
 from edged.agent.proto import agent_pb2 as pb
+from edged.capture.segments import read_object
+from edged.testing import S3Server, free_port
 
 
 def wait_status(stub, capture_id: str, want: int, timeout: float = 20.0) -> int:
@@ -29,9 +31,9 @@ def wait_status(stub, capture_id: str, want: int, timeout: float = 20.0) -> int:
         time.sleep(0.05)
 
 
-def manifests(root: Path) -> list[dict]:
-    return [json.loads(line) for path in sorted(root.rglob("*.jsonl"))
-            for line in path.read_text().splitlines()]
+def uploaded(root: Path) -> list[dict]:
+    return [record for path in sorted(root.rglob("*.jsonl.gz"))
+            for record in read_object(path.relative_to(root).as_posix(), path.read_bytes())]
 
 
 def code_of(stub, request) -> tuple[grpc.StatusCode, str]:
@@ -71,25 +73,33 @@ def test_capture_inline_and_shared_memory_reaches_disk(start_agent, tmp_path):
         shm.unlink()  # the agent copied the bytes before CaptureData returned
     assert wait_status(stub, capture_id, pb.SUCCESS) == pb.SUCCESS
 
-    [line] = manifests(tmp_path / "capture" / "captures")
-    assert line["capture_id"] == capture_id
-    assert line["model_name"] == "windturbine"
-    assert line["device_name"] == "test-device"
+    [line] = uploaded(tmp_path / "capture" / "captures")
+    assert (line["kind"], line["capture_id"]) == ("agent", capture_id)
+    # The loaded model's manifest gives the version partition.
+    assert line["model"] == {"name": "windturbine", "version": 1}
+    assert line["partition"] == {"device": "test-device", "model": "windturbine",
+                                 "version": "1", "date": "2023-11-14", "hour": "22"}
+    assert line["device"] == "test-device"
     assert line["inference_timestamp"] == {"seconds": 1_700_000_000, "nanos": 5}
     [inp] = line["input_tensors"]
     assert (inp["name"], inp["dtype"], inp["shape"]) == ("input", "float32", [1, 6, 10, 10])
-    assert base64.b64decode(inp["data"]) == x.tobytes()  # 2400 bytes: embedded
+    assert base64.b64decode(inp["data"]) == x.tobytes()
     [out] = line["output_tensors"]
     assert out["shape"] == [40, 6, 10, 10]
-    found = list((tmp_path / "capture" / "captures").rglob(Path(out["path"]).name))
-    assert len(found) == 1 and found[0].read_bytes() == y.tobytes()
+    assert base64.b64decode(out["data"]) == y.tobytes()  # 96 kB, inline too
     assert base64.b64decode(line["inputs"][0]["data"]) == b'{"id": "turbine-3"}'
     assert line["outputs"][0]["encoding"] == "CSV"
+    assert base64.b64decode(line["outputs"][0]["data"]) == b"ok,1\n"
 
 
-def test_capture_statuses_and_errors(start_agent):
-    agent = start_agent(sink=None, capture={"batch_size": 2, "buffer_size": 2,
-                                            "push_period_s": 3600})
+def test_capture_statuses_and_errors(start_agent, monkeypatch):
+    # Cloud with its endpoint down: captures stay pending (retried for as long as it
+    # takes), so the buffer fills.
+    for name, value in S3Server.CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    agent = start_agent(sink=None, capture={
+        "batch_size": 2, "buffer_size": 2, "push_period_s": 3600, "destination": "Cloud",
+        "s3_bucket": "captures", "s3_endpoint_url": f"http://127.0.0.1:{free_port()}"})
     stub = agent.stub()
     load_windturbine(stub)
     x = windows(1)
@@ -123,7 +133,7 @@ def test_capture_statuses_and_errors(start_agent):
         assert code == grpc.StatusCode.INVALID_ARGUMENT, (expect, details)
         assert expect in details
 
-    # A second model's capture fills the buffer (2) without completing either batch (2).
+    # A second model's capture fills the buffer (2); the upload cannot reach S3.
     meta = pb.TensorMetadata(name="v", data_type=pb.UINT8, shape=[3])
     stub.CaptureData(pb.CaptureDataRequest(model_name="other", capture_id="c2", input_tensors=[
         pb.Tensor(tensor_metadata=meta, byte_data=b"abc")]), timeout=30)

@@ -1,59 +1,59 @@
-"""The Cloud destination against moto's S3 server over HTTP: keys and contents, an
-endpoint that goes down and comes back, errors that waiting does not cure."""
+"""The agent's captures at the Cloud destination, against moto's S3 server over HTTP: keys
+and contents, an endpoint that goes down and comes back, errors that waiting does not
+cure."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import json
 
 import pytest
 
 from edged.capture import BufferFull, CaptureStore
 from edged.capture.destinations import S3Destination
+from edged.capture.segments import read_object
 from edged.metrics import Counters
 
-
-def manifests(objects: dict[str, bytes]) -> dict[str, list[dict]]:
-    return {key: [json.loads(line) for line in body.decode().splitlines()]
-            for key, body in objects.items() if key.endswith(".jsonl")}
+AGENT = {"source": "agent"}
 
 
-async def test_batches_are_uploaded_under_the_prefix(cloud_settings, s3, make_record, until):
+def uploaded(objects: dict[str, bytes]) -> dict[str, list[dict]]:
+    return {key: read_object(key, body) for key, body in objects.items()}
+
+
+def spooled(settings) -> int:
+    return sum(len(p.read_bytes().splitlines())
+               for p in (settings.spool_dir / "segments").glob("*.jsonl"))
+
+
+async def test_captures_are_uploaded_under_the_prefix(cloud_settings, s3, make_record,
+                                                      until):
     counters = Counters()
-    settings = cloud_settings(batch_size=3, base64_embed_limit=64)
+    settings = cloud_settings(batch_size=3)
     async with CaptureStore(settings, counters=counters) as store:
         for i in range(3):
-            await store.submit(make_record(i, size=64 + i))  # 64: inline; 65, 66: objects
+            await store.submit(make_record(i, size=5000 + i))
         await until(lambda: store.status("cap-00002") == "SUCCESS")
     objects = await asyncio.to_thread(s3.objects, settings.s3_bucket)
-    (key, lines), = manifests(objects).items()
-    parts = key.split("/")
-    assert parts[:3] == ["edge", "capture", "model-a"]
-    assert len(parts) == 8 and [len(p) for p in parts[3:7]] == [4, 2, 2, 2]
-    batch_id = parts[7].removesuffix(".jsonl")
-    folder = key.rsplit("/", 1)[0]
-    assert [line["capture_id"] for line in lines] == ["cap-00000", "cap-00001", "cap-00002"]
-    inline = lines[0]["input_tensors"][0]
-    assert base64.b64decode(inline["data"]) == make_record(0, size=64).input_tensors[0].data
-    for i in (1, 2):
-        tensor = lines[i]["input_tensors"][0]
-        assert tensor["path"] == f"{batch_id}/cap-0000{i}/input-0.bin"
-        assert objects[f"{folder}/{tensor['path']}"] == \
-            make_record(i, size=64 + i).input_tensors[0].data
-    assert sorted(objects) == sorted([key, f"{folder}/{batch_id}/cap-00001/input-0.bin",
-                                      f"{folder}/{batch_id}/cap-00002/input-0.bin"])
+    [(key, records)] = uploaded(objects).items()
+    assert key.startswith("edge/capture/device=dev-1/model=model-a/version=unknown/"
+                          "date=2023-11-14/hour=22/") and key.endswith(".jsonl.gz")
+    assert [r["capture_id"] for r in records] == ["cap-00000", "cap-00001", "cap-00002"]
+    for i, r in enumerate(records):
+        assert base64.b64decode(r["input_tensors"][0]["data"]) == \
+            make_record(i, size=5000 + i).input_tensors[0].data
     assert counters.get("batches_written", destination="Cloud") == 1
-    assert not list((settings.spool_dir / "records").iterdir())
+    assert counters.get("capture_uploaded", **AGENT) == 3
+    assert spooled(settings) == 0
 
 
 async def test_endpoint_down_then_back(cloud_settings, s3, make_record, until, monkeypatch):
-    uploaded: list[str] = []  # manifest keys, in the order S3 acknowledged them
+    acknowledged: list[str] = []  # object keys, in the order S3 acknowledged them
     real_write = S3Destination.write
 
     def write(self, objects):
         real_write(self, objects)
-        uploaded.append(self.key(objects[-1][0]))
+        acknowledged.extend(self.key(key) for key, _ in objects)
     monkeypatch.setattr(S3Destination, "write", write)
 
     counters = Counters()
@@ -67,7 +67,7 @@ async def test_endpoint_down_then_back(cloud_settings, s3, make_record, until, m
             await store.submit(make_record(i))
         with pytest.raises(BufferFull):
             await store.submit(make_record(9))
-        await until(lambda: counters.get("upload_retries") >= 3)
+        await until(lambda: counters.get("capture_upload_failures", **AGENT) >= 3)
         assert {store.status(f"cap-{i:05d}") for i in range(1, 9)} == {"IN_PROGRESS"}
 
         await asyncio.to_thread(s3.start)  # the same port
@@ -76,11 +76,12 @@ async def test_endpoint_down_then_back(cloud_settings, s3, make_record, until, m
         await store.submit(make_record(9))  # room again
         await until(lambda: store.pending == 0)
 
-    objects = await asyncio.to_thread(s3.objects, settings.s3_bucket)
-    by_key = manifests(objects)
-    in_upload_order = [line["capture_id"] for key in uploaded for line in by_key[key]]
+    by_key = uploaded(await asyncio.to_thread(s3.objects, settings.s3_bucket))
+    in_upload_order = [r["capture_id"] for key in dict.fromkeys(acknowledged)
+                       for r in by_key[key]]
     assert in_upload_order == [f"cap-{i:05d}" for i in range(10)]
     assert counters.get("capture_failures") == 0
+    assert counters.get("capture_failed", **AGENT) == 0
 
 
 async def test_pending_captures_wait_in_the_spool_across_a_restart(
@@ -91,14 +92,14 @@ async def test_pending_captures_wait_in_the_spool_across_a_restart(
         for i in range(3):
             await store.submit(make_record(i))
     # Stopped with the endpoint down: one attempt, then the spool keeps them.
-    assert len(list((settings.spool_dir / "records").glob("*.cap"))) == 3
+    assert spooled(settings) == 3
     await asyncio.to_thread(s3.start)
     async with CaptureStore(settings) as store:
         assert store.status("cap-00001") == "IN_PROGRESS"
         await until(lambda: store.pending == 0, within=10)
         assert {store.status(f"cap-{i:05d}") for i in range(3)} == {"SUCCESS"}
     objects = await asyncio.to_thread(s3.objects, settings.s3_bucket)
-    ids = [line["capture_id"] for lines in manifests(objects).values() for line in lines]
+    ids = [r["capture_id"] for records in uploaded(objects).values() for r in records]
     assert sorted(ids) == ["cap-00000", "cap-00001", "cap-00002"]
 
 
@@ -111,9 +112,34 @@ async def test_a_missing_bucket_fails_after_bounded_attempts(
         await store.submit(make_record(1))
         await until(lambda: store.status("cap-00001") == "FAILURE")
         assert store.status("cap-00000") == "FAILURE"
-    assert counters.get("upload_retries") == 2
+        assert store.pending == 0  # room for more: the spool is not blocked
+    assert counters.get("capture_upload_failures", **AGENT) == 3
     assert counters.get("capture_failures") == 2
+    assert counters.get("capture_failed", **AGENT) == 2
     assert counters.get("batches_failed", destination="Cloud") == 1
-    assert not list((settings.spool_dir / "records").iterdir())
+    assert spooled(settings) == 0
+    # Kept for a human, with the reason.
+    [folder] = (settings.spool_dir / "failed").iterdir()
+    assert "NoSuchBucket" in (folder / "error.txt").read_text()
+    assert sum(len(p.read_bytes().splitlines()) for p in folder.glob("*.jsonl")) == 2
     async with CaptureStore(settings) as store:
         assert store.status("cap-00000") == "FAILURE"
+
+
+async def test_a_refused_upload_does_not_block_the_ones_after_it(
+        cloud_settings, s3, make_record, until):
+    """The bucket is missing for the first upload, then created: that upload is set
+    aside after its attempts, and the next captures go through."""
+    bucket = "created-later"
+    settings = cloud_settings(s3_bucket=bucket, batch_size=2, upload_attempts=2)
+    async with CaptureStore(settings) as store:
+        await store.submit(make_record(0))
+        await store.submit(make_record(1))
+        await until(lambda: store.status("cap-00001") == "FAILURE")
+        await asyncio.to_thread(s3.create_bucket, bucket)
+        await store.submit(make_record(2))
+        await store.submit(make_record(3))
+        await until(lambda: store.status("cap-00003") == "SUCCESS")
+    objects = await asyncio.to_thread(s3.objects, bucket)
+    ids = sorted(r["capture_id"] for records in uploaded(objects).values() for r in records)
+    assert ids == ["cap-00002", "cap-00003"]

@@ -1,10 +1,9 @@
 """Nothing acknowledged is lost, nothing is delivered twice: a store process killed with
-SIGKILL right after submit() returned (before, during or right after a flush) and a
-fresh store on the same spool."""
+SIGKILL right after submit() returned (before, during or right after an upload) and a
+fresh store on the same spool. (Pipeline records: test_pipeline_capture_kill.py.)"""
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import signal
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from edged.capture import CaptureSettings, CaptureStore
+from edged.capture.segments import read_object
 
 HERE = Path(__file__).resolve().parent
 
@@ -29,10 +29,10 @@ from edged.capture import store as store_module
 settings = CaptureSettings.model_validate_json(sys.argv[1])
 count, crash_after_delivery = int(sys.argv[2]), sys.argv[3] == "1"
 if crash_after_delivery:
-    async def _settle(self, *args, **kwargs):
-        # The batch is at its destination; die before its statuses or clean-up.
+    async def _settled(self, *args, **kwargs):
+        # The upload is at its destination; die before its statuses or clean-up.
         os.kill(os.getpid(), signal.SIGKILL)
-    store_module.CaptureStore._settle = _settle
+    store_module.CaptureStore._settled = _settled
 
 async def main():
     async with CaptureStore(settings) as store:
@@ -78,16 +78,15 @@ def run_and_kill(settings: CaptureSettings, count: int, *,
 
 
 def delivered_disk(settings: CaptureSettings) -> list[str]:
-    return [json.loads(line)["capture_id"]
-            for path in sorted(settings.disk_path.rglob("*.jsonl"))
-            if ".spool" not in path.parts
-            for line in path.read_text().splitlines()]
+    root = settings.disk_path
+    return [record["capture_id"] for path in sorted(root.rglob("*.jsonl.gz"))
+            for record in read_object(path.relative_to(root).as_posix(), path.read_bytes())]
 
 
 def delivered_cloud(s3, settings: CaptureSettings) -> list[str]:
-    return [json.loads(line)["capture_id"]
-            for key, body in s3.objects(settings.s3_bucket).items() if key.endswith(".jsonl")
-            for line in body.decode().splitlines()]
+    return [record["capture_id"]
+            for key, body in s3.objects(settings.s3_bucket).items()
+            for record in read_object(key, body)]
 
 
 async def replay_all(settings: CaptureSettings, until, ids: list[str]) -> None:
@@ -135,5 +134,5 @@ async def test_a_crash_after_delivery_redelivers_the_same_batch(
         lambda settings: delivered_cloud(s3, settings))
     assert sorted(delivered(settings)) == acked  # delivered, then the crash
     await replay_all(settings, until, acked)
-    # Replayed under the same batch id: the manifest was rewritten, not duplicated.
+    # Replayed under the same batch id: the objects were rewritten, not duplicated.
     assert sorted(delivered(settings)) == acked

@@ -74,7 +74,7 @@ def test_sigkill_mid_upload_loses_and_duplicates_nothing(tmp_path):
                                    counters=counters) as capture:
             uploader = asyncio.create_task(capture.upload_loop())
             async with asyncio.timeout(10):
-                while capture._segments:  # noqa: ASYNC110
+                while capture.pending:  # noqa: ASYNC110
                     await asyncio.sleep(0.01)
             uploader.cancel()
             await asyncio.gather(uploader, return_exceptions=True)

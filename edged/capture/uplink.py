@@ -1,0 +1,422 @@
+"""The one capture path from a record to its destination: segment spool -> byte budget ->
+uploads with intents -> Disk or S3. Pipeline capture and the agent's CaptureData both
+hand their JSON lines to a :class:`CaptureUplink`; see docs/capture.md.
+
+- :meth:`CaptureUplink.write` makes lines durable (fsync ``always``: a segment and an
+  fsync per record; ``batch``: one segment and one fsync per call, which is how
+  concurrent writers share a commit; ``never``), then holds the spool to its byte
+  budget: whole segments of records not kept longer go first, oldest first, then the
+  others (``capture_dropped{reason=budget|budget_anomaly}``).
+- :meth:`CaptureUplink.upload_loop` uploads every ``interval_s``, sooner once
+  ``max_records`` are waiting: it writes an intent naming the segments, uploads one gzip
+  JSON-lines object per partition, tells its user which record ids the destination
+  acknowledged (``on_settled``), and only then deletes segments and intent. After a
+  restart the intents go first, under the same keys.
+- A transient failure (unreachable, throttled, 5xx) is retried with backoff for as long
+  as it takes. A permanent one, ``upload_attempts`` times in a row, moves the upload's
+  segments to ``failed/`` for a human (``capture_failed``); its records settle as
+  ``FAILURE``. Nothing else leaves the spool without an acknowledgement.
+- An optional data budget (:class:`Budget`) can hold an upload back; it waits, spooled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import structlog
+
+from edged.capture.destinations import DeliveryError, Destination
+from edged.capture.segments import Segment, SegmentSpool, Upload, build_objects
+from edged.log import RateLimit
+from edged.metrics import Counters
+
+log = structlog.get_logger("edged.capture.uplink")
+
+#: One record for :meth:`CaptureUplink.write`: (kept longer, its JSON line ending in \n).
+Entry = tuple[bool, bytes]
+#: ``on_settled(ids, outcome)``: the records' ``id`` fields; "SUCCESS" once the
+#: destination acknowledged them, "FAILURE" once they were set aside under ``failed/``.
+Settled = Callable[[list[str], str], Awaitable[None]]
+
+BUDGET_PRIORITY = "capture"
+_BUDGET_RECHECK_S = 60.0
+
+
+class Budget(Protocol):
+    """A data budget the uplink asks before each upload (e.g. a daily byte allowance)."""
+
+    def allows(self, priority: str, nbytes: int) -> bool:
+        """Whether ``nbytes`` of traffic at ``priority`` may go now."""
+        ...
+
+    def charge(self, priority: str, nbytes: int) -> None:
+        """Record ``nbytes`` sent at ``priority``."""
+        ...
+
+    def seconds_until_reset(self) -> float:
+        """When the allowance is next renewed."""
+        ...
+
+
+@dataclass(frozen=True)
+class UplinkSettings:
+    interval_s: float  # upload what is spooled this often
+    max_records: int  # records per upload at most; this many waiting start one sooner
+    retry_backoff_s: float  # first retry delay; doubles
+    max_backoff_s: float
+    upload_attempts: int = 5  # permanent failures in a row before an upload is set aside
+    fsync: Literal["always", "batch", "never"] = "batch"
+    budget_bytes: int | None = None  # spool size at most; None: unbounded
+
+
+class CaptureUplink:
+    """A spool directory and the uploads from it to one destination. An async context
+    manager: entering locks the spool and opens the destination. ``labels`` go on every
+    counter (``pipeline=<name>``, or ``source=agent``)."""
+
+    def __init__(self, root: Path, destination: Destination, settings: UplinkSettings, *,
+                 device: str, counters: Counters, labels: dict[str, str],
+                 budget: Budget | None = None, on_settled: Settled | None = None) -> None:
+        self.settings = settings
+        self.destination = destination
+        self.device = device
+        self.counters = counters
+        self.labels = labels
+        self.budget = budget
+        self.on_settled = on_settled
+        self.spool = SegmentSpool(root, fsync=settings.fsync != "never")
+        self._segments: dict[str, Segment] = {}  # oldest first
+        self._claimed: set[str] = set()
+        self._bytes = 0
+        self._waiting = 0  # records in segments no upload claimed
+        self._seq = 0
+        self._replay: list[Upload] = []
+        self._upload_now = asyncio.Event()
+        self._rate_limit = RateLimit(interval=30.0)
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    async def __aenter__(self) -> CaptureUplink:
+        segments, self._replay = await asyncio.to_thread(self.spool.open)
+        try:
+            await asyncio.to_thread(self.destination.open)
+        except BaseException:
+            self.spool.close()
+            raise
+        for segment in segments:
+            self._add(segment)
+        self._seq = segments[-1].seq + 1 if segments else 0
+        for upload in self._replay:
+            self._claim(upload.segments)
+        if segments:
+            log.info("capture_replay", **self.labels, segments=len(segments),
+                     records=sum(s.count for s in segments), uploads=len(self._replay))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            await asyncio.to_thread(self.destination.close)
+        finally:
+            self.spool.close()
+
+    def spooled_lines(self) -> list[bytes]:
+        """(Blocking.) Every record line in the spool, oldest first: what a restart
+        found pending."""
+        return self.spool.read_lines(list(self._segments))
+
+    # -- figures -------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """Records in the spool not yet acknowledged (an upload in flight included)."""
+        return sum(segment.count for segment in self._segments.values())
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._bytes
+
+    @property
+    def waiting(self) -> int:
+        """Records no upload has claimed yet."""
+        return self._waiting
+
+    # -- writing -------------------------------------------------------------------------
+
+    async def write(self, entries: Sequence[Entry]) -> list[Segment]:
+        """Make ``entries`` durable (as ``fsync`` says), then hold the spool to its
+        budget. Returns the segments written. Cancelled mid-write, the write still
+        completes and is accounted for before the cancellation propagates."""
+        if not entries:
+            return []
+        per_record = self.settings.fsync == "always"
+        first = self._seq
+        self._seq += len(entries) if per_record else 2
+        work = asyncio.ensure_future(asyncio.to_thread(self._write_segments, list(entries),
+                                                       first, per_record))
+        try:
+            segments = await asyncio.shield(work)
+        except asyncio.CancelledError:
+            segments = await work  # the thread writes regardless: keep the books right
+            self._written(segments)
+            raise
+        self._written(segments)
+        await self._enforce_budget()
+        return segments
+
+    def _write_segments(self, entries: list[Entry], seq: int,
+                        per_record: bool) -> list[Segment]:
+        if per_record:
+            return [self.spool.write_segment(seq + i, keep, [line])
+                    for i, (keep, line) in enumerate(entries)]
+        segments = []
+        for offset, flag in enumerate((True, False)):
+            lines = [line for keep, line in entries if keep is flag]
+            if lines:
+                segments.append(self.spool.write_segment(seq + offset, flag, lines))
+        return segments
+
+    def _written(self, segments: list[Segment]) -> None:
+        for segment in segments:
+            self._add(segment)
+            self.counters.inc("capture_records", segment.count, **self.labels)
+        if self._waiting >= self.settings.max_records:
+            self._upload_now.set()
+
+    def _add(self, segment: Segment) -> None:
+        self._segments[segment.name] = segment
+        self._bytes += segment.size
+        self._waiting += segment.count
+
+    def _claim(self, names: Sequence[str]) -> None:
+        for name in names:
+            if name in self._segments and name not in self._claimed:
+                self._claimed.add(name)
+                self._waiting -= self._segments[name].count
+
+    def _unclaim(self, names: Sequence[str]) -> None:
+        for name in names:
+            if name in self._claimed:
+                self._claimed.discard(name)
+                self._waiting += self._segments[name].count
+
+    def _remove(self, names: Sequence[str]) -> None:
+        for name in names:
+            segment = self._segments.pop(name, None)
+            if segment is not None:
+                self._bytes -= segment.size
+                if name not in self._claimed:
+                    self._waiting -= segment.count
+            self._claimed.discard(name)
+
+    async def _enforce_budget(self) -> None:
+        budget = self.settings.budget_bytes
+        if budget is None or self._bytes <= budget:
+            return
+        victims: list[Segment] = []
+        over = self._bytes - budget
+        for keep in (False, True):
+            for name, segment in self._segments.items():
+                if over <= 0:
+                    break
+                if segment.anomalous is keep and name not in self._claimed:
+                    victims.append(segment)
+                    over -= segment.size
+        if not victims:
+            return  # everything is in an upload in flight
+        names = [s.name for s in victims]
+        self._remove(names)
+        for segment in victims:
+            self.counters.inc("capture_dropped", segment.count, **self.labels,
+                              reason="budget_anomaly" if segment.anomalous else "budget")
+        await asyncio.to_thread(self.spool.delete_segments, names)
+        self._warn("capture_budget_drop", records=sum(s.count for s in victims))
+
+    # -- uploading -----------------------------------------------------------------------
+
+    async def upload_loop(self) -> None:
+        """Deliver what a previous run left in flight, then upload full batches as soon
+        as ``max_records`` are waiting and everything waiting every ``interval_s``."""
+        interval = self.settings.interval_s
+        next_partial = time.monotonic() + interval
+        while True:
+            partial = time.monotonic() >= next_partial
+            self._upload_now.clear()
+            await self.upload_pending(partial=partial)
+            if partial:
+                next_partial = time.monotonic() + interval
+            try:
+                async with asyncio.timeout(max(0.0, next_partial - time.monotonic())):
+                    await self._upload_now.wait()
+            except TimeoutError:
+                pass
+
+    async def upload_pending(self, *, partial: bool = True, once: bool = False) -> int:
+        """Deliver unfinished uploads, then upload unclaimed segments oldest first, in
+        batches of at most ``max_records`` (a segment is never split); without
+        ``partial``, only batches that are full. ``once``: one attempt each, no retries
+        and no waiting for the data budget (shutdown); stops at the first failure.
+        Returns the records acknowledged."""
+        uploaded = 0
+        while self._replay:
+            done = await self._deliver(self._replay[0], once=once)
+            if done is None:
+                return uploaded
+            self._replay.pop(0)
+            uploaded += done
+        while True:
+            names: list[str] = []
+            records = 0
+            full = False
+            for name, segment in self._segments.items():
+                if name in self._claimed:
+                    continue
+                if names and records + segment.count > self.settings.max_records:
+                    full = True
+                    break
+                names.append(name)
+                records += segment.count
+            full = full or records >= self.settings.max_records
+            if not names or not (full or partial):
+                return uploaded
+            upload = Upload(str(uuid.uuid4()), tuple(names))
+            self._claim(names)
+            try:
+                await asyncio.to_thread(self.spool.write_upload, upload)
+            except BaseException:
+                self._unclaim(names)
+                raise
+            done = await self._deliver(upload, once=once)
+            if done is None:
+                self._replay.append(upload)  # its intent is written: the same batch again
+                return uploaded
+            uploaded += done
+
+    async def flush(self) -> int:
+        """One attempt at everything spooled (for a shutdown); what fails stays."""
+        return await self.upload_pending(once=True)
+
+    async def _deliver(self, upload: Upload, *, once: bool) -> int | None:
+        """Upload one batch until the destination acknowledges it (the records
+        acknowledged) or refuses it for good (0: set aside); None if ``once`` and not
+        done."""
+        lines = await asyncio.to_thread(self.spool.read_lines, upload.segments)
+        records, ids = self._parse(upload, lines)
+        objects = await asyncio.to_thread(build_objects, upload.batch_id, records,
+                                          self.device)
+        nbytes = sum(len(body) for _, body in objects)
+        if objects and self.budget is not None and not await self._within_budget(
+                nbytes, once):
+            return None
+        delay = self.settings.retry_backoff_s
+        refused = 0
+        while True:
+            try:
+                if objects:
+                    await asyncio.to_thread(self.destination.write, objects)
+                break
+            except Exception as exc:
+                # A destination's bug must not end the daemon nor strand the spool: it
+                # counts as a permanent failure.
+                transient = isinstance(exc, DeliveryError) and exc.transient
+                error = f"{type(exc).__name__}: {exc}"
+                self.counters.inc("capture_upload_failures", **self.labels)
+                if not transient:
+                    refused += 1
+                    if refused >= self.settings.upload_attempts:
+                        await _uncancelled(self._set_aside(upload, ids, error, refused))
+                        return 0
+                if once:
+                    return None
+                self._warn("capture_upload_failed", error=error, transient=transient,
+                           retry_in_s=round(delay, 2))
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, self.settings.max_backoff_s)
+        if objects and self.budget is not None:
+            self.budget.charge(BUDGET_PRIORITY, nbytes)
+        self.counters.inc("capture_uploaded", len(records), **self.labels)
+        self.counters.inc("capture_objects", len(objects), **self.labels)
+        count = self._count(upload)
+        await _uncancelled(self._acknowledged(upload, ids))
+        return count
+
+    async def _acknowledged(self, upload: Upload, ids: list[str]) -> None:
+        if ids and self.on_settled is not None:
+            # Before the spool forgets them: a crash in between uploads the same keys again.
+            await self.on_settled(ids, "SUCCESS")
+        await asyncio.to_thread(self.spool.finish_upload, upload)
+        self._remove(upload.segments)
+
+    def _parse(self, upload: Upload, lines: list[bytes]) -> tuple[list[tuple[dict, bytes]],
+                                                                  list[str]]:
+        records, ids, bad = [], [], 0
+        for line in lines:
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError:
+                bad += 1  # only a torn disk writes these: renames make segments whole
+                continue
+            records.append((record, line))
+            if isinstance(record.get("id"), str):
+                ids.append(record["id"])
+        if bad:
+            self.counters.inc("capture_corrupt", bad, **self.labels)
+            log.error("capture_spool_corrupt", **self.labels, batch=upload.batch_id,
+                      lines=bad)
+        return records, ids
+
+    def _count(self, upload: Upload) -> int:
+        return sum(self._segments[n].count for n in upload.segments if n in self._segments)
+
+    async def _set_aside(self, upload: Upload, ids: list[str], error: str,
+                         attempts: int) -> None:
+        if ids and self.on_settled is not None:
+            await self.on_settled(ids, "FAILURE")
+        count = self._count(upload)
+        target = await asyncio.to_thread(self.spool.fail_upload, upload, error)
+        self._remove(upload.segments)
+        self.counters.inc("capture_failed", count, **self.labels)
+        log.error("capture_upload_set_aside", **self.labels, batch=upload.batch_id,
+                  records=count, attempts=attempts, error=error, moved_to=str(target))
+
+    async def _within_budget(self, nbytes: int, once: bool) -> bool:
+        """Wait until the data budget allows ``nbytes`` (re-asked at least every 60 s
+        and when it resets); False at once if ``once``."""
+        assert self.budget is not None
+        if self.budget.allows(BUDGET_PRIORITY, nbytes):
+            return True
+        self.counters.inc("capture_upload_deferred", **self.labels)
+        self._warn("capture_upload_deferred", bytes=nbytes,
+                   resets_in_s=round(self.budget.seconds_until_reset(), 1))
+        if once:
+            return False
+        while True:
+            reset = self.budget.seconds_until_reset()
+            await asyncio.sleep(min(_BUDGET_RECHECK_S, max(reset, 0.05)))
+            if self.budget.allows(BUDGET_PRIORITY, nbytes):
+                return True
+
+    def _warn(self, event: str, **fields: Any) -> None:
+        suppressed = self._rate_limit.allow(event)
+        if suppressed is not None:
+            log.warning(event, **self.labels, suppressed_since_last=suppressed, **fields)
+
+
+async def _uncancelled(work: Awaitable[None]) -> None:
+    """Run ``work`` to its end even if the caller is cancelled meanwhile (then re-raise):
+    statuses, spool files and the books must not be left half-changed."""
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
