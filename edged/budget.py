@@ -81,7 +81,9 @@ class DataBudget:
     changes, and leaving writes it once more.
 
     ``clock`` is wall-clock seconds since the epoch (injected by tests to cross a UTC
-    midnight)."""
+    midnight). It belongs to the event loop: call :meth:`allows` and :meth:`charge`
+    from it, not from a worker thread (an upload running in a thread charges once it
+    returns)."""
 
     def __init__(self, config: DataBudgetConfig, state_dir: Path, counters: Counters, *,
                  clock: Callable[[], float] = time.time) -> None:

@@ -76,6 +76,8 @@ class CloudAlarms:
         self.topic = config.topic.format(thing=thing)
         self._kinds = frozenset(config.events)
         self._trackers: dict[str, AlarmTracker] = {}  # per pipeline: turbine names may repeat
+        # A deque rather than a BoundedQueue: the head stays queued until its PUBACK, so a
+        # failed publish is retried before anything raised after it.
         self._pending: deque[Event] = deque()
         self._waiting = asyncio.Event()
         self._rate_limit = RateLimit()
@@ -121,7 +123,14 @@ class CloudAlarms:
                 await self._waiting.wait()
             await self.link.wait_connected()
             event = pending[0]
-            payload = dumps(alarm_payload(event, self.device))
+            try:
+                payload = dumps(alarm_payload(event, self.device))
+            except (TypeError, ValueError) as exc:  # one odd event must not end the link
+                pending.popleft()
+                self.counters.inc("cloud_alarms", result="unencodable")
+                self._warn("cloud_alarm_unencodable", turbine=event.turbine,
+                           kind=event.kind, error=repr(exc))
+                continue
             try:
                 async with asyncio.timeout(PUBLISH_TIMEOUT_S):
                     await self.link.publish(self.topic, payload, qos=1, priority="critical")

@@ -5,9 +5,11 @@ and alarms raised while the link is down published once it is back, in order."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from edged.alarm import KEYS
+from edged.events import Event
 from edged.testing import Mosquitto
 
 from .conftest import THING, Forwarder, Recorder, daemon, eventually, write_config
@@ -64,3 +66,21 @@ async def test_alarms_raised_while_the_link_is_down_go_out_in_order_when_it_is_b
     # Four turbines alarmed once each (the cooldown holds back re-raises): one dropped.
     assert graph.counters.get("cloud_alarms", result="dropped") == 1
     assert len({a["turbine"] for a in received}) == 3
+
+
+async def test_an_event_that_cannot_be_encoded_is_counted_and_the_next_goes_out(
+        tmp_path: Path):
+    circular: dict = {}
+    circular["self"] = circular
+    bad = Event(kind="alarm", pipeline="turbines", turbine="t-bad", time=time.time(),
+                detail={"loop": circular})
+    good = Event(kind="clear", pipeline="turbines", turbine="t-good", time=time.time())
+    with Mosquitto(tmp_path) as broker:
+        async with Recorder(broker.host, broker.port, [ALARMS]) as recorder, \
+                daemon(write_config(tmp_path, broker.port, "  alarms: {}\n")) as graph:
+            graph.cloud.alarms.on_event(bad)
+            graph.cloud.alarms.on_event(good)
+            await eventually(lambda: any(json.loads(p)["turbine"] == "t-good"
+                                         for p in recorder.on(ALARMS)))
+    assert graph.counters.get("cloud_alarms", result="unencodable") == 1
+    assert not any(json.loads(p)["turbine"] == "t-bad" for p in recorder.on(ALARMS))
