@@ -6,10 +6,12 @@ Kept outside :mod:`edged.capture` (whose store imports :mod:`edged.config`) so t
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -55,12 +57,92 @@ class CaptureSpoolSpec(_Strict):
                                "and the input names to each record.")
 
 
+# AWS's own limits on the names the credentials provider is called with.
+ROLE_ALIAS_PATTERN = r"^[A-Za-z0-9_=,@-]{1,128}$"
+THING_NAME_PATTERN = r"^[a-zA-Z0-9:_-]{1,128}$"
+_CREDENTIALS_PATH = re.compile(r"/role-aliases/([^/]+)/credentials/?")
+
+
+def split_iot_endpoint(endpoint: str) -> tuple[str, int, str | None]:
+    """(host, port, role alias or None) of a credentials provider endpoint given as a
+    host, ``host:port``, ``https://host[:port]`` or the full
+    ``https://host/role-aliases/<alias>/credentials`` URL; ValueError says what is wrong."""
+    text = endpoint.strip()
+    if "://" not in text:
+        text = f"https://{text}"
+    try:
+        url = urlsplit(text)
+        port = url.port or 443
+    except ValueError as exc:
+        raise ValueError(f"endpoint {endpoint!r} is not a host or URL: {exc}") from None
+    if url.scheme != "https":
+        raise ValueError(f"endpoint {endpoint!r}: the credentials provider is reached over "
+                         f"https (mutual TLS), not {url.scheme}")
+    if not url.hostname or url.username or url.password or url.query or url.fragment:
+        raise ValueError(f"endpoint {endpoint!r}: give a host (the account's "
+                         "iot:CredentialProvider endpoint) or its full credentials URL")
+    alias = None
+    if url.path not in ("", "/"):
+        found = _CREDENTIALS_PATH.fullmatch(url.path)
+        if not found:
+            raise ValueError(f"endpoint {endpoint!r}: the path must be "
+                             f"/role-aliases/<role alias>/credentials, not {url.path!r}")
+        alias = found[1]
+        if not re.fullmatch(ROLE_ALIAS_PATTERN, alias):
+            raise ValueError(f"endpoint {endpoint!r}: {alias!r} is not a role alias "
+                             "(1-128 letters, digits and _=,@-)")
+    return url.hostname, port, alias
+
+
+class IotCredentialsSpec(_Strict):
+    """Temporary S3 credentials from the AWS IoT Core credentials provider, for the
+    device's X.509 certificate (docs/credentials.md): no AWS keys on the device."""
+
+    provider: Literal["iot"]
+    endpoint: str = Field(
+        min_length=1, description="The account's iot:CredentialProvider endpoint (`aws iot "
+        "describe-endpoint --endpoint-type iot:CredentialProvider`), or its full "
+        "https://<endpoint>/role-aliases/<alias>/credentials URL.")
+    role_alias: str | None = Field(
+        None, pattern=ROLE_ALIAS_PATTERN, description="The IoT role alias whose IAM role "
+        "the credentials are for (may instead be part of endpoint).")
+    thing_name: str | None = Field(
+        None, pattern=THING_NAME_PATTERN, description="Sent as x-amzn-iot-thingname; "
+        "default: the device's cloud thing name (cloud.thing_name, else device.id).")
+    cert_file: Path = Field(description="The thing's certificate (PEM).")
+    key_file: Path = Field(description="The certificate's private key (PEM).")
+    ca_file: Path | None = Field(None, description="CA bundle the endpoint's certificate "
+                                 "is checked against (default: the system's).")
+    timeout_s: float = Field(10.0, gt=0, le=120, description="Connect and read timeout "
+                             "of one request to the endpoint.")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _check_endpoint(cls, endpoint: str) -> str:
+        split_iot_endpoint(endpoint)
+        return endpoint
+
+    @model_validator(mode="after")
+    def _check_role_alias(self) -> IotCredentialsSpec:
+        _, _, alias = split_iot_endpoint(self.endpoint)
+        if alias is None and self.role_alias is None:
+            raise ValueError("role_alias is required unless endpoint is the full "
+                             "https://<endpoint>/role-aliases/<alias>/credentials URL")
+        if alias is not None and self.role_alias is not None and alias != self.role_alias:
+            raise ValueError(f"role_alias {self.role_alias!r} differs from the alias in "
+                             f"endpoint ({alias!r}); give one of them")
+        return self
+
+
 class S3DestinationSpec(_Strict):
     type: Literal["s3"]
     bucket: str = Field(min_length=3, max_length=63, description="The S3 bucket.")
     prefix: str = Field("captures", description="Key prefix before device=<id>/...")
     endpoint_url: str | None = Field(None, description="An S3-compatible endpoint.")
     region: str | None = Field(None, description="AWS region (default: the SDK's).")
+    credentials: IotCredentialsSpec | None = Field(
+        None, description="Where the S3 credentials come from; absent: the standard AWS "
+        "chain (environment, shared files, instance role).")
 
 
 class DiskDestinationSpec(_Strict):
