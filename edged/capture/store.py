@@ -231,6 +231,10 @@ class CaptureStore:
         except BaseException:
             self._pending.discard(capture_id)
             raise
+        if not self._running:
+            # Stopped while encoding: the last commit may have run already.
+            self._pending.discard(capture_id)
+            raise CaptureError("the capture store is stopping")
         written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((line, written))
         self._wake.set()

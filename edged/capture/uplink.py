@@ -293,9 +293,13 @@ class CaptureUplink:
             except BaseException:
                 self._unclaim(names)
                 raise
-            done = await self._deliver(upload, once=once)
-            if done is None:
+            try:
+                done = await self._deliver(upload, once=once)
+            except asyncio.CancelledError:
                 self._replay.append(upload)  # its intent is written: the same batch again
+                raise
+            if done is None:
+                self._replay.append(upload)
                 return uploaded
             uploaded += done
 
