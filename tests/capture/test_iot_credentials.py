@@ -444,3 +444,115 @@ def test_the_s3_destination_spec_takes_credentials():
     plain = PipelineCaptureSpec.model_validate({"destination": {
         "type": "s3", "bucket": "captures-bucket"}})
     assert plain.destination.credentials is None
+
+
+# -- the agent's config --------------------------------------------------------------------
+
+ENDPOINT = "c2x.credentials.iot.eu-west-1.amazonaws.com"
+OLD_AGENT = {
+    "sagemaker_edge_core_device_name": THING,
+    "sagemaker_edge_provider_aws_iot_cred_endpoint":
+        f"https://{ENDPOINT}/role-aliases/{ALIAS}/credentials",
+    "sagemaker_edge_provider_aws_cert_file": "iot/device.pem.crt",
+    "sagemaker_edge_provider_aws_cert_pk_file": "/etc/edged/iot/private.pem.key",
+    "sagemaker_edge_provider_aws_ca_cert_file": "iot/AmazonRootCA1.pem",
+}
+
+
+def agent_config(tmp_path: Path, data: dict | str, name: str = "agent.json"):
+    from edged.agent.config import load_agent_config
+
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else json.dumps(data, indent=2))
+    return load_agent_config(path)
+
+
+def agent_problems(tmp_path: Path, data: dict | str, name: str = "agent.json") -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        agent_config(tmp_path, data, name)
+    return info.value.problems
+
+
+def test_the_old_agents_credential_keys_make_the_provider(tmp_path):
+    loaded = agent_config(tmp_path, OLD_AGENT)
+    creds = loaded.config.credentials
+    assert creds is not None and creds.provider == "iot"
+    # Relative paths are relative to the config file; the keys are used, not ignored.
+    assert creds.cert_file == tmp_path / "iot/device.pem.crt"
+    assert creds.key_file == Path("/etc/edged/iot/private.pem.key")
+    assert creds.ca_file == tmp_path / "iot/AmazonRootCA1.pem"
+    assert not {key for key, _ in loaded.ignored} & set(OLD_AGENT)
+    made = provider_from_spec(creds, loaded.config.device_name)
+    assert (made.host, made.port, made.role_alias, made.thing_name) == (
+        ENDPOINT, 443, ALIAS, THING)
+
+
+def test_an_endpoint_without_alias_takes_the_fleets(tmp_path):
+    loaded = agent_config(tmp_path, {
+        **OLD_AGENT, "sagemaker_edge_provider_aws_iot_cred_endpoint": ENDPOINT,
+        "sagemaker_edge_core_device_fleet_name": "wind-farm"})
+    # The alias SageMaker Edge Manager made with the fleet.
+    assert loaded.config.credentials.role_alias == "SageMakerEdge-wind-farm"
+    problems = agent_problems(tmp_path, {
+        **OLD_AGENT, "sagemaker_edge_provider_aws_iot_cred_endpoint": ENDPOINT})
+    assert len(problems) == 1
+    assert problems[0].startswith("Invalid config for "
+                                  "'sagemaker_edge_provider_aws_iot_cred_endpoint' at ")
+    assert ", line 3: " in problems[0] and "/role-aliases/<role alias>/credentials" in \
+        problems[0] and "sagemaker_edge_core_device_fleet_name" in problems[0]
+
+
+def test_the_agents_credential_key_errors_name_the_key(tmp_path):
+    no_key = {k: v for k, v in OLD_AGENT.items()
+              if k != "sagemaker_edge_provider_aws_cert_pk_file"}
+    assert agent_problems(tmp_path, no_key) == [
+        f"Invalid config for 'sagemaker_edge_provider_aws_cert_pk_file' at "
+        f"{tmp_path / 'agent.json'}: required key "
+        "'sagemaker_edge_provider_aws_cert_pk_file' is missing"]
+    plain = agent_problems(tmp_path, {
+        **OLD_AGENT, "sagemaker_edge_provider_aws_iot_cred_endpoint": f"http://{ENDPOINT}"})
+    assert len(plain) == 1
+    assert "'sagemaker_edge_provider_aws_iot_cred_endpoint' at" in plain[0]
+    assert "https (mutual TLS), not http" in plain[0]
+
+
+def test_certificate_keys_without_an_endpoint_are_ignored(tmp_path):
+    loaded = agent_config(tmp_path, {**OLD_AGENT,
+                                     "sagemaker_edge_provider_aws_iot_cred_endpoint": ""})
+    assert loaded.config.credentials is None
+    ignored = dict(loaded.ignored)
+    assert set(OLD_AGENT) - {"sagemaker_edge_core_device_name"} <= set(ignored)
+    assert "standard AWS chain" in ignored["sagemaker_edge_provider_aws_cert_file"]
+
+
+def test_the_agent_yaml_takes_a_credentials_section(tmp_path):
+    text = f"""
+device:
+  id: {THING}
+agent:
+  credentials:
+    provider: iot
+    endpoint: {ENDPOINT}
+    role_alias: {ALIAS}
+    cert_file: iot/device.pem.crt
+    key_file: iot/private.pem.key
+"""
+    creds = agent_config(tmp_path, text, "agent.yaml").config.credentials
+    assert creds.role_alias == ALIAS and creds.key_file == tmp_path / "iot/private.pem.key"
+    problems = agent_problems(tmp_path, text.replace("role_alias", "rolealias"), "agent.yaml")
+    assert any("'agent.credentials.rolealias' at" in p and "line 8" in p
+               and "unknown key" in p for p in problems)
+
+
+def test_the_docs_samples_validate(tmp_path):
+    import yaml
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "credentials.md").read_text()
+    pipeline, agent = re.findall(r"```yaml\n(.*?)```", page, re.DOTALL)
+    capture = yaml.safe_load(pipeline)["pipelines"]["turbines"]["capture"]
+    destination = PipelineCaptureSpec.model_validate(capture).destination
+    assert destination.credentials.role_alias == "edged-capture-uploads"
+    config = agent_config(tmp_path, agent, "agent.yaml").config
+    assert config.credentials.role_alias is None  # taken from the endpoint's URL
+    assert provider_from_spec(config.credentials, config.device_name).role_alias == \
+        "edged-capture-uploads"
