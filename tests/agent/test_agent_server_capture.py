@@ -158,3 +158,20 @@ def test_buffer_full_maps_to_resource_exhausted(start_agent):
                                                input_tensors=[tensor]), timeout=30)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert sink.records["a"].input_tensors[0].shape == [2]
+
+
+def test_the_old_embed_limit_is_accepted_and_ignored(tmp_path):
+    """Tensors are always inline now: the old agent's embed limit means nothing, and a
+    file that sets it still loads, the key listed as ignored (and so logged)."""
+    from edged.agent.config import parse_agent_config
+
+    key = "sagemaker_edge_core_capture_data_base64_embed_limit"
+    loaded = parse_agent_config(
+        f'{{"sagemaker_edge_core_device_name": "d", "{key}": 4096}}',
+        str(tmp_path / "agent.json"))
+    assert "always inline" in dict(loaded.ignored)[key]
+    loaded = parse_agent_config(
+        "agent:\n  capture:\n    base64_embed_limit: 3072\n    batch_size: 5\n",
+        str(tmp_path / "agent.yaml"))
+    assert loaded.config.capture.batch_size == 5
+    assert "always inline" in dict(loaded.ignored)["agent.capture.base64_embed_limit"]
