@@ -100,6 +100,7 @@ class CaptureUplink:
         self._seq = 0
         self._replay: list[Upload] = []
         self._upload_now = asyncio.Event()
+        self._uploading = asyncio.Lock()  # the loop, a test or a flush: one pass at once
         self._rate_limit = RateLimit(interval=30.0)
 
     # -- life cycle ----------------------------------------------------------------------
@@ -263,7 +264,11 @@ class CaptureUplink:
         batches of at most ``max_records`` (a segment is never split); without
         ``partial``, only batches that are full. ``once``: one attempt each, no retries
         and no waiting for the data budget (shutdown); stops at the first failure.
-        Returns the records acknowledged."""
+        Returns the records acknowledged. Passes run one at a time."""
+        async with self._uploading:
+            return await self._upload_pending(partial, once)
+
+    async def _upload_pending(self, partial: bool, once: bool) -> int:
         uploaded = 0
         while self._replay:
             done = await self._deliver(self._replay[0], once=once)
