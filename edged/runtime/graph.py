@@ -235,8 +235,9 @@ class Graph:
 
 
 def _build_captures(config: EdgedConfig, pipelines: dict[str, Pipeline],
-                    counters: Counters) -> dict[str, Any]:
-    """Each pipeline's PipelineCapture (those with a ``capture`` key), by name."""
+                    counters: Counters, budget: Any = None) -> dict[str, Any]:
+    """Each pipeline's PipelineCapture (those with a ``capture`` key), by name; their
+    uploads ask the data budget (``cloud.data_budget``), when there is one, first."""
     captures: dict[str, Any] = {}
     for name, pipeline in pipelines.items():
         capture = config.pipelines[name].spec.capture
@@ -245,7 +246,8 @@ def _build_captures(config: EdgedConfig, pipelines: dict[str, Pipeline],
 
             captures[name] = PipelineCapture(
                 name, capture, device=config.raw.device.id,
-                root=config.state_dir / "capture" / name, counters=counters, source=pipeline)
+                root=config.state_dir / "capture" / name, counters=counters, source=pipeline,
+                budget=budget)
     return captures
 
 
@@ -309,7 +311,7 @@ def build_graph(config: EdgedConfig, registry: Registry,
             metrics = MetricsServer(config.raw.metrics, health)
 
     # Before the cloud: capture on demand (a cloud service) acts on them.
-    captures = _build_captures(config, pipelines, counters)
+    captures = _build_captures(config, pipelines, counters, budget)
     cloud = None
     if config.cloud is not None:
         # Imported here: importing edged must not load a plugin (the link is the mqtt one).

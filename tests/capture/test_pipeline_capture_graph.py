@@ -75,3 +75,16 @@ def test_graph_captures_decisions_to_disk(tmp_path):
     spooled = sum(int(p.stem.rsplit("-", 1)[1]) for p in segments)
     assert graph.counters.get("capture_records", pipeline="wt") == len(records) + spooled
     assert graph.counters.get("capture_uploaded", pipeline="wt") == len(records)
+
+
+def test_captures_upload_within_the_data_budget(tmp_path):
+    """With ``cloud.data_budget`` the graph's captures ask that budget before uploading."""
+    from edged.config import parse_config
+
+    config = yaml.safe_load(config_text(tmp_path))
+    config["cloud"] = {"broker": {"host": "127.0.0.1"}, "data_budget": {"daily_mb": 5}}
+    _, registry = make_plugin_manager()
+    parsed = parse_config(yaml.safe_dump(config), str(tmp_path / "edged.yaml"), registry)
+    graph = build_graph(parsed, registry)
+    assert graph.budget is not None
+    assert graph.captures["wt"].uplink.budget is graph.budget
