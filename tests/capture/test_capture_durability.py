@@ -5,10 +5,11 @@ fresh store on the same spool. (Pipeline records: test_pipeline_capture_kill.py.
 from __future__ import annotations
 
 import os
-import select
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -54,16 +55,26 @@ def run_and_kill(settings: CaptureSettings, count: int, *,
          str(count), "1" if crash_after_delivery else "0"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     acked: list[str] = []
+    # A thread reads the lines: select() on the pipe would miss lines already in the
+    # file object's buffer once the child went quiet.
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        for line in child.stdout:
+            lines.put(line)
+        lines.put(None)  # it died (crash_after_delivery), or was killed
+    threading.Thread(target=pump, daemon=True).start()
     deadline = time.monotonic() + 20
     try:
-        while len(acked) < count and time.monotonic() < deadline:
-            ready, _, _ = select.select([child.stdout], [], [], 0.5)
-            if ready:
-                line = child.stdout.readline()
-                if not line:
-                    break  # it died (crash_after_delivery)
-                if line.startswith("ok "):  # not a log line
-                    acked.append(line.split()[1])
+        while len(acked) < count:
+            try:
+                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            if line.startswith("ok "):  # not a log line
+                acked.append(line.split()[1])
         if crash_after_delivery:
             child.wait(timeout=10)
         elif child.poll() is None:
