@@ -151,7 +151,7 @@ class SegmentSpool:
                 segments.append(segment)
         segments.sort(key=lambda s: s.seq)
         present = {s.name for s in segments}
-        uploads = []
+        uploads, settled = [], set()
         for path in sorted(self.uploads_dir.glob("*.json")):
             try:
                 data = json.loads(path.read_bytes())
@@ -159,12 +159,18 @@ class SegmentSpool:
             except (ValueError, KeyError, TypeError):
                 path.unlink(missing_ok=True)  # torn: its segments go in a new upload
                 continue
-            kept = tuple(n for n in upload.segments if n in present)
-            if kept:
-                uploads.append(Upload(upload.batch_id, kept))
+            if all(name in present for name in upload.segments):
+                uploads.append(upload)
+                continue
+            # Segments leave an upload only once it is settled: the destination
+            # acknowledged it, or it is being set aside. Replaying the rest would
+            # overwrite its objects (same keys) with fewer records; finish instead.
+            if (self.failed_dir / upload.batch_id).is_dir():
+                self.fail_upload(upload, None)
             else:
-                path.unlink(missing_ok=True)  # acknowledged; only the cleanup was cut
-        return segments, uploads
+                self.finish_upload(upload)
+            settled.update(upload.segments)
+        return [s for s in segments if s.name not in settled], uploads
 
     def close(self) -> None:
         if self._lock_fd is not None:
@@ -194,15 +200,17 @@ class SegmentSpool:
         write_durably(self.uploads_dir / f"{upload.batch_id}.json", [body.encode()],
                       self.fsync)
 
-    def fail_upload(self, upload: Upload, reason: str) -> Path:
+    def fail_upload(self, upload: Upload, reason: str | None) -> Path:
         """Set a refused upload's segments aside under ``failed/<batch_id>/`` with the
-        reason, then drop its intent; return that folder."""
+        reason (None: finishing a move a crash cut short), then drop its intent; return
+        that folder."""
         target = self.failed_dir / upload.batch_id
         makedirs_durably(target, self.fsync)
+        if reason is not None:
+            write_durably(target / "error.txt", [reason.encode() + b"\n"], self.fsync)
         for name in upload.segments:
             with contextlib.suppress(FileNotFoundError):
                 os.replace(self.segments_dir / name, target / name)
-        write_durably(target / "error.txt", [reason.encode() + b"\n"], self.fsync)
         if self.fsync:
             fsync_dir(self.segments_dir)
         (self.uploads_dir / f"{upload.batch_id}.json").unlink(missing_ok=True)

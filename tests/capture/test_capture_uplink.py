@@ -5,13 +5,14 @@ hook; uploads the destination refuses for good."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from pathlib import Path
 
 import pytest
 from test_pipeline_capture import FEATURES, THRESHOLDS, _items, decision, disk_dest, make, spec
 
 from edged.capture import CaptureSettings, CaptureStore
-from edged.capture.segments import parse_key, read_object
+from edged.capture.segments import SegmentSpool, Upload, parse_key, read_object
 from edged.metrics import Counters
 from edged.testing import eventually
 
@@ -188,3 +189,32 @@ async def test_transient_failures_are_retried_without_limit(tmp_path, s3):
     assert counters.get("capture_failed", pipeline="p1") == 0
     assert not (tmp_path / "spool" / "failed").exists() or not any(
         (tmp_path / "spool" / "failed").iterdir())
+
+
+async def test_a_half_cleaned_upload_is_finished_not_replayed(tmp_path):
+    """Killed while deleting an acknowledged upload's segments: a replay of what is left
+    would overwrite its objects (same keys) with fewer records. The start finishes the
+    clean-up instead; the objects stay whole."""
+    s = spec(disk_dest(tmp_path))
+    async with make(tmp_path, s) as capture:
+        await capture.write(_items(capture, [decision("t1", 1)]))
+        await capture.write(_items(capture, [decision("t1", 2)]))
+        assert await capture.upload_pending() == 2
+    [(key, body)] = disk_objects(tmp_path / "out").items()
+    # Put the spool back as a kill in the middle of the clean-up left it: the intent and
+    # the second segment, the first one already deleted.
+    lines = [line for _, line in capture._encode(_items(capture, [decision("t1", 3),
+                                                                   decision("t1", 4)]))]
+    spool = SegmentSpool(tmp_path / "spool")
+    spool.open()
+    first = spool.write_segment(0, False, lines[:1])
+    second = spool.write_segment(2, False, lines[1:])
+    spool.write_upload(Upload(str(uuid.uuid4()), (first.name, second.name)))
+    spool.delete_segments([first.name])
+    spool.close()
+    async with make(tmp_path, s) as capture:
+        assert capture.pending == 0  # settled, not pending
+        assert await capture.upload_pending() == 0
+    assert disk_objects(tmp_path / "out") == {key: body}
+    assert not list((tmp_path / "spool" / "segments").iterdir())
+    assert not list((tmp_path / "spool" / "uploads").iterdir())
