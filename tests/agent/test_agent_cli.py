@@ -163,7 +163,7 @@ def test_the_real_command_end_to_end(tmp_path, short_dir):
                   "agent_stopped"):
         assert event in names, (event, names)
     assert "Traceback" not in log.read_text()
-    assert len(list((tmp_path / "capture" / "turbine").rglob("*.jsonl"))) == 1
+    assert len(list((tmp_path / "capture").rglob("*.jsonl.gz"))) == 1
 
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -63,8 +63,7 @@ def test_the_aws_sample_is_accepted_as_it_is(tmp_path):
     assert capture.s3_bucket == "capture-bucket"
     assert capture.disk_path == Path("/var/lib/agent/capture")
     assert capture.folder_prefix == "demo_capture"
-    assert (capture.buffer_size, capture.batch_size, capture.push_period_s,
-            capture.base64_embed_limit) == (30, 10, 4.0, 2048)
+    assert (capture.buffer_size, capture.batch_size, capture.push_period_s) == (30, 10, 4.0)
     settings = config.capture_settings()
     assert settings.s3_region == "eu-west-1"
     assert settings.device_name == "turbine-gw-01"
@@ -105,7 +104,6 @@ def test_unknown_keys(tmp_path):
 def test_json_errors_name_the_key_and_line(tmp_path):
     data = dict(AWS_SAMPLE)
     data["sagemaker_edge_core_capture_data_buffer_size"] = 0
-    data["sagemaker_edge_core_capture_data_base64_embed_limit"] = 4096
     data["sagemaker_edge_core_capture_data_destination"] = "Tape"
     found = problems(tmp_path, data)
     path = tmp_path / "agent.json"
@@ -116,7 +114,6 @@ def test_json_errors_name_the_key_and_line(tmp_path):
 
     for key, message in [
         ("sagemaker_edge_core_capture_data_buffer_size", "greater than or equal to 1"),
-        ("sagemaker_edge_core_capture_data_base64_embed_limit", "less than or equal to 3072"),
         ("sagemaker_edge_core_capture_data_destination", "'Disk' or 'Cloud'"),
     ]:
         assert any(p.startswith(f"Invalid config for '{key}' at {path}, line {line(key)}: ")
