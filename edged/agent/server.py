@@ -329,7 +329,14 @@ class AgentServer:
         config = self.config
         capture = self._capture
         if capture is None:
-            store = CaptureStore(config.capture_settings(), counters=self.counters)
+            credentials = None
+            if config.credentials is not None:
+                from edged.iot_credentials import provider_from_spec
+
+                credentials = provider_from_spec(config.credentials, config.device_name,
+                                                 counters=self.counters)
+            store = CaptureStore(config.capture_settings(), counters=self.counters,
+                                 credentials=credentials)
             capture = await self._stack.enter_async_context(store)
         pool = ThreadPoolExecutor(config.predict_threads, thread_name_prefix="edged-predict")
         # Off the loop: a Predict still inside ONNX Runtime finishes before this returns.

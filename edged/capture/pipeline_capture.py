@@ -41,11 +41,20 @@ def build_sampler(spec: PipelineCaptureSpec) -> Sampler:
     )
 
 
-def build_destination(spec: PipelineCaptureSpec, fsync: bool) -> Destination:
+def build_destination(spec: PipelineCaptureSpec, fsync: bool, *, thing: str,
+                      counters: Counters | None = None) -> Destination:
+    """``thing``: the thing name the IoT credentials provider is asked for when the
+    destination's ``credentials`` name none (the device's cloud thing name)."""
     dest = spec.destination
     if dest.type == "s3":
+        credentials = None
+        if dest.credentials is not None:
+            from edged.iot_credentials import provider_from_spec
+
+            credentials = provider_from_spec(dest.credentials, thing, counters=counters)
         return S3Destination(dest.bucket, dest.prefix.strip("/"),
-                             endpoint_url=dest.endpoint_url, region=dest.region)
+                             endpoint_url=dest.endpoint_url, region=dest.region,
+                             credentials=credentials)
     return DiskDestination(Path(dest.path), fsync=fsync)
 
 
@@ -58,7 +67,7 @@ class PipelineCapture:
                  root: Path, counters: Counters, source: Any = None,
                  destination: Destination | None = None,
                  clock: Callable[[], bool | None] = clock_synced,
-                 budget: Budget | None = None) -> None:
+                 budget: Budget | None = None, thing: str | None = None) -> None:
         self.pipeline = pipeline
         self.spec = spec
         self.device = device
@@ -68,7 +77,8 @@ class PipelineCapture:
         fsync = spec.spool.fsync != "never"
         upload = spec.upload
         self.uplink = CaptureUplink(
-            root, destination or build_destination(spec, fsync),
+            root, destination or build_destination(spec, fsync, thing=thing or device,
+                                                   counters=counters),
             UplinkSettings(interval_s=upload.interval_s, max_records=upload.max_records,
                            retry_backoff_s=upload.retry_backoff_s,
                            max_backoff_s=upload.max_backoff_s,

@@ -147,11 +147,14 @@ class CaptureSettings(CapturePolicy):
         return self
 
 
-def build_destination(settings: CaptureSettings) -> Destination:
+def build_destination(settings: CaptureSettings, credentials: Any = None) -> Destination:
+    """``credentials``: an :class:`edged.iot_credentials.IotCredentialsProvider` for the
+    Cloud destination, or None for the standard AWS credential chain."""
     prefix = clean_prefix(settings.folder_prefix)
     if settings.destination == "Cloud":
         return S3Destination(settings.s3_bucket or "", prefix,
-                             endpoint_url=settings.s3_endpoint_url, region=settings.s3_region)
+                             endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
+                             credentials=credentials)
     root = settings.disk_path / prefix if prefix else settings.disk_path
     return DiskDestination(root, fsync=settings.fsync)
 
@@ -173,10 +176,10 @@ class CaptureStore:
 
     def __init__(self, settings: CaptureSettings, *, counters: Counters | None = None,
                  budget: Budget | None = None,
-                 destination: Destination | None = None) -> None:
+                 destination: Destination | None = None, credentials: Any = None) -> None:
         self.settings = settings
         self.counters = counters if counters is not None else Counters()
-        self.destination = destination or build_destination(settings)
+        self.destination = destination or build_destination(settings, credentials)
         self.uplink = CaptureUplink(
             settings.spool_dir, self.destination,
             UplinkSettings(interval_s=settings.push_period_s,

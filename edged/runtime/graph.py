@@ -239,6 +239,11 @@ def _build_captures(config: EdgedConfig, pipelines: dict[str, Pipeline],
     """Each pipeline's PipelineCapture (those with a ``capture`` key), by name; their
     uploads ask the data budget (``cloud.data_budget``), when there is one, first."""
     captures: dict[str, Any] = {}
+    thing = config.raw.device.id
+    if config.cloud is not None:
+        from edged.cloud import thing_name
+
+        thing = thing_name(config.cloud, thing)
     for name, pipeline in pipelines.items():
         capture = config.pipelines[name].spec.capture
         if capture is not None:
@@ -247,7 +252,7 @@ def _build_captures(config: EdgedConfig, pipelines: dict[str, Pipeline],
             captures[name] = PipelineCapture(
                 name, capture, device=config.raw.device.id,
                 root=config.state_dir / "capture" / name, counters=counters, source=pipeline,
-                budget=budget)
+                budget=budget, thing=thing)
     return captures
 
 

@@ -4,6 +4,7 @@ speaks the provider's contract, in front of moto's S3 server."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import http.server
@@ -27,7 +28,7 @@ from edged.iot_credentials import (
     provider_from_spec,
 )
 from edged.metrics import Counters
-from edged.testing import TestPki, free_port, make_pki
+from edged.testing import TestPki, eventually, free_port, make_pki
 
 THING = "turbine-gw-01"
 ALIAS = "edged-capture-uploads"
@@ -556,3 +557,58 @@ def test_the_docs_samples_validate(tmp_path):
     assert config.credentials.role_alias is None  # taken from the endpoint's URL
     assert provider_from_spec(config.credentials, config.device_name).role_alias == \
         "edged-capture-uploads"
+
+
+# -- wired into both capture users -----------------------------------------------------------
+
+
+def credentials_spec(pki: TestPki, server: CredentialsServer) -> dict:
+    cert_file, key_file = pki.client(THING)
+    return {"provider": "iot", "endpoint": f"https://localhost:{server.port}",
+            "role_alias": ALIAS, "cert_file": str(cert_file), "key_file": str(key_file),
+            "ca_file": str(pki.ca_file)}
+
+
+async def test_pipeline_capture_uploads_as_the_thing(tmp_path, s3, pki, server):
+    from edged.capture.pipeline_capture import PipelineCapture
+    from edged.events import Decision, ModelRef
+
+    bucket = s3.create_bucket()
+    spec = PipelineCaptureSpec.model_validate({
+        "rate": {"every": 1},
+        "destination": {"type": "s3", "bucket": bucket, "endpoint_url": s3.endpoint_url,
+                        "region": "us-east-1", "credentials": credentials_spec(pki, server)},
+        "upload": {"interval_s": 0.05}})
+    counters = Counters()
+    # No thing_name in the section: the capture asks as the device's cloud thing name.
+    capture = PipelineCapture("p1", spec, device="dev-1", root=tmp_path / "spool",
+                              counters=counters, thing=THING)
+    async with capture:
+        tasks = [asyncio.create_task(capture.write_loop()),
+                 asyncio.create_task(capture.upload_loop())]
+        capture.on_decisions([Decision("p1", "t1", 1_700_000_000.0, (0.1,), (False,),
+                                       {}, ModelRef("wt", 3), rows=1)], ("f",), (1.0,))
+        await eventually(lambda: counters.get("capture_uploaded", pipeline="p1") == 1)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    [key] = s3.objects(bucket, "captures/")
+    assert key.startswith("captures/device=dev-1/model=wt/version=3/")
+    assert [(r["thing"], r["status"]) for r in server.requests] == [(THING, 200)]
+
+
+async def test_the_agents_cloud_captures_upload_as_the_device(tmp_path, s3, pki, server,
+                                                              make_record):
+    from edged.capture.store import CaptureSettings, CaptureStore
+
+    bucket = s3.create_bucket()
+    settings = CaptureSettings(destination="Cloud", disk_path=tmp_path / "capture",
+                               s3_bucket=bucket, s3_endpoint_url=s3.endpoint_url,
+                               s3_region="us-east-1", device_name=THING, batch_size=1)
+    creds = provider_from_spec(IotCredentialsSpec.model_validate(credentials_spec(pki, server)),
+                               THING)
+    async with CaptureStore(settings, credentials=creds) as store:
+        await store.submit(make_record(0))
+        await eventually(lambda: store.status("cap-00000") == "SUCCESS")
+    assert len(s3.objects(bucket, "")) == 1
+    assert [(r["thing"], r["status"]) for r in server.requests] == [(THING, 200)]
