@@ -122,8 +122,8 @@ def budget_metrics(usage: dict[str, Any]) -> Iterator[Metric]:
                             value=usage["budget_bytes"])
     used = GaugeMetricFamily("edged_data_budget_used_bytes", "Bytes uploaded today, by "
                              "priority.", labels=["priority"])
-    deferred = GaugeMetricFamily("edged_data_budget_deferred", "Uploads refused today "
-                                 "by the budget, by priority.", labels=["priority"])
+    deferred = GaugeMetricFamily("edged_data_budget_deferred", "Refusals by the budget "
+                                 "today, by priority.", labels=["priority"])
     for priority, value in usage["used_bytes"].items():
         if priority != "total":
             used.add_metric([priority], value)
