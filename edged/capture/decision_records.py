@@ -73,13 +73,17 @@ def encode_record(pick: Pick, meta: tuple, pipeline: str, device: str,
         monotonic = mono - (wall - d.time)
     record = {
         "schema": SCHEMA_VERSION,
+        "kind": "decision",
         "id": str(uuid.uuid4()),
         "key": f"{d.turbine}:{d.rows}",
         "pipeline": pipeline,
-        "device": device,
+        # Not "device" nor "model": those are the object key's partition columns, and
+        # Spark and Athena refuse a table whose data and partitions share a column name.
+        "device_id": device,
         "turbine": d.turbine,
-        "model": {"name": d.model.name, "version": d.model.version,
-                  "bundle_sha256": model_info.get((d.model.name, d.model.version))},
+        "model_name": d.model.name,
+        "model_version": d.model.version,
+        "bundle_sha256": model_info.get((d.model.name, d.model.version)),
         "time": d.time,
         "monotonic": monotonic,
         "boot_id": boot_id(),

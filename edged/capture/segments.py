@@ -76,9 +76,8 @@ def partition(record: dict, device: str) -> str:
     """``device=<id>/model=<name>/version=<v>/date=YYYY-MM-DD/hour=HH`` (UTC, from the
     record's wall-clock ``time``)."""
     when = datetime.fromtimestamp(record["time"], UTC)
-    model = record["model"]
-    version = model.get("version")
-    return (f"device={device}/model={model['name']}/"
+    version = record.get("model_version")
+    return (f"device={device}/model={record['model_name']}/"
             f"version={UNKNOWN_VERSION if version is None else version}/"
             f"date={when:%Y-%m-%d}/hour={when:%H}")
 

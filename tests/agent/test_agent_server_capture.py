@@ -76,10 +76,10 @@ def test_capture_inline_and_shared_memory_reaches_disk(start_agent, tmp_path):
     [line] = uploaded(tmp_path / "capture" / "captures")
     assert (line["kind"], line["capture_id"]) == ("agent", capture_id)
     # The loaded model's manifest gives the version partition.
-    assert line["model"] == {"name": "windturbine", "version": 1}
+    assert (line["model_name"], line["model_version"]) == ("windturbine", 1)
     assert line["partition"] == {"device": "test-device", "model": "windturbine",
                                  "version": "1", "date": "2023-11-14", "hour": "22"}
-    assert line["device"] == "test-device"
+    assert line["device_id"] == "test-device"
     assert line["inference_timestamp"] == {"seconds": 1_700_000_000, "nanos": 5}
     [inp] = line["input_tensors"]
     assert (inp["name"], inp["dtype"], inp["shape"]) == ("input", "float32", [1, 6, 10, 10])

@@ -56,8 +56,8 @@ async def test_agent_records_on_disk(disk_settings, until):
 
     r = records["c-1"]
     assert (r["schema"], r["kind"], r["id"]) == (1, "agent", "c-1")
-    assert (r["device"], r["fleet"]) == ("dev-1", "fleet-a")
-    assert r["model"] == {"name": "turbine-7", "version": 7}
+    assert (r["device_id"], r["fleet_name"]) == ("dev-1", "fleet-a")
+    assert (r["model_name"], r["model_version"]) == ("turbine-7", 7)
     assert r["inference_timestamp"] == {"seconds": 1_700_000_000, "nanos": 5}
     assert r["inference_time"] == "2023-11-14T22:13:20.000000005Z"
     assert r["time"] == 1_700_000_000 + 5e-9
@@ -75,7 +75,7 @@ async def test_agent_records_on_disk(disk_settings, until):
                             "data": base64.b64encode(b'{"site": "north"}').decode()}]
     assert r["outputs"][0]["encoding"] == "CSV"
     assert base64.b64decode(r["outputs"][0]["data"]) == b"a,b\n1,2\n"
-    assert records["c-unversioned"]["model"]["version"] is None
+    assert records["c-unversioned"]["model_version"] is None
 
 
 async def test_without_an_inference_timestamp_the_hour_is_when_it_was_received(

@@ -74,18 +74,18 @@ async def test_agent_and_pipeline_records_take_one_path(tmp_path, where, request
         objects = {f"fleet/{k}": v for k, v in disk_objects(tmp_path / "out" / "fleet").items()}
     records = [r for key, body in objects.items() for r in read_object(key, body)]
     assert all(key.startswith("fleet/device=dev-1/model=") for key in objects)
-    partitions = sorted((r.get("kind", "decision"), r["partition"]["model"],
+    partitions = sorted((r["kind"], r["partition"]["model"],
                          r["partition"]["version"]) for r in records)
     assert partitions == [("agent", "model-a", "unknown"), ("agent", "model-b", "unknown"),
                           ("decision", "wt", "3"), ("decision", "wt", "3")]
     for record in records:
         assert (record["partition"]["date"], record["partition"]["hour"]) == (
             "2023-11-14", "22")
-        assert record["device"] == "dev-1" and record["model"]["name"] == \
+        assert record["device_id"] == "dev-1" and record["model_name"] == \
             record["partition"]["model"]
-    assert sorted(r["id"] for r in records if r.get("kind") == "agent") == [
+    assert sorted(r["id"] for r in records if r["kind"] == "agent") == [
         "cap-00000", "cap-00001"]
-    assert sorted(r["turbine"] for r in records if "kind" not in r) == ["t1", "t2"]
+    assert sorted(r["turbine"] for r in records if r["kind"] == "decision") == ["t1", "t2"]
 
 
 def test_parse_key_names_what_is_wrong():

@@ -100,9 +100,10 @@ def test_record_schema_and_key_layout_on_disk(tmp_path):
     assert key.startswith(prefix) and key.endswith(".jsonl.gz")
     by_turbine = {r["turbine"]: r for r in records}
     r = by_turbine["t2"]
-    assert r["schema"] == 1 and r["pipeline"] == "p1" and r["device"] == "dev-1"
-    assert r["model"] == {"name": "wt", "version": 3,
-                          "bundle_sha256": manifest_hash({"name": "wt", "version": 3})}
+    assert (r["schema"], r["kind"], r["pipeline"], r["device_id"]) == (1, "decision", "p1",
+                                                                       "dev-1")
+    assert (r["model_name"], r["model_version"], r["bundle_sha256"]) == (
+        "wt", 3, manifest_hash({"name": "wt", "version": 3}))
     assert r["anomalous"] is True and r["flags"] == [False, True]
     assert r["values"] == [0.5, 2.0] and r["thresholds"] == [1.0, 1.0]
     assert r["features"] == ["f1", "f2"] and r["groups"] == {"g": True}

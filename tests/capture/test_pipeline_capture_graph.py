@@ -68,8 +68,8 @@ def test_graph_captures_decisions_to_disk(tmp_path):
     assert any(r["anomalous"] for r in records)  # turbine 1 has a voltage fault
     assert any("before" in r["reasons"] or "after" in r["reasons"] for r in records)
     r = records[0]
-    assert r["pipeline"] == "wt" and r["device"] == "dev-7"
-    assert r["model"]["bundle_sha256"] and len(r["window"][0]) == len(r["features"])
+    assert r["pipeline"] == "wt" and r["device_id"] == "dev-7"
+    assert r["bundle_sha256"] and len(r["window"][0]) == len(r["features"])
     # Whatever was captured and not uploaded at the stop stays in the spool for next time.
     segments = (tmp_path / "state" / "capture" / "wt" / "segments").glob("*.jsonl")
     spooled = sum(int(p.stem.rsplit("-", 1)[1]) for p in segments)
