@@ -103,6 +103,8 @@ def publish_size(topic: str, payload: str | bytes, qos: int) -> int:
             + len(payload.encode() if isinstance(payload, str) else payload))
     length_bytes = 1 if body < 128 else 2 if body < 16_384 else 3 if body < 2_097_152 else 4
     return 1 + length_bytes + body
+
+
 _CLIENT_ID_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
