@@ -629,6 +629,58 @@ class BundleServer:
         self.close()
 
 
+async def cancel_and_wait(task: asyncio.Task, seconds: float = 10.0) -> None:
+    """Cancel ``task`` and wait until it has ended; its exception, if it failed, is
+    raised. Python 3.11's ``asyncio.wait_for`` (which aiomqtt awaits on) can swallow a
+    cancellation that lands just as the awaited future completes (fixed in 3.12, where
+    it is built on ``asyncio.timeout``), leaving the task running: a plain
+    ``task.cancel(); await task`` then waits forever. Cancel again until it ends, and
+    fail after ``seconds`` rather than hang."""
+    deadline = time.monotonic() + seconds
+    while not task.done():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{task.get_name()} ignored cancellation for {seconds} s")
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.5)
+    if not task.cancelled():
+        task.result()
+
+
+class MqttPeer:
+    """A test's own MQTT client beside the device (a recorder, a stand-in for an AWS
+    service): subscribed to ``topics`` once entered, handing every message to
+    :meth:`handle` until left."""
+
+    def __init__(self, host: str, port: int, topics: list[str], identifier: str) -> None:
+        self.host, self.port, self.topics, self.identifier = host, port, topics, identifier
+        self.client: Any = None  # the aiomqtt.Client while entered: publish with it
+        self._task: asyncio.Task | None = None
+
+    async def handle(self, client: Any, topic: str, payload: bytes) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Any:
+        subscribed = asyncio.Event()
+        self._task = asyncio.create_task(self._serve(subscribed),
+                                         name=f"test[{self.identifier}]")
+        await asyncio.wait_for(subscribed.wait(), 10)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        await cancel_and_wait(self._task)
+
+    async def _serve(self, subscribed: asyncio.Event) -> None:
+        import aiomqtt
+
+        async with aiomqtt.Client(self.host, self.port, identifier=self.identifier) as client:
+            await client.subscribe([(topic, 1) for topic in self.topics])
+            self.client = client
+            subscribed.set()
+            async for message in client.messages:
+                await self.handle(client, str(message.topic), bytes(message.payload))
+
+
 async def eventually(predicate: Callable[[], object], seconds: float = 20.0) -> None:
     """Wait until ``predicate()`` is true; TimeoutError after ``seconds``."""
     deadline = time.monotonic() + seconds

@@ -19,7 +19,6 @@ It is a test double, not a jobs service: no rollouts, retries, timers or abort c
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import re
@@ -162,9 +161,9 @@ class JobsService:
 
     async def __aexit__(self, *exc: object) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            from edged.testing import cancel_and_wait
+
+            await cancel_and_wait(self._task)
             self._task = None
         if self._client is not None:
             client, self._client = self._client, None

@@ -4,7 +4,6 @@ between device and broker that counts the device's bytes and can cut the link.""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
 import threading
@@ -14,6 +13,7 @@ import aiomqtt
 
 from edged.builtin.mqtt.connection import publish_size
 from edged.testing import (
+    MqttPeer,
     eventually,  # noqa: F401  (the tests import it from here)
     free_port,
 )
@@ -48,14 +48,13 @@ def write_config(tmp: Path, port: int, cloud: str, faults: str = "") -> Path:
     return path
 
 
-class Recorder:
+class Recorder(MqttPeer):
     """Subscribed (QoS 1) to ``topics`` on the broker: every message as it arrived,
     topic and raw payload."""
 
     def __init__(self, host: str, port: int, topics: list[str]) -> None:
-        self.host, self.port, self.topics = host, port, topics
+        super().__init__(host, port, topics, identifier="test-recorder")
         self.messages: list[tuple[str, bytes]] = []
-        self._task: asyncio.Task | None = None
 
     def on(self, topic: str) -> list[bytes]:
         return [payload for t, payload in self.messages if t == topic]
@@ -65,24 +64,8 @@ class Recorder:
         return sum(publish_size(t, payload, 1) for t, payload in self.messages
                    if topic is None or t == topic)
 
-    async def __aenter__(self) -> Recorder:
-        subscribed = asyncio.Event()
-        self._task = asyncio.create_task(self._record(subscribed), name="test[recorder]")
-        await asyncio.wait_for(subscribed.wait(), 10)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-
-    async def _record(self, subscribed: asyncio.Event) -> None:
-        async with aiomqtt.Client(self.host, self.port, identifier="test-recorder") as client:
-            await client.subscribe([(topic, 1) for topic in self.topics])
-            subscribed.set()
-            async for message in client.messages:
-                self.messages.append((str(message.topic), bytes(message.payload)))
+    async def handle(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
+        self.messages.append((topic, payload))
 
 
 class Forwarder:

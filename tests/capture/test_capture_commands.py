@@ -4,7 +4,6 @@ client playing the fleet service that sends requests and reads the responses."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gzip
 import json
 import time
@@ -15,7 +14,7 @@ import yaml
 
 from edged.plugin_manager import make_plugin_manager
 from edged.runtime.graph import Graph
-from edged.testing import Mosquitto, eventually
+from edged.testing import Mosquitto, MqttPeer, eventually
 from edged.testing import running_graph as daemon
 
 _, REGISTRY = make_plugin_manager()
@@ -64,41 +63,21 @@ def write_config(tmp: Path, port: int, **cloud_extra: object) -> Path:
 
 
 
-class Fleet:
+class Fleet(MqttPeer):
     """The cloud side: sends requests, keeps every response by request id."""
 
     def __init__(self, broker: Mosquitto) -> None:
-        self.broker = broker
+        super().__init__(broker.host, broker.port, [RESPONSE], identifier="fleet-service")
         self.responses: dict[str | None, dict] = {}
-        self._client: aiomqtt.Client | None = None
-        self._task: asyncio.Task | None = None
 
-    async def __aenter__(self) -> Fleet:
-        self._client = aiomqtt.Client(self.broker.host, self.broker.port,
-                                      identifier="fleet-service")
-        await self._client.__aenter__()
-        await self._client.subscribe(RESPONSE, qos=1)
-        self._task = asyncio.create_task(self._read())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None and self._client is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        await self._client.__aexit__(None, None, None)
-
-    async def _read(self) -> None:
-        assert self._client is not None
-        async for message in self._client.messages:
-            body = json.loads(message.payload)
-            self.responses[body.get("request_id")] = body
+    async def handle(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
+        body = json.loads(payload)
+        self.responses[body.get("request_id")] = body
 
     async def send(self, payload: bytes | dict) -> None:
-        assert self._client is not None
         if isinstance(payload, dict):
             payload = json.dumps(payload).encode()
-        await self._client.publish(REQUEST, payload, qos=1)
+        await self.client.publish(REQUEST, payload, qos=1)
 
     async def ask(self, payload: dict) -> dict:
         await self.send(payload)
