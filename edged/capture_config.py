@@ -55,6 +55,9 @@ class CaptureSpoolSpec(_Strict):
     include_rows: bool = Field(False, description="Add the raw source rows the window "
                                "was built from (history x inputs, before preprocessing) "
                                "and the input names to each record.")
+    include_model_io: bool = Field(False, description="Add the model's own input and "
+                                   "output for the turbine (e.g. the wind-turbine "
+                                   "autoencoder's windows and their reconstruction).")
 
 
 # AWS's own limits on the names the credentials provider is called with.

@@ -71,7 +71,8 @@ class Preprocessor(Protocol):
         """(rows, inputs) -> (rows, features), computed once per row at ingest."""
 
     def model_input(self, history: np.ndarray) -> np.ndarray:
-        """(turbines, history, features) -> the model's batched input."""
+        """(turbines, history, features) -> the model's batched input, turbine t's rows
+        together (t*k .. t*k + k - 1 for k rows a turbine), as ``score`` expects."""
 
     def score(self, x: np.ndarray, y: np.ndarray, turbines: int) -> Scores:
         """Model input and output -> per-turbine scores and decisions."""

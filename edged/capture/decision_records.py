@@ -104,6 +104,10 @@ def encode_record(pick: Pick, meta: tuple, pipeline: str, device: str,
     if pick.raw is not None:  # absent, not null, without include_rows: no bytes spent
         record["raw_inputs"] = list(pick.raw_inputs)
         record["raw_rows"] = pick.raw.tolist()  # type: ignore[attr-defined]
+    if pick.model_io is not None:  # likewise absent without include_model_io
+        model_input, model_output = pick.model_io  # type: ignore[misc]
+        record["model_input"] = model_input.tolist()
+        record["model_output"] = model_output.tolist()
     return json.dumps(record, separators=(",", ":")).encode() + b"\n"
 
 

@@ -135,7 +135,8 @@ class PipelineCapture:
         window = getattr(source, "round_window", None) if spool.include_window else None
         raw = getattr(source, "round_raw", None) if spool.include_rows else None
         inputs = source.preprocessor.inputs if raw is not None else ()
-        picks = self.sampler.select(decisions, now, window, raw, inputs)
+        model_io = getattr(source, "round_model_io", None) if spool.include_model_io else None
+        picks = self.sampler.select(decisions, now, window, raw, inputs, model_io)
         self._last_round = (features, thresholds)
         if picks:
             wall = decisions[0].time  # the pipeline's wall clock, one for both

@@ -27,7 +27,8 @@ class Pick:
     """A decision chosen for capture and why, with what its own round handed over:
     ``index``, its position in that round; ``window``, its feature history (history x
     features); ``raw``, the source rows behind it (history x inputs, columns
-    ``raw_inputs``); ``monotonic``, the round's monotonic time; ``seq``, its sequence
+    ``raw_inputs``); ``model_io``, the model's input and output for it (its rows of
+    each); ``monotonic``, the round's monotonic time; ``seq``, its sequence
     number; ``clock_step_s``, the wall-clock step seen at that round (None: none). A pick
     made by hand rather than by a :class:`Sampler` may leave the stamps None."""
 
@@ -37,6 +38,7 @@ class Pick:
     window: object = None
     raw: object = None
     raw_inputs: tuple[str, ...] = ()
+    model_io: object = None
     seq: int | None = None
     monotonic: float | None = None
     clock_step_s: float | None = None
@@ -93,17 +95,18 @@ class Round:
     window: object = None  # (decisions, history, features) or None
     raw: object = None  # (decisions, history, inputs) or None
     raw_inputs: tuple[str, ...] = ()
+    model_io: object = None  # (input, output), each (decisions, rows each, ...), or None
 
     def pick(self, d: Decision, reasons: list[str], i: int, *, copy: bool = False) -> Pick:
         """Decision ``i``'s pick; its rows are views into the round's arrays, or copies
         with ``copy`` (for a pick held for rounds: a view would pin the whole round)."""
-        window, raw = self.window, self.raw
-        if window is not None:
-            window = window[i].copy() if copy else window[i]  # type: ignore[index]
-        if raw is not None:
-            raw = raw[i].copy() if copy else raw[i]  # type: ignore[index]
+        def row(rows):
+            return None if rows is None else rows[i].copy() if copy else rows[i]
+
+        window, raw = row(self.window), row(self.raw)
+        model_io = None if self.model_io is None else tuple(map(row, self.model_io))
         return Pick(d, reasons, i, window, raw, self.raw_inputs if raw is not None else (),
-                    self.first_seq + i, self.monotonic, self.clock_step_s)
+                    model_io, self.first_seq + i, self.monotonic, self.clock_step_s)
 
 
 class RatePolicy:
@@ -271,7 +274,8 @@ class Sampler:
     clock: RoundClock = field(default_factory=RoundClock)
 
     def select(self, decisions: Sequence[Decision], now: float, window: object = None,
-               raw: object = None, raw_inputs: Sequence[str] = ()) -> list[Pick]:
+               raw: object = None, raw_inputs: Sequence[str] = (),
+               model_io: object = None) -> list[Pick]:
         """The picks of one round at monotonic time ``now``: context from earlier rounds
         first, then this round's in order, then a reservoir window that closed. A pick's
         ``window`` is its row of ``window``, its ``raw`` its row of ``raw`` (columns
@@ -279,7 +283,7 @@ class Sampler:
         wall-clock time is its decisions' ``time``."""
         wall = decisions[0].time if decisions else None
         first, step = self.clock.stamp(now, wall, len(decisions))
-        round_ = Round(first, now, step, window, raw, tuple(raw_inputs))
+        round_ = Round(first, now, step, window, raw, tuple(raw_inputs), model_io)
         taken: dict[int, Pick] = {}
         if self.rate is not None:
             for i in self.rate.select(decisions):

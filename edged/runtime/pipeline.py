@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import structlog
 
-from edged.components import InferenceBackend, Preprocessor, Readings
+from edged.components import InferenceBackend, Preprocessor, Readings, Scores
 from edged.config import PipelineSpec
 from edged.events import Decision, Event
 from edged.log import RateLimit
@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("edged.pipeline")
 _GOLDEN = 0.6180339887498949
+
+
+#: The model's input and output of a round, by turbine: two (turbines, rows each, ...).
+ModelIO = tuple[np.ndarray, np.ndarray]
 
 
 class Subscriber(Protocol):
@@ -59,6 +63,8 @@ class Pipeline:
         )
         # A raw ring beside the features only for a capture that records raw rows.
         keep_raw = spec.capture is not None and spec.capture.spool.include_rows
+        # The model's input and output, kept past scoring only for such a capture too.
+        self._keep_model_io = spec.capture is not None and spec.capture.spool.include_model_io
         self.buffers = TurbineBuffers(
             preprocessor.history, len(preprocessor.features), spec.max_turbines,
             inputs=len(preprocessor.inputs) if keep_raw else 0,
@@ -69,6 +75,7 @@ class Pipeline:
         # monotonic time read beside the decisions' wall-clock time.
         self.round_window: np.ndarray | None = None
         self.round_raw: np.ndarray | None = None
+        self.round_model_io: ModelIO | None = None
         self.round_monotonic: float | None = None
         # Decision.time and event times; replaceable so a test can step the wall clock.
         self.wall_clock: Callable[[], float] = time.time
@@ -289,7 +296,7 @@ class Pipeline:
         self._rounds.add(work)
         work.add_done_callback(self._rounds.discard)
         started = time.perf_counter()
-        scores = await work
+        scores, model_io = await work
         self.latency.record(time.perf_counter() - started)
         now = self.wall_clock()
         monotonic = time.monotonic()
@@ -318,9 +325,11 @@ class Pipeline:
         # For subscribers that read them during on_decisions (capture): handed over,
         # never copied.
         self.round_window, self.round_raw, self.round_monotonic = history, raw, monotonic
+        self.round_model_io = model_io
         for subscriber in self.subscribers:
             subscriber.on_decisions(decisions, preprocessor.features, thresholds)
         self.round_window = self.round_raw = self.round_monotonic = None
+        self.round_model_io = None
         shadow = self._shadow
         if shadow is not None and shadow[1] is stage:
             # Published first and not awaited: the candidate never delays a decision. On
@@ -351,10 +360,20 @@ class Pipeline:
                 for g, flagged in zip(best.tolist(), group_flags, strict=True)]
 
     def _score(self, history: np.ndarray, preprocessor: Preprocessor,
-               backend: InferenceBackend):
+               backend: InferenceBackend) -> tuple[Scores, ModelIO | None]:
+        """The round's scores, and with ``include_model_io`` the model's input and output
+        by turbine, each (turbines, rows each, ...): a preprocessor lays turbine t's rows
+        of the model input out together (see Preprocessor.model_input)."""
         x = preprocessor.model_input(history)
         y = backend.predict(x)
-        return preprocessor.score(x, y, len(history))
+        scores = preprocessor.score(x, y, len(history))
+        if not self._keep_model_io:
+            return scores, None
+        turbines, y = len(history), np.asarray(y)
+        if len(x) % turbines or len(y) % turbines:
+            return scores, None  # not laid out by turbine: nothing to hand over per row
+        return scores, (x.reshape(turbines, -1, *x.shape[1:]),
+                        y.reshape(turbines, -1, *y.shape[1:]))
 
     # -- watch --------------------------------------------------------------------------
 
