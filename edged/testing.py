@@ -629,6 +629,29 @@ class BundleServer:
         self.close()
 
 
+def farm_config(device: str, state_dir: Path, *, turbines: int = 4, faults: str = "",
+                model: str = "builtin:windturbine-v1", interval_s: float = 0.3,
+                extra: str = "") -> str:
+    """The YAML of the tests' usual device: a simulated farm (``faults`` as the
+    simulator takes them) watched by the reference pipeline ``turbines`` with ``model``;
+    ``extra``: more top-level sections (``cloud:``, ``metrics:``...), as YAML lines."""
+    fault = f", faults: {faults!r}" if faults else ""
+    return f"""\
+device: {{id: {device}}}
+state_dir: {state_dir}
+log: {{level: info, stats_interval_s: 0}}
+sources:
+  farm: {{type: simulator, turbines: {turbines}, rate_hz: 20, seed: 3, history_s: 25{fault}}}
+pipelines:
+  turbines:
+    inputs: [farm]
+    preprocessor: {{type: windturbine}}
+    inference: {{type: onnx, model: "{model}"}}
+    interval_s: {interval_s}
+{extra}
+"""
+
+
 async def cancel_and_wait(task: asyncio.Task, seconds: float = 10.0) -> None:
     """Cancel ``task`` and wait until it has ended; its exception, if it failed, is
     raised. Python 3.11's ``asyncio.wait_for`` (which aiomqtt awaits on) can swallow a

@@ -15,36 +15,20 @@ from edged.builtin.mqtt.connection import publish_size
 from edged.testing import (
     MqttPeer,
     eventually,  # noqa: F401  (the tests import it from here)
+    farm_config,
     free_port,
 )
 from edged.testing import running_graph as daemon  # noqa: F401
 
 THING = "turbine-gw-5"
 
-CONFIG = """\
-device: {{id: {thing}}}
-state_dir: {state_dir}
-log: {{level: info, stats_interval_s: 0}}
-sources:
-  farm: {{type: simulator, turbines: 4, rate_hz: 20, seed: 3, history_s: 25{faults}}}
-pipelines:
-  turbines:
-    inputs: [farm]
-    preprocessor: {{type: windturbine}}
-    inference: {{type: onnx, model: "builtin:windturbine-v1"}}
-    interval_s: 0.3
-cloud:
-  broker: {{host: 127.0.0.1, port: {port}, reconnect_min_s: 0.1, reconnect_max_s: 0.5}}
-{cloud}
-"""
-
-
 def write_config(tmp: Path, port: int, cloud: str, faults: str = "") -> Path:
     """The daemon's config; ``cloud``: the cloud section's lines after ``broker``."""
     path = tmp / "edged.yaml"
-    path.write_text(CONFIG.format(thing=THING, state_dir=tmp / "state", port=port,
-                                  cloud=cloud, faults=f", faults: {faults!r}" if faults
-                                  else ""))
+    broker = (f"  broker: {{host: 127.0.0.1, port: {port}, reconnect_min_s: 0.1, "
+              "reconnect_max_s: 0.5}")
+    path.write_text(farm_config(THING, tmp / "state", faults=faults,
+                                extra=f"cloud:\n{broker}\n{cloud}"))
     return path
 
 

@@ -13,32 +13,16 @@ from edged.plugin_manager import make_plugin_manager
 from edged.testing import (
     MqttPeer,
     eventually,  # noqa: F401  (the tests import it from here)
+    farm_config,
 )
 from edged.testing import running_graph as daemon  # noqa: F401
 
 _, REGISTRY = make_plugin_manager()
 THING = "turbine-gw-9"
 
-CONFIG = """\
-device: {{id: {thing}}}
-state_dir: {state_dir}
-log: {{level: info, stats_interval_s: 0}}
-sources:
-  farm: {{type: simulator, turbines: {turbines}, rate_hz: 20, seed: 3, history_s: 25}}
-pipelines:
-  turbines:
-    inputs: [farm]
-    preprocessor: {{type: windturbine}}
-    inference: {{type: onnx, model: "builtin:windturbine-v1"}}
-    interval_s: 0.3
-{extra}
-"""
-
-
 def write_config(tmp: Path, extra: str = "", turbines: int = 4) -> Path:
     path = tmp / "edged.yaml"
-    path.write_text(CONFIG.format(thing=THING, state_dir=tmp / "state", turbines=turbines,
-                                  extra=extra))
+    path.write_text(farm_config(THING, tmp / "state", turbines=turbines, extra=extra))
     return path
 
 

@@ -23,24 +23,13 @@ from edged.bundle.keys import public_pem
 from edged.jobs.protocol import TERMINAL_STATUSES
 from edged.modelpkg import resolve_model_path
 from edged.modelstore import ModelStore
-from edged.testing import BundleServer, Mosquitto
+from edged.testing import BundleServer, Mosquitto, farm_config
 
 BUILTIN = resolve_model_path("builtin:windturbine-v1")
 THING = "turbine-gw-7"
 MODEL = "windturbine"
 
-CONFIG = """\
-device: {{id: {thing}}}
-state_dir: {state_dir}
-log: {{level: info, stats_interval_s: 0}}
-sources:
-  farm: {{type: simulator, turbines: {turbines}, rate_hz: 20, seed: 3, history_s: 25}}
-pipelines:
-  turbines:
-    inputs: [farm]
-    preprocessor: {{type: windturbine}}
-    inference: {{type: onnx, model: "store:{model}"}}
-    interval_s: 0.5
+CLOUD = """\
 cloud:
   broker: {broker}
   jobs:
@@ -48,7 +37,6 @@ cloud:
     progress_interval_s: 0.2
     request_timeout_s: 5
     download_timeout_s: 5
-{extra}
 """
 
 
@@ -98,10 +86,10 @@ class Fleet:
         path = self.tmp / "edged.yaml"
         broker = broker or (f"{{host: 127.0.0.1, port: {self.broker.port}, "
                             "reconnect_min_s: 0.1, reconnect_max_s: 0.5}")
-        path.write_text(CONFIG.format(thing=THING, state_dir=self.state_dir, model=MODEL,
-                                      turbines=turbines, broker=broker,
-                                      trust=trust or f"{{keys_dir: {self.keys_dir}}}",
-                                      extra=extra))
+        cloud = CLOUD.format(broker=broker, trust=trust or f"{{keys_dir: {self.keys_dir}}}")
+        path.write_text(farm_config(THING, self.state_dir, turbines=turbines,
+                                    model=f"store:{MODEL}", interval_s=0.5,
+                                    extra=cloud + extra))
         return path
 
     def store(self) -> ModelStore:
