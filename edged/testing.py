@@ -652,19 +652,13 @@ pipelines:
 """
 
 
-async def cancel_and_wait(task: asyncio.Task, seconds: float = 10.0) -> None:
-    """Cancel ``task`` and wait until it has ended; its exception, if it failed, is
-    raised. Python 3.11's ``asyncio.wait_for`` (which aiomqtt awaits on) can swallow a
-    cancellation that lands just as the awaited future completes (fixed in 3.12, where
-    it is built on ``asyncio.timeout``), leaving the task running: a plain
-    ``task.cancel(); await task`` then waits forever. Cancel again until it ends, and
-    fail after ``seconds`` rather than hang."""
-    deadline = time.monotonic() + seconds
-    while not task.done():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{task.get_name()} ignored cancellation for {seconds} s")
-        task.cancel()
-        await asyncio.wait({task}, timeout=0.5)
+async def stop_task(task: asyncio.Task, seconds: float = 10.0) -> None:
+    """Cancel ``task`` and wait until it has ended (re-cancelling: see
+    :mod:`edged.runtime.tasks`); its exception, if it failed, is raised. Fails after
+    ``seconds`` rather than hang a test."""
+    from edged.runtime.tasks import cancel_and_wait
+
+    await cancel_and_wait(task, seconds=seconds)
     if not task.cancelled():
         task.result()
 
@@ -691,7 +685,7 @@ class MqttPeer:
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._task is not None
-        await cancel_and_wait(self._task)
+        await stop_task(self._task)
 
     async def _serve(self, subscribed: asyncio.Event) -> None:
         import aiomqtt

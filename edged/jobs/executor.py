@@ -55,6 +55,7 @@ from edged.modelstore import ModelStore, SwapError
 from edged.modelstore.shadow import ShadowLimits, ShadowReport, ShadowTrial
 from edged.modelstore.swap import Candidate, PreprocessorFactory, commit_swap, prepare_swap
 from edged.runtime.pipeline import Pipeline
+from edged.runtime.tasks import cancel_and_wait
 
 log = structlog.get_logger("edged.jobs")
 
@@ -214,9 +215,8 @@ class JobsExecutor:
                 raise  # the daemon is stopping: the journal resumes the job
             raise JobGone(run.gone) from None
         finally:
-            run.work.cancel()
-            watcher.cancel()
-            await asyncio.gather(run.work, watcher, return_exceptions=True)
+            for task in (run.work, watcher):
+                await cancel_and_wait(task)
 
     async def _watch(self, run: _Run) -> None:
         while True:
@@ -329,8 +329,9 @@ class JobsExecutor:
             raise DownloadError("expired_url", f"the bundle URL was refused after "
                                 f"{URL_REFRESHES} fresh ones")
         finally:
-            reporter.cancel()
-            await asyncio.gather(reporter, return_exceptions=True)
+            # Its cancellation can be swallowed mid-update (see edged.runtime.tasks):
+            # a plain cancel-and-gather then waited forever on a cancelled job.
+            await cancel_and_wait(reporter)
 
     async def _fresh_document(self, run: _Run, old: JobDocument) -> JobDocument:
         """Describe the execution again: the service signs the bundle URL anew."""
@@ -411,6 +412,10 @@ class JobsExecutor:
         run.entered = now
 
     async def _enter(self, run: _Run, phase: str) -> None:
+        if run.gone is not None:
+            # Its cancellation was swallowed (see edged.runtime.tasks): stop here, at
+            # the latest before the commit.
+            raise asyncio.CancelledError
         self._tick(run)
         run.record.phase = phase
         self.journal.save(run.record)  # before the phase's first side effect

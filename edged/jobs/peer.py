@@ -161,9 +161,9 @@ class JobsService:
 
     async def __aexit__(self, *exc: object) -> None:
         if self._task is not None:
-            from edged.testing import cancel_and_wait
+            from edged.testing import stop_task
 
-            await cancel_and_wait(self._task)
+            await stop_task(self._task)
             self._task = None
         if self._client is not None:
             client, self._client = self._client, None
