@@ -32,7 +32,7 @@ import structlog
 from pydantic import Field, model_validator
 
 from edged.config import EdgedConfig, Strict
-from edged.durable import write_durably
+from edged.durable import makedirs_durably, write_durably
 from edged.metrics import Counters
 
 log = structlog.get_logger("edged.budget")
@@ -213,7 +213,7 @@ class DataBudget:
                 "over_bytes": self.over_bytes, "last_heartbeat_at": self.last_heartbeat_at}
 
     def _write(self, state: dict[str, Any]) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        makedirs_durably(self.directory, fsync=True)
         write_durably(self.path, [json.dumps(state).encode()], fsync=True)
 
     def _restore(self, saved: bytes) -> None:

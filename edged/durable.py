@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -27,3 +28,16 @@ def write_durably(path: Path, parts: list[bytes], fsync: bool) -> None:
     os.replace(tmp, path)
     if fsync:
         fsync_dir(path.parent)
+
+
+def makedirs_durably(path: Path, fsync: bool) -> None:
+    """``mkdir -p`` that fsyncs the parent of every directory it creates."""
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            directory.mkdir()
+        if fsync:
+            fsync_dir(directory.parent)

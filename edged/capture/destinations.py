@@ -12,8 +12,7 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
-from edged.capture.spool import makedirs_durably
-from edged.durable import write_durably
+from edged.durable import makedirs_durably, write_durably
 from edged.errors import EdgedError
 
 # S3 error codes that mean "later", whatever the HTTP status says.

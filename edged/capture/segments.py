@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from edged.capture.spool import lock_spool, makedirs_durably
-from edged.durable import fsync_dir, write_durably
+from edged.capture.spool import lock_spool
+from edged.durable import fsync_dir, makedirs_durably, write_durably
 
 #: The partition of a record without a model version (an agent capture for a model the
 #: agent has no manifest for).

@@ -1,5 +1,5 @@
-"""Spool primitives: the lock that makes one writer per spool, directories created
-durably, and the agent's status log. Everything here is blocking file I/O; callers run
+"""Spool primitives: the lock that makes one writer per spool and the agent's status
+log. Everything here is blocking file I/O; callers run
 it through ``asyncio.to_thread``.
 
 The spool itself (segments, upload intents, ``failed/``) is :mod:`edged.capture.segments`.
@@ -7,7 +7,6 @@ The spool itself (segments, upload intents, ``failed/``) is :mod:`edged.capture.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
@@ -17,24 +16,11 @@ from pathlib import Path
 from edged.durable import fsync_dir, write_durably
 from edged.errors import EdgedError
 
-__all__ = ["SpoolLocked", "StatusLog", "lock_spool", "makedirs_durably", "write_durably"]
+__all__ = ["SpoolLocked", "StatusLog", "lock_spool"]
 
 
 class SpoolLocked(EdgedError):
     """Another process (or another capture in this one) holds this spool."""
-
-
-def makedirs_durably(path: Path, fsync: bool) -> None:
-    """``mkdir -p`` that fsyncs the parent of every directory it creates."""
-    missing = []
-    while not path.is_dir():
-        missing.append(path)
-        path = path.parent
-    for directory in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            directory.mkdir()
-        if fsync:
-            fsync_dir(directory.parent)
 
 
 def lock_spool(root: Path, holder: str = "another process") -> int:

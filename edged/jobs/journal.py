@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from edged.durable import fsync_dir, write_durably
+from edged.durable import fsync_dir, makedirs_durably, write_durably
 
 log = structlog.get_logger("edged.jobs")
 
@@ -77,7 +77,7 @@ class Journal:
             return None
 
     def save(self, record: JobRecord) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        makedirs_durably(self.directory, fsync=True)
         text = json.dumps(asdict(record), indent=1, sort_keys=True)
         write_durably(self.path, [text.encode()], fsync=True)
 
