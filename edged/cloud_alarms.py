@@ -103,7 +103,7 @@ class CloudAlarms:
         if len(pending) >= self.config.queue_size:
             pending.popleft()
             self.counters.inc("cloud_alarms", result="dropped")
-            self._warn("cloud_alarm_dropped", queue_size=self.config.queue_size)
+            self._rate_limit.warning(log, "cloud_alarm_dropped", queue_size=self.config.queue_size)
         pending.append(event)
         self._waiting.set()
 
@@ -128,15 +128,16 @@ class CloudAlarms:
             except (TypeError, ValueError) as exc:  # one odd event must not end the link
                 pending.popleft()
                 self.counters.inc("cloud_alarms", result="unencodable")
-                self._warn("cloud_alarm_unencodable", turbine=event.turbine,
-                           kind=event.kind, error=repr(exc))
+                self._rate_limit.warning(log, "cloud_alarm_unencodable",
+                                         turbine=event.turbine, kind=event.kind,
+                                         error=repr(exc))
                 continue
             try:
                 async with asyncio.timeout(PUBLISH_TIMEOUT_S):
                     await self.link.publish(self.topic, payload, qos=1, priority="critical")
             except (aiomqtt.MqttError, TimeoutError) as exc:
                 self.counters.inc("cloud_alarms", result="retried")
-                self._warn("cloud_alarm_publish_failed", error=repr(exc))
+                self._rate_limit.warning(log, "cloud_alarm_publish_failed", error=repr(exc))
                 await asyncio.sleep(RETRY_S)
                 continue
             # The queue may have dropped it meanwhile (full while the PUBACK was awaited).
@@ -148,8 +149,3 @@ class CloudAlarms:
     def pending(self) -> tuple[Event, ...]:
         """The events waiting to go out, oldest first."""
         return tuple(self._pending)
-
-    def _warn(self, event: str, **fields: object) -> None:
-        suppressed = self._rate_limit.allow(event)
-        if suppressed is not None:
-            log.warning(event, suppressed_since_last=suppressed, **fields)

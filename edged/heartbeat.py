@@ -73,10 +73,8 @@ class Heartbeat:
                 error = {}
             if not isinstance(error, dict):
                 error = {}
-            suppressed = self._rate_limit.allow("rejected")
-            if suppressed is not None:
-                log.warning("shadow_update_rejected", code=error.get("code"),
-                            message=error.get("message"), suppressed_since_last=suppressed)
+            self._rate_limit.warning(log, "shadow_update_rejected", code=error.get("code"),
+                                     message=error.get("message"))
 
     async def run(self) -> None:
         while True:
@@ -116,9 +114,7 @@ class Heartbeat:
             async with asyncio.timeout(PUBLISH_TIMEOUT_S):
                 await self.link.publish(topic, payload, qos=1, priority="heartbeat")
         except (aiomqtt.MqttError, TimeoutError) as exc:
-            suppressed = self._rate_limit.allow("publish")
-            if suppressed is not None:
-                log.warning("heartbeat_publish_failed", topic=topic, error=repr(exc),
-                            suppressed_since_last=suppressed)
+            self._rate_limit.warning(log, "heartbeat_publish_failed", topic=topic,
+                                     error=repr(exc))
             return False
         return True

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from typing import Any
 
 import structlog
 
@@ -56,3 +57,10 @@ class RateLimit:
             return None
         self._last[key] = now
         return self._suppressed.pop(key, 0)
+
+    def warning(self, logger: Any, event: str, **fields: Any) -> None:
+        """``logger.warning(event, ...)`` at most once per ``interval``, keyed by
+        ``event``, with how many were suppressed since the last one."""
+        suppressed = self.allow(event)
+        if suppressed is not None:
+            logger.warning(event, suppressed_since_last=suppressed, **fields)

@@ -86,12 +86,14 @@ class CaptureCommands:
                         "reason": f"internal error: {type(exc).__name__}"}
         self.counters.inc("capture_requests", result=response["status"])
         if response["status"] == "rejected":
-            self._warn("capture_request_rejected", request_id=response["request_id"],
-                       reason=response["reason"])
+            self._rate_limit.warning(log, "capture_request_rejected",
+                                     request_id=response["request_id"],
+                                     reason=response["reason"])
         try:
             self._responses.put_nowait(response)
         except asyncio.QueueFull:
-            self._warn("capture_response_dropped", request_id=response["request_id"])
+            self._rate_limit.warning(log, "capture_response_dropped",
+                                     request_id=response["request_id"])
 
     def handle(self, payload: Any) -> dict[str, Any]:
         """Check one request and act on it; return the response."""
@@ -136,13 +138,9 @@ class CaptureCommands:
                     await self.link.publish(self.response_topic, body, qos=1,
                                             priority="critical")
             except (aiomqtt.MqttError, TimeoutError) as exc:
-                self._warn("capture_response_failed", request_id=response["request_id"],
-                           error=repr(exc))
+                self._rate_limit.warning(log, "capture_response_failed",
+                                         request_id=response["request_id"], error=repr(exc))
 
-    def _warn(self, event: str, **fields: Any) -> None:
-        suppressed = self._rate_limit.allow(event)
-        if suppressed is not None:
-            log.warning(event, suppressed_since_last=suppressed, **fields)
 
 
 def _rejected(request_id: str | None, reason: str) -> dict[str, Any]:

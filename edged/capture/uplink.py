@@ -415,9 +415,7 @@ class CaptureUplink:
                 return True
 
     def _warn(self, event: str, **fields: Any) -> None:
-        suppressed = self._rate_limit.allow(event)
-        if suppressed is not None:
-            log.warning(event, **self.labels, suppressed_since_last=suppressed, **fields)
+        self._rate_limit.warning(log, event, **self.labels, **fields)
 
 
 async def _uncancelled(work: Awaitable[None]) -> None:
