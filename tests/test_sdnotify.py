@@ -319,6 +319,15 @@ class Daemon:
                 events.append(line)
         return events
 
+    def exit_code(self, timeout: float = 30) -> int:
+        """The daemon's exit status; a daemon still running after ``timeout`` fails the
+        test with the end of its log, which says what it was stuck on."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            tail = "\n".join(self.log_path.read_text().splitlines()[-40:])
+            raise AssertionError(f"edged still running after {timeout} s:\n{tail}") from None
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
@@ -372,7 +381,7 @@ def test_daemon_lifecycle_under_a_fake_systemd(daemon, systemd):
 
     daemon.proc.send_signal(signal.SIGTERM)
     systemd.expect(is_("STOPPING"), what="STOPPING=1")
-    assert daemon.proc.wait(30) == 0
+    assert daemon.exit_code() == 0
     states = [key for _, m in systemd.received for key in m
               if key in ("READY", "RELOADING", "STOPPING")]
     assert states == ["READY", "RELOADING", "READY", "RELOADING", "READY", "STOPPING"]
@@ -426,7 +435,7 @@ def test_ready_waits_for_the_broker(tmp_path, systemd):
         assert str(daemon.config) in ready["STATUS"]
         daemon.proc.send_signal(signal.SIGTERM)
         systemd.expect(is_("STOPPING"))
-        assert daemon.proc.wait(30) == 0
+        assert daemon.exit_code() == 0
     finally:
         daemon.stop()
         broker.stop()

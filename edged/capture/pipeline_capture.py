@@ -26,6 +26,7 @@ from edged.capture.uplink import Budget, CaptureUplink, Entry, UplinkSettings
 from edged.capture_config import PipelineCaptureSpec
 from edged.events import Decision, Event
 from edged.metrics import Counters
+from edged.runtime.tasks import run_to_end
 
 log = structlog.get_logger("edged.capture.pipeline")
 
@@ -200,12 +201,8 @@ class PipelineCapture:
         spool, anomalous and other records in separate segments, within the budget."""
         if not items:
             return
-        work = asyncio.ensure_future(self._encode_and_write(items))
-        try:
-            await asyncio.shield(work)
-        except asyncio.CancelledError:
-            await work  # picks taken off the queue are written regardless
-            raise
+        # Picks taken off the queue are written even if the writer is cancelled meanwhile.
+        await run_to_end(self._encode_and_write(items))
 
     async def _encode_and_write(self, items: list[Item]) -> None:
         entries = await asyncio.to_thread(self._encode, items)

@@ -49,6 +49,7 @@ from edged.capture.uplink import Budget, CaptureUplink, UplinkSettings
 from edged.config import Strict
 from edged.errors import EdgedError
 from edged.metrics import Counters
+from edged.runtime.tasks import cancel_all
 
 __all__ = [
     "AuxData",
@@ -281,11 +282,10 @@ class CaptureStore:
     async def __aexit__(self, *exc: object) -> None:
         self._running = False
         try:
-            for task in self._tasks:
-                task.cancel()
-            for task in self._tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await cancel_all(self._tasks)
+            for task in self._tasks:  # a loop that failed says so here
+                if not task.cancelled():
+                    task.result()
             await self._commit()  # what was submitted while the committer stopped
             await self.uplink.flush()
         finally:

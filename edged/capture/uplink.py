@@ -37,6 +37,7 @@ from edged.capture.destinations import DeliveryError, Destination
 from edged.capture.segments import Segment, SegmentSpool, Upload, build_objects
 from edged.log import RateLimit
 from edged.metrics import Counters
+from edged.runtime.tasks import run_to_end
 
 log = structlog.get_logger("edged.capture.uplink")
 
@@ -160,16 +161,15 @@ class CaptureUplink:
         per_record = self.settings.fsync == "always"
         first = self._seq
         self._seq += len(entries) if per_record else 2
-        work = asyncio.ensure_future(asyncio.to_thread(self._write_segments, list(entries),
-                                                       first, per_record))
-        try:
-            segments = await asyncio.shield(work)
-        except asyncio.CancelledError:
-            segments = await work  # the thread writes regardless: keep the books right
-            self._written(segments)
-            raise
-        self._written(segments)
+        # The thread writes regardless of a cancellation: the books must say so.
+        segments = await run_to_end(self._write_and_count(list(entries), first, per_record))
         await self._enforce_budget()
+        return segments
+
+    async def _write_and_count(self, entries: list[Entry], seq: int,
+                               per_record: bool) -> list[Segment]:
+        segments = await asyncio.to_thread(self._write_segments, entries, seq, per_record)
+        self._written(segments)
         return segments
 
     def _write_segments(self, entries: list[Entry], seq: int,
@@ -340,7 +340,7 @@ class CaptureUplink:
                 if not transient:
                     refused += 1
                     if refused >= self.settings.upload_attempts:
-                        await _uncancelled(self._set_aside(upload, ids, error, refused))
+                        await run_to_end(self._set_aside(upload, ids, error, refused))
                         return 0
                 if once:
                     return None
@@ -353,7 +353,7 @@ class CaptureUplink:
         self.counters.inc("capture_uploaded", len(records), **self.labels)
         self.counters.inc("capture_objects", len(objects), **self.labels)
         count = self._count(upload)
-        await _uncancelled(self._acknowledged(upload, ids))
+        await run_to_end(self._acknowledged(upload, ids))
         return count
 
     async def _acknowledged(self, upload: Upload, ids: list[str]) -> None:
@@ -416,14 +416,3 @@ class CaptureUplink:
 
     def _warn(self, event: str, **fields: Any) -> None:
         self._rate_limit.warning(log, event, **self.labels, **fields)
-
-
-async def _uncancelled(work: Awaitable[None]) -> None:
-    """Run ``work`` to its end even if the caller is cancelled meanwhile (then re-raise):
-    statuses, spool files and the books must not be left half-changed."""
-    task = asyncio.ensure_future(work)
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await task
-        raise

@@ -25,6 +25,7 @@ from edged.registry import Registry
 from edged.runtime.actuation import ActuatorBinding
 from edged.runtime.pipeline import Pipeline
 from edged.runtime.startup import backoff_delay, start_component
+from edged.runtime.tasks import cancel_all
 
 log = structlog.get_logger("edged.graph")
 
@@ -156,6 +157,9 @@ class Graph:
                 await self._stop_stage("actuators", timeout, drain=actuators)
                 # Last, after every upload: leaving it (stack.aclose) saves the final usage.
                 await self._stop_stage("budget", timeout)
+                # What overran its stage is cancelled until it ends: the task group
+                # would otherwise wait for it without end.
+                await cancel_all(t for tasks in self.running.values() for t in tasks)
             await self._bounded("components", stack.aclose(), timeout)
         log.info("graph_stopped", reason=self.stop_reason)
 
@@ -214,14 +218,12 @@ class Graph:
 
     async def _stop_stage(self, stage: str, limit_s: float,
                           drain: Iterable[ActuatorBinding] = ()) -> None:
-        tasks = self.running.get(stage, [])
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=limit_s)
-            if pending:
-                log.warning("shutdown_stage_overran", stage=stage,
-                            still_running=sorted(t.get_name() for t in pending))
+        # Cancelled again while they run on: a cancellation can be swallowed (see
+        # edged.runtime.tasks), and one task left running holds the whole shutdown.
+        pending = await cancel_all(self.running.get(stage, []), seconds=limit_s)
+        if pending:
+            log.warning("shutdown_stage_overran", stage=stage,
+                        still_running=sorted(t.get_name() for t in pending))
         for binding in drain:  # deliver alarms already decided before closing actuators
             await self._bounded(f"actuator.{binding.name}.drain", binding.drain(), limit_s)
 

@@ -4,13 +4,22 @@ Python 3.11's ``asyncio.wait_for`` (aiomqtt awaits every PUBACK and SUBACK with 
 swallow a cancellation that lands just as the awaited future completes; 3.12 fixed it by
 building ``wait_for`` on ``asyncio.timeout``. The task then runs on as if never cancelled,
 and a plain ``task.cancel(); await task`` waits for it forever: a job's progress reporter
-did exactly that, and its cancelled job never stopped.
+did exactly that, and its cancelled job never stopped; a graph's task caught in a publish
+or a subscribe as the daemon stops would hold the shutdown just as long.
+
+So a task is stopped with :func:`cancel_all` (or :func:`cancel_and_wait`), which cancels
+again while it runs on, and work that must finish once started runs under
+:func:`run_to_end`, which outlasts any number of cancellations.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Iterable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 async def cancel_and_wait(task: asyncio.Task, *, seconds: float | None = None,
@@ -18,9 +27,44 @@ async def cancel_and_wait(task: asyncio.Task, *, seconds: float | None = None,
     """Cancel ``task`` and wait until it has ended, cancelling it again every
     ``retry_s`` while it runs on. Its outcome is left in the task (not raised here).
     TimeoutError after ``seconds`` (None: no limit) if it still has not ended."""
+    if await cancel_all([task], seconds=seconds, retry_s=retry_s):
+        raise TimeoutError(f"{task.get_name()} ignored cancellation for {seconds} s")
+
+
+async def cancel_all(tasks: Iterable[asyncio.Task], *, seconds: float | None = None,
+                     retry_s: float = 0.5) -> set[asyncio.Task]:
+    """Cancel ``tasks`` and wait until they have ended, cancelling those that run on
+    again every ``retry_s``. Returns the tasks still running after ``seconds`` (None:
+    no limit), an empty set when every one ended; outcomes are left in the tasks."""
     deadline = None if seconds is None else time.monotonic() + seconds
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        wait_s = retry_s
+        if deadline is not None:
+            wait_s = min(retry_s, deadline - time.monotonic())
+            if wait_s <= 0:
+                break
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=wait_s)
+    return pending
+
+
+async def run_to_end(work: Awaitable[T]) -> T:
+    """Await ``work`` to its end even if the caller is cancelled meanwhile, however
+    often, then re-raise the cancellation (``work``'s own exception comes first). For
+    what must not be left half-done: spool files, statuses, the books. Repeated
+    cancellations are what :func:`cancel_all` sends a task that runs on."""
+    task = asyncio.ensure_future(work)
+    cancelled: asyncio.CancelledError | None = None
     while not task.done():
-        if deadline is not None and time.monotonic() > deadline:
-            raise TimeoutError(f"{task.get_name()} ignored cancellation for {seconds} s")
-        task.cancel()
-        await asyncio.wait({task}, timeout=retry_s)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError as exc:
+            if task.done():  # ``work`` itself was cancelled
+                break
+            cancelled = exc
+    result = task.result()
+    if cancelled is not None:
+        raise cancelled
+    return result

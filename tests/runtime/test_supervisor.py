@@ -38,6 +38,9 @@ PIPELINE = "turbines"
 class RecorderConfig(ActuatorConfig):
     type: Literal["recorder"]
     fail_starts: int = Field(0, ge=0, description="Start attempts that raise before one works.")
+    swallow_cancel: bool = Field(False, description="The first handle() waits until it is "
+                                 "cancelled and swallows that, as Python 3.11's wait_for "
+                                 "under an MQTT publish can.")
 
 
 class Recorder:
@@ -51,6 +54,7 @@ class Recorder:
         self.exited = False
         self.running_at_exit: list[str] | None = None
         self.events: list[Event] = []
+        self.swallowed = 0
 
     async def __aenter__(self) -> Recorder:
         self.attempts += 1
@@ -69,6 +73,11 @@ class Recorder:
 
     async def handle(self, event: Event) -> None:
         self.events.append(event)
+        if self.config.swallow_cancel and not self.swallowed:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                self.swallowed += 1
 
 
 class Journal:
@@ -226,6 +235,22 @@ async def test_starts_every_component_and_stops_in_stages(tmp_path, cleanup):
     assert h.journal.stopping == ["shutdown"]
     assert not [t for t in asyncio.all_tasks() - {asyncio.current_task()}
                 if t.get_name().startswith("edged[")]
+
+
+async def test_a_swallowed_cancellation_does_not_hold_the_shutdown(tmp_path, cleanup):
+    """An actuator whose cancellation is swallowed runs on after its stage cancelled it;
+    it is cancelled again, and the daemon still stops within its stage bounds."""
+    h = Harness(tmp_path, config_text(tmp_path, recorder=rec_cfg(swallow_cancel=True)))
+    cleanup(h)
+    h.start()
+    (recorder,) = h.journal.recorders
+    await until(lambda: recorder.events, 10, "the recorder's first event")
+    elapsed = await h.shutdown()
+    assert recorder.swallowed == 1
+    assert elapsed < 4.0, "the stages' bounds hold with a cancellation swallowed"
+    (graph,) = h.graphs
+    assert all(t.done() for tasks in graph.running.values() for t in tasks)
+    assert recorder.exited
 
 
 # -- start-up failure policies --------------------------------------------------------------

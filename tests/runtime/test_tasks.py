@@ -1,5 +1,6 @@
-"""cancel_and_wait: a task whose cancellation was swallowed (as Python 3.11's wait_for
-can) is cancelled again until it ends."""
+"""cancel_and_wait and cancel_all: a task whose cancellation was swallowed (as Python
+3.11's wait_for can) is cancelled again until it ends; run_to_end: work that must finish
+outlasts any number of cancellations."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import contextlib
 
 import pytest
 
-from edged.runtime.tasks import cancel_and_wait
+from edged.runtime.tasks import cancel_all, cancel_and_wait, run_to_end
 
 
 async def test_a_swallowed_cancellation_is_repeated_until_the_task_ends():
@@ -46,3 +47,61 @@ async def test_a_task_that_never_ends_fails_after_the_limit():
     release = True  # leave nothing running
     await cancel_and_wait(task)
     assert task.done()
+
+
+async def test_cancel_all_stops_every_task_and_reports_the_immortal_ones():
+    release = asyncio.Event()
+
+    async def swallows_once() -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(3600)
+        await asyncio.sleep(3600)
+
+    async def immortal() -> None:
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await release.wait()
+
+    polite = asyncio.create_task(asyncio.sleep(3600))
+    once = asyncio.create_task(swallows_once())
+    stuck = asyncio.create_task(immortal())
+    await asyncio.sleep(0)
+    assert await cancel_all([polite, once, stuck], seconds=0.2, retry_s=0.02) == {stuck}
+    assert polite.cancelled() and once.cancelled() and not stuck.done()
+    release.set()
+    assert await cancel_all([stuck]) == set()
+    assert stuck.done() and not stuck.cancelled()
+
+
+async def test_run_to_end_finishes_its_work_through_repeated_cancellations():
+    steps: list[int] = []
+
+    async def work() -> str:
+        for step in range(5):
+            await asyncio.sleep(0.02)
+            steps.append(step)
+        return "written"
+
+    async def caller() -> str:
+        return await run_to_end(work())
+
+    task = asyncio.create_task(caller())
+    for _ in range(3):  # cancelled three times while the work runs
+        await asyncio.sleep(0.025)
+        task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert steps == [0, 1, 2, 3, 4], "the work ran to its end"
+    assert await run_to_end(work()) == "written"
+
+
+async def test_run_to_end_raises_the_works_own_failure():
+    async def broken() -> None:
+        await asyncio.sleep(0.02)
+        raise OSError("disk full")
+
+    task = asyncio.create_task(run_to_end(broken()))
+    await asyncio.sleep(0.005)
+    task.cancel()
+    with pytest.raises(OSError, match="disk full"):
+        await task

@@ -16,7 +16,6 @@ the link dropped is sent again after the reconnect, so a receiver may see an ala
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
 import string
@@ -32,6 +31,7 @@ from edged.components import BuildContext, Component
 from edged.config import NAME_PATTERN, ActuatorConfig
 from edged.events import Event
 from edged.log import RateLimit
+from edged.runtime.tasks import cancel_and_wait
 
 log = structlog.get_logger("edged.actuator.mqtt")
 
@@ -119,9 +119,9 @@ class MqttActuator(Component):
     async def __aexit__(self, *exc: object) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)  # re-cancelled if a publish swallows it
+            if not task.cancelled():
+                task.result()
         await self.link.__aexit__(*exc)
 
     def topic(self, template: str, event: Event) -> str:
