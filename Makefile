@@ -10,10 +10,11 @@ DEMO_ARGS ?= --duration 60
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml plugins/edged-example/pyproject.toml Makefile
+$(STAMP): pyproject.toml plugins/edged-example/pyproject.toml cloud_tools/pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]' -e plugins/edged-example
+	$(BIN)/python -m pip install --quiet -e '.[dev]' -e plugins/edged-example \
+		-e cloud_tools
 	touch $(STAMP)
 
 demo: venv

@@ -148,6 +148,20 @@ class S3DestinationSpec(_Strict):
         "chain (environment, shared files, instance role).")
 
 
+class PresignedDestinationSpec(_Strict):
+    """S3 through pre-signed PUT URLs that the fleet's signer hands out over the cloud
+    link (docs/capture.md, "Pre-signed uploads"): neither S3 keys nor an IAM role on the
+    device. Needs a ``cloud:`` section."""
+
+    type: Literal["presigned"]
+    timeout_s: float = Field(15.0, gt=0, le=300, description="Wait for the signer's "
+                             "answer to one request for URLs.")
+    put_timeout_s: float = Field(30.0, gt=0, le=600, description="Socket timeout of one "
+                                 "PUT to a URL.")
+    ca_file: Path | None = Field(None, description="CA bundle the URLs' HTTPS endpoint is "
+                                 "checked against (default: the system's).")
+
+
 class DiskDestinationSpec(_Strict):
     type: Literal["disk"]
     path: Path = Field(description="Directory the objects are written under.")
@@ -174,5 +188,5 @@ class PipelineCaptureSpec(_Strict):
                                           "decision and its context.")
     spool: CaptureSpoolSpec = Field(default_factory=CaptureSpoolSpec)
     upload: UploadSpec = Field(default_factory=UploadSpec)
-    destination: Annotated[S3DestinationSpec | DiskDestinationSpec,
+    destination: Annotated[S3DestinationSpec | PresignedDestinationSpec | DiskDestinationSpec,
                            Field(discriminator="type")]

@@ -210,6 +210,17 @@ def build_cloud(config: EdgedConfig, registry: Registry, pipelines: dict[str, Pi
         health.stalest = cloud.health.stalest
         services.append(Heartbeat(cloud.health, link=link, thing=health.thing,
                                   health=health, counters=counters, budget=budget))
+    presigned = [c.destination for c in (captures or {}).values()
+                 if c.spec.destination.type == "presigned"]
+    if presigned:
+        from edged.capture.upload_urls import UploadUrlClient
+
+        # One client for every pipeline: one subscription, replies matched by token.
+        signer = UploadUrlClient(link=link, thing=thing_name(cloud, device),
+                                 counters=counters)
+        for destination in presigned:
+            destination.signer = signer
+        services.append(signer)
     if cloud.capture_requests and captures:
         from edged.capture.commands import CaptureCommands
 

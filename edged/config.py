@@ -364,6 +364,7 @@ def parse_config(text: str, filename: str, registry: Registry) -> EdgedConfig:
 
     warnings = _check_wiring(raw, actuators, problems)
     cloud = _cloud(raw, pipelines, problems)
+    _check_presigned(raw, problems)
     if problems.items:
         raise ConfigError(problems.items)
     return EdgedConfig(
@@ -401,6 +402,24 @@ def _cloud(raw: RawConfig, pipelines: dict[str, PipelineConfig], problems: _Prob
                              "job cannot replace it (set its inference model to "
                              "store:NAME)")
     return cloud
+
+
+def _check_presigned(raw: RawConfig, problems: _Problems) -> None:
+    """Pre-signed capture uploads ask for their URLs over the cloud link, and the signer
+    signs only keys under ``device=<thing name>``, where the uplink puts the device id."""
+    for name, spec in raw.pipelines.items():
+        if spec.capture is None or spec.capture.destination.type != "presigned":
+            continue
+        loc = ("pipelines", name, "capture", "destination", "type")
+        if raw.cloud is None:
+            problems.add(loc, "presigned uploads ask for their URLs over the cloud link: "
+                         "add a cloud: section (docs/capture.md, \"Pre-signed uploads\")")
+            continue
+        thing = raw.cloud.get("thing_name")
+        if isinstance(thing, str) and thing != raw.device.id:
+            problems.add(loc, f"presigned uploads need cloud.thing_name ({thing!r}) to be "
+                         f"device.id ({raw.device.id!r}): the signer signs only keys "
+                         f"under device=<thing name>")
 
 
 def store_model(pipeline: PipelineConfig) -> str | None:

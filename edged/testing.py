@@ -40,7 +40,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import unquote, urlsplit
 
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/bin/mosquitto")
@@ -737,20 +737,21 @@ async def running_graph(config: Path, registry: Any = None) -> AsyncIterator[Any
         task.result()
 
 
-class EdgedProcess:
-    """``edged run -c CONFIG`` as a child process, its JSON log lines (stderr) collected
-    as they come: for tests that start, kill and restart a real daemon::
+class LoggedProcess:
+    """A Python module run as a child process (``python -m MODULE ARGS``), its JSON log
+    lines (stderr) collected as they come: for tests that start, kill and restart a real
+    daemon or service::
 
-        daemon = EdgedProcess(config, env={"EDGED_JOBS_PAUSE_AT": "staging"})
-        ...  # daemon.events("graph_started"), daemon.lines
-        daemon.kill()     # SIGKILL, as a power cut looks to the process
-        daemon.stop()     # SIGTERM, waits (SIGKILL after 20 s); returns the exit code
+        signer = LoggedProcess(["edged_cloud.upload_signer", "--host", ...])
+        ...  # signer.events("upload_signer_ready"), signer.lines
+        signer.kill()     # SIGKILL, as a power cut looks to the process
+        signer.stop()     # SIGTERM, waits (SIGKILL after 20 s); returns the exit code
     """
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None,
+    def __init__(self, args: list[str], env: dict[str, str] | None = None,
                  cwd: Path | None = None) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edged", "run", "-c", str(config)], cwd=cwd,
+            [sys.executable, "-m", *args], cwd=cwd,
             env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, text=True)
         self.lines: list[dict] = []
@@ -781,12 +782,36 @@ class EdgedProcess:
         finally:
             self._reader.join(timeout=5)
 
-    def __enter__(self) -> EdgedProcess:
+    async def wait_for(self, event: str, seconds: float = 20.0) -> dict:
+        """The first log line of ``event``, waiting up to ``seconds`` for it; fails with
+        the process's last lines if it does not come (or the process ends first)."""
+        deadline = time.monotonic() + seconds
+        while not (found := self.events(event)):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                tail = "\n".join(json.dumps(line) for line in self.lines[-20:])
+                raise AssertionError(f"no {event!r} from {self.proc.args[2]} "
+                                     f"(exit code {self.proc.poll()}); its log:\n{tail}")
+            await asyncio.sleep(0.05)
+        return found[0]
+
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.proc.poll() is None:
             self.stop()
+
+
+class EdgedProcess(LoggedProcess):
+    """``edged run -c CONFIG`` as a child process::
+
+        daemon = EdgedProcess(config, env={"EDGED_JOBS_PAUSE_AT": "staging"})
+        ...  # daemon.events("graph_started"), daemon.lines
+    """
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> None:
+        super().__init__(["edged", "run", "-c", str(config)], env, cwd)
 
 
 def unit_directives(unit: Path, section: str = "Service") -> list[tuple[str, str]]:

@@ -85,3 +85,10 @@ def test_jobs_page_cloud_sample_validates():
     assert blocks
     cloud = CloudConfig.model_validate(yaml.safe_load(blocks[0])["cloud"])
     assert cloud.broker.persistent_session and cloud.jobs.trust.keys_dir is not None
+
+
+def test_capture_page_presigned_sample_validates(registry):
+    [block] = [b for b in YAML_BLOCK.findall((ROOT / "docs" / "capture.md").read_text())
+               if "type: presigned" in b]
+    config = parse_config(block, "docs/capture.md", registry)
+    assert config.raw.pipelines["turbines"].capture.destination.type == "presigned"

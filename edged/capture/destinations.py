@@ -30,6 +30,15 @@ class DeliveryError(EdgedError):
         self.transient = transient
 
 
+def s3_refusal(where: str, status: int, code: str | None, message: str) -> DeliveryError:
+    """An S3 error answer as a DeliveryError: transient for 5xx, 429, the codes that
+    mean "later", and an expired pre-signed URL (the next attempt signs anew)."""
+    transient = (status >= 500 or status == 429 or code in _TRANSIENT_CODES
+                 or (status == 403 and "expired" in message.lower()))
+    return DeliveryError(f"{where}: HTTP {status} {code} {message}".rstrip(),
+                         transient=transient)
+
+
 class Destination(Protocol):
     name: str
 
@@ -139,9 +148,7 @@ class S3Destination:
         if isinstance(exc, ClientError):
             error = exc.response.get("Error", {})
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            transient = status >= 500 or status == 429 or error.get("Code") in _TRANSIENT_CODES
-            return DeliveryError(f"{where}: {error.get('Code')} {error.get('Message', '')}",
-                                 transient=transient)
+            return s3_refusal(where, status, error.get("Code"), error.get("Message", ""))
         return DeliveryError(f"{where}: {exc}", transient=False)
 
     def close(self) -> None:

@@ -56,6 +56,11 @@ def build_destination(spec: PipelineCaptureSpec, fsync: bool, *, thing: str,
         return S3Destination(dest.bucket, dest.prefix.strip("/"),
                              endpoint_url=dest.endpoint_url, region=dest.region,
                              credentials=credentials)
+    if dest.type == "presigned":
+        from edged.capture.upload_urls import PresignedDestination
+
+        return PresignedDestination(timeout_s=dest.timeout_s, put_timeout_s=dest.put_timeout_s,
+                                    ca_file=dest.ca_file)
     return DiskDestination(Path(dest.path), fsync=fsync)
 
 
