@@ -61,8 +61,10 @@ async def run_to_end(work: Awaitable[T]) -> T:
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError as exc:
-            if task.done():  # ``work`` itself was cancelled
+            if task.cancelled():  # ``work`` itself was cancelled: result() raises it
                 break
+            # Ours, even when ``work`` has just finished: a cancellation that lands
+            # between its end and our resumption must not be lost.
             cancelled = exc
     result = task.result()
     if cancelled is not None:

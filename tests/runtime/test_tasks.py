@@ -105,3 +105,24 @@ async def test_run_to_end_raises_the_works_own_failure():
     task.cancel()
     with pytest.raises(OSError, match="disk full"):
         await task
+
+
+async def test_run_to_end_keeps_a_cancellation_that_lands_as_the_work_ends():
+    """The caller is cancelled after its work has finished but before it resumed: the
+    cancellation is still raised (it was lost once, and a capture test that cancelled its
+    uploader once waited for it forever)."""
+    finished = False
+
+    async def work() -> str:
+        nonlocal finished
+        await asyncio.sleep(0)
+        finished = True
+        return "written"
+
+    task = asyncio.create_task(run_to_end(work()))
+    while not finished:
+        await asyncio.sleep(0)
+    assert not task.done()  # finished work; its caller has not resumed yet
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
