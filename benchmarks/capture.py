@@ -14,8 +14,10 @@ Reported per config: decisions/s on the decision path (ingest + decide, the writ
 running beside it on the same loop and core); decisions/s sustained, which adds the time
 the writer then takes to spool what the block queued (the cost of capture in full); both
 as ratios to capture off; records picked, captured (spooled), uploaded and dropped
-(``capture_dropped{...}``); and the time spent inside ``on_decisions`` a round (p99,
-max), the only part of capture on the decision path.
+(``capture_dropped{...}``); the time spent inside ``on_decisions`` a round (p99,
+max), the only part of capture on the decision path; and each round's time (ingest +
+decide, p99 and max), which also shows what capture's other work (the writer's and the
+uploader's threads, the uploader's turns on the loop) cost the decision path.
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ class Run:
             self.timed = Timed(self.capture)
             self.pipeline.subscribers.append(self.timed)
         self.path_s = 0.0  # ingest + decide
+        self.round_times: list[float] = []  # each round's ingest + decide
         self.drain_s = 0.0  # then until the writer has spooled what the block queued
         self.rounds = 0
 
@@ -127,7 +130,9 @@ class Run:
             start = time.perf_counter()
             self.pipeline.ingest([Readings(self.ids * NEW_ROWS, fresh)])
             await self.pipeline.decide_once()
-            self.path_s += time.perf_counter() - start
+            elapsed = time.perf_counter() - start
+            self.path_s += elapsed
+            self.round_times.append(elapsed)
             self.offset += NEW_ROWS
             self.rounds += 1
         if self.capture is not None:
@@ -140,6 +145,7 @@ class Run:
     def figures(self) -> dict:
         decisions = self.turbines * self.rounds
         times = np.array(self.timed.times if self.timed else [0.0])
+        rounds = np.array(self.round_times)
         return {
             "config": self.name, "turbines": self.turbines, "rounds": self.rounds,
             "decisions_per_s": decisions / self.path_s,
@@ -149,6 +155,8 @@ class Run:
             "dropped": self.dropped(),
             "on_decisions_p99_ms": float(np.percentile(times, 99)) * 1000,
             "on_decisions_max_ms": float(times.max()) * 1000,
+            "round_p99_ms": float(np.percentile(rounds, 99)) * 1000,
+            "round_max_ms": float(rounds.max()) * 1000,
         }
 
 
@@ -172,6 +180,7 @@ async def bench(turbines: int, rounds: int, block: int) -> list[dict]:
                 await run.block(1)
                 run.path_s = run.drain_s = 0.0
                 run.rounds = 0
+                run.round_times.clear()
                 if run.timed:
                     run.timed.times.clear()
             done, turn = 0, 0
@@ -212,7 +221,8 @@ def main() -> int:
           f"interleaved in blocks of {args.block}")
     print(f"{'turbines':>8}  {'capture':>7}  {'dec/s':>7}  {'ratio':>5}  "
           f"{'sustained':>9}  {'ratio':>5}  {'picked':>7}  {'spooled':>7}  "
-          f"{'uploaded':>8}  {'dropped':>7}  {'on_decisions p99 / max':>22}")
+          f"{'uploaded':>8}  {'dropped':>7}  {'on_decisions p99 / max':>22}  "
+          f"{'round p99 / max':>17}")
     for r in results:
         off = next(o for o in results if o["turbines"] == r["turbines"]
                    and o["config"] == "off")
@@ -222,7 +232,8 @@ def main() -> int:
               f"{r['sustained_per_s']:>9.0f}  "
               f"{r['sustained_per_s'] / off['sustained_per_s']:>5.2f}  "
               f"{r['picked']:>7}  {r['spooled']:>7}  {r['uploaded']:>8}  {dropped:>7}  "
-              f"{r['on_decisions_p99_ms']:>10.2f} / {r['on_decisions_max_ms']:.2f} ms")
+              f"{r['on_decisions_p99_ms']:>10.2f} / {r['on_decisions_max_ms']:.2f} ms  "
+              f"{r['round_p99_ms']:>7.1f} / {r['round_max_ms']:.1f} ms")
     return 0
 
 

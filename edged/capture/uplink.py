@@ -22,7 +22,6 @@ hand their JSON lines to a :class:`CaptureUplink`; see docs/capture.md.
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import time
 import uuid
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+import orjson
 import structlog
 
 from edged.capture.destinations import DeliveryError, Destination
@@ -316,10 +316,14 @@ class CaptureUplink:
         """Upload one batch until the destination acknowledges it (the records
         acknowledged) or refuses it for good (0: set aside); None if ``once`` and not
         done."""
-        lines = await asyncio.to_thread(self.spool.read_lines, upload.segments)
-        records, ids = self._parse(upload, lines)
-        objects = await asyncio.to_thread(build_objects, upload.batch_id, records,
-                                          self.device)
+        # Reading, parsing and compressing a batch (up to max_records records, each maybe
+        # tens of KB with a window) all happen in a worker thread: on the loop, parsing
+        # alone held up decisions for 0.14 s per 10,000 records, 1.5 s per 1,000 windows.
+        records, ids, bad, objects = await asyncio.to_thread(self._prepare, upload)
+        if bad:
+            self.counters.inc("capture_corrupt", bad, **self.labels)
+            log.error("capture_spool_corrupt", **self.labels, batch=upload.batch_id,
+                      lines=bad)
         nbytes = sum(len(body) for _, body in objects)
         if objects and self.budget is not None and not await self._within_budget(
                 nbytes, once):
@@ -363,25 +367,23 @@ class CaptureUplink:
         await asyncio.to_thread(self.spool.finish_upload, upload)
         self._remove(upload.segments)
 
-    def _parse(self, upload: Upload, lines: list[bytes]) -> tuple[list[tuple[dict, bytes]],
-                                                                  list[str]]:
+    def _prepare(self, upload: Upload) -> tuple[list[tuple[dict, bytes]], list[str], int,
+                                                 list[tuple[str, bytes]]]:
+        """(Blocking.) An upload's records parsed (each with its line), their ids, the
+        count of lines that are not JSON objects (left out), and the objects to write."""
         records, ids, bad = [], [], 0
-        for line in lines:
+        for line in self.spool.read_lines(upload.segments):
             try:
-                record = json.loads(line)
-                if not isinstance(record, dict):
-                    raise ValueError("not a JSON object")
-            except ValueError:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                record = None
+            if not isinstance(record, dict):
                 bad += 1  # only a torn disk writes these: renames make segments whole
                 continue
             records.append((record, line))
             if isinstance(record.get("id"), str):
                 ids.append(record["id"])
-        if bad:
-            self.counters.inc("capture_corrupt", bad, **self.labels)
-            log.error("capture_spool_corrupt", **self.labels, batch=upload.batch_id,
-                      lines=bad)
-        return records, ids
+        return records, ids, bad, build_objects(upload.batch_id, records, self.device)
 
     def _count(self, upload: Upload) -> int:
         return sum(self._segments[n].count for n in upload.segments if n in self._segments)

@@ -54,6 +54,31 @@ def test_a_sampled_record_carries_its_rounds_stamps():
     assert "raw_rows" not in r and "raw_inputs" not in r
 
 
+def test_arrays_are_written_exactly_whatever_their_layout_and_dtype():
+    """numpy arrays go into the JSON as the numbers they hold: float64 as the same
+    doubles, float32 as the shortest text that reads back as the same float32 (the
+    model's own input and output are float32), a non-contiguous view and integers too;
+    a NaN score becomes null (JSON has no NaN), the rest of the record intact."""
+    rng = np.random.default_rng(3)
+    window = rng.normal(size=(5, 12))[:, ::2]  # a view: not C-contiguous
+    raw = rng.normal(size=(5, 3)).astype(np.float32)
+    model_in, model_out = np.arange(8, dtype=np.int64).reshape(2, 4), rng.normal(size=(2, 4))
+    d = Decision("p", "t1", 1_700_000_000.0, (np.float64(0.1), float("nan")),
+                 (np.bool_(True), False), {"g": True}, ModelRef("m", 1), rows=3)
+    pick = Pick(d, ["anomaly"], window=window, raw=raw, raw_inputs=("a", "b", "c"),
+                model_io=(model_in, model_out))
+    line = encode_record(pick, (("f1", "f2"), np.array([1.0, 2.0]), {}, 500.0,
+                                1_700_000_010.0), "p", "dev", True)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    r = json.loads(line)
+    assert r["window"] == window.tolist()
+    assert np.array_equal(np.array(r["raw_rows"], dtype=np.float32), raw)
+    assert r["model_input"] == model_in.tolist()
+    assert r["model_output"] == model_out.tolist()
+    assert r["values"] == [0.1, None] and r["flags"] == [True, False]
+    assert r["thresholds"] == [1.0, 2.0] and r["features"] == ["f1", "f2"]
+
+
 def test_a_hand_made_pick_falls_back_to_its_queued_round():
     r = encode(Pick(decision(1, 1_700_000_000.0), ["rate"]))
     assert r["seq"] is None and r["clock_step_s"] is None
