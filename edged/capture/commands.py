@@ -21,6 +21,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edged.builtin.mqtt.connection import BrokerLink
+from edged.capture.policy import MAX_ON_DEMAND_S
 from edged.config import NAME_PATTERN
 from edged.log import RateLimit
 from edged.metrics import Counters
@@ -31,7 +32,7 @@ REQUEST_TOPIC = "edged/{thing}/capture/request"
 RESPONSE_TOPIC = "edged/{thing}/capture/response"
 #: Largest request payload read; a bigger one is rejected unparsed.
 MAX_REQUEST_BYTES = 4096
-MAX_DURATION_S = 24 * 3600
+MAX_DURATION_S = MAX_ON_DEMAND_S
 #: Longest wait for the broker's PUBACK of one response.
 PUBLISH_TIMEOUT_S = 5.0
 #: Responses waiting to be published; beyond it they are dropped (and logged).

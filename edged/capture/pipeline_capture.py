@@ -12,6 +12,8 @@ the spool only after the destination acknowledged its upload (``capture_uploaded
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,14 +23,26 @@ import structlog
 
 from edged.capture.decision_records import Item, clock_synced, encode_record, manifest_hash
 from edged.capture.destinations import Destination, DiskDestination, S3Destination
-from edged.capture.policy import AnomalyPolicy, Pick, RatePolicy, ReservoirPolicy, Sampler
+from edged.capture.policy import (
+    MAX_ON_DEMAND_S,
+    AnomalyPolicy,
+    Pick,
+    RatePolicy,
+    ReservoirPolicy,
+    Sampler,
+)
 from edged.capture.uplink import Budget, CaptureUplink, Entry, UplinkSettings
 from edged.capture_config import PipelineCaptureSpec
+from edged.durable import write_durably
 from edged.events import Decision, Event
 from edged.metrics import Counters
 from edged.runtime.tasks import run_to_end
 
 log = structlog.get_logger("edged.capture.pipeline")
+
+#: Beside the spool: the running captures on demand, ``{"schema": 1, "requests":
+#: {turbine: deadline}}`` (seconds since the epoch).
+REQUESTS_FILE = "on_demand.json"
 
 
 def build_sampler(spec: PipelineCaptureSpec) -> Sampler:
@@ -95,15 +109,29 @@ class PipelineCapture:
         self.queue: asyncio.Queue[Item] = asyncio.Queue(spec.spool.queue_size)
         self._models: dict[tuple[str, int], str | None] = {}
         self._last_round: tuple[Sequence[str], Sequence[float]] = ((), ())
+        # Captures on demand outlive a reload or a restart: their wall-clock deadlines
+        # are kept beside the spool, rewritten (in a worker thread) at every request.
+        self._requests_path = root / REQUESTS_FILE
+        self._requests_fsync = fsync
+        self._requests_lock = threading.Lock()
+        self._requests_version = 0
+        self._requests_saved = 0
+        self._requests_saving: set[asyncio.Future[None]] = set()
 
     # -- life cycle ----------------------------------------------------------------------
 
     async def __aenter__(self) -> PipelineCapture:
         await self.uplink.__aenter__()
+        saved = await asyncio.to_thread(self._read_requests)
+        self._resume_requests(saved)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.uplink.__aexit__(*exc)
+        try:
+            if self._requests_saving:
+                await asyncio.gather(*self._requests_saving, return_exceptions=True)
+        finally:
+            await self.uplink.__aexit__(*exc)
 
     @property
     def destination(self) -> Destination:
@@ -152,10 +180,78 @@ class PipelineCapture:
         pass
 
     def request(self, turbine: str, duration_s: float) -> None:
-        """Capture every decision of ``turbine`` (``*``: all) for ``duration_s``."""
+        """Capture every decision of ``turbine`` (``*``: all) for ``duration_s``; the
+        request is also saved, so that it goes on after a reload or a restart."""
         self.sampler.on_demand.request(turbine, time.monotonic() + duration_s)
         log.info("capture_on_demand", pipeline=self.pipeline, turbine=turbine,
                  duration_s=duration_s)
+        self._save_requests()
+
+    # -- captures on demand across restarts ----------------------------------------------
+
+    def _save_requests(self) -> None:
+        """Write the running requests' deadlines from a worker thread: the decision loop
+        never waits for the fsync; of two saves racing, the newer snapshot wins."""
+        self._requests_version += 1
+        args = (self._requests_version,
+                self.sampler.on_demand.deadlines(time.monotonic(), time.time()))
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # called outside the daemon's loop
+            self._write_requests(*args)
+            return
+        future = loop.run_in_executor(None, self._write_requests, *args)
+        self._requests_saving.add(future)
+        future.add_done_callback(self._requests_saving.discard)
+
+    def _write_requests(self, version: int, deadlines: dict[str, float]) -> None:
+        body = json.dumps({"schema": 1, "requests": deadlines}, sort_keys=True).encode()
+        with self._requests_lock:
+            if version <= self._requests_saved:
+                return
+            try:
+                write_durably(self._requests_path, [body], self._requests_fsync)
+            except OSError as exc:
+                # The request runs all the same; only a restart would forget it.
+                log.warning("capture_on_demand_not_saved", pipeline=self.pipeline,
+                            path=str(self._requests_path), error=str(exc))
+                return
+            self._requests_saved = version
+
+    def _read_requests(self) -> dict[str, float]:
+        """(Blocking.) The deadlines a previous run saved; {} when there are none, or
+        when the file is unreadable (logged and counted: nothing else depends on it)."""
+        try:
+            data = json.loads(self._requests_path.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            return self._unreadable(f"{type(exc).__name__}: {exc}")
+        requests = data.get("requests") if isinstance(data, dict) else None
+        if not isinstance(requests, dict) or data.get("schema") != 1 or not all(
+                isinstance(t, str) and type(u) in (int, float)
+                for t, u in requests.items()):
+            return self._unreadable('expected {"schema": 1, "requests": {turbine: '
+                                    'deadline in seconds since the epoch}}')
+        return requests
+
+    def _unreadable(self, reason: str) -> dict[str, float]:
+        self.counters.inc("capture_on_demand_unreadable", pipeline=self.pipeline)
+        log.error("capture_on_demand_unreadable", pipeline=self.pipeline,
+                  path=str(self._requests_path), reason=reason)
+        return {}
+
+    def _resume_requests(self, deadlines: dict[str, float]) -> None:
+        now, wall = time.monotonic(), time.time()
+        resumed = {}
+        for turbine, until in deadlines.items():
+            remaining = min(until - wall, MAX_ON_DEMAND_S)
+            if remaining > 0:
+                self.sampler.on_demand.request(turbine, now + remaining)
+                resumed[turbine] = round(remaining, 1)
+        if resumed:
+            log.info("capture_on_demand_resumed", pipeline=self.pipeline,
+                     remaining_s=resumed)
 
     def _enqueue(self, picks: list[Pick], meta: tuple) -> None:
         put, dropped = self.queue.put_nowait, 0

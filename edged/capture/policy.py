@@ -238,6 +238,12 @@ class AnomalyPolicy:
             pick.reasons.append(reason)
 
 
+#: The longest a capture on demand runs: a request's ``duration_s`` at most, and the cap
+#: on a deadline read back after a restart (a wall clock stepped back while the daemon
+#: was down must not turn a request into a week of capture).
+MAX_ON_DEMAND_S = 24 * 3600
+
+
 class OnDemand:
     """Capture every decision of a turbine (``*``: all turbines) until a monotonic
     deadline; requests come from a command (MQTT) and expire by themselves."""
@@ -253,6 +259,11 @@ class OnDemand:
             for turbine in [t for t, u in self._until.items() if u <= now]:
                 del self._until[turbine]
         return bool(self._until)
+
+    def deadlines(self, now: float, wall: float) -> dict[str, float]:
+        """The requests still running, as wall-clock deadlines (``now``: monotonic time
+        read beside ``wall``): what outlives this process."""
+        return {t: wall + (u - now) for t, u in self._until.items() if u > now}
 
     def select(self, decisions: Sequence[Decision], now: float) -> list[int]:
         if not self.active(now):

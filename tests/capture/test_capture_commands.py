@@ -4,9 +4,11 @@ client playing the fleet service that sends requests and reads the responses."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiomqtt
@@ -95,27 +97,34 @@ async def subscribed(graph: Graph) -> None:
     await asyncio.sleep(0.3)  # the subscription follows the connection
 
 
-async def test_a_request_captures_one_turbine_for_its_duration(tmp_path: Path):
-    out = tmp_path / "out"
+@contextlib.asynccontextmanager
+async def fleet_and_daemon(tmp_path: Path) -> AsyncIterator[tuple[Fleet, Graph]]:
+    """mosquitto, the fleet service and a daemon graph subscribed to its requests."""
     with Mosquitto(tmp_path) as broker:
         async with Fleet(broker) as fleet, \
                 daemon(write_config(tmp_path, broker.port)) as graph:
             await subscribed(graph)
-            await asyncio.sleep(0.5)
-            assert graph.counters.get("capture_records", pipeline="turbines") == 0
-            sent = time.time()
-            reply = await fleet.ask({"pipeline": "turbines", "turbine": "turbine-2",
-                                     "duration_s": 2, "request_id": "r-1"})
-            assert reply["status"] == "accepted" and "reason" not in reply
-            assert sent + 1.5 < reply["until"] < time.time() + 2.5
-            await eventually(lambda: graph.counters.get(
-                "capture_uploaded", pipeline="turbines") >= 5)
-            await asyncio.sleep(2.5)  # past the request: nothing more is captured
-            done = graph.counters.get("capture_records", pipeline="turbines")
-            await asyncio.sleep(1.0)
-            assert graph.counters.get("capture_records", pipeline="turbines") == done
-            await eventually(lambda: graph.counters.get(
-                "capture_uploaded", pipeline="turbines") == done)
+            yield fleet, graph
+
+
+async def test_a_request_captures_one_turbine_for_its_duration(tmp_path: Path):
+    out = tmp_path / "out"
+    async with fleet_and_daemon(tmp_path) as (fleet, graph):
+        await asyncio.sleep(0.5)
+        assert graph.counters.get("capture_records", pipeline="turbines") == 0
+        sent = time.time()
+        reply = await fleet.ask({"pipeline": "turbines", "turbine": "turbine-2",
+                                 "duration_s": 2, "request_id": "r-1"})
+        assert reply["status"] == "accepted" and "reason" not in reply
+        assert sent + 1.5 < reply["until"] < time.time() + 2.5
+        await eventually(lambda: graph.counters.get(
+            "capture_uploaded", pipeline="turbines") >= 5)
+        await asyncio.sleep(2.5)  # past the request: nothing more is captured
+        done = graph.counters.get("capture_records", pipeline="turbines")
+        await asyncio.sleep(1.0)
+        assert graph.counters.get("capture_records", pipeline="turbines") == done
+        await eventually(lambda: graph.counters.get(
+            "capture_uploaded", pipeline="turbines") == done)
     records = captured(out)
     assert len(records) == done >= 5
     assert {r["turbine"] for r in records} == {"turbine-2"}
@@ -126,37 +135,57 @@ async def test_a_request_captures_one_turbine_for_its_duration(tmp_path: Path):
     assert graph.counters.get("capture_requests", result="accepted") == 1
 
 
+async def test_a_request_goes_on_after_the_daemon_restarts(tmp_path: Path):
+    """A restart (or a reload, which rebuilds the capture the same way) does not end a
+    capture on demand: the next graph resumes it from the deadline saved beside the
+    spool, and captures the turbine without being asked again."""
+    async with fleet_and_daemon(tmp_path) as (fleet, graph):
+        reply = await fleet.ask({"pipeline": "turbines", "turbine": "turbine-3",
+                                 "duration_s": 60, "request_id": "r-long"})
+        assert reply["status"] == "accepted"
+        await eventually(lambda: graph.counters.get(
+            "capture_records", pipeline="turbines") > 0)
+    first = len(captured(tmp_path / "out"))
+    # No broker: the second run is asked nothing.
+    async with daemon(write_config(tmp_path, 1)) as graph:
+        await eventually(lambda: graph.counters.get(
+            "capture_uploaded", pipeline="turbines") >= 3)
+    records = captured(tmp_path / "out")
+    assert len(records) >= first + 3
+    assert {r["turbine"] for r in records} == {"turbine-3"}
+    assert all(r["reasons"] == ["on_demand"] for r in records)
+    saved = json.loads((tmp_path / "state/capture/turbines/on_demand.json").read_text())
+    assert abs(saved["requests"]["turbine-3"] - reply["until"]) < 1.0
+
+
 async def test_bad_requests_are_rejected_with_a_reason_and_counted(tmp_path: Path):
-    with Mosquitto(tmp_path) as broker:
-        async with Fleet(broker) as fleet, \
-                daemon(write_config(tmp_path, broker.port)) as graph:
-            await subscribed(graph)
-            reply = await fleet.ask({"pipeline": "turbines", "turbine": "turbine-1",
-                                     "duration_s": 100_000, "request_id": "too-long"})
-            assert reply["status"] == "rejected" and "until" not in reply
-            assert reply["reason"].startswith("duration_s: ")
-            assert "86400" in reply["reason"]
-            reply = await fleet.ask({"pipeline": "turbines", "turbine": "x" * 200,
-                                     "duration_s": 5, "request_id": "long-name",
-                                     "extra": 1})
-            assert "turbine: " in reply["reason"] and "extra: " in reply["reason"]
-            reply = await fleet.ask({"pipeline": "nacelles", "turbine": "*",
-                                     "duration_s": 5, "request_id": "unknown"})
-            assert reply["status"] == "rejected"
-            assert reply["reason"].startswith("pipeline: ") and "nacelles" in reply["reason"]
-            reply = await fleet.ask({"pipeline": "plain", "turbine": "*",
-                                     "duration_s": 5, "request_id": "no-capture"})
-            assert reply["status"] == "rejected" and "'plain'" in reply["reason"]
-            await fleet.send(b"{not json")
-            await eventually(lambda: None in fleet.responses)
-            assert fleet.responses[None]["reason"].startswith("request: not JSON")
-            # The link and the graph carry on: a good request still works.
-            reply = await fleet.ask({"pipeline": "turbines", "turbine": "*",
-                                     "duration_s": 1, "request_id": "good"})
-            assert reply["status"] == "accepted"
-            assert graph.counters.get("capture_requests", result="rejected") == 5
-            assert graph.counters.get("capture_requests", result="accepted") == 1
-            assert graph.counters.get("decisions", pipeline="turbines") > 0
+    async with fleet_and_daemon(tmp_path) as (fleet, graph):
+        reply = await fleet.ask({"pipeline": "turbines", "turbine": "turbine-1",
+                                 "duration_s": 100_000, "request_id": "too-long"})
+        assert reply["status"] == "rejected" and "until" not in reply
+        assert reply["reason"].startswith("duration_s: ")
+        assert "86400" in reply["reason"]
+        reply = await fleet.ask({"pipeline": "turbines", "turbine": "x" * 200,
+                                 "duration_s": 5, "request_id": "long-name",
+                                 "extra": 1})
+        assert "turbine: " in reply["reason"] and "extra: " in reply["reason"]
+        reply = await fleet.ask({"pipeline": "nacelles", "turbine": "*",
+                                 "duration_s": 5, "request_id": "unknown"})
+        assert reply["status"] == "rejected"
+        assert reply["reason"].startswith("pipeline: ") and "nacelles" in reply["reason"]
+        reply = await fleet.ask({"pipeline": "plain", "turbine": "*",
+                                 "duration_s": 5, "request_id": "no-capture"})
+        assert reply["status"] == "rejected" and "'plain'" in reply["reason"]
+        await fleet.send(b"{not json")
+        await eventually(lambda: None in fleet.responses)
+        assert fleet.responses[None]["reason"].startswith("request: not JSON")
+        # The link and the graph carry on: a good request still works.
+        reply = await fleet.ask({"pipeline": "turbines", "turbine": "*",
+                                 "duration_s": 1, "request_id": "good"})
+        assert reply["status"] == "accepted"
+        assert graph.counters.get("capture_requests", result="rejected") == 5
+        assert graph.counters.get("capture_requests", result="accepted") == 1
+        assert graph.counters.get("decisions", pipeline="turbines") > 0
 
 
 async def test_requests_can_be_turned_off(tmp_path: Path):

@@ -135,6 +135,51 @@ def _items(capture, decisions):
     return [(Pick(d, ["rate"]), meta) for d in decisions]
 
 
+def test_requests_on_demand_are_resumed_from_their_saved_deadlines(tmp_path):
+    """Deadlines are saved in wall-clock time beside the spool: a capture opened on the
+    same spool resumes the requests still running, capped at 24 h; expired ones stay
+    ended. An unreadable file is counted and logged, and the capture runs without it."""
+    s = spec(disk_dest(tmp_path))
+    path = tmp_path / "spool" / "on_demand.json"
+
+    async def first():
+        async with make(tmp_path, s) as capture:
+            capture.request("t1", 600)
+            capture.request("t2", 1)
+            capture.request("t1", 5)  # never shortens a request
+    asyncio.run(first())
+    saved = json.loads(path.read_text())["requests"]
+    assert set(saved) == {"t1", "t2"} and saved["t1"] - time.time() == pytest.approx(600, abs=5)
+    saved["t2"] = time.time() - 1  # ran out while the daemon was down
+    saved["t3"] = time.time() + 30 * 86400  # a wall clock stepped back meanwhile
+    path.write_text(json.dumps({"schema": 1, "requests": saved}))
+
+    async def second():
+        async with make(tmp_path, s) as capture:
+            on_demand = capture.sampler.on_demand
+            now = time.monotonic()
+            picked = on_demand.select([decision(t, 1) for t in ("t1", "t2", "t3")], now)
+            remaining = on_demand.deadlines(now, 0.0)
+            return picked, remaining
+    picked, remaining = asyncio.run(second())
+    assert picked == [0, 2]
+    assert remaining["t1"] == pytest.approx(600, abs=5)
+    assert remaining["t3"] == pytest.approx(86400, abs=5)
+
+    async def third(counters: Counters) -> None:
+        async with make(tmp_path, s, counters) as capture:
+            assert capture.sampler.on_demand.deadlines(time.monotonic(), 0.0) == {}
+            capture.request("t4", 10)  # and new requests are saved over it
+
+    for bad in (b"{torn", b"[]", b'{"schema": 2, "requests": {}}',
+                b'{"schema": 1, "requests": {"t1": "soon"}}'):
+        path.write_bytes(bad)
+        counters = Counters()
+        asyncio.run(third(counters))
+        assert counters.get("capture_on_demand_unreadable", pipeline="p1") == 1
+        assert set(json.loads(path.read_text())["requests"]) == {"t4"}
+
+
 def test_full_queue_drops_without_blocking_and_counts(tmp_path):
     """The decision path is a plain call: it cannot wait for the writer, so a full queue
     can only drop (and count) what does not fit."""
