@@ -14,7 +14,6 @@ topics and JSON (edged.jobs.protocol), which needs nothing from the AWS device S
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Annotated, Any, Protocol
 
@@ -31,6 +30,7 @@ from edged.jobs.protocol import STEP_TIMEOUT_MINUTES
 from edged.metrics import Counters
 from edged.registry import Registry
 from edged.runtime.pipeline import Pipeline
+from edged.runtime.tasks import run_together
 
 MiB = 1 << 20
 
@@ -155,11 +155,12 @@ class Cloud:
         await self.link.__aexit__(*exc)
 
     async def run(self) -> None:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self.link.run(self._connected), name="edged[cloud].link")
-            tg.create_task(self._read(), name="edged[cloud].read")
-            for service in self.services:
-                tg.create_task(service.run(), name=f"edged[cloud].{type(service).__name__}")
+        await run_together({
+            "edged[cloud].link": self.link.run(self._connected),
+            "edged[cloud].read": self._read(),
+            **{f"edged[cloud].{type(service).__name__}": service.run()
+               for service in self.services},
+        })
 
     async def _connected(self, client: aiomqtt.Client) -> None:
         for service in self.services:

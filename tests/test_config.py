@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import textwrap
 from pathlib import Path
 from typing import Literal
@@ -588,3 +589,41 @@ def test_errors_name_the_real_file(registry, tmp_path):
     assert info.value.problems == [
         f"Invalid config for 'sources.farm.turbine' at {path}, line 4: unknown key 'turbine'"
     ]
+
+
+def uncomment(text: str, key: str) -> str:
+    """``text`` with the commented-out block ``# key:`` (and its ``#   `` lines) turned
+    on, the comments inside it left out."""
+    out, indent = [], None
+    for line in text.splitlines():
+        if indent is not None:
+            if line.startswith(f"{indent}#   #"):
+                continue
+            if line.startswith(f"{indent}#   "):
+                out.append(f"{indent}  {line[len(indent) + 4:]}")
+                continue
+            indent = None
+        found = re.match(rf"^(\s*)# {key}:", line)
+        if found:
+            indent = found.group(1)
+            out.append(f"{indent}{key}:{line[found.end():]}")
+        else:
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def test_device_config_blocks_are_valid_once_uncommented(registry, tmp_path):
+    """configs/edged.yaml offers capture, the cloud link and the metrics endpoint as
+    commented blocks: each must be a valid config as soon as it is uncommented."""
+    text = (ROOT / "configs" / "edged.yaml").read_text()
+    for key in ("capture", "cloud", "metrics"):
+        assert f"# {key}:" in text
+        text = uncomment(text, key)
+    path = tmp_path / FILE
+    path.write_text(text)
+    config = load_config(path, registry)
+    capture = config.raw.pipelines["turbines"].capture
+    assert capture is not None and capture.rate.every == 100
+    assert capture.destination.type == "s3"
+    assert config.cloud is not None and config.cloud.data_budget.daily_mb == 50
+    assert config.raw.metrics.listen == "127.0.0.1:9464"

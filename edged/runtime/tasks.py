@@ -8,16 +8,18 @@ did exactly that, and its cancelled job never stopped; a graph's task caught in 
 or a subscribe as the daemon stops would hold the shutdown just as long.
 
 So a task is stopped with :func:`cancel_all` (or :func:`cancel_and_wait`), which cancels
-again while it runs on, and work that must finish once started runs under
-:func:`run_to_end`, which outlasts any number of cancellations.
+again while it runs on; tasks that run side by side inside a component run under
+:func:`run_together` rather than a ``TaskGroup``, which cancels its tasks only once; and
+work that must finish once started runs under :func:`run_to_end`, which outlasts any
+number of cancellations.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Iterable
-from typing import TypeVar
+from collections.abc import Awaitable, Coroutine, Iterable
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -70,3 +72,18 @@ async def run_to_end(work: Awaitable[T]) -> T:
     if cancelled is not None:
         raise cancelled
     return result
+
+
+async def run_together(named: dict[str, Coroutine[Any, Any, Any]]) -> None:
+    """Run each coroutine as a task (named by its key) until every one has returned, one
+    has failed (its exception is raised) or the caller is cancelled. Whichever comes
+    first, the tasks still running are cancelled until they have ended: a task group
+    cancels them once, and waits without end for one that swallowed it."""
+    tasks = [asyncio.create_task(coro, name=name) for name, coro in named.items()]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        await run_to_end(cancel_all(tasks))
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]

@@ -1,6 +1,7 @@
 """cancel_and_wait and cancel_all: a task whose cancellation was swallowed (as Python
-3.11's wait_for can) is cancelled again until it ends; run_to_end: work that must finish
-outlasts any number of cancellations."""
+3.11's wait_for can) is cancelled again until it ends; run_together: the same for tasks
+run side by side; run_to_end: work that must finish outlasts any number of
+cancellations."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import contextlib
 
 import pytest
 
-from edged.runtime.tasks import cancel_all, cancel_and_wait, run_to_end
+from edged.runtime.tasks import cancel_all, cancel_and_wait, run_to_end, run_together
 
 
 async def test_a_swallowed_cancellation_is_repeated_until_the_task_ends():
@@ -126,3 +127,43 @@ async def test_run_to_end_keeps_a_cancellation_that_lands_as_the_work_ends():
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def swallows_once(ended: list[str], name: str) -> None:
+    """Runs until cancelled twice: the first cancellation is lost, as 3.11's wait_for
+    loses one under an MQTT subscribe."""
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.sleep(3600)
+    try:
+        await asyncio.sleep(3600)
+    finally:
+        ended.append(name)
+
+
+async def test_run_together_stops_a_task_that_swallowed_its_cancellation():
+    """Cancelled once (as a graph stage cancels a component), run_together ends, and
+    every task with it; an asyncio.TaskGroup would wait for the stubborn one forever."""
+    ended: list[str] = []
+    caller = asyncio.create_task(run_together({
+        "stubborn": swallows_once(ended, "stubborn"),
+        "polite": asyncio.sleep(3600),
+    }))
+    await asyncio.sleep(0.01)
+    caller.cancel()
+    async with asyncio.timeout(5):
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+    assert ended == ["stubborn"]
+
+
+async def test_run_together_raises_the_first_failure_and_stops_the_rest():
+    ended: list[str] = []
+
+    async def broken() -> None:
+        await asyncio.sleep(0.01)
+        raise OSError("link gone")
+
+    with pytest.raises(OSError, match="link gone"):
+        await run_together({"broken": broken(), "stubborn": swallows_once(ended, "s")})
+    assert ended == ["s"]
+    assert await run_together({"a": asyncio.sleep(0), "b": asyncio.sleep(0.01)}) is None

@@ -30,6 +30,7 @@ from edged.components import BuildContext, Component, Emit, Readings
 from edged.config import SourceConfig
 from edged.errors import RowError
 from edged.log import RateLimit
+from edged.runtime.tasks import run_together
 
 log = structlog.get_logger("edged.mqtt")
 
@@ -141,10 +142,10 @@ class MqttSource(Component):
         await self.link.__aexit__(*exc)
 
     async def run(self, emit: Emit) -> None:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self.link.run(self._subscribe),
-                           name=f"edged[source.{self.name}].connection")
-            await self._receive(emit)
+        await run_together({
+            f"edged[source.{self.name}].connection": self.link.run(self._subscribe),
+            f"edged[source.{self.name}].receive": self._receive(emit),
+        })
 
     async def _subscribe(self, client: aiomqtt.Client) -> None:
         qos = self.config.qos
