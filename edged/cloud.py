@@ -155,12 +155,12 @@ class Cloud:
         await self.link.__aexit__(*exc)
 
     async def run(self) -> None:
-        await run_together({
-            "edged[cloud].link": self.link.run(self._connected),
-            "edged[cloud].read": self._read(),
-            **{f"edged[cloud].{type(service).__name__}": service.run()
-               for service in self.services},
-        })
+        await run_together([
+            ("edged[cloud].link", self.link.run(self._connected)),
+            ("edged[cloud].read", self._read()),
+            *((f"edged[cloud].{type(service).__name__}", service.run())
+              for service in self.services),
+        ])
 
     async def _connected(self, client: aiomqtt.Client) -> None:
         for service in self.services:

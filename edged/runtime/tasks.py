@@ -74,12 +74,12 @@ async def run_to_end(work: Awaitable[T]) -> T:
     return result
 
 
-async def run_together(named: dict[str, Coroutine[Any, Any, Any]]) -> None:
-    """Run each coroutine as a task (named by its key) until every one has returned, one
-    has failed (its exception is raised) or the caller is cancelled. Whichever comes
-    first, the tasks still running are cancelled until they have ended: a task group
-    cancels them once, and waits without end for one that swallowed it."""
-    tasks = [asyncio.create_task(coro, name=name) for name, coro in named.items()]
+async def run_together(named: Iterable[tuple[str, Coroutine[Any, Any, Any]]]) -> None:
+    """Run each coroutine as a task (with its name) until every one has returned, one has
+    failed (its exception is raised) or the caller is cancelled. Whichever comes first,
+    the tasks still running are cancelled until they have ended: a task group cancels
+    them once, and waits without end for one that swallowed it."""
+    tasks = [asyncio.create_task(coro, name=name) for name, coro in named]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     finally:

@@ -144,10 +144,10 @@ async def test_run_together_stops_a_task_that_swallowed_its_cancellation():
     """Cancelled once (as a graph stage cancels a component), run_together ends, and
     every task with it; an asyncio.TaskGroup would wait for the stubborn one forever."""
     ended: list[str] = []
-    caller = asyncio.create_task(run_together({
-        "stubborn": swallows_once(ended, "stubborn"),
-        "polite": asyncio.sleep(3600),
-    }))
+    caller = asyncio.create_task(run_together([
+        ("stubborn", swallows_once(ended, "stubborn")),
+        ("polite", asyncio.sleep(3600)),
+    ]))
     await asyncio.sleep(0.01)
     caller.cancel()
     async with asyncio.timeout(5):
@@ -164,6 +164,6 @@ async def test_run_together_raises_the_first_failure_and_stops_the_rest():
         raise OSError("link gone")
 
     with pytest.raises(OSError, match="link gone"):
-        await run_together({"broken": broken(), "stubborn": swallows_once(ended, "s")})
+        await run_together([("broken", broken()), ("stubborn", swallows_once(ended, "s"))])
     assert ended == ["s"]
-    assert await run_together({"a": asyncio.sleep(0), "b": asyncio.sleep(0.01)}) is None
+    assert await run_together([("a", asyncio.sleep(0)), ("a", asyncio.sleep(0.01))]) is None

@@ -142,10 +142,10 @@ class MqttSource(Component):
         await self.link.__aexit__(*exc)
 
     async def run(self, emit: Emit) -> None:
-        await run_together({
-            f"edged[source.{self.name}].connection": self.link.run(self._subscribe),
-            f"edged[source.{self.name}].receive": self._receive(emit),
-        })
+        await run_together([
+            (f"edged[source.{self.name}].connection", self.link.run(self._subscribe)),
+            (f"edged[source.{self.name}].receive", self._receive(emit)),
+        ])
 
     async def _subscribe(self, client: aiomqtt.Client) -> None:
         qos = self.config.qos
