@@ -32,7 +32,6 @@ REQUEST_TOPIC = "edged/{thing}/capture/request"
 RESPONSE_TOPIC = "edged/{thing}/capture/response"
 #: Largest request payload read; a bigger one is rejected unparsed.
 MAX_REQUEST_BYTES = 4096
-MAX_DURATION_S = MAX_ON_DEMAND_S
 #: Longest wait for the broker's PUBACK of one response.
 PUBLISH_TIMEOUT_S = 5.0
 #: Responses waiting to be published; beyond it they are dropped (and logged).
@@ -47,7 +46,7 @@ class CaptureRequest(BaseModel):
     pipeline: Annotated[str, Field(pattern=NAME_PATTERN)]
     # A turbine id as the source names it, or "*" for every turbine of the pipeline.
     turbine: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
-    duration_s: Annotated[float, Field(ge=1, le=MAX_DURATION_S, allow_inf_nan=False)]
+    duration_s: Annotated[float, Field(ge=1, le=MAX_ON_DEMAND_S, allow_inf_nan=False)]
     request_id: Annotated[str, Field(min_length=1, max_length=128)]
 
 

@@ -112,7 +112,6 @@ class PipelineCapture:
         # Captures on demand outlive a reload or a restart: their wall-clock deadlines
         # are kept beside the spool, rewritten (in a worker thread) at every request.
         self._requests_path = root / REQUESTS_FILE
-        self._requests_fsync = fsync
         self._requests_lock = threading.Lock()
         self._requests_version = 0
         self._requests_saved = 0
@@ -193,14 +192,9 @@ class PipelineCapture:
         """Write the running requests' deadlines from a worker thread: the decision loop
         never waits for the fsync; of two saves racing, the newer snapshot wins."""
         self._requests_version += 1
-        args = (self._requests_version,
-                self.sampler.on_demand.deadlines(time.monotonic(), time.time()))
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # called outside the daemon's loop
-            self._write_requests(*args)
-            return
-        future = loop.run_in_executor(None, self._write_requests, *args)
+        deadlines = self.sampler.on_demand.deadlines(time.monotonic(), time.time())
+        future = asyncio.get_running_loop().run_in_executor(
+            None, self._write_requests, self._requests_version, deadlines)
         self._requests_saving.add(future)
         future.add_done_callback(self._requests_saving.discard)
 
@@ -210,7 +204,7 @@ class PipelineCapture:
             if version <= self._requests_saved:
                 return
             try:
-                write_durably(self._requests_path, [body], self._requests_fsync)
+                write_durably(self._requests_path, [body], self.uplink.spool.fsync)
             except OSError as exc:
                 # The request runs all the same; only a restart would forget it.
                 log.warning("capture_on_demand_not_saved", pipeline=self.pipeline,
