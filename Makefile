@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_ARGS ?= --duration 60
 
-.PHONY: venv demo test bench lint clean
+.PHONY: venv demo test fuzz bench lint clean
 
 venv: $(STAMP)
 
@@ -23,6 +23,11 @@ demo: venv
 test: venv
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# The property-based tests of every decoder of untrusted input, with many more examples
+# than `make test` runs (HYPOTHESIS_PROFILE=fuzz; see tests/conftest.py).
+fuzz: venv
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -m fuzz -p no:cacheprovider
 
 bench: venv
 	$(BIN)/python benchmarks/run.py

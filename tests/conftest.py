@@ -1,8 +1,22 @@
 """Fixtures shared by the whole suite: real parts, started by the tests."""
 
+import os
+
 import pytest
+from hypothesis import HealthCheck, settings
 
 from edged.testing import Mosquitto
+
+# Property-based tests of the decoders of untrusted input are marked `fuzz`. `make test`
+# runs them seeded and small (the same examples every run, so CI never flakes on a new
+# one); `make fuzz` runs many more, randomly.
+settings.register_profile(
+    "ci", max_examples=150, derandomize=True, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+settings.register_profile(
+    "fuzz", max_examples=5000, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture
