@@ -16,7 +16,6 @@ import contextlib
 import errno
 import gzip
 import io
-import json
 import os
 import shutil
 import tarfile
@@ -34,6 +33,8 @@ from edged.bundle.build import ALG, SAFE_NAME, SIGNATURE
 from edged.bundle.errors import BundleError
 from edged.bundle.keys import TrustStore
 from edged.modelpkg import MANIFEST, ModelManifest, TensorSpec, sha256_file
+from edged.strict_json import JsonError
+from edged.strict_json import loads as strict_loads
 
 __all__ = ["BundleError", "ModelExpectation", "extract_bundle", "verify_bundle"]
 
@@ -45,6 +46,16 @@ MAX_ENTRIES = 64
 #: Tar headers and padding on top of the file bytes: 512-byte header + block padding each.
 _TAR_OVERHEAD = (MAX_ENTRIES + 4) * 2048
 _CHUNK = 1 << 16
+#: Largest tar metadata header read (a pax extended header, a GNU long name or link):
+#: tarfile reads each whole into memory, and a bundle's need a few hundred bytes.
+MAX_METADATA_BYTES = 64 * 1024
+#: Metadata headers in a row before one file: tarfile reads such a chain recursively.
+MAX_METADATA_CHAIN = 8
+#: Largest manifest.json and manifest.sig read: they are parsed whole.
+MAX_MANIFEST_BYTES = 1 * MiB
+MAX_SIGNATURE_BYTES = 4096
+_METADATA_TYPES = frozenset({tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
+                             tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK})
 
 
 class _CappedReader(io.RawIOBase):
@@ -66,6 +77,28 @@ class _CappedReader(io.RawIOBase):
         self._left -= len(data)
         view[:len(data)] = data
         return len(data)
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """Refuses a metadata header before tarfile reads it whole into memory (a 50 MB pax
+    header would be), a chain of them before it recurses past the stack, and a GNU
+    sparse file, whose extension headers tarfile would also read without bound."""
+
+    def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _METADATA_TYPES:
+            if self.size > MAX_METADATA_BYTES:
+                raise BundleError("too_large", f"a tar metadata header of {self.size} "
+                                  f"bytes, over the {MAX_METADATA_BYTES}-byte cap")
+            chain = getattr(tar, "_edged_metadata_chain", 0) + 1
+            if chain > MAX_METADATA_CHAIN:
+                raise BundleError("malformed", f"more than {MAX_METADATA_CHAIN} tar "
+                                  "metadata headers in a row")
+            tar._edged_metadata_chain = chain  # type: ignore[attr-defined]
+        else:
+            tar._edged_metadata_chain = 0  # type: ignore[attr-defined]
+            if self.type == tarfile.GNUTYPE_SPARSE:
+                raise BundleError("unsafe_entry", f"entry {self.name!r} is a sparse file")
+        return super()._proc_member(tar)  # type: ignore[misc]
 
 
 def _kind(member: tarfile.TarInfo) -> str:
@@ -119,7 +152,7 @@ def _extract(archive: Path, dest: Path, max_total: int, max_file: int,
         gz = gzip.GzipFile(fileobj=raw, mode="rb")
         capped = io.BufferedReader(_CappedReader(gz, max_total + _TAR_OVERHEAD))
         try:
-            with tarfile.open(fileobj=capped, mode="r|") as tar:
+            with tarfile.open(fileobj=capped, mode="r|", tarinfo=_BoundedTarInfo) as tar:
                 for member in tar:
                     entries += 1
                     if entries > MAX_ENTRIES:
@@ -241,10 +274,13 @@ def verify_bundle(directory: Path, trust: TrustStore, *, installed_version: int 
     if not manifest_path.is_file():
         raise BundleError("malformed", f"the bundle has no {MANIFEST}")
     # Parse the very bytes the signature covers, never a second read of the file.
-    data = manifest_path.read_bytes()
+    data = _read_capped(manifest_path, MAX_MANIFEST_BYTES)
     _check_signature(directory / SIGNATURE, data, trust)
     try:
-        manifest = ModelManifest.model_validate(json.loads(data))
+        # Repeated keys refused: with the last entry winning, a manifest listing a file
+        # twice would read one way to a reviewer and another to the device.
+        manifest = ModelManifest.model_validate(strict_loads(data,
+                                                             max_bytes=MAX_MANIFEST_BYTES))
     except (ValueError, ValidationError) as exc:
         raise BundleError("malformed", f"{MANIFEST}: {_first_error(exc)}") from None
     _check_files(directory, manifest)
@@ -255,6 +291,15 @@ def verify_bundle(directory: Path, trust: TrustStore, *, installed_version: int 
         expect.check(manifest)
     run_golden(directory, manifest, max_golden_bytes=max_golden_bytes)
     return manifest
+
+
+def _read_capped(path: Path, limit: int) -> bytes:
+    """The file's bytes, or ``too_large`` without reading more than ``limit`` of them."""
+    with path.open("rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise BundleError("too_large", f"{path.name} is over the {limit}-byte cap")
+    return data
 
 
 def _first_error(exc: Exception) -> str:
@@ -268,11 +313,14 @@ def _check_signature(path: Path, data: bytes, trust: TrustStore) -> None:
     if not path.is_file():
         raise BundleError("unsigned", f"the bundle has no {SIGNATURE}")
     try:
-        sig = json.loads(path.read_bytes())
+        sig = strict_loads(_read_capped(path, MAX_SIGNATURE_BYTES),
+                           max_bytes=MAX_SIGNATURE_BYTES)
         alg, kid, encoded = sig["alg"], sig["key_id"], sig["signature"]
         if not (isinstance(kid, str) and isinstance(encoded, str)):
             raise TypeError("key_id and signature must be strings")
-    except (ValueError, KeyError, TypeError) as exc:
+    except JsonError as exc:
+        raise BundleError("malformed", f"{SIGNATURE}: {exc}") from None
+    except (KeyError, TypeError) as exc:
         raise BundleError("malformed", f"{SIGNATURE}: {exc!r}") from None
     if alg != ALG:
         raise BundleError("bad_signature", f"{SIGNATURE}: algorithm {alg!r}, not {ALG!r}")
