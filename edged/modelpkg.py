@@ -9,7 +9,6 @@ signed bundles of model updates hold exactly this layout.
 from __future__ import annotations
 
 import hashlib
-import json
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
@@ -17,9 +16,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edged.errors import ModelError
+from edged.strict_json import JsonError
+from edged.strict_json import loads as strict_loads
 
 BUILTIN_PREFIX = "builtin:"
 MANIFEST = "manifest.json"
+#: Largest manifest read: it is parsed whole, and a real one is a few kilobytes.
+MAX_MANIFEST_BYTES = 1 << 20
 
 
 class TensorSpec(BaseModel):
@@ -74,12 +77,15 @@ def sha256_file(path: Path) -> str:
 
 
 def parse_manifest(path: Path) -> ModelManifest:
-    """Read and validate one manifest file (no file checks)."""
+    """Read and validate one manifest file (no file checks). Repeated keys are refused:
+    a manifest that lists a file twice must not mean whichever entry a reader keeps."""
     try:
-        return ModelManifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
+        with path.open("rb") as handle:
+            data = handle.read(MAX_MANIFEST_BYTES + 1)
+        return ModelManifest.model_validate(strict_loads(data, max_bytes=MAX_MANIFEST_BYTES))
     except FileNotFoundError:
         raise ModelError(f"{path}: no such manifest") from None
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, JsonError) as exc:
         raise ModelError(f"{path}: cannot read: {exc}") from None
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]

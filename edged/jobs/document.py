@@ -24,7 +24,9 @@ from pydantic import Field, ValidationError, model_validator
 
 from edged.bundle.errors import BundleError
 from edged.config import Strict
-from edged.jobs.protocol import JobDocumentError
+from edged.jobs.protocol import JobDocumentError, JobExecution
+from edged.strict_json import JsonError
+from edged.strict_json import loads as strict_loads
 
 MAX_DOCUMENT_CHARS = 32_768
 OPERATION = "edged.deploy-model"
@@ -101,14 +103,15 @@ def _where(error: dict[str, Any]) -> str:
 def parse_document(document: dict[str, Any] | str | bytes) -> JobDocument:
     """A validated job document, or ``JobDocumentError`` naming each bad key."""
     if isinstance(document, (str, bytes)):
-        text = document.decode() if isinstance(document, bytes) else document
-        if len(text) > MAX_DOCUMENT_CHARS:
-            raise JobDocumentError("too_large", f"job document has {len(text)} characters, "
-                                                f"at most {MAX_DOCUMENT_CHARS}")
+        if len(document) > MAX_DOCUMENT_CHARS:
+            raise JobDocumentError("too_large", f"job document has {len(document)} "
+                                   f"characters, at most {MAX_DOCUMENT_CHARS}")
         try:
-            document = json.loads(text)
-        except ValueError as exc:
-            raise JobDocumentError("malformed", f"job document is not JSON: {exc}") from None
+            # A key given twice is refused, not resolved: the last one would win here
+            # while whoever reviewed the document may have read the first.
+            document = strict_loads(document, max_bytes=MAX_DOCUMENT_CHARS)
+        except JsonError as exc:
+            raise JobDocumentError("malformed", f"job document: {exc}") from None
     else:
         size = len(json.dumps(document, separators=(",", ":")))
         if size > MAX_DOCUMENT_CHARS:
@@ -122,6 +125,14 @@ def parse_document(document: dict[str, Any] | str | bytes) -> JobDocument:
     except ValidationError as exc:
         problems = "; ".join(f"{_where(e)}: {e['msg']}" for e in exc.errors())
         raise JobDocumentError("malformed", problems) from None
+
+
+def document_of(execution: JobExecution) -> dict[str, Any]:
+    """The execution's job document as the reply carried it, or ``JobDocumentError`` if
+    that reply repeats a key (then no reading of it can be trusted)."""
+    if execution.document_error is not None:
+        raise JobDocumentError("malformed", f"job document: {execution.document_error}")
+    return execution.job_document or {}
 
 
 def terminal_status(error: BaseException) -> Literal["REJECTED", "FAILED"]:

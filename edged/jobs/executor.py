@@ -45,7 +45,13 @@ from edged.bundle import BundleError, ModelExpectation, TrustStore, extract_bund
 from edged.errors import EdgedError
 from edged.jobs import protocol
 from edged.jobs.client import JobsClient, JobsRejected
-from edged.jobs.document import JobDocument, needs_fresh_url, parse_document, terminal_status
+from edged.jobs.document import (
+    JobDocument,
+    document_of,
+    needs_fresh_url,
+    parse_document,
+    terminal_status,
+)
 from edged.jobs.download import DownloadError, ExpiredUrl, fetch_bundle
 from edged.jobs.journal import JobRecord, Journal
 from edged.jobs.protocol import JobDocumentError, JobExecution, JobsProtocolError
@@ -251,6 +257,13 @@ class JobsExecutor:
             model=name if isinstance(name, str) else "",
             version=version if type(version) is int else 0,
             document=document if isinstance(document, dict) else {}, url_at=time.time())
+        try:
+            document_of(execution)
+        except JobDocumentError as exc:
+            # Decided before anything runs, and saved so: a restart reports it, never
+            # runs it.
+            record.outcome = self._failure(record, exc)
+            record.phase = "reporting"
         self.journal.save(record)
         return record
 
@@ -336,7 +349,7 @@ class JobsExecutor:
     async def _fresh_document(self, run: _Run, old: JobDocument) -> JobDocument:
         """Describe the execution again: the service signs the bundle URL anew."""
         execution = await self.client.describe(run.record.job_id)
-        document = parse_document(execution.job_document or {})
+        document = parse_document(document_of(execution))
         if (document.bundle.sha256, document.bundle.size, document.model) != \
                 (old.bundle.sha256, old.bundle.size, old.model):
             raise JobDocumentError("malformed", "the job document changed while the job "

@@ -53,6 +53,9 @@ class Execution:
     execution_number: int = 1
     step_timeout_minutes: int | None = None
     order: int = 0
+    #: The document as queued, sent as it is (a key it repeats included), as the
+    #: service stores and sends the text a job was created with.
+    text: str = ""
 
     def state(self) -> dict[str, Any]:
         return {"status": self.status, "statusDetails": dict(self.status_details),
@@ -114,6 +117,29 @@ class Presigner:
     def revoke(self, url: str) -> None:
         """``url`` stops working (one this presigner issued)."""
         self._revoked.update(parse_qs(urlsplit(url).query).get("X-Edged-Id", []))
+
+
+class _Verbatim:
+    """JSON text to be sent as it is inside a reply (``_dumps``), not re-serialised."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _dumps(payload: dict[str, Any]) -> str:
+    """``payload`` as JSON, each ``_Verbatim`` in it written as its own text."""
+    texts: list[str] = []
+    # A token drawn afresh, so that no string of the payload can pass for a stand-in.
+    token = uuid.uuid4().hex
+
+    def stand_in(value: object) -> str:
+        if not isinstance(value, _Verbatim):
+            raise TypeError(f"{type(value).__name__} is not JSON")
+        texts.append(value.text)
+        return f"{token}:{len(texts) - 1}"
+
+    encoded = json.dumps(payload, default=stand_in)
+    return re.sub(f'"{token}:(\\d+)"', lambda match: texts[int(match.group(1))], encoded)
 
 
 class _Refused(Exception):
@@ -183,7 +209,7 @@ class JobsService:
             raise ValueError(f"job {job_id} is already queued for {thing}")
         before = self._snapshot(thing)
         execution = Execution(job_id, thing, json.loads(text), int(self.clock()),
-                              order=next(self._order))
+                              order=next(self._order), text=text)
         executions[job_id] = execution
         await self._notify(thing, before)
         return execution
@@ -218,9 +244,10 @@ class JobsService:
         execution.last_updated_at = now
         execution.version_number += 1
 
-    def _document(self, execution: Execution) -> dict[str, Any]:
+    def _document(self, execution: Execution) -> _Verbatim:
+        text = execution.text or json.dumps(execution.document)
         if self.presign is None:
-            return execution.document
+            return _Verbatim(text)
         presign = self.presign
 
         def signed(match: re.Match[str]) -> str:
@@ -228,7 +255,7 @@ class JobsService:
             # The v2 form holds a URL-encoded S3 URL; the old one holds it as is.
             return presign(unquote(inner) if match.group(1) else inner)
 
-        return json.loads(_PLACEHOLDER.sub(signed, json.dumps(execution.document)))
+        return _Verbatim(_PLACEHOLDER.sub(signed, text))
 
     def _execution(self, execution: Execution, include_document: bool = True) -> dict:
         found = {"jobId": execution.job_id, "thingName": execution.thing,
@@ -245,7 +272,7 @@ class JobsService:
 
     async def _publish(self, topic: str, payload: dict[str, Any]) -> None:
         assert self._client is not None
-        await self._client.publish(topic, json.dumps(payload), qos=1)
+        await self._client.publish(topic, _dumps(payload), qos=1)
 
     def _snapshot(self, thing: str) -> tuple[list[str], list[str]]:
         in_progress, queued = self._pending(thing)

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edged.errors import EdgedError
+from edged.strict_json import JsonError
+from edged.strict_json import loads as strict_loads
 
 JOB_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 STATUS_KEY = re.compile(r"^[a-zA-Z0-9:_-]{1,128}$")
@@ -28,6 +30,9 @@ DEVICE_STATUSES = frozenset({"IN_PROGRESS", "SUCCEEDED", "FAILED", "REJECTED"})
 TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "TIMED_OUT", "REJECTED", "REMOVED",
                                "CANCELED"})
 STATUSES = frozenset({"QUEUED", "IN_PROGRESS"}) | TERMINAL_STATUSES
+#: Largest reply read: AWS IoT's own cap on an MQTT message (a job document is at most
+#: 32,768 characters of it).
+MAX_REPLY_BYTES = 128 * 1024
 #: In-progress and step timers: 1 minute to 7 days.
 STEP_TIMEOUT_MINUTES = (1, 7 * 24 * 60)
 
@@ -304,13 +309,17 @@ class JobExecution:
     version_number: int | None = None
     execution_number: int | None = None
     job_document: dict[str, Any] | None = None
+    #: Why the document cannot be trusted as parsed: the reply that carried it repeats a
+    #: key. The executor reports such an execution REJECTED and runs none of it.
+    document_error: str | None = None
 
     @classmethod
-    def from_json(cls, data: Any) -> JobExecution:
+    def from_json(cls, data: Any, document_error: str | None = None) -> JobExecution:
         if not isinstance(data, dict):
             raise JobsProtocolError("an execution must be an object")
         status, details = _status_and_details(data)
         return cls(
+            document_error=document_error,
             job_id=check_job_id(_field(data, "jobId", str, required=True)),
             thing_name=_field(data, "thingName", str), status=status,
             status_details=details,
@@ -362,33 +371,53 @@ class Rejected:
     execution_state: ExecutionState | None = None
 
 
-def _load(payload: bytes | str | dict[str, Any]) -> dict[str, Any]:
+def _load(payload: bytes | str | dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The reply as an object, and what was wrong with it if it repeats a key.
+
+    A repeated key (in practice inside a job document, which is written by whoever
+    creates jobs) is not resolved by letting the last one win: the reply is read that
+    way only so that the execution it carries can be refused by its id (REJECTED)
+    instead of asked for again and again."""
     if isinstance(payload, dict):
-        return payload
+        return payload, None
+    repeated = None
     try:
-        data = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise JobsProtocolError(f"reply is not JSON: {exc}") from None
+        data = strict_loads(payload, max_bytes=MAX_REPLY_BYTES)
+    except JsonError as exc:
+        try:
+            data = strict_loads(payload, max_bytes=MAX_REPLY_BYTES, repeated_keys=True)
+        except JsonError:
+            raise JobsProtocolError(f"reply refused: {exc}") from None
+        repeated = str(exc)  # it parses but for the repeat: that was the only fault
     if not isinstance(data, dict):
         raise JobsProtocolError("reply must be a JSON object")
-    return data
+    return data, repeated
+
+
+def _no_repeats(repeated: str | None) -> None:
+    """A reply that carries no execution has nothing to refuse but itself."""
+    if repeated is not None:
+        raise JobsProtocolError(f"reply refused: {repeated}")
 
 
 def parse_accepted(payload: bytes | str | dict[str, Any]) -> Accepted:
-    data = _load(payload)
+    data, repeated = _load(payload)
     execution = data.get("execution")
     state = data.get("executionState")
+    if execution is None:
+        _no_repeats(repeated)
     return Accepted(
         client_token=_field(data, "clientToken", str),
         timestamp=_field(data, "timestamp", int),
-        execution=None if execution is None else JobExecution.from_json(execution),
+        execution=None if execution is None else JobExecution.from_json(execution, repeated),
         execution_state=None if state is None else ExecutionState.from_json(state),
         job_document=_field(data, "jobDocument", dict),
     )
 
 
 def parse_rejected(payload: bytes | str | dict[str, Any]) -> Rejected:
-    data = _load(payload)
+    data, repeated = _load(payload)
+    _no_repeats(repeated)
     state = data.get("executionState")
     return Rejected(
         code=_field(data, "code", str, required=True),
@@ -401,9 +430,12 @@ def parse_rejected(payload: bytes | str | dict[str, Any]) -> Rejected:
 
 def parse_notify_next(payload: bytes | str | dict[str, Any]) -> JobExecution | None:
     """The next execution a notify-next push announces; None when nothing is pending."""
-    data = _load(payload)
+    data, repeated = _load(payload)
     execution = data.get("execution")
-    return None if execution is None else JobExecution.from_json(execution)
+    if execution is None:
+        _no_repeats(repeated)
+        return None
+    return JobExecution.from_json(execution, repeated)
 
 
 def parse_reply(topic: str, payload: bytes | str, thing: str) -> tuple[Topic,

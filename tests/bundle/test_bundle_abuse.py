@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from edged.bundle import BundleError, extract_bundle, verify_bundle
+from edged.bundle import BundleError, build_bundle, extract_bundle, verify_bundle
 from edged.bundle.verify import MAX_METADATA_BYTES, MAX_METADATA_CHAIN
+from edged.errors import ModelError
 
 MiB = 1 << 20
 
@@ -152,3 +153,9 @@ def test_a_sparse_file_is_refused(tmp_path):
         gz.write(_header("a.txt", tarfile.GNUTYPE_SPARSE, 0) + bytes(1024))
     error = _refused("unsafe_entry", extract_bundle, archive, tmp_path / "slot")
     assert "sparse" in str(error)
+
+
+def test_a_model_directory_manifest_with_a_repeated_key_is_refused(signed):
+    _repeat_a_file(signed.model_dir, "model.onnx", "0" * 64)
+    with pytest.raises(ModelError, match="'model.onnx' appears twice"):
+        build_bundle(signed.model_dir, signed.tmp / "again.tar.gz", signed.key)
