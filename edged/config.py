@@ -2,25 +2,28 @@
 
 A config is checked in two passes. The first validates the top level (device, log,
 plugins, component names and wiring keys); the second validates each component against
-the config model of the plugin its ``type:`` selects. Every mistake found in either
-pass is reported, each naming the file, the line and the key.
+the config model of the plugin its ``type:`` selects. The second pass reads the
+components as written, so it runs even where the first found mistakes: one run reports
+every mistake, each naming the file, the line and the key, with a suggestion for a
+misspelt key or plugin type.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import socket
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_core import PydanticCustomError
 
 from edged.capture_config import PipelineCaptureSpec
-from edged.config_yaml import Location, line_of, load_yaml
+from edged.config_yaml import Location, line_of, load_yaml, read_config_text
 from edged.errors import ConfigError
 from edged.registry import Kind, Registry
 
@@ -170,6 +173,12 @@ class ShutdownSpec(Strict):
     )
 
 
+class ReloadSpec(Strict):
+    timeout_s: float = Field(
+        10.0, gt=0, le=600, description="Bound on reading, validating and building a "
+        "reloaded config (off the event loop); beyond it the reload is refused.")
+
+
 _LISTEN = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})")
 
 
@@ -204,6 +213,7 @@ class RawConfig(Strict):
     plugins: PluginsSpec = Field(default_factory=PluginsSpec)
     state_dir: Path | None = None
     shutdown: ShutdownSpec = Field(default_factory=ShutdownSpec)
+    reload: ReloadSpec = Field(default_factory=ReloadSpec)
     sources: dict[Annotated[str, Field(pattern=NAME_PATTERN)], dict[str, Any]] = Field(
         min_length=1
     )
@@ -271,12 +281,17 @@ class _Problems:
         where = f"{self.filename}, line {line}" if line else self.filename
         self.items.append(f"Invalid config for '{key}' at {where}: {message}")
 
-    def add_validation(self, prefix: Location, error: ValidationError) -> None:
+    def add_validation(self, prefix: Location, error: ValidationError,
+                       model: type[BaseModel] | None = None) -> None:
+        """Every error of ``error``; with the ``model`` validated, an unknown key comes
+        with the nearest known key at its place (did you mean...)."""
         for item in error.errors(include_url=False):
             # pydantic marks an invalid mapping key with a "[key]" step; the key is the loc.
-            loc = (*prefix, *(part for part in item["loc"] if part != "[key]"))
+            inner = tuple(part for part in item["loc"] if part != "[key]")
+            loc = (*prefix, *inner)
             if item["type"] == "extra_forbidden":
-                self.add(loc, f"unknown key '{loc[-1]}'")
+                known = known_keys(model, inner[:-1]) if model is not None else []
+                self.add(loc, f"unknown key '{loc[-1]}'{did_you_mean(loc[-1], known)}")
             elif item["type"] == "missing":
                 self.add(loc, f"required key '{loc[-1]}' is missing")
             elif item["type"] == "env_secret":
@@ -284,6 +299,51 @@ class _Problems:
             else:
                 message = item["msg"].removeprefix("Value error, ")
                 self.add(loc, f"{message} (got {_short(item.get('input'))})")
+
+
+def did_you_mean(word: Any, known: list[str]) -> str:
+    """``; did you mean 'X'?`` for the known word nearest ``word``, or nothing."""
+    close = difflib.get_close_matches(str(word), known, n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _allowed(annotation: Any) -> list[Any]:
+    """The types an annotation allows, with Annotated, Optional and unions opened."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _allowed(get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        return [t for arg in get_args(annotation) for t in _allowed(arg)]
+    return [annotation]
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _step(annotation: Any, part: str | int) -> list[Any]:
+    if _is_model(annotation):
+        found = annotation.model_fields.get(part) if isinstance(part, str) else None
+        return _allowed(found.annotation) if found is not None else []
+    args = get_args(annotation)
+    if get_origin(annotation) is dict and len(args) == 2:
+        return _allowed(args[1])
+    if get_origin(annotation) in (list, tuple, set, frozenset) and args \
+            and isinstance(part, int):
+        return _allowed(args[0])
+    return []
+
+
+def known_keys(model: type[BaseModel], loc: Location) -> list[str]:
+    """The keys allowed at ``loc`` inside ``model``, for a misspelt key found there.
+    pydantic puts a union member's tag into a location: a step that leads nowhere is
+    taken for one and skipped."""
+    here: list[Any] = [model]
+    for part in loc:
+        here = [t for annotation in here for t in _step(annotation, part)] or here
+    return sorted({key for t in here if _is_model(t)
+                   for name, info in t.model_fields.items() for key in (name, info.alias)
+                   if key})
 
 
 def _short(value: Any) -> str:
@@ -295,23 +355,24 @@ def _component(
     registry: Registry, kind: Kind, data: Any, loc: Location, problems: _Problems
 ) -> ComponentConfig | None:
     if not isinstance(data, dict):
-        problems.add(loc, f"must be a mapping with a 'type' key (got {_short(data)})")
-        return None
+        return None  # the first pass has said so: a component must be a mapping
     type_name = data.get("type")
+    names = registry.names(kind)
     if type_name is None:
         problems.add((*loc, "type"), f"required key 'type' is missing (one of: "
-                     f"{', '.join(registry.names(kind)) or 'none installed'})")
+                     f"{', '.join(names) or 'none installed'})")
         return None
     ctype = registry.component(kind, str(type_name))
     if ctype is None:
-        known = ", ".join(registry.names(kind)) or "none installed"
-        hint = " (blocked)" if str(type_name) in registry.blocked else ""
+        known = ", ".join(names) or "none installed"
+        hint = " (blocked)" if str(type_name) in registry.blocked else \
+            did_you_mean(type_name, names)
         problems.add((*loc, "type"), f"unknown {kind} type '{type_name}'{hint}; known: {known}")
         return None
     try:
         config = ctype.config.model_validate(data)
     except ValidationError as exc:
-        problems.add_validation(loc, exc)
+        problems.add_validation(loc, exc, ctype.config)
         return None
     if not isinstance(config, _KIND_BASES[kind]):
         problems.add(loc, f"plugin config model {ctype.config.__name__} must subclass "
@@ -321,15 +382,15 @@ def _component(
 
 
 def load_config_yaml(text: str, filename: str) -> tuple[Any, dict[Location, int]]:
-    """Parse YAML keeping key lines; a syntax error is a :class:`ConfigError` naming the
-    file and line."""
-    try:
-        return load_yaml(text, filename)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        where = f"{filename}, line {mark.line + 1}" if mark else filename
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([f"Invalid YAML at {where}: {problem}"]) from None
+    """Parse YAML keeping key lines; anything but a bounded YAML document is a
+    :class:`ConfigError` (a ``ConfigFileError`` with its reason) naming file and line."""
+    return load_yaml(text, filename)
+
+
+def _section(data: dict, name: str) -> dict[Any, Any]:
+    """A top-level section of named entries as written, whatever the first pass found."""
+    section = data.get(name)
+    return section if isinstance(section, dict) else {}
 
 
 def parse_config(text: str, filename: str, registry: Registry) -> EdgedConfig:
@@ -339,64 +400,67 @@ def parse_config(text: str, filename: str, registry: Registry) -> EdgedConfig:
     if not isinstance(data, dict):
         problems.add((), "the file must hold a mapping of sections (sources, pipelines, ...)")
         raise ConfigError(problems.items)
+    raw = None
     try:
         raw = RawConfig.model_validate(data)
     except ValidationError as exc:
-        problems.add_validation((), exc)
-        raise ConfigError(problems.items) from None
+        problems.add_validation((), exc, RawConfig)
 
-    sources = {
-        name: _component(registry, "source", body, ("sources", name), problems)
-        for name, body in raw.sources.items()
-    }
-    actuators = {
-        name: _component(registry, "actuator", body, ("actuators", name), problems)
-        for name, body in raw.actuators.items()
-    }
-    pipelines: dict[str, PipelineConfig] = {}
-    for name, spec in raw.pipelines.items():
-        loc = ("pipelines", name)
-        pre = _component(registry, "preprocessor", spec.preprocessor, (*loc, "preprocessor"),
-                         problems)
-        inf = _component(registry, "inference", spec.inference, (*loc, "inference"), problems)
-        if pre is not None and inf is not None:
-            pipelines[name] = PipelineConfig(name, spec, pre, inf)  # type: ignore[arg-type]
+    # Components are validated from the file as written, so that a mistake in one
+    # section does not hide those in another (a file used to need a run per round).
+    sources = {name: _component(registry, "source", body, ("sources", name), problems)
+               for name, body in _section(data, "sources").items()}
+    actuators = {name: _component(registry, "actuator", body, ("actuators", name), problems)
+                 for name, body in _section(data, "actuators").items()}
+    steps: dict[Any, tuple[Any, Any]] = {}
+    for name, body in _section(data, "pipelines").items():
+        if isinstance(body, dict):
+            loc = ("pipelines", name)
+            steps[name] = (
+                _component(registry, "preprocessor", body.get("preprocessor"),
+                           (*loc, "preprocessor"), problems),
+                _component(registry, "inference", body.get("inference"), (*loc, "inference"),
+                           problems))
 
-    warnings = _check_wiring(raw, actuators, problems)
-    cloud = _cloud(raw, pipelines, problems)
-    _check_presigned(raw, problems)
-    if problems.items:
+    _check_wiring(data, actuators, problems)
+    cloud = _cloud(data, steps, problems)
+    if raw is not None:
+        _check_presigned(raw, problems)
+    if problems.items or raw is None:
         raise ConfigError(problems.items)
     return EdgedConfig(
         path=Path(filename),
         raw=raw,
         sources=sources,  # type: ignore[arg-type]
-        pipelines=pipelines,
+        pipelines={name: PipelineConfig(name, spec, *steps[name])  # type: ignore[arg-type]
+                   for name, spec in raw.pipelines.items()},
         actuators=actuators,  # type: ignore[arg-type]
-        warnings=warnings,
+        warnings=_unused_sources(raw),
         cloud=cloud,
     )
 
 
-def _cloud(raw: RawConfig, pipelines: dict[str, PipelineConfig], problems: _Problems) -> Any:
+def _cloud(data: dict, steps: dict[Any, tuple[Any, Any]], problems: _Problems) -> Any:
     """The ``cloud`` section, validated; jobs may only replace models kept in a store."""
-    if raw.cloud is None:
-        return None
+    body = data.get("cloud")
+    if not isinstance(body, dict):
+        return None  # absent, or the first pass has said what is wrong with it
     from edged.cloud import CloudConfig  # it builds on this module
 
     try:
-        cloud = CloudConfig.model_validate(raw.cloud)
+        cloud = CloudConfig.model_validate(body)
     except ValidationError as exc:
-        problems.add_validation(("cloud",), exc)
+        problems.add_validation(("cloud",), exc, CloudConfig)
         return None
     if cloud.jobs is not None and cloud.jobs.enabled:
+        names = _section(data, "pipelines")
         for index, name in enumerate(cloud.jobs.pipelines or ()):
-            pipeline = pipelines.get(name)
-            if name not in raw.pipelines:
+            inference = steps.get(name, (None, None))[1]
+            if name not in names:
                 problems.add(("cloud", "jobs", "pipelines", index),
                              f"no pipeline named '{name}' (pipelines: "
-                             f"{', '.join(raw.pipelines)})")
-            elif pipeline is not None and not store_model(pipeline):
+                             f"{', '.join(map(str, names))})")
+            elif inference is not None and not _store_of(inference):
                 problems.add(("cloud", "jobs", "pipelines", index),
                              f"pipeline '{name}' does not run a store:NAME model, so a "
                              "job cannot replace it (set its inference model to "
@@ -424,51 +488,61 @@ def _check_presigned(raw: RawConfig, problems: _Problems) -> None:
 
 def store_model(pipeline: PipelineConfig) -> str | None:
     """The name of the model store a pipeline's model comes from (``store:NAME``)."""
+    return _store_of(pipeline.inference)
+
+
+def _store_of(inference: InferenceConfig) -> str | None:
     from edged.modelstore.store import STORE_PREFIX
 
-    model = getattr(pipeline.inference, "model", None)
+    model = getattr(inference, "model", None)
     if isinstance(model, str) and model.startswith(STORE_PREFIX):
         return model.removeprefix(STORE_PREFIX)
     return None
 
 
-def _check_wiring(raw: RawConfig, actuators: dict, problems: _Problems) -> list[str]:
-    """Every input names an existing component of the right kind; report unused ones."""
-    used_sources: set[str] = set()
-    for name, spec in raw.pipelines.items():
-        for index, source in enumerate(spec.inputs):
-            if source not in raw.sources:
+def _check_wiring(data: dict, actuators: dict, problems: _Problems) -> None:
+    """Every input names a component of the right kind written in the file (one whose
+    own mistakes are reported on their own, not as a missing name)."""
+    sources = _section(data, "sources")
+    pipelines = _section(data, "pipelines")
+    for name, body in pipelines.items():
+        inputs = body.get("inputs") if isinstance(body, dict) else None
+        if not isinstance(inputs, list):
+            continue  # the first pass has said what is wrong with it
+        named = [source for source in inputs if isinstance(source, str)]
+        for index, source in enumerate(inputs):
+            if isinstance(source, str) and source not in sources:
                 problems.add(("pipelines", name, "inputs", index),
                              f"no source named '{source}' (sources: "
-                             f"{', '.join(raw.sources)})")
-            used_sources.add(source)
-        if len(set(spec.inputs)) != len(spec.inputs):
+                             f"{', '.join(map(str, sources))})")
+        if len(set(named)) != len(named):
             problems.add(("pipelines", name, "inputs"), "lists a source more than once")
     for name, actuator in actuators.items():
         for index, pipeline in enumerate(getattr(actuator, "inputs", ())):
-            if pipeline not in raw.pipelines:
+            if pipeline not in pipelines:
                 problems.add(("actuators", name, "inputs", index),
                              f"no pipeline named '{pipeline}' (pipelines: "
-                             f"{', '.join(raw.pipelines)})")
-    return [f"source '{name}' feeds no pipeline" for name in raw.sources
-            if name not in used_sources]
+                             f"{', '.join(map(str, pipelines))})")
+
+
+def _unused_sources(raw: RawConfig) -> list[str]:
+    used = {source for spec in raw.pipelines.values() for source in spec.inputs}
+    return [f"source '{name}' feeds no pipeline" for name in raw.sources if name not in used]
 
 
 def load_config(path: Path | str, registry: Registry) -> EdgedConfig:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"Cannot read config {path}: {exc.strerror}"]) from None
-    return parse_config(text, str(path), registry)
+    """Read (under the size bound) and validate a config file; ConfigError otherwise."""
+    return parse_config(read_config_text(path), str(path), registry)
 
 
 def blocked_plugins(path: Path | str) -> list[str]:
     """The config's ``plugins.block`` list, read before the registry exists (the
-    registry depends on it). Anything malformed is left to full validation."""
+    registry depends on it), under the same bounds as the full read. Anything malformed
+    is left to full validation."""
     try:
-        data, _ = load_yaml(Path(path).read_text(encoding="utf-8"), str(path))
-        block = data.get("plugins", {}).get("block", [])
-        return [str(name) for name in block] if isinstance(block, list) else []
-    except (OSError, yaml.YAMLError, AttributeError):
+        data, _ = load_yaml(read_config_text(path), str(path))
+    except ConfigError:
         return []
+    plugins = data.get("plugins") if isinstance(data, dict) else None
+    block = plugins.get("block") if isinstance(plugins, dict) else None
+    return [str(name) for name in block] if isinstance(block, list) else []

@@ -124,7 +124,7 @@ def test_unknown_top_level_key(registry):
         """) + PIPELINE + "soruces: {}\n",
         registry,
     )
-    assert message == located("soruces", 11) + "unknown key 'soruces'"
+    assert message == located("soruces", 11) + "unknown key 'soruces'; did you mean 'sources'?"
 
 
 def test_unknown_key_inside_a_component(registry):
@@ -137,7 +137,8 @@ def test_unknown_key_inside_a_component(registry):
         """) + PIPELINE,
         registry,
     )
-    assert message == located("sources.farm.turbine", 4) + "unknown key 'turbine'"
+    assert message == located("sources.farm.turbine", 4) + (
+        "unknown key 'turbine'; did you mean 'turbines'?")
 
 
 def test_unknown_key_inside_a_pipeline_spec(registry):
@@ -149,7 +150,8 @@ def test_unknown_key_inside_a_pipeline_spec(registry):
         """) + PIPELINE + "    intervall_s: 1\n",
         registry,
     )
-    assert message == located("pipelines.turbines.intervall_s", 11) + "unknown key 'intervall_s'"
+    assert message == located("pipelines.turbines.intervall_s", 11) + (
+        "unknown key 'intervall_s'; did you mean 'interval_s'?")
 
 
 def test_missing_required_key(registry):
@@ -400,8 +402,11 @@ def test_empty_inputs(registry):
 
 @pytest.mark.parametrize("name", ["Farm", "1farm", "farm.east", "f" * 64])
 def test_invalid_component_name(registry, name):
-    message = only(f"sources:\n  '{name}':\n    type: simulator\n" + PIPELINE, registry)
+    message, wiring = problems(f"sources:\n  '{name}':\n    type: simulator\n" + PIPELINE,
+                               registry)
     assert message.startswith(located(f"sources.{name}", 2)), message
+    # Reported in the same run: the pipeline's input names no source as written.
+    assert wiring.startswith(located("pipelines.turbines.inputs.0", 6)), wiring
     assert "should match pattern '^[a-z][a-z0-9_-]{0,62}$'" in message
     assert f"(got '{name[:40]}" in message
 
@@ -588,6 +593,7 @@ def test_errors_name_the_real_file(registry, tmp_path):
         load_config(path, registry)
     assert info.value.problems == [
         f"Invalid config for 'sources.farm.turbine' at {path}, line 4: unknown key 'turbine'"
+        "; did you mean 'turbines'?"
     ]
 
 
