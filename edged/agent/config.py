@@ -59,6 +59,19 @@ class AgentConfig(Strict):
         "Large tensors belong in shared memory.")
     max_loaded_models: int = Field(16, ge=1, le=1024,
                                    description="Models loaded at once at most.")
+    max_inflight_bytes: int = Field(
+        512 * MIB, ge=MIB, le=2**48,
+        description="Working memory the Predict and CaptureData calls in flight may take "
+        "together, as estimated before each runs (input bytes x the model's measured "
+        "factor); a call beyond it fails at once with RESOURCE_EXHAUSTED.")
+    max_batch: int = Field(
+        1024, ge=1, le=2**31 - 1,
+        description="Largest leading dimension (batch) of a Predict input; larger ones "
+        "fail with RESOURCE_EXHAUSTED.")
+    max_concurrent_rpcs: int = Field(
+        16, ge=1, le=4096,
+        description="Calls served at once; gRPC refuses more with RESOURCE_EXHAUSTED "
+        "before reading them (each may hold up to max_request_bytes).")
     predict_threads: int = Field(
         default_factory=lambda: max(2, min(8, os.cpu_count() or 2)), ge=1, le=256,
         description="Predict calls running at once (ONNX Runtime releases the GIL).")
@@ -142,6 +155,9 @@ JSON_KEYS: dict[str, Location] = {
     "edged_model_roots": ("model_roots",),
     "edged_max_request_bytes": ("max_request_bytes",),
     "edged_max_loaded_models": ("max_loaded_models",),
+    "edged_max_inflight_bytes": ("max_inflight_bytes",),
+    "edged_max_batch": ("max_batch",),
+    "edged_max_concurrent_rpcs": ("max_concurrent_rpcs",),
     "edged_predict_threads": ("predict_threads",),
     "edged_session_threads": ("session_threads",),
     "edged_shm_prefix": ("shm_prefix",),

@@ -10,9 +10,14 @@ from edged.errors import EdgedError
 
 
 class AgentError(EdgedError):
-    """A request the agent refuses; ``code`` names a ``grpc.StatusCode`` member."""
+    """A request the agent refuses; ``code`` names a ``grpc.StatusCode`` member and
+    ``reason`` the refusal in counters and logs (by default the code, in lower case)."""
 
     code = "INTERNAL"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or self.code.lower()
 
 
 class InvalidArgument(AgentError):
@@ -41,7 +46,7 @@ class FailedPrecondition(AgentError):
 
 
 class ResourceExhausted(AgentError):
-    """A limit is reached: loaded models, capture buffer."""
+    """A limit is reached: loaded models, capture buffer, batch, memory in flight."""
 
     code = "RESOURCE_EXHAUSTED"
 

@@ -34,6 +34,7 @@ from edged.agent.errors import (
     NotFound,
     ResourceExhausted,
 )
+from edged.agent.memory import FALLBACK, Footprint, measure_footprint
 from edged.errors import ModelError
 from edged.modelpkg import MANIFEST, read_manifest
 
@@ -78,10 +79,12 @@ class LoadedModel:
     inputs: tuple[TensorInfo, ...]
     outputs: tuple[TensorInfo, ...]
     session: Any  # onnxruntime.InferenceSession; its run() is thread-safe
+    #: Working memory per input byte, measured when loaded (edged.agent.memory).
+    footprint: Footprint = FALLBACK
 
-    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray], options: Any = None) -> list[np.ndarray]:
         """Run the model (blocking; call from a worker thread)."""
-        return self.session.run([o.name for o in self.outputs], feeds)
+        return self.session.run([o.name for o in self.outputs], feeds, options)
 
 
 def check_name(name: str) -> None:
@@ -123,13 +126,33 @@ class ModelRegistry:
         if ".." in PurePosixPath(raw).parts:
             raise InvalidArgument(f"model url {url!r}: '..' is not allowed")
         path = Path(raw) if raw.startswith("/") else self.roots[0] / raw
+        real = self._inside_roots(path, f"model url {url!r}")
+        if not real.is_dir():
+            raise InvalidArgument(f"model url {url!r}: no such directory")
+        self._check_entries(real)
+        return real
+
+    def _inside_roots(self, path: Path, what: str) -> Path:
+        """``path`` with every link followed, which must lie under a model root."""
         real = Path(os.path.realpath(path))
         if not any(real == root or real.is_relative_to(root) for root in self.roots):
             roots = ", ".join(str(root) for root in self.roots)
-            raise InvalidArgument(f"model url {url!r} is not under a model root ({roots})")
-        if not real.is_dir():
-            raise InvalidArgument(f"model url {url!r}: no such directory")
+            raise InvalidArgument(f"{what} leads to {real}, which is not under a model root "
+                                  f"({roots})", reason="outside_model_roots")
         return real
+
+    def _check_entries(self, directory: Path) -> None:
+        """Every file the agent may open from a model directory (the manifest, the files
+        it lists, the model) is an entry of it: a link among them must not lead out of
+        the roots, or LoadModel would read (and run) any file the agent can."""
+        try:
+            entries = [Path(entry.path) for entry in os.scandir(directory)
+                       if entry.is_symlink()]
+        except OSError as exc:
+            raise InvalidArgument(f"cannot list model directory {directory}: "
+                                  f"{exc.strerror}") from None
+        for link in entries:
+            self._inside_roots(link, f"{link} (a symbolic link in the model directory)")
 
     # -- loading ----------------------------------------------------------------------------
 
@@ -156,6 +179,7 @@ class ModelRegistry:
     def _load(self, url: str, name: str) -> LoadedModel:
         directory = self.resolve(url)
         file, declared = self._model_file(directory)
+        file = self._inside_roots(file, f"model file {file}")  # as ONNX Runtime will open it
         import onnxruntime as ort  # loaded with the first model, not at import
 
         options = ort.SessionOptions()
@@ -176,7 +200,8 @@ class ModelRegistry:
                 raise FailedPrecondition(
                     f"model {url!r}: the manifest's inputs {names} do not match the "
                     f"model's {[i.name for i in inputs]}")
-        return LoadedModel(name, url, directory, file, inputs, outputs, session)
+        footprint = measure_footprint(file, inputs, self.session_threads)
+        return LoadedModel(name, url, directory, file, inputs, outputs, session, footprint)
 
     def _model_file(self, directory: Path) -> tuple[Path, list | None]:
         if (directory / MANIFEST).is_file():

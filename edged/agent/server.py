@@ -35,14 +35,17 @@ from edged.agent.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from edged.agent.memory import CAPTURE_COPIES, MemoryBudget, give_back, run_options
 from edged.agent.models import LoadedModel, ModelRegistry, check_name
 from edged.agent.proto import agent_pb2 as pb
 from edged.agent.proto import agent_pb2_grpc
 from edged.agent.tensors import (
+    PredictPlan,
     SharedMemoryReader,
     aux_bytes,
+    declared_bytes,
     output_tensors,
-    predict_feeds,
+    plan_predict,
     read_tensor,
 )
 from edged.capture.store import (
@@ -55,6 +58,7 @@ from edged.capture.store import (
     TensorData,
 )
 from edged.errors import ModelError
+from edged.log import RateLimit
 from edged.metrics import Counters
 from edged.modelpkg import MANIFEST, read_manifest
 
@@ -86,8 +90,13 @@ def _rpc(method: Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
         try:
             return await method(self, request, context)
         except AgentError as exc:
-            self.counters.inc("agent_requests_refused", rpc=rpc, code=exc.code)
-            log.info("request_refused", rpc=rpc, code=exc.code, reason=str(exc))
+            self.counters.inc("agent_requests_refused", rpc=rpc, code=exc.code,
+                              reason=exc.reason)
+            # A client repeating a bad call must not flood the journal.
+            suppressed = self.refusals.allow(f"{rpc}:{exc.reason}")
+            if suppressed is not None:
+                log.info("request_refused", rpc=rpc, code=exc.code, reason=exc.reason,
+                         message=str(exc), suppressed_since_last=suppressed)
             code, message = getattr(grpc.StatusCode, exc.code), str(exc)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
@@ -122,6 +131,8 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         self.capture = capture
         self.counters = counters
         self.shm = SharedMemoryReader(config.shm_prefix)
+        self.budget = MemoryBudget(config.max_inflight_bytes)
+        self.refusals = RateLimit()
         self._lock = threading.Lock()
         #: Predict calls inside ONNX Runtime right now, and the most seen at once.
         self.in_flight = 0
@@ -133,18 +144,34 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
     async def Predict(self, request: pb.PredictRequest, context) -> pb.PredictResponse:
         check_name(request.name)
         model = self.models.get(request.name)
-        loop = asyncio.get_running_loop()
-        tensors = await loop.run_in_executor(self.pool, self._predict, model, request)
+        # Everything is checked, and the call's memory estimated, before a byte of shared
+        # memory is read or the model runs.
+        plan = plan_predict(model, request.tensors)
+        if plan.batch > self.config.max_batch:
+            raise ResourceExhausted(
+                f"Predict on {model.name!r}: batch {plan.batch} is more than max_batch "
+                f"({self.config.max_batch}); send smaller batches", reason="max_batch")
+        cost = model.footprint.estimate(plan.nbytes)
+        future = self.budget.submit(
+            self.pool, cost, f"Predict of {plan.nbytes} input bytes on {model.name!r}",
+            self._predict, model, plan, cost)
+        tensors = await asyncio.wrap_future(future)
         self.counters.inc("agent_predictions", model=model.name)
         return pb.PredictResponse(tensors=tensors)
 
-    def _predict(self, model: LoadedModel, request: pb.PredictRequest) -> list[pb.Tensor]:
-        feeds = predict_feeds(model, request.tensors, self.shm)
+    def _predict(self, model: LoadedModel, plan: PredictPlan, cost: int) -> list[pb.Tensor]:
+        try:
+            return output_tensors(model, self._run(model, plan, cost))
+        finally:
+            give_back(cost)
+
+    def _run(self, model: LoadedModel, plan: PredictPlan, cost: int) -> list:
+        feeds = plan.feeds(self.shm)
         with self._lock:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            outputs = model.run(feeds)
+            return model.run(feeds, run_options(cost))
         except Exception as exc:
             # ONNX Runtime's own checks (e.g. inconsistent dynamic dimensions).
             if type(exc).__name__ in ("InvalidArgument", "InvalidGraph"):
@@ -154,7 +181,6 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         finally:
             with self._lock:
                 self.in_flight -= 1
-        return output_tensors(model, outputs)
 
     # -- models -----------------------------------------------------------------------------
 
@@ -201,6 +227,15 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         if not request.model_name:
             raise InvalidArgument("model_name is empty")
         check_name(request.model_name)
+        nbytes = sum(declared_bytes(item, "capture data") for item in (
+            *request.input_tensors, *request.output_tensors, *request.inputs,
+            *request.outputs))
+        with self.budget.hold(CAPTURE_COPIES * nbytes, f"CaptureData of {nbytes} bytes"):
+            await self._capture(store, request)
+        self.counters.inc("agent_captures")
+        return pb.CaptureDataResponse()
+
+    async def _capture(self, store: CaptureSink, request: pb.CaptureDataRequest) -> None:
         # Shared-memory tensors are copied now: the client may reuse its segment as soon
         # as the call returns, while the record waits for its batch.
         record = await asyncio.to_thread(self._record, request)
@@ -214,8 +249,6 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             raise InvalidArgument(str(exc)) from None
         except CaptureError as exc:
             raise Unavailable(f"the capture store cannot take the record: {exc}") from None
-        self.counters.inc("agent_captures")
-        return pb.CaptureDataResponse()
 
     def _record(self, request: pb.CaptureDataRequest) -> CaptureRecord:
         try:
@@ -349,10 +382,12 @@ class AgentServer:
         self.servicer = AgentServicer(config, models, pool, capture, self.counters)
 
         _prepare_socket(self.path)
-        server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", config.max_request_bytes),
-            ("grpc.max_send_message_length", -1),
-        ])
+        # Beyond max_concurrent_rpcs gRPC answers RESOURCE_EXHAUSTED itself, before it
+        # reads the request: each call may hold up to max_request_bytes.
+        server = grpc.aio.server(
+            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+            options=[("grpc.max_receive_message_length", config.max_request_bytes),
+                     ("grpc.max_send_message_length", -1)])
         agent_pb2_grpc.add_AgentServicer_to_server(self.servicer, server)
         try:
             server.add_insecure_port(f"unix://{self.path.absolute()}")

@@ -81,6 +81,28 @@ class SharedMemoryReader:
             os.close(fd)
 
 
+#: Most dimensions a tensor may have (numpy's own bound is 64; models use a handful).
+MAX_RANK = 32
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A tensor's checked name, numpy dtype and shape, before its bytes are read."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    @property
+    def batch(self) -> int:
+        """The leading dimension: windows, images, rows."""
+        return self.shape[0] if self.shape else 1
+
+
 @dataclass(frozen=True)
 class RawTensor:
     """A tensor read off the wire, checked: name, numpy dtype, shape, its bytes."""
@@ -94,46 +116,66 @@ class RawTensor:
         return np.frombuffer(self.data, dtype=self.dtype).reshape(self.shape)
 
 
-def _tensor_bytes(tensor: pb.Tensor | pb.AuxilaryData, what: str,
-                  shm: SharedMemoryReader) -> bytes:
+def declared_bytes(tensor: pb.Tensor | pb.AuxilaryData, what: str) -> int:
+    """How many bytes the tensor carries or points at, known before reading any."""
     kind = tensor.WhichOneof("data")
     if kind == "byte_data":
-        return tensor.byte_data
+        return len(tensor.byte_data)
     if kind == "shared_memory_handle":
-        return shm.read(tensor.shared_memory_handle)
+        return tensor.shared_memory_handle.size
     raise InvalidArgument(f"{what} has no data (neither byte_data nor shared_memory_handle)")
 
 
-def read_tensor(tensor: pb.Tensor, default: TensorInfo | None, what: str,
-                shm: SharedMemoryReader) -> RawTensor:
-    """Check one tensor and read its bytes. ``default`` is the model's metadata for
-    this position, used when the tensor carries none; with it, dynamic dimensions
-    and the data type must agree."""
+def _tensor_bytes(tensor: pb.Tensor | pb.AuxilaryData, what: str,
+                  shm: SharedMemoryReader) -> bytes:
+    declared_bytes(tensor, what)  # refuses a tensor without data
+    if tensor.WhichOneof("data") == "byte_data":
+        return tensor.byte_data
+    return shm.read(tensor.shared_memory_handle)
+
+
+def tensor_spec(tensor: pb.Tensor, default: TensorInfo | None, what: str) -> TensorSpec:
+    """Check one tensor's metadata against the bytes it declares, reading none.
+    ``default`` is the model's metadata for this position, used when the tensor carries
+    none; with it, dynamic dimensions and the data type must agree."""
     if tensor.HasField("tensor_metadata"):
         meta = tensor.tensor_metadata
         name = meta.name or (default.name if default else "")
+        what = f"{what} {name[:100]!r}"  # a client's name may be megabytes long
         if meta.data_type not in DTYPE_OF:
-            raise InvalidArgument(f"{what} {name!r}: unknown data type {meta.data_type} "
+            raise InvalidArgument(f"{what}: unknown data type {meta.data_type} "
                                   f"(known: {', '.join(_TYPE_NAMES.values())})")
         dtype = DTYPE_OF[meta.data_type]
+        if len(meta.shape) > MAX_RANK:
+            raise InvalidArgument(f"{what}: shape has {len(meta.shape)} dimensions, "
+                                  f"more than {MAX_RANK}")
         shape = tuple(meta.shape)
         if any(d < 0 for d in shape):
-            raise InvalidArgument(f"{what} {name!r}: shape {list(shape)} has a negative "
+            raise InvalidArgument(f"{what}: shape {list(shape)} has a negative "
                                   "dimension; send the actual shape")
-        data = _tensor_bytes(tensor, f"{what} {name!r}", shm)
+        nbytes = declared_bytes(tensor, what)
     else:
         if default is None:
             raise InvalidArgument(f"{what} has no tensor_metadata and the model does not "
                                   "say what it is")
         name, dtype = default.name, default.dtype
-        data = _tensor_bytes(tensor, f"{what} {name!r}", shm)
-        shape = _infer_shape(default, len(data), what)
-    need = math.prod(shape) * dtype.itemsize
-    if len(data) != need:
+        what = f"{what} {name!r}"
+        nbytes = declared_bytes(tensor, what)
+        shape = _infer_shape(default, nbytes, what)
+    spec = TensorSpec(name, dtype, shape)
+    if nbytes != spec.nbytes:
         raise InvalidArgument(
-            f"{what} {name!r} has {len(data)} bytes; shape {list(shape)} of "
-            f"{type_name(DATA_TYPES[dtype.name])} needs {need}")
-    return RawTensor(name, dtype, shape, data)
+            f"{what} has {nbytes} bytes; shape {list(shape)} of "
+            f"{type_name(DATA_TYPES[dtype.name])} needs {spec.nbytes}")
+    return spec
+
+
+def read_tensor(tensor: pb.Tensor, default: TensorInfo | None, what: str,
+                shm: SharedMemoryReader) -> RawTensor:
+    """Check one tensor (:func:`tensor_spec`) and read its bytes."""
+    spec = tensor_spec(tensor, default, what)
+    data = _tensor_bytes(tensor, f"{what} {spec.name[:100]!r}", shm)
+    return RawTensor(spec.name, spec.dtype, spec.shape, data)
 
 
 def _infer_shape(info: TensorInfo, nbytes: int, what: str) -> tuple[int, ...]:
@@ -141,12 +183,12 @@ def _infer_shape(info: TensorInfo, nbytes: int, what: str) -> tuple[int, ...]:
     if not dynamic:
         return info.shape
     if len(dynamic) > 1:
-        raise InvalidArgument(f"{what} {info.name!r}: the model's shape {list(info.shape)} "
+        raise InvalidArgument(f"{what}: the model's shape {list(info.shape)} "
                               "has several dynamic dimensions; send tensor_metadata with "
                               "the shape")
     known = math.prod(d for d in info.shape if d >= 0) * info.dtype.itemsize
     if known == 0 or nbytes % known:
-        raise InvalidArgument(f"{what} {info.name!r} has {nbytes} bytes, not a whole "
+        raise InvalidArgument(f"{what} has {nbytes} bytes, not a whole "
                               f"number of {list(info.shape)} {type_name(info.data_type)} "
                               "rows")
     shape = list(info.shape)
@@ -154,38 +196,62 @@ def _infer_shape(info: TensorInfo, nbytes: int, what: str) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def predict_feeds(model: LoadedModel, tensors: Sequence[pb.Tensor],
-                  shm: SharedMemoryReader) -> dict[str, np.ndarray]:
-    """A Predict request's tensors as ONNX Runtime feeds, each checked against the
-    model's inputs. Tensors are matched by metadata name, or by position without one."""
+@dataclass(frozen=True)
+class PredictPlan:
+    """A Predict request checked against the model, its bytes not yet read."""
+
+    inputs: tuple[tuple[TensorInfo, TensorSpec, pb.Tensor], ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(spec.nbytes for _, spec, _ in self.inputs)
+
+    @property
+    def batch(self) -> int:
+        return max((spec.batch for _, spec, _ in self.inputs), default=0)
+
+    def feeds(self, shm: SharedMemoryReader) -> dict[str, np.ndarray]:
+        """The inputs as ONNX Runtime feeds (shared memory is read here)."""
+        return {info.name: RawTensor(spec.name, spec.dtype, spec.shape, _tensor_bytes(
+                    tensor, f"input tensor {info.name!r}", shm)).array()
+                for info, spec, tensor in self.inputs}
+
+
+def plan_predict(model: LoadedModel, tensors: Sequence[pb.Tensor]) -> PredictPlan:
+    """A Predict request's tensors checked against the model's inputs, matched by
+    metadata name, or by position without one. Reads no bytes."""
     if len(tensors) != len(model.inputs):
         raise InvalidArgument(f"model {model.name!r} takes {len(model.inputs)} input "
                               f"tensor(s) ({', '.join(i.name for i in model.inputs)}); "
                               f"the request has {len(tensors)}")
     by_name = {info.name: info for info in model.inputs}
-    feeds: dict[str, np.ndarray] = {}
+    planned: dict[str, tuple[TensorInfo, TensorSpec, pb.Tensor]] = {}
     for index, tensor in enumerate(tensors):
         given = tensor.tensor_metadata.name if tensor.HasField("tensor_metadata") else ""
         if given and given not in by_name:
-            raise InvalidArgument(f"model {model.name!r} has no input {given!r} (inputs: "
-                                  f"{', '.join(by_name)})")
+            raise InvalidArgument(f"model {model.name!r} has no input {given[:200]!r} "
+                                  f"(inputs: {', '.join(by_name)})")
         info = by_name[given] if given else model.inputs[index]
-        raw = read_tensor(tensor, info, "input tensor", shm)
-        if raw.dtype != info.dtype:
-            raise InvalidArgument(
-                f"input {info.name!r} of model {model.name!r} takes "
-                f"{type_name(info.data_type)}, the request sends "
-                f"{type_name(DATA_TYPES[raw.dtype.name])}")
-        if len(raw.shape) != len(info.shape) or any(
-                want >= 0 and got != want for got, want in zip(raw.shape, info.shape,
-                                                                strict=True)):
-            raise InvalidArgument(f"input {info.name!r} of model {model.name!r} takes shape "
-                                  f"{list(info.shape)} (-1: any), the request sends "
-                                  f"{list(raw.shape)}")
-        if info.name in feeds:
+        spec = tensor_spec(tensor, info, "input tensor")
+        _check_against(model, info, spec)
+        if info.name in planned:
             raise InvalidArgument(f"input {info.name!r} is sent twice")
-        feeds[info.name] = raw.array()
-    return feeds
+        planned[info.name] = (info, spec, tensor)
+    return PredictPlan(tuple(planned.values()))
+
+
+def _check_against(model: LoadedModel, info: TensorInfo, spec: TensorSpec) -> None:
+    if spec.dtype != info.dtype:
+        raise InvalidArgument(
+            f"input {info.name!r} of model {model.name!r} takes "
+            f"{type_name(info.data_type)}, the request sends "
+            f"{type_name(DATA_TYPES[spec.dtype.name])}")
+    if len(spec.shape) != len(info.shape) or any(
+            want >= 0 and got != want for got, want in zip(spec.shape, info.shape,
+                                                            strict=True)):
+        raise InvalidArgument(f"input {info.name!r} of model {model.name!r} takes shape "
+                              f"{list(info.shape)} (-1: any), the request sends "
+                              f"{list(spec.shape)}")
 
 
 def output_tensors(model: LoadedModel, arrays: Sequence[np.ndarray]) -> list[pb.Tensor]:
@@ -203,8 +269,8 @@ def output_tensors(model: LoadedModel, arrays: Sequence[np.ndarray]) -> list[pb.
 
 def aux_bytes(aux: pb.AuxilaryData, shm: SharedMemoryReader) -> tuple[str, str, bytes]:
     """An auxiliary input/output as (name, encoding name, bytes)."""
+    what = f"auxiliary data {aux.name[:100]!r}"
     if aux.encoding not in ENCODINGS:
-        raise InvalidArgument(f"auxiliary data {aux.name!r}: unknown encoding {aux.encoding} "
+        raise InvalidArgument(f"{what}: unknown encoding {aux.encoding} "
                               f"(known: {', '.join(ENCODINGS.values())})")
-    return aux.name, ENCODINGS[aux.encoding], _tensor_bytes(aux, f"auxiliary data "
-                                                            f"{aux.name!r}", shm)
+    return aux.name, ENCODINGS[aux.encoding], _tensor_bytes(aux, what, shm)

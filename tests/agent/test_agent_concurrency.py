@@ -14,7 +14,9 @@ CLIENTS = 8
 CALLS = 4
 
 
-def test_eight_concurrent_clients_overlap_inside_the_agent(agent):
+def test_eight_concurrent_clients_overlap_inside_the_agent(start_agent):
+    # Room for all eight calls (about 82 MiB each): this test is about parallelism.
+    agent = start_agent(max_inflight_bytes=1 << 30)
     setup = agent.stub()
     load_windturbine(setup)
     x = windows(256, seed=11)  # a few ms of ONNX Runtime per call

@@ -70,7 +70,9 @@ def test_handle_outside_its_segment(stub, segment):
     x = windows(2)
     segment_id, shm = segment(x.nbytes)
     shm.buf[:x.nbytes] = x.tobytes()
-    for offset, size in [(4, x.nbytes), (0, x.nbytes + 1), (x.nbytes + 1, 0),
+    # Sizes of whole windows: a size that is not one is refused before the segment is
+    # opened (the shape is checked before any byte is read).
+    for offset, size in [(4, x.nbytes), (0, 2 * x.nbytes), (x.nbytes + 1, 0),
                          (2**64 - 1, x.nbytes)]:
         code, details = code_of(stub, pb.PredictRequest(name="windturbine", tensors=[
             handle_tensor(segment_id, offset, size)]))
