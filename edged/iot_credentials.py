@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime
 import http.client
-import json
 import re
 import ssl
 from pathlib import Path
@@ -34,6 +33,8 @@ from edged.capture_config import THING_NAME_PATTERN, split_iot_endpoint
 from edged.errors import ConfigError
 from edged.log import RateLimit
 from edged.metrics import Counters
+from edged.strict_json import JsonError
+from edged.strict_json import loads as strict_loads
 
 if TYPE_CHECKING:
     import boto3
@@ -156,17 +157,19 @@ class IotCredentialsProvider:
         return metadata
 
     def _parse(self, status: int, body: bytes) -> dict[str, str]:
+        refused = None
         try:
-            reply = json.loads(body)
-        except ValueError:
-            reply = None
+            # Repeated keys refused: two accessKeyIds leave no right one to use.
+            reply = strict_loads(body, max_bytes=MAX_REPLY_BYTES)
+        except JsonError as exc:
+            reply, refused = None, str(exc)
         if status != 200:
             message = reply.get("message") if isinstance(reply, dict) else None
             detail = repr(message) if isinstance(message, str) else _excerpt(body)
             raise self._status_error(status, detail)
         credentials = reply.get("credentials") if isinstance(reply, dict) else None
         if not isinstance(credentials, dict):
-            what = "not JSON" if reply is None else 'no "credentials" object'
+            what = refused or 'no "credentials" object'
             raise self._error(f"malformed reply: {what}: {_excerpt(body)}",
                               transient=False, reason="malformed")
         fields = {}

@@ -25,6 +25,8 @@ from edged.capture.policy import MAX_ON_DEMAND_S
 from edged.config import NAME_PATTERN
 from edged.log import RateLimit
 from edged.metrics import Counters
+from edged.strict_json import JsonError
+from edged.strict_json import loads as strict_loads
 
 log = structlog.get_logger("edged.capture.commands")
 
@@ -104,9 +106,10 @@ class CaptureCommands:
         if len(payload) > MAX_REQUEST_BYTES:
             return _rejected(None, f"request: larger than {MAX_REQUEST_BYTES} bytes")
         try:
-            body = json.loads(payload)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return _rejected(None, f"request: not JSON ({exc})")
+            # A key given twice is refused: which turbine or duration would be meant?
+            body = strict_loads(payload, max_bytes=MAX_REQUEST_BYTES)
+        except JsonError as exc:
+            return _rejected(None, f"request: {exc}")
         if not isinstance(body, dict):
             return _rejected(None, "request: must be a JSON object, got "
                              f"{type(body).__name__}")

@@ -50,6 +50,8 @@ from edged.capture.commands import describe
 from edged.capture.destinations import DeliveryError, s3_refusal
 from edged.log import RateLimit
 from edged.metrics import Counters
+from edged.strict_json import JsonError
+from edged.strict_json import loads as strict_loads
 
 log = structlog.get_logger("edged.capture.upload_urls")
 
@@ -139,13 +141,12 @@ class Rejected(_Message):
 
 
 def parse(model: type[_Message], payload: bytes) -> Any:
-    """``payload`` as ``model``; ValueError that says what is wrong and where."""
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+    """``payload`` as ``model``; ValueError that says what is wrong and where. A key given
+    twice is refused (which URL, which object would be meant?)."""
     try:
-        return model.model_validate(json.loads(payload))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"not JSON: {exc}") from None
+        return model.model_validate(strict_loads(payload, max_bytes=MAX_PAYLOAD_BYTES))
+    except JsonError as exc:
+        raise ValueError(str(exc)) from None
     except ValidationError as exc:
         raise ValueError(describe(exc)) from None
 
@@ -153,9 +154,11 @@ def parse(model: type[_Message], payload: bytes) -> Any:
 def client_token_of(payload: bytes) -> str | None:
     """The clientToken of a reply that failed to parse, to fail its request at once."""
     try:
-        token = json.loads(payload).get("clientToken")
-    except (ValueError, AttributeError):
+        # Only to name the request that failed: a repeated key may stand here.
+        data = strict_loads(payload, max_bytes=MAX_PAYLOAD_BYTES, repeated_keys=True)
+    except JsonError:
         return None
+    token = data.get("clientToken") if isinstance(data, dict) else None
     return token if isinstance(token, str) else None
 
 

@@ -179,11 +179,18 @@ async def test_bad_requests_are_rejected_with_a_reason_and_counted(tmp_path: Pat
         await fleet.send(b"{not json")
         await eventually(lambda: None in fleet.responses)
         assert fleet.responses[None]["reason"].startswith("request: not JSON")
+        # Which turbine is meant? Neither: a key given twice is refused, not resolved.
+        fleet.responses.pop(None)
+        await fleet.send(b'{"pipeline": "turbines", "turbine": "turbine-1", "turbine": "*", '
+                         b'"duration_s": 5, "request_id": "twice"}')
+        await eventually(lambda: None in fleet.responses)
+        assert fleet.responses[None]["reason"] == \
+            "request: key 'turbine' appears twice in one object"
         # The link and the graph carry on: a good request still works.
         reply = await fleet.ask({"pipeline": "turbines", "turbine": "*",
                                  "duration_s": 1, "request_id": "good"})
         assert reply["status"] == "accepted"
-        assert graph.counters.get("capture_requests", result="rejected") == 5
+        assert graph.counters.get("capture_requests", result="rejected") == 6
         assert graph.counters.get("capture_requests", result="accepted") == 1
         assert graph.counters.get("decisions", pipeline="turbines") > 0
 
