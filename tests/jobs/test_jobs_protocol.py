@@ -5,7 +5,8 @@ import json
 import pytest
 
 from edged.jobs import protocol
-from edged.jobs.protocol import JobsProtocolError
+from edged.jobs.document import document_of
+from edged.jobs.protocol import JobDocumentError, JobsProtocolError
 
 THING = "turbine-7"
 BASE = "$aws/things/turbine-7/jobs"
@@ -216,3 +217,36 @@ def test_parse_rejected():
 def test_parse_notify_next():
     assert protocol.parse_notify_next(b'{"timestamp": 1}') is None
     assert protocol.parse_notify_next({"execution": {"jobId": "j"}}).job_id == "j"
+
+
+REPLY = {"clientToken": "tok", "timestamp": 1,
+         "execution": {"jobId": "job-1", "thingName": THING, "status": "IN_PROGRESS",
+                       "versionNumber": 2, "jobDocument": {
+                           "operation": "edged.deploy-model",
+                           "bundle": {"url": "https://b.example.com/w.tar.gz",
+                                      "sha256": "a" * 64, "size": 1},
+                           "model": {"name": "windturbine", "version": 2}}}}
+
+
+@pytest.mark.parametrize("key", ["clientToken", "execution", "jobId", "sha256", "version"])
+def test_an_execution_whose_reply_repeats_a_key_is_refused_by_its_id(key):
+    text = json.dumps(REPLY)
+    at = text.index(f'"{key}":')
+    # A decoy first: plain json.loads would keep the second, true-looking entry.
+    doubled = text[:at] + f'"{key}": null, ' + text[at:]
+    for parse in (protocol.parse_accepted, protocol.parse_notify_next):
+        reply = parse(doubled)
+        execution = reply if parse is protocol.parse_notify_next else reply.execution
+        assert execution.job_id == "job-1"
+        assert execution.document_error == f"key {key!r} appears twice in one object"
+        with pytest.raises(JobDocumentError, match="appears twice"):
+            document_of(execution)
+
+
+def test_a_reply_without_an_execution_that_repeats_a_key_is_refused():
+    for payload in (b'{"clientToken": "a", "clientToken": "b"}',
+                    b'{"code": "Throttling", "code": "VersionMismatch"}'):
+        for parse in (protocol.parse_accepted, protocol.parse_rejected,
+                      protocol.parse_notify_next):
+            with pytest.raises(JobsProtocolError, match="appears twice"):
+                parse(payload)
