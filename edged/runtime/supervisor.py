@@ -3,6 +3,10 @@
 Every long-running task of the daemon lives under the supervisor's task group (the
 graph's own task group runs inside it). Shutdown and reload triggers are injectable:
 signals by default, plain events in tests.
+
+A reload reads, validates and builds the new config in a worker thread under a time
+bound (``reload.timeout_s``): a file is read while decisions, /metrics and systemd's
+watchdog go on, and whatever it holds, the worst it can do is a refused reload.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import structlog
 
 from edged.config import EdgedConfig, load_config
 from edged.errors import ComponentStartError, ConfigError
+from edged.log import RateLimit
 from edged.metrics import Counters
 from edged.registry import Registry
 from edged.runtime.graph import Graph, build_graph
@@ -40,6 +45,8 @@ class Supervisor:
         self.reload_event = reload or asyncio.Event()
         self.on_graph = on_graph  # lets the demo observe every graph it runs
         self.reloads = 0
+        self._building: asyncio.Future | None = None  # the last reload's worker-thread build
+        self._refusals = RateLimit()
         # systemd's notify socket and watchdog; a no-op outside systemd.
         self.notifier = notifier or Notifier.from_environ()
 
@@ -97,7 +104,7 @@ class Supervisor:
             self.reload_event.clear()
             self.notifier.reloading(f"reloading {self.config.path}")
             previous_config = self.config
-            new_graph = self._rebuild()
+            new_graph = await self._rebuild()
             if new_graph is None:
                 # Refused: the running graph was never touched. READY=1 all the same, so
                 # that systemd leaves the reloading state.
@@ -157,24 +164,69 @@ class Supervisor:
             return exc
         return None
 
-    def _rebuild(self) -> Graph | None:
-        """Build and validate the config file again; None (old config kept) if bad."""
+    async def _rebuild(self) -> Graph | None:
+        """Read, validate and build the config file again, in a worker thread and within
+        ``reload.timeout_s``; None (old config kept, refusal counted) if that fails. A
+        stop requested meanwhile ends the wait: the refusal is then moot."""
+        path, timeout = self.config.path, self.config.raw.reload.timeout_s
+        if self._building is not None and not self._building.done():
+            # A build past its time bound runs on (a thread cannot be stopped); the
+            # bounds on the file end it. Never two at once.
+            self._refuse("busy", [f"the previous reload of {path} is still being built"])
+            return None
+        self._building = work = asyncio.get_running_loop().run_in_executor(
+            None, self._build, path)
+        work.add_done_callback(_retrieve)
+        stop = asyncio.create_task(self.stop_event.wait(), name="edged[supervisor].stop")
         try:
-            config = load_config(self.config.path, self.registry)
-            graph = build_graph(config, self.registry, self.counters)
+            await asyncio.wait([work, stop], timeout=timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if not work.done():
+            if not self.stop_event.is_set():
+                self._refuse("timeout", [f"reading, validating and building {path} took "
+                                         f"over reload.timeout_s ({timeout:g} s)"])
+            return None
+        try:
+            config, graph = work.result()
         except ConfigError as exc:
-            self.counters.inc("reloads_refused")
-            log.error("reload_refused", path=str(self.config.path), problems=exc.problems)
+            self._refuse(getattr(exc, "reason", "invalid"), exc.problems)
+            return None
+        except Exception as exc:  # noqa: BLE001 - no file may take the daemon down
+            self._refuse("error", [f"Cannot reload {path}: {type(exc).__name__}: {exc}"])
             return None
         if config.raw.plugins.block != self.config.raw.plugins.block:
             log.warning("plugin_changes_need_restart", block=config.raw.plugins.block)
         self.config = config
         return graph
 
+    def _build(self, path: Path) -> tuple[EdgedConfig, Graph]:
+        """Off the event loop: build_graph creates asyncio primitives (bound to a loop on
+        first use, not at creation) and hashes models, and touches no running graph."""
+        config = load_config(path, self.registry)
+        return config, build_graph(config, self.registry, self.counters)
+
+    def _refuse(self, reason: str, problems: list[str]) -> None:
+        self.counters.inc("reloads_refused", reason=reason)
+        # One line per distinct refusal per 10 s: a SIGHUP loop cannot flood the journal,
+        # and an operator who fixes one mistake sees the next at once.
+        suppressed = self._refusals.allow(f"{reason}:{problems[:1]}")
+        if suppressed is not None:
+            log.error("reload_refused", path=str(self.config.path), reason=reason,
+                      problems=problems, suppressed_since_last=suppressed)
+
     async def _stop(self, graph: Graph, task: asyncio.Task, reason: str) -> None:
         self.pm.hook.edged_stopping(graph=graph, reason=reason)
         graph.stop(reason)
         await task
+
+
+def _retrieve(work: asyncio.Future) -> None:
+    """Take a build's outcome, so that one abandoned past its time bound is not logged
+    as an exception never retrieved."""
+    if not work.cancelled():
+        work.exception()
 
 
 def config_path(path: str | Path) -> Path:

@@ -338,7 +338,7 @@ async def test_reload_swaps_in_a_valid_config(tmp_path, cleanup):
     new_recorders = h.journal.recorders[1:]
     assert [r.name for r in new_recorders] == ["rec", "rec2"]
     await until(lambda: all(r.events for r in new_recorders), 5, "events in the new graph")
-    assert h.supervisor.counters.get("reloads_refused") == 0
+    assert h.supervisor.counters.total("reloads_refused") == 0
     await h.shutdown()
 
 
@@ -355,7 +355,7 @@ async def test_reload_refuses_an_invalid_config(tmp_path, cleanup, garbage):
     recorder = h.journal.recorders[0]
     h.path.write_text(garbage)
     h.reload.set()
-    await until(lambda: h.supervisor.counters.get("reloads_refused") == 1, 10,
+    await until(lambda: h.supervisor.counters.total("reloads_refused") == 1, 10,
                 "the refusal")
     assert h.supervisor.graph is graph and h.graphs == [graph]
     assert h.supervisor.reloads == 0
@@ -368,7 +368,7 @@ async def test_reload_refuses_an_invalid_config(tmp_path, cleanup, garbage):
     h.path.write_text(config_text(tmp_path, recorder=rec_cfg()))
     h.reload.set()
     await until(lambda: h.supervisor.reloads == 1, 10, "the second reload")
-    assert h.supervisor.counters.get("reloads_refused") == 1
+    assert h.supervisor.counters.total("reloads_refused") == 1
     await h.shutdown()
 
 
