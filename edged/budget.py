@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -31,8 +32,10 @@ from typing import Any, Literal
 import structlog
 from pydantic import Field, model_validator
 
+from edged import strict_json
 from edged.config import EdgedConfig, Strict
 from edged.durable import makedirs_durably, write_durably
+from edged.log import RateLimit
 from edged.metrics import Counters
 
 log = structlog.get_logger("edged.budget")
@@ -44,6 +47,8 @@ MB = 1_000_000
 #: Least time between two writes of the usage file (what a crash can lose).
 PERSIST_INTERVAL_S = 5.0
 USAGE_FILE = "usage.json"
+#: A usage file is a few hundred bytes; a bigger one is not this class's.
+MAX_USAGE_BYTES = 64 * 1024
 
 
 class DataBudgetConfig(Strict):
@@ -101,6 +106,7 @@ class DataBudget:
         self._fresh_day()
         self.last_heartbeat_at: float | None = None
         self._dirty = False
+        self._rate_limit = RateLimit(interval=60.0)
 
     def _fresh_day(self) -> None:
         self.used: dict[Priority, int] = dict.fromkeys(PRIORITIES, 0)
@@ -165,7 +171,7 @@ class DataBudget:
 
     async def __aenter__(self) -> DataBudget:
         try:
-            saved = await asyncio.to_thread(self.path.read_bytes)
+            saved = await asyncio.to_thread(_read_at_most, self.path, MAX_USAGE_BYTES)
         except FileNotFoundError:
             return self
         except OSError as exc:  # an unreadable state dir costs the day's count, no more
@@ -190,8 +196,12 @@ class DataBudget:
         try:
             await asyncio.to_thread(self._write, self._state())
         except OSError as exc:
+            # A full disk costs the charges since the last write if the daemon stops
+            # before it frees up, nothing more; retried every PERSIST_INTERVAL_S.
             self._dirty = True
-            log.warning("budget_usage_unsaved", path=str(self.path), error=repr(exc))
+            self.counters.inc("budget_usage_unsaved")
+            self._rate_limit.warning(log, "budget_usage_unsaved", path=str(self.path),
+                                     error=repr(exc))
 
     # -- internals --------------------------------------------------------------------
 
@@ -217,15 +227,19 @@ class DataBudget:
         write_durably(self.path, [json.dumps(state).encode()], fsync=True)
 
     def _restore(self, saved: bytes) -> None:
+        """Take up a usage file's figures; a file this class did not write (torn,
+        hand-edited, garbage) is counted and today starts from zero."""
         try:
-            state = json.loads(saved)
+            state = strict_json.loads(saved, max_bytes=MAX_USAGE_BYTES, max_depth=4)
             day = state["day"]
-            used = {p: int(state["used"].get(p, 0)) for p in PRIORITIES}
-            deferred = {p: int(state["deferred"].get(p, 0)) for p in PRIORITIES}
-            over = int(state["over_bytes"])
+            used = {p: _count(state["used"].get(p, 0)) for p in PRIORITIES}
+            deferred = {p: _count(state["deferred"].get(p, 0)) for p in PRIORITIES}
+            over = _count(state["over_bytes"])
             last = state.get("last_heartbeat_at")
             last = None if last is None else float(last)
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            if last is not None and not math.isfinite(last):
+                raise ValueError("last_heartbeat_at is not a finite time")
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
             self.counters.inc("budget_usage_corrupt")
             log.warning("budget_usage_corrupt", path=str(self.path), error=repr(exc))
             return
@@ -243,6 +257,19 @@ def build_budget(config: EdgedConfig, counters: Counters) -> DataBudget | None:
     if cloud is None or cloud.data_budget is None:
         return None
     return DataBudget(cloud.data_budget, config.state_dir, counters)
+
+
+def _count(value: object) -> int:
+    """A byte or refusal count from the usage file: a whole number, not below zero."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"not a count: {str(value)[:40]!r}")
+    return value
+
+
+def _read_at_most(path: Path, limit: int) -> bytes:
+    """The file's bytes, or one more than ``limit`` of them (enough to refuse it)."""
+    with open(path, "rb") as f:
+        return f.read(limit + 1)
 
 
 def _priority(priority: str) -> Priority:

@@ -41,9 +41,19 @@ class AnomalySpec(_Strict):
                        "captured after an anomaly.")
 
 
+#: Free space a capture spool leaves on its filesystem by default (MiB): room for the
+#: journal, the model store and the state files that share the disk.
+MIN_FREE_MB = 32.0
+
+
 class CaptureSpoolSpec(_Strict):
-    budget_mb: float = Field(256.0, gt=0, description="Disk the spool may use; beyond "
-                             "it the oldest records without an anomaly are dropped first.")
+    budget_mb: float = Field(256.0, gt=0, description="Disk the spool may use (what its "
+                             "files take on disk, whole blocks); beyond it the oldest "
+                             "records without an anomaly are dropped first.")
+    min_free_mb: float = Field(
+        MIN_FREE_MB, ge=0, description="Free space the spool leaves on its filesystem: "
+        "below it the oldest records are dropped as for the budget, and new ones are "
+        "refused (counted) when nothing can be dropped. 0: write until the disk is full.")
     fsync: Literal["always", "batch", "never"] = Field(
         "batch", description="always: each record is its own fsync'ed file; batch: each "
         "write of the records queued at that moment is fsync'ed once; never: no fsync "

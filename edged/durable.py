@@ -17,15 +17,22 @@ def fsync_dir(path: Path) -> None:
 
 
 def write_durably(path: Path, parts: list[bytes], fsync: bool) -> None:
-    """Write ``parts`` to ``path`` through a temporary name; fsync file and directory."""
+    """Write ``parts`` to ``path`` through a temporary name; fsync file and directory.
+    A write that fails (a full disk) removes its temporary file: a half-written file
+    left behind would hold on to the very space that ran out."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        for part in parts:
-            f.write(part)
-        if fsync:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            for part in parts:
+                f.write(part)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
     if fsync:
         fsync_dir(path.parent)
 
@@ -41,3 +48,18 @@ def makedirs_durably(path: Path, fsync: bool) -> None:
             directory.mkdir()
         if fsync:
             fsync_dir(directory.parent)
+
+
+def disk_bytes(stat: os.stat_result) -> int:
+    """What a file takes on disk: its allocated blocks (a 100-byte file holds a whole
+    4 KiB block), never less than its length (a filesystem that compresses, or reports
+    no blocks yet, is counted by length)."""
+    return max(stat.st_blocks * 512, stat.st_size)
+
+
+def free_space(path: Path) -> tuple[int, int]:
+    """(bytes an unprivileged writer may still use, allocation unit) of the filesystem
+    holding ``path``."""
+    vfs = os.statvfs(path)
+    unit = vfs.f_frsize or vfs.f_bsize or 4096
+    return vfs.f_bavail * unit, unit

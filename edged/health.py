@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import time
 import weakref
@@ -26,7 +25,7 @@ import structlog
 from pydantic import AfterValidator, Field
 
 from edged.config import Strict
-from edged.durable import fsync_dir
+from edged.durable import makedirs_durably, write_durably
 from edged.metrics import Counters
 
 if TYPE_CHECKING:
@@ -88,17 +87,16 @@ _STARTS: weakref.WeakKeyDictionary[Counters, tuple[int, float, float]] = (
 def record_start(state_dir: Path) -> int:
     """Add one to ``<state_dir>/health/starts`` and return the new count (blocking)."""
     directory = state_dir / "health"
-    directory.mkdir(parents=True, exist_ok=True)
+    makedirs_durably(directory, fsync=True)
     path = directory / "starts"
     try:
-        starts = int(path.read_text().strip() or 0)
+        with open(path, "rb") as f:
+            starts = int(f.read(32).strip() or 0)
     except (FileNotFoundError, ValueError):
         starts = 0  # a torn or missing file starts the count again
     starts += 1
-    part = path.with_suffix(".part")
-    part.write_text(f"{starts}\n")
-    os.replace(part, path)
-    fsync_dir(directory)
+    # On a full disk this fails and removes its temporary file; the caller goes on.
+    write_durably(path, [f"{starts}\n".encode()], fsync=True)
     return starts
 
 
@@ -120,8 +118,9 @@ class Health:
     """Health reports of one daemon, read from its pipelines and counters.
 
     Entered as a component (the graph does it): the start is recorded then, once per
-    daemon. ``spool`` is the hook for a local capture store: a callable returning
-    ``{"depth": ..., "dropped": ...}``; None (today) reports ``"spool": null``.
+    daemon. ``spool`` is the hook for the capture spools: a callable returning
+    ``{"depth": ..., "bytes": ..., "dropped": ..., "refusing": ...}``; None (no
+    capture) reports ``"spool": null``.
     ``budget`` is the daemon's :class:`edged.budget.DataBudget` (``cloud.data_budget``),
     whose usage the report carries; None reports ``"budget": null``.
     """

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import secrets
 
 import aiomqtt
 import structlog
 
+from edged import strict_json
 from edged.budget import DataBudget
 from edged.builtin.mqtt.connection import BrokerLink, publish_size
 from edged.health import Health, HealthConfig, to_json
@@ -68,8 +68,9 @@ class Heartbeat:
         elif topic == f"{self.shadow_topic}/rejected":
             self.counters.inc("health_shadow_updates", result="rejected")
             try:
-                error = json.loads(message.payload)
-            except (TypeError, ValueError):
+                error = strict_json.loads(bytes(message.payload), max_bytes=8192,
+                                          max_depth=8, repeated_keys=True)
+            except (TypeError, strict_json.JsonError):
                 error = {}
             if not isinstance(error, dict):
                 error = {}

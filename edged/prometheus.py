@@ -93,8 +93,12 @@ def metrics(report: dict[str, Any]) -> Iterator[Metric]:
         yield CounterMetricFamily("edged_spool_dropped", "Records the spool dropped.",
                                   value=spool.get("dropped", 0))
         if "bytes" in spool:
-            yield GaugeMetricFamily("edged_spool_bytes", "Bytes of the records waiting "
-                                    "in the capture spool.", value=spool["bytes"])
+            yield GaugeMetricFamily("edged_spool_bytes", "Bytes the capture spool's "
+                                    "records take on disk.", value=spool["bytes"])
+        if "refusing" in spool:
+            yield GaugeMetricFamily("edged_spool_refusing", "Capture spools refusing new "
+                                    "records now (no room left, a full or failing disk).",
+                                    value=spool["refusing"])
 
     budget = report.get("budget")
     if budget is not None:

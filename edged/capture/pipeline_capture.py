@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from edged import strict_json
 from edged.capture.decision_records import Item, clock_synced, encode_record, manifest_hash
 from edged.capture.destinations import Destination, DiskDestination, S3Destination
 from edged.capture.policy import (
@@ -43,6 +44,8 @@ log = structlog.get_logger("edged.capture.pipeline")
 #: Beside the spool: the running captures on demand, ``{"schema": 1, "requests":
 #: {turbine: deadline}}`` (seconds since the epoch).
 REQUESTS_FILE = "on_demand.json"
+#: Its size at most: a request per turbine of 128 characters, for thousands of turbines.
+MAX_REQUESTS_BYTES = 4 * 1024 * 1024
 
 
 def build_sampler(spec: PipelineCaptureSpec) -> Sampler:
@@ -103,7 +106,8 @@ class PipelineCapture:
                            retry_backoff_s=upload.retry_backoff_s,
                            max_backoff_s=upload.max_backoff_s,
                            upload_attempts=upload.attempts, fsync=spec.spool.fsync,
-                           budget_bytes=int(spec.spool.budget_mb * 1024 * 1024)),
+                           budget_bytes=int(spec.spool.budget_mb * 1024 * 1024),
+                           min_free_bytes=int(spec.spool.min_free_mb * 1024 * 1024)),
             device=device, counters=counters, labels={"pipeline": pipeline}, budget=budget)
         self._clock = clock
         self.queue: asyncio.Queue[Item] = asyncio.Queue(spec.spool.queue_size)
@@ -148,6 +152,11 @@ class PipelineCapture:
     def pending_bytes(self) -> int:
         """Bytes of the spool's segments not yet acknowledged by the destination."""
         return self.uplink.pending_bytes
+
+    @property
+    def refusing(self) -> bool:
+        """Whether the spool refuses new records now (no room, a full or failing disk)."""
+        return self.uplink.refusing is not None
 
     def dropped(self) -> int:
         """Records this pipeline's capture dropped (``capture_dropped``, every reason)."""
@@ -216,10 +225,12 @@ class PipelineCapture:
         """(Blocking.) The deadlines a previous run saved; {} when there are none, or
         when the file is unreadable (logged and counted: nothing else depends on it)."""
         try:
-            data = json.loads(self._requests_path.read_bytes())
+            with open(self._requests_path, "rb") as f:
+                data = strict_json.loads(f.read(MAX_REQUESTS_BYTES + 1),
+                                         max_bytes=MAX_REQUESTS_BYTES, max_depth=4)
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError) as exc:
+        except (OSError, strict_json.JsonError) as exc:
             return self._unreadable(f"{type(exc).__name__}: {exc}")
         requests = data.get("requests") if isinstance(data, dict) else None
         if not isinstance(requests, dict) or data.get("schema") != 1 or not all(

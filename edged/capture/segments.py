@@ -18,27 +18,46 @@ Layout under a spool's root (``<state_dir>/capture/<pipeline>/``, or the agent's
 A segment is written under a temporary name and renamed into place (through
 :func:`edged.durable.write_durably`), so one that exists is whole. Kept-longer and
 other records never share a segment: the budget drops whole ``n`` segments, oldest first.
+A segment's size is what it takes on disk (whole blocks), which is what fills a disk.
+
+Whatever a start finds in the spool is read as untrusted: an intent or a record line
+that does not parse is :class:`SpoolCorrupt`, counted and left out, never a crash.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import json
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
+import structlog
+
+from edged import strict_json
 from edged.capture.spool import lock_spool
-from edged.durable import fsync_dir, makedirs_durably, write_durably
+from edged.durable import disk_bytes, free_space, fsync_dir, makedirs_durably, write_durably
+from edged.errors import EdgedError
+
+log = structlog.get_logger("edged.capture.segments")
 
 #: The partition of a record without a model version (an agent capture for a model the
 #: agent has no manifest for).
 UNKNOWN_VERSION = "unknown"
 _KEY_PARTS = ("device", "model", "version", "date", "hour")
+#: An intent names at most max_records segments of a few dozen bytes each; anything
+#: bigger was not written by an uplink.
+MAX_INTENT_BYTES = 4 * 1024 * 1024
+
+
+class SpoolCorrupt(EdgedError, ValueError):
+    """A file or line in the spool that no uplink wrote (a torn disk, a stray edit)."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +65,7 @@ class Segment:
     seq: int
     anomalous: bool
     count: int
-    size: int
+    size: int  # bytes on disk (whole blocks), what the spool's budget counts
 
     @property
     def name(self) -> str:
@@ -56,11 +75,15 @@ class Segment:
     def parse(name: str, size: int) -> Segment | None:
         try:
             seq, kind, count = name.removesuffix(".jsonl").split("-")
-            if kind not in ("a", "n") or not name.endswith(".jsonl"):
+            if kind not in ("a", "n") or not name.endswith(".jsonl") or not (
+                    seq.isdigit() and count.isdigit() and seq.isascii()
+                    and count.isascii()):
                 return None
-            return Segment(int(seq), kind == "a", int(count), size)
+            segment = Segment(int(seq), kind == "a", int(count), size)
         except ValueError:
             return None
+        # Only the one spelling an uplink writes: the name is how a segment is found again.
+        return segment if segment.name == name else None
 
 
 @dataclass(frozen=True)
@@ -72,24 +95,64 @@ class Upload:
     segments: tuple[str, ...]
 
 
+def parse_intent(body: bytes) -> Upload:
+    """An intent file's upload; SpoolCorrupt unless it is one an uplink could have
+    written (a UUID batch id, segment names of the spool's own form)."""
+    try:
+        data = strict_json.loads(body, max_bytes=MAX_INTENT_BYTES, max_depth=4)
+    except strict_json.JsonError as exc:
+        raise SpoolCorrupt(f"intent: {exc}") from None
+    if not isinstance(data, dict) or set(data) != {"batch_id", "segments"}:
+        raise SpoolCorrupt('intent: expected {"batch_id": ..., "segments": [...]}')
+    batch_id, names = data["batch_id"], data["segments"]
+    try:
+        if not isinstance(batch_id, str) or str(uuid.UUID(batch_id)) != batch_id:
+            raise ValueError
+    except ValueError:
+        raise SpoolCorrupt("intent: batch_id is not a UUID") from None
+    if not isinstance(names, list) or not all(
+            isinstance(n, str) and Segment.parse(n, 0) is not None for n in names):
+        raise SpoolCorrupt("intent: segments must be a list of segment names")
+    if len(set(names)) != len(names):
+        raise SpoolCorrupt("intent: a segment is named twice")
+    return Upload(batch_id, tuple(names))
+
+
+def decode_line(line: bytes, device: str) -> tuple[dict, str]:
+    """A spool line as its record and partition; SpoolCorrupt if it is not a record
+    object with a partition (a ``time`` a date can be made of, a ``model_name``)."""
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        raise SpoolCorrupt("a line that is not JSON") from None
+    if not isinstance(record, dict):
+        raise SpoolCorrupt("a line that is not a JSON object")
+    try:
+        return record, partition(record, device)
+    except (KeyError, TypeError, ValueError, OverflowError, OSError) as exc:
+        raise SpoolCorrupt(f"a record without a partition: {type(exc).__name__}") from None
+
+
 def partition(record: dict, device: str) -> str:
     """``device=<id>/model=<name>/version=<v>/date=YYYY-MM-DD/hour=HH`` (UTC, from the
     record's wall-clock ``time``)."""
     when = datetime.fromtimestamp(record["time"], UTC)
     version = record.get("model_version")
+    if not isinstance(record["model_name"], str):
+        raise TypeError("model_name is not a string")
     return (f"device={device}/model={record['model_name']}/"
             f"version={UNKNOWN_VERSION if version is None else version}/"
             f"date={when:%Y-%m-%d}/hour={when:%H}")
 
 
-def build_objects(batch_id: str, records: Iterable[tuple[dict, bytes]],
-                  device: str) -> list[tuple[str, bytes]]:
+def build_objects(batch_id: str, lines: Iterable[tuple[str, bytes]]
+                  ) -> list[tuple[str, bytes]]:
     """One gzip JSON-lines object per partition, keyed ``<partition>/<uuid>.jsonl.gz``
     with the uuid derived from the batch id and the partition: a retry makes the same
-    keys and the same bytes. ``records``: each record parsed, with its line."""
+    keys and the same bytes. ``lines``: each record's partition, with its line."""
     parts: dict[str, list[bytes]] = {}
-    for record, line in records:
-        parts.setdefault(partition(record, device), []).append(line)
+    for where, line in lines:
+        parts.setdefault(where, []).append(line)
     base = uuid.UUID(batch_id)
     objects = []
     for prefix, chunk in sorted(parts.items()):
@@ -135,28 +198,29 @@ class SegmentSpool:
         self.fsync = fsync
         self._lock_fd: int | None = None
 
-    def open(self) -> tuple[list[Segment], list[Upload]]:
-        """Lock the spool; return the segments (oldest first) and unfinished uploads."""
+    def open(self) -> tuple[list[Segment], list[Upload], int]:
+        """Lock the spool; return the segments (oldest first), unfinished uploads and
+        the number of intents that were not an uplink's (removed). Only creating the
+        folders and the lock may fail: what a start would tidy up (strays, settled
+        uploads) is left for the next start when the disk refuses it."""
         for directory in (self.root, self.segments_dir, self.uploads_dir):
             makedirs_durably(directory, self.fsync)
         self._lock_fd = lock_spool(self.root)
         for directory in (self.segments_dir, self.uploads_dir):
             for stray in directory.glob(".*.tmp"):
-                stray.unlink(missing_ok=True)  # never renamed into place: never counted
-        segments = []
-        for entry in os.scandir(self.segments_dir):
-            segment = Segment.parse(entry.name, entry.stat().st_size)
-            if segment is not None:
-                segments.append(segment)
-        segments.sort(key=lambda s: s.seq)
+                self._tidy(stray.unlink, True)  # never renamed into place: never counted
+        segments = self._scan()
         present = {s.name for s in segments}
-        uploads, settled = [], set()
+        uploads, settled, corrupt = [], set(), 0
         for path in sorted(self.uploads_dir.glob("*.json")):
             try:
-                data = json.loads(path.read_bytes())
-                upload = Upload(data["batch_id"], tuple(data["segments"]))
-            except (ValueError, KeyError, TypeError):
-                path.unlink(missing_ok=True)  # torn: its segments go in a new upload
+                upload = parse_intent(_read_at_most(path, MAX_INTENT_BYTES))
+            except SpoolCorrupt as exc:
+                corrupt += 1
+                log.error("capture_intent_corrupt", path=str(path), reason=str(exc))
+                self._tidy(path.unlink, True)  # its segments go in a new upload
+                continue
+            except FileNotFoundError:
                 continue
             if all(name in present for name in upload.segments):
                 uploads.append(upload)
@@ -165,11 +229,30 @@ class SegmentSpool:
             # acknowledged it, or it is being set aside. Replaying the rest would
             # overwrite its objects (same keys) with fewer records; finish instead.
             if (self.failed_dir / upload.batch_id).is_dir():
-                self.fail_upload(upload, None)
+                self._tidy(self.fail_upload, upload, None)
             else:
-                self.finish_upload(upload)
+                self._tidy(self.finish_upload, upload)
             settled.update(upload.segments)
-        return [s for s in segments if s.name not in settled], uploads
+        return [s for s in segments if s.name not in settled], uploads, corrupt
+
+    def _scan(self) -> list[Segment]:
+        segments = []
+        for entry in os.scandir(self.segments_dir):
+            with contextlib.suppress(FileNotFoundError):
+                segment = Segment.parse(entry.name, disk_bytes(entry.stat()))
+                if segment is not None:
+                    segments.append(segment)
+        segments.sort(key=lambda s: s.seq)
+        return segments
+
+    @staticmethod
+    def _tidy(action: Callable[..., object], *args: object) -> None:
+        """A clean-up a full or failing disk may refuse: logged, retried next start."""
+        try:
+            action(*args)
+        except OSError as exc:
+            log.warning("capture_spool_tidy_failed", action=action.__name__,
+                        error=f"{errno.errorcode.get(exc.errno or 0, 'OSError')}: {exc}")
 
     def close(self) -> None:
         if self._lock_fd is not None:
@@ -177,9 +260,13 @@ class SegmentSpool:
             self._lock_fd = None
 
     def write_segment(self, seq: int, anomalous: bool, lines: list[bytes]) -> Segment:
-        segment = Segment(seq, anomalous, len(lines), sum(map(len, lines)))
-        write_durably(self.segments_dir / segment.name, lines, self.fsync)
-        return segment
+        path = self.segments_dir / Segment(seq, anomalous, len(lines), 0).name
+        write_durably(path, lines, self.fsync)
+        return Segment(seq, anomalous, len(lines), disk_bytes(os.stat(path)))
+
+    def space(self) -> tuple[int, int]:
+        """(free bytes, allocation unit) of the spool's filesystem."""
+        return free_space(self.segments_dir)
 
     def delete_segments(self, names: Iterable[str]) -> None:
         for name in names:
@@ -190,8 +277,14 @@ class SegmentSpool:
     def read_lines(self, names: Iterable[str]) -> list[bytes]:
         lines: list[bytes] = []
         for name in names:
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 lines.extend((self.segments_dir / name).read_bytes().splitlines(keepends=True))
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                # One unreadable file (a failing card) must not hold up every upload
+                # behind it: its records are lost, the others go.
+                log.error("capture_segment_unreadable", segment=name, error=str(exc))
         return lines
 
     def write_upload(self, upload: Upload) -> None:
@@ -223,3 +316,9 @@ class SegmentSpool:
         (self.uploads_dir / f"{upload.batch_id}.json").unlink(missing_ok=True)
         if self.fsync:
             fsync_dir(self.uploads_dir)
+
+
+def _read_at_most(path: Path, limit: int) -> bytes:
+    """The file's bytes, or one more than ``limit`` of them (enough to refuse it)."""
+    with open(path, "rb") as f:
+        return f.read(limit + 1)

@@ -13,6 +13,8 @@ import os
 from collections import OrderedDict
 from pathlib import Path
 
+import orjson
+
 from edged.durable import fsync_dir, write_durably
 from edged.errors import EdgedError
 
@@ -35,6 +37,25 @@ def lock_spool(root: Path, holder: str = "another process") -> int:
     return fd
 
 
+#: The terminal statuses a status log holds.
+STATUSES = frozenset({"SUCCESS", "FAILURE"})
+
+
+def parse_status(line: bytes) -> tuple[str, str] | None:
+    """(capture id, status) of one status-log line; None for a line that is not one
+    (torn by a crash, or anything else a disk can hold)."""
+    try:
+        item = orjson.loads(line)  # nesting is bounded: deeper is a JSONDecodeError
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(item, dict):
+        return None
+    capture_id, status = item.get("id"), item.get("status")
+    if not isinstance(capture_id, str) or status not in STATUSES:
+        return None
+    return capture_id, status
+
+
 class StatusLog:
     """Terminal statuses (SUCCESS / FAILURE) of the last ``keep`` capture ids, kept in an
     append-only JSON-lines file that is rewritten when it grows past twice that."""
@@ -49,16 +70,15 @@ class StatusLog:
     def load(self) -> OrderedDict[str, str]:
         statuses: OrderedDict[str, str] = OrderedDict()
         try:
-            text = self.path.read_text(encoding="utf-8")
+            text = self.path.read_bytes()
         except FileNotFoundError:
             return statuses
-        self._torn_tail = bool(text) and not text.endswith("\n")
+        self._torn_tail = bool(text) and not text.endswith(b"\n")
         for line in text.splitlines():
-            try:
-                item = json.loads(line)
-                capture_id, status = item["id"], item["status"]
-            except (ValueError, KeyError, TypeError):
+            status = parse_status(line)
+            if status is None:
                 continue  # a line torn by a crash mid-append
+            capture_id, status = status
             statuses.pop(capture_id, None)
             statuses[capture_id] = status
             self._lines += 1

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Literal
 
+import orjson
 import structlog
 from pydantic import Field, model_validator
 
@@ -46,8 +46,10 @@ from edged.capture.records import (
 )
 from edged.capture.spool import SpoolLocked, StatusLog
 from edged.capture.uplink import Budget, CaptureUplink, UplinkSettings
+from edged.capture_config import MIN_FREE_MB
 from edged.config import Strict
 from edged.errors import EdgedError
+from edged.log import RateLimit
 from edged.metrics import Counters
 from edged.runtime.tasks import cancel_all
 
@@ -108,6 +110,10 @@ class CapturePolicy(Strict):
     fsync: bool = Field(
         True, description="fsync the spool and Disk objects; off: a power cut may lose "
         "the last captures (a process crash still loses none).")
+    min_free_mb: float = Field(
+        MIN_FREE_MB, ge=0, description="Free space the spool leaves on its filesystem; "
+        "below it new captures are refused (captures_rejected{reason=disk_full}). 0: "
+        "write until the disk is full.")
 
 
 class CaptureSettings(CapturePolicy):
@@ -188,7 +194,8 @@ class CaptureStore:
                            retry_backoff_s=settings.retry_backoff_s,
                            max_backoff_s=settings.retry_max_backoff_s,
                            upload_attempts=settings.upload_attempts,
-                           fsync="batch" if settings.fsync else "never"),
+                           fsync="batch" if settings.fsync else "never",
+                           min_free_bytes=int(settings.min_free_mb * 1024 * 1024)),
             device=settings.device_name, counters=self.counters, labels=AGENT_LABELS,
             budget=budget, on_settled=self._settled)
         self._status_log = StatusLog(settings.spool_dir / "status.jsonl",
@@ -199,6 +206,7 @@ class CaptureStore:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._running = False
+        self._rate_limit = RateLimit(interval=30.0)
 
     # -- the API -------------------------------------------------------------------------
 
@@ -298,7 +306,7 @@ class CaptureStore:
         self._done = self._status_log.load()
         for line in self.uplink.spooled_lines():
             with contextlib.suppress(ValueError, TypeError, AttributeError):
-                capture_id = json.loads(line).get("id")
+                capture_id = orjson.loads(line).get("id")  # bounded depth: a ValueError
                 # One with a status was acknowledged and only the clean-up was cut
                 # short: it is uploaded again (same keys) but is no longer pending.
                 if isinstance(capture_id, str) and capture_id not in self._done:
@@ -323,20 +331,28 @@ class CaptureStore:
         if not batch:
             return
         try:
-            await self.uplink.write([(False, line) for line, _ in batch])
+            segments = await self.uplink.write([(False, line) for line, _ in batch])
         except asyncio.CancelledError:
             self._resolve(batch, None)  # the write completed before the cancellation
             raise
         except Exception as exc:
-            self.counters.inc("captures_rejected", len(batch), reason="spool_error")
-            log.error("capture_spool_write_failed", captures=len(batch), error=str(exc))
-            error = CaptureError(f"cannot write the capture spool: {exc}")
-            for line, _ in batch:
-                with contextlib.suppress(ValueError, AttributeError):
-                    self._pending.discard(json.loads(line)["id"])
-            self._resolve(batch, error)
+            self._reject(batch, "spool_error", f"cannot write the capture spool: {exc}")
+            return
+        if not segments:  # one segment or none: the spool refused the lot (counted there)
+            reason = self.uplink.refusing or "spool_error"
+            self._reject(batch, reason, f"the capture spool refuses captures ({reason})")
             return
         self._resolve(batch, None)
+
+    def _reject(self, batch: list[tuple[bytes, asyncio.Future[None]]], reason: str,
+                message: str) -> None:
+        self.counters.inc("captures_rejected", len(batch), reason=reason)
+        self._rate_limit.warning(log, "capture_spool_write_failed", captures=len(batch),
+                                 reason=reason, error=message)
+        for line, _ in batch:
+            with contextlib.suppress(ValueError, AttributeError):
+                self._pending.discard(orjson.loads(line)["id"])
+        self._resolve(batch, CaptureError(message))
 
     @staticmethod
     def _resolve(batch: list[tuple[bytes, asyncio.Future[None]]],

@@ -22,19 +22,27 @@ hand their JSON lines to a :class:`CaptureUplink`; see docs/capture.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-import orjson
 import structlog
 
 from edged.capture.destinations import DeliveryError, Destination
-from edged.capture.segments import Segment, SegmentSpool, Upload, build_objects
+from edged.capture.segments import (
+    Segment,
+    SegmentSpool,
+    SpoolCorrupt,
+    Upload,
+    build_objects,
+    decode_line,
+)
 from edged.log import RateLimit
 from edged.metrics import Counters
 from edged.runtime.tasks import run_to_end
@@ -75,7 +83,50 @@ class UplinkSettings:
     max_backoff_s: float
     upload_attempts: int = 5  # permanent failures in a row before an upload is set aside
     fsync: Literal["always", "batch", "never"] = "batch"
-    budget_bytes: int | None = None  # spool size at most; None: unbounded
+    budget_bytes: int | None = None  # spool size on disk at most; None: unbounded
+    min_free_bytes: int = 0  # free space the spool leaves on its filesystem
+
+
+@dataclass
+class _Plan:
+    """One write, as decided on the loop: the segments to write and those to drop."""
+
+    admitted: list[tuple[int, bool, list[bytes]]] = field(default_factory=list)
+    victims: list[Segment] = field(default_factory=list)
+    refused: int = 0  # records there was no room for
+    refused_reason: str = "spool_full"
+
+
+def _planned_segments(entries: list[Entry], seq: int, per_record: bool
+                      ) -> list[tuple[int, bool, list[bytes]]]:
+    """(seq, kept longer, lines) of each segment a write makes: one per record
+    (``fsync: always``), else one per kind."""
+    if per_record:
+        return [(seq + i, keep, [line]) for i, (keep, line) in enumerate(entries)]
+    planned = []
+    for offset, flag in enumerate((True, False)):
+        lines = [line for keep, line in entries if keep is flag]
+        if lines:
+            planned.append((seq + offset, flag, lines))
+    return planned
+
+
+def _on_disk(lines: list[bytes], unit: int) -> int:
+    """What a segment of ``lines`` will take on disk: whole allocation units."""
+    return -(-max(1, sum(map(len, lines))) // unit) * unit
+
+
+#: Errors of a full filesystem or quota; any other OSError of a write is ``disk_error``.
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _disk_reason(error: OSError) -> str:
+    return "disk_full" if error.errno in _FULL else "disk_error"
+
+
+def _describe(error: OSError) -> str:
+    code = errno.errorcode.get(error.errno or 0, type(error).__name__)
+    return f"{code}: {error.strerror or error}"
 
 
 class CaptureUplink:
@@ -103,11 +154,16 @@ class CaptureUplink:
         self._upload_now = asyncio.Event()
         self._uploading = asyncio.Lock()  # the loop, a test or a flush: one pass at once
         self._rate_limit = RateLimit(interval=30.0)
+        self._refusing: str | None = None
+        self._refused_at = 0.0
+        self._refused = 0  # records refused since the spool began refusing
 
     # -- life cycle ----------------------------------------------------------------------
 
     async def __aenter__(self) -> CaptureUplink:
-        segments, self._replay = await asyncio.to_thread(self.spool.open)
+        segments, self._replay, corrupt = await asyncio.to_thread(self.spool.open)
+        if corrupt:
+            self.counters.inc("capture_intents_corrupt", corrupt, **self.labels)
         try:
             await asyncio.to_thread(self.destination.open)
         except BaseException:
@@ -152,37 +208,126 @@ class CaptureUplink:
 
     # -- writing -------------------------------------------------------------------------
 
+    @property
+    def refusing(self) -> str | None:
+        """Why the spool refuses new records now (``spool_full``, ``disk_full``,
+        ``disk_error``); None while it takes them."""
+        return self._refusing
+
     async def write(self, entries: Sequence[Entry]) -> list[Segment]:
-        """Make ``entries`` durable (as ``fsync`` says), then hold the spool to its
-        budget. Returns the segments written. Cancelled mid-write, the write still
-        completes and is accounted for before the cancellation propagates."""
+        """Make ``entries`` durable (as ``fsync`` says) within the spool's budget and
+        the filesystem's reserve, dropping the oldest segments to make room (never a
+        kept-longer one for records that are not). Records there is no room for, or
+        that the disk refuses, are dropped and counted: a write never fails. Returns the
+        segments written. Cancelled mid-write, the write still completes and is
+        accounted for before the cancellation propagates."""
         if not entries:
             return []
         per_record = self.settings.fsync == "always"
         first = self._seq
         self._seq += len(entries) if per_record else 2
         # The thread writes regardless of a cancellation: the books must say so.
-        segments = await run_to_end(self._write_and_count(list(entries), first, per_record))
-        await self._enforce_budget()
-        return segments
+        return await run_to_end(self._write_and_count(list(entries), first, per_record))
 
     async def _write_and_count(self, entries: list[Entry], seq: int,
                                per_record: bool) -> list[Segment]:
-        segments = await asyncio.to_thread(self._write_segments, entries, seq, per_record)
+        try:
+            free, unit = await asyncio.to_thread(self.spool.space)
+        except OSError:
+            free, unit = None, 4096  # the reserve cannot be checked; the budget still is
+        plan = self._plan(_planned_segments(entries, seq, per_record), free, unit)
+        segments, error, failed = await asyncio.to_thread(self._apply, plan)
         self._written(segments)
+        if plan.refused:
+            self._refuse(plan.refused_reason, plan.refused, None)
+        if error is not None:
+            self._refuse(_disk_reason(error), failed, error)
+        if not plan.refused and error is None:
+            self._resume()
         return segments
 
-    def _write_segments(self, entries: list[Entry], seq: int,
-                        per_record: bool) -> list[Segment]:
-        if per_record:
-            return [self.spool.write_segment(seq + i, keep, [line])
-                    for i, (keep, line) in enumerate(entries)]
-        segments = []
-        for offset, flag in enumerate((True, False)):
-            lines = [line for keep, line in entries if keep is flag]
-            if lines:
-                segments.append(self.spool.write_segment(seq + offset, flag, lines))
-        return segments
+    def _plan(self, planned: list[tuple[int, bool, list[bytes]]], free: int | None,
+              unit: int) -> _Plan:
+        """(Loop.) Which new segments fit, and which old ones go to make room for them:
+        kept-longer records first; the victims leave the books at once."""
+        plan = _Plan()
+        budget, reserve = self.settings.budget_bytes, self.settings.min_free_bytes
+        added = 0
+        for seq, keep, lines in sorted(planned, key=lambda p: not p[1]):
+            need = _on_disk(lines, unit)
+            over_budget = 0 if budget is None else self._bytes + added + need - budget
+            under_reserve = 0 if free is None else reserve - (free - need)
+            short = max(over_budget, under_reserve)
+            victims = self._victims(short, keep)
+            if victims is None:
+                plan.refused += len(lines)
+                plan.refused_reason = "spool_full" if over_budget > under_reserve \
+                    else "disk_full"
+                continue
+            freed = sum(v.size for v in victims)
+            if free is not None:
+                free += freed - need
+            added += need - freed
+            self._remove([v.name for v in victims])
+            why = "budget" if over_budget >= under_reserve else "disk_space"
+            for victim in victims:
+                self.counters.inc("capture_dropped", victim.count, **self.labels,
+                                  reason=f"{why}_anomaly" if victim.anomalous else why)
+            if victims:
+                self._warn(f"capture_{why}_drop", records=sum(v.count for v in victims))
+            plan.victims += victims
+            plan.admitted.append((seq, keep, lines))
+        return plan
+
+    def _victims(self, short: int, keep: bool) -> list[Segment] | None:
+        """The oldest unclaimed segments whose bytes make up ``short``: records not kept
+        longer first, kept-longer ones only for kept-longer records; None if even all of
+        them would not."""
+        chosen: list[Segment] = []
+        freed = 0
+        for kind in (False, True) if keep else (False,):
+            for name, segment in self._segments.items():
+                if freed >= short:
+                    return chosen
+                if segment.anomalous is kind and name not in self._claimed:
+                    chosen.append(segment)
+                    freed += segment.size
+        return chosen if freed >= short else None
+
+    def _apply(self, plan: _Plan) -> tuple[list[Segment], OSError | None, int]:
+        """(Thread.) Delete the victims, write the admitted segments; the segments
+        written, and the error and count of records of the first write that failed."""
+        if plan.victims:
+            try:
+                self.spool.delete_segments([v.name for v in plan.victims])
+            except OSError as exc:  # a file left behind is found again by the next start
+                self._warn("capture_spool_delete_failed", error=_describe(exc))
+        written: list[Segment] = []
+        for index, (seq, keep, lines) in enumerate(plan.admitted):
+            try:
+                written.append(self.spool.write_segment(seq, keep, lines))
+            except OSError as exc:
+                return written, exc, sum(len(p[2]) for p in plan.admitted[index:])
+        return written, None, 0
+
+    def _refuse(self, reason: str, records: int, error: OSError | None) -> None:
+        self.counters.inc("capture_dropped", records, **self.labels, reason=reason)
+        if self._refusing is None:
+            self._refused_at, self._refused = time.monotonic(), 0
+        self._refusing = reason
+        self._refused += records
+        self._rate_limit.warning(
+            log, "capture_spool_refusing", **self.labels, reason=reason,
+            spool=str(self.spool.root), records=records,
+            error=None if error is None else _describe(error))
+
+    def _resume(self) -> None:
+        if self._refusing is None:
+            return
+        log.info("capture_spool_writing_again", **self.labels, spool=str(self.spool.root),
+                 refused_records=self._refused, after_reason=self._refusing,
+                 refused_for_s=round(time.monotonic() - self._refused_at, 1))
+        self._refusing = None
 
     def _written(self, segments: list[Segment]) -> None:
         for segment in segments:
@@ -217,29 +362,6 @@ class CaptureUplink:
                     self._waiting -= segment.count
             self._claimed.discard(name)
 
-    async def _enforce_budget(self) -> None:
-        budget = self.settings.budget_bytes
-        if budget is None or self._bytes <= budget:
-            return
-        victims: list[Segment] = []
-        over = self._bytes - budget
-        for keep in (False, True):
-            for name, segment in self._segments.items():
-                if over <= 0:
-                    break
-                if segment.anomalous is keep and name not in self._claimed:
-                    victims.append(segment)
-                    over -= segment.size
-        if not victims:
-            return  # everything is in an upload in flight
-        names = [s.name for s in victims]
-        self._remove(names)
-        for segment in victims:
-            self.counters.inc("capture_dropped", segment.count, **self.labels,
-                              reason="budget_anomaly" if segment.anomalous else "budget")
-        await asyncio.to_thread(self.spool.delete_segments, names)
-        self._warn("capture_budget_drop", records=sum(s.count for s in victims))
-
     # -- uploading -----------------------------------------------------------------------
 
     async def upload_loop(self) -> None:
@@ -250,7 +372,13 @@ class CaptureUplink:
         while True:
             partial = time.monotonic() >= next_partial
             self._upload_now.clear()
-            await self.upload_pending(partial=partial)
+            try:
+                await self.upload_pending(partial=partial)
+            except OSError as exc:
+                # A disk that fails under the spool stops uploads until the next pass,
+                # never the daemon: what was claimed is retried first then.
+                self.counters.inc("capture_spool_errors", **self.labels, op="upload")
+                self._warn("capture_upload_spool_error", error=_describe(exc))
             if partial:
                 next_partial = time.monotonic() + interval
             try:
@@ -295,13 +423,19 @@ class CaptureUplink:
             self._claim(names)
             try:
                 await asyncio.to_thread(self.spool.write_upload, upload)
+            except OSError as exc:
+                # Too full for an intent (a few hundred bytes): the upload is what frees
+                # the disk, so it goes without one. Only a crash during it costs: the
+                # next start uploads the records again under new keys (dedupe on id).
+                self.counters.inc("capture_upload_without_intent", **self.labels)
+                self._warn("capture_intent_unwritten", error=_describe(exc))
             except BaseException:
                 self._unclaim(names)
                 raise
             try:
                 done = await self._deliver(upload, once=once)
-            except asyncio.CancelledError:
-                self._replay.append(upload)  # its intent is written: the same batch again
+            except BaseException:
+                self._replay.append(upload)  # the same batch again, first
                 raise
             if done is None:
                 self._replay.append(upload)
@@ -364,26 +498,29 @@ class CaptureUplink:
         if ids and self.on_settled is not None:
             # Before the spool forgets them: a crash in between uploads the same keys again.
             await self.on_settled(ids, "SUCCESS")
-        await asyncio.to_thread(self.spool.finish_upload, upload)
+        try:
+            await asyncio.to_thread(self.spool.finish_upload, upload)
+        except OSError as exc:
+            # Acknowledged all the same: a file left behind is uploaded again by the next
+            # start, under the same keys.
+            self._warn("capture_spool_delete_failed", error=_describe(exc))
         self._remove(upload.segments)
 
-    def _prepare(self, upload: Upload) -> tuple[list[tuple[dict, bytes]], list[str], int,
+    def _prepare(self, upload: Upload) -> tuple[list[tuple[str, bytes]], list[str], int,
                                                  list[tuple[str, bytes]]]:
-        """(Blocking.) An upload's records parsed (each with its line), their ids, the
-        count of lines that are not JSON objects (left out), and the objects to write."""
+        """(Blocking.) An upload's records (each line with its partition), their ids, the
+        count of lines that are not records (left out), and the objects to write."""
         records, ids, bad = [], [], 0
         for line in self.spool.read_lines(upload.segments):
             try:
-                record = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                record = None
-            if not isinstance(record, dict):
+                record, where = decode_line(line, self.device)
+            except SpoolCorrupt:
                 bad += 1  # only a torn disk writes these: renames make segments whole
                 continue
-            records.append((record, line))
+            records.append((where, line))
             if isinstance(record.get("id"), str):
                 ids.append(record["id"])
-        return records, ids, bad, build_objects(upload.batch_id, records, self.device)
+        return records, ids, bad, build_objects(upload.batch_id, records)
 
     def _count(self, upload: Upload) -> int:
         return sum(self._segments[n].count for n in upload.segments if n in self._segments)
@@ -393,11 +530,18 @@ class CaptureUplink:
         if ids and self.on_settled is not None:
             await self.on_settled(ids, "FAILURE")
         count = self._count(upload)
-        target = await asyncio.to_thread(self.spool.fail_upload, upload, error)
+        try:
+            target = str(await asyncio.to_thread(self.spool.fail_upload, upload, error))
+        except OSError as exc:
+            # A disk too full even for failed/: the records go (they were refused for
+            # good anyway), rather than be retried for ever.
+            target = f"nowhere ({_describe(exc)}): deleted"
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(self.spool.finish_upload, upload)
         self._remove(upload.segments)
         self.counters.inc("capture_failed", count, **self.labels)
         log.error("capture_upload_set_aside", **self.labels, batch=upload.batch_id,
-                  records=count, attempts=attempts, error=error, moved_to=str(target))
+                  records=count, attempts=attempts, error=error, moved_to=target)
 
     async def _within_budget(self, nbytes: int, once: bool) -> bool:
         """Wait until the data budget allows ``nbytes`` (re-asked at least every 60 s

@@ -344,4 +344,5 @@ def spool_figures(captures: list[Any]) -> dict[str, int]:
     """Fleet health's ``spool``: every pipeline's capture spool, summed."""
     return {"depth": sum(c.pending for c in captures),
             "bytes": sum(c.pending_bytes for c in captures),
-            "dropped": sum(c.dropped() for c in captures)}
+            "dropped": sum(c.dropped() for c in captures),
+            "refusing": sum(c.refusing for c in captures)}

@@ -9,6 +9,7 @@ import asyncio
 import gzip
 import inspect
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -202,15 +203,18 @@ def test_full_queue_drops_without_blocking_and_counts(tmp_path):
 
 def test_budget_drops_oldest_non_anomalous_first(tmp_path):
     counters = Counters()
-    # ~0.5 KiB a record; a 3 KiB budget holds a handful.
-    s = spec(disk_dest(tmp_path), spool={"budget_mb": 3 / 1024})
+    # ~0.5 KiB a record, one record a segment: each takes one block on disk, which is
+    # what the budget counts; it holds three.
+    block = os.statvfs(tmp_path).f_frsize
+    s = spec(disk_dest(tmp_path), spool={"budget_mb": 3 * block / 2**20})
 
     async def main():
         async with make(tmp_path, s, counters) as capture:
             await capture.write(_items(capture, [decision("t1", 0, anomalous=True)]))
             for r in range(1, 20):
                 await capture.write(_items(capture, [decision("t1", r)]))
-            assert 0 < capture.pending_bytes <= 3 * 1024
+            assert 0 < capture.pending_bytes <= 3 * block
+            assert capture.pending == 3
             assert capture.uplink.waiting == capture.pending
             await capture.upload_pending()
     asyncio.run(main())
