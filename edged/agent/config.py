@@ -14,7 +14,6 @@ something only to the old agent are accepted and listed in
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -26,8 +25,10 @@ from pydantic import Field, ValidationError
 from edged.capture.store import CapturePolicy, CaptureSettings
 from edged.capture_config import IotCredentialsSpec, split_iot_endpoint
 from edged.config import DeviceSpec, LogSpec, Strict, _Problems, load_config_yaml
-from edged.config_yaml import Location
+from edged.config_yaml import MAX_BYTES, MAX_DEPTH, Location, read_config_text
 from edged.errors import ConfigError
+from edged.strict_json import JsonError
+from edged.strict_json import loads as strict_loads
 
 MIB = 1 << 20
 
@@ -221,11 +222,17 @@ class _JsonProblems(_Problems):
         self.add_key(".".join(str(p) for p in loc) or "(top level)", message)
 
 
+def _read_json(text: str) -> Any:
+    """The agent JSON under the config files' bounds; a key given twice is a mistake, not
+    a silent override."""
+    return strict_loads(text, max_bytes=MAX_BYTES, max_depth=MAX_DEPTH)
+
+
 def _parse_json(text: str, filename: str) -> LoadedAgentConfig:
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError([f"Invalid JSON at {filename}, line {exc.lineno}: {exc.msg}"]) from None
+        data = _read_json(text)
+    except JsonError as exc:
+        raise ConfigError([f"Invalid JSON at {filename}: {exc}"]) from None
     problems = _JsonProblems(filename, _json_lines(text))
     if not isinstance(data, dict):
         problems.add((), "the file must hold one JSON object of sagemaker_edge_* keys")
@@ -391,8 +398,8 @@ def parse_agent_config(text: str, filename: str) -> LoadedAgentConfig:
 def _edged_shape(text: str) -> bool:
     """JSON is YAML too: an object with an ``agent`` section is edged's format."""
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
+        data = _read_json(text)
+    except JsonError:
         return False
     return isinstance(data, dict) and "agent" in data and not any(
         str(key).startswith("sagemaker_edge_") for key in data)
@@ -400,11 +407,4 @@ def _edged_shape(text: str) -> bool:
 
 def load_agent_config(path: Path | str) -> LoadedAgentConfig:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"Cannot read config {path}: {exc.strerror}"]) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError([f"Cannot read config {path}: not UTF-8 text ({exc.reason})"]) \
-            from None
-    return parse_agent_config(text, str(path))
+    return parse_agent_config(read_config_text(path), str(path))

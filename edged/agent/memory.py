@@ -216,6 +216,20 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return None
 
 
+#: glibc's mallopt parameter: allocations from this size up are mapped on their own.
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 1 * MIB
+
+
+def map_large_buffers() -> None:
+    """Have glibc map every buffer of ``MMAP_THRESHOLD`` or more on its own, so freeing it
+    returns it to the system. By default glibc raises that threshold to the largest block
+    freed (up to 32 MiB), after which a 16 MiB request, even a refused one, is carved
+    from a heap that keeps its pages: RSS then stays near the largest burst of requests."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+
+
 def give_back(cost: int) -> None:
     """After a large call: glibc keeps freed heap (the request and reply were tens of MB)
     unless asked to return it."""

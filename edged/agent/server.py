@@ -35,7 +35,13 @@ from edged.agent.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from edged.agent.memory import CAPTURE_COPIES, MemoryBudget, give_back, run_options
+from edged.agent.memory import (
+    CAPTURE_COPIES,
+    MemoryBudget,
+    give_back,
+    map_large_buffers,
+    run_options,
+)
 from edged.agent.models import LoadedModel, ModelRegistry, check_name
 from edged.agent.proto import agent_pb2 as pb
 from edged.agent.proto import agent_pb2_grpc
@@ -371,6 +377,7 @@ class AgentServer:
             store = CaptureStore(config.capture_settings(), counters=self.counters,
                                  credentials=credentials)
             capture = await self._stack.enter_async_context(store)
+        map_large_buffers()
         pool = ThreadPoolExecutor(config.predict_threads, thread_name_prefix="edged-predict")
         # Off the loop: a Predict still inside ONNX Runtime finishes before this returns.
         self._stack.push_async_callback(asyncio.to_thread, pool.shutdown, wait=True,

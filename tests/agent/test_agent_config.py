@@ -140,9 +140,29 @@ def test_json_cross_checks(tmp_path):
     assert "'sagemaker_edge_core_folder_prefix'" in problem and "'..'" in problem
 
 
+@pytest.mark.parametrize("text, says", [
+    ('{"sagemaker_edge_core_device_name": "a", "sagemaker_edge_core_device_name": "b"}',
+     "appears twice"),
+    ('{"a":' * 2000 + "1" + "}" * 2000, "nested deeper"),
+])
+def test_hostile_json_is_a_config_error(tmp_path, text, says):
+    # Before: the repeated key silently took the last value; the nesting raised
+    # RecursionError out of the loader (a traceback, not exit 78).
+    [problem] = problems(tmp_path, text)
+    assert problem.startswith(f"Invalid JSON at {tmp_path / 'agent.json'}: ") and says in problem
+
+
+def test_a_config_file_over_the_size_bound_is_a_config_error(tmp_path):
+    path = tmp_path / "agent.json"
+    path.write_text('{"sagemaker_edge_core_device_name": "' + "x" * (2 << 20) + '"}')
+    with pytest.raises(ConfigError, match="over the limit"):
+        load_agent_config(path)
+
+
 def test_broken_json(tmp_path):
     [problem] = problems(tmp_path, '{\n  "sagemaker_edge_core_device_name": "d",\n}\n')
-    assert problem.startswith(f"Invalid JSON at {tmp_path / 'agent.json'}, line 3")
+    assert problem.startswith(f"Invalid JSON at {tmp_path / 'agent.json'}: ")
+    assert "at line 3" in problem
     [problem] = problems(tmp_path, "[1, 2]", "agent.yaml")  # YAML, not a mapping
     assert "mapping with an 'agent' section" in problem
 
