@@ -22,8 +22,8 @@ BUILTIN_MODEL = ROOT / "edged" / "models" / "windturbine-v1"
 
 def make_config(tmp_path: Path, model_root: Path, **changes) -> AgentConfig:
     capture = changes.pop("capture", {})
+    changes.setdefault("predict_threads", 8)
     return AgentConfig(device_name="test-device", model_roots=[model_root],
-                       predict_threads=8,
                        capture=CaptureSection(disk_path=tmp_path / "capture", **capture),
                        **changes)
 
@@ -61,6 +61,15 @@ class RunningAgent:
         channel = grpc.insecure_channel(self.target, options=list(options.items()))
         self.channels.append(channel)
         return agent_pb2_grpc.AgentStub(channel)
+
+
+def code_of(call, *args, **kwargs) -> tuple[grpc.StatusCode, str]:
+    """The status code and details of a call that must fail."""
+    try:
+        call(*args, timeout=30, **kwargs)
+    except grpc.RpcError as exc:
+        return exc.code(), exc.details()
+    raise AssertionError(f"{call} succeeded")
 
 
 def load_windturbine(stub, name: str = "windturbine") -> pb.LoadModelResponse:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from agent_testkit import (
     BUILTIN_MODEL,
+    code_of,
     inline,
     load_windturbine,
     output_array,
@@ -20,12 +21,6 @@ from agent_testkit import (
 )
 
 from edged.agent.proto import agent_pb2 as pb
-
-
-def code_of(call, *args, **kwargs) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(grpc.RpcError) as info:
-        call(*args, timeout=30, **kwargs)
-    return info.value.code(), info.value.details()
 
 
 def still_serving(stub) -> None:
