@@ -139,6 +139,11 @@ class PipelineSpec(Strict):
         5.0, gt=0, description="A turbine silent this long raises `sensor_stale`."
     )
     max_turbines: int = Field(10_000, ge=1, description="Turbines this pipeline tracks.")
+    evict_after_s: float = Field(
+        3600.0, gt=0, description="A turbine silent this long loses its slot (and its "
+        "history); when every slot is taken, a new turbine takes the slot of the "
+        "longest-silent stale one at once."
+    )
     queue: QueueConfig = Field(
         default_factory=lambda: QueueConfig(size=10_000, overflow="drop_oldest"),
         description="Reading batches waiting to enter the buffers.",
@@ -302,9 +307,9 @@ class _Problems:
 
 
 def did_you_mean(word: Any, known: list[str]) -> str:
-    """``; did you mean 'X'?`` for the known word nearest ``word``, or nothing."""
+    """`` (did you mean 'X'?)`` for the known word nearest ``word``, or nothing."""
     close = difflib.get_close_matches(str(word), known, n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else ""
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _allowed(annotation: Any) -> list[Any]:

@@ -92,6 +92,16 @@ class _Loader(yaml.SafeLoader):
         self._depth -= 1
         return node
 
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, OverflowError) as exc:
+            # A scalar Python refuses (an integer over its digit limit, a date like
+            # 2024-13-45): a YAML error at the node's line, like any other.
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read this value: {str(exc)[:200]}",
+                node.start_mark) from None
+
     def construct_mapping(self, node, deep=False):
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
@@ -185,8 +195,8 @@ def load_yaml(text: str, filename: str) -> tuple[Any, dict[Location, int]]:
     except yaml.YAMLError as exc:
         raise ConfigFileError("not_yaml", [_yaml_problem(exc, filename, text)]) from None
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
-        # A constructor's own failure on a scalar: an integer over Python's digit limit,
-        # a date like 2024-13-45. The node is not known here, only the file.
+        # Not seen (the loader turns a value's failure into a located YAML error, and
+        # the bounds keep recursion shallow), but no file may end a daemon.
         raise ConfigFileError("not_yaml", [
             f"Invalid YAML at {filename}: {type(exc).__name__}: {str(exc)[:200]}"]) from None
     finally:

@@ -836,3 +836,63 @@ def unit_directive(unit: Path, key: str, section: str = "Service") -> str:
     if len(values) != 1:
         raise AssertionError(f"{unit}: [{section}] {key}= appears {len(values)} times")
     return values[0]
+
+
+def hostile_configs(directory: Path, good: str) -> dict[str, tuple[Path, str]]:
+    """Config files a careless operator or an attacker can leave where edged reads its
+    config (issue 13, items 2 and 3), written into ``directory``: name -> (file, the
+    reason edged refuses it under). ``good`` is a valid config's text, kept in the files
+    where it makes them look like a config with something wrong in it."""
+    bomb = ["lol: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    bomb += [f"lol{n}: &l{n} [{', '.join([f'*l{n - 1}'] * 9)}]" for n in range(1, 10)]
+    texts: dict[str, tuple[bytes, str]] = {
+        "not_utf8": (b"# caf\xe9 au lait\n" + good.encode(), "not_utf8"),
+        "deep": (b"pad: " + b"[" * 100_000 + b"]" * 100_000 + b"\n", "too_deep"),
+        "alias_bomb": ("\n".join(bomb).encode() + b"\n", "too_many_nodes"),
+        "recursive_alias": (b"pad: &a [*a]\n" + good.encode(), "not_yaml"),
+        "huge_int": (good.encode() + b"pad: " + b"9" * 5000 + b"\n", "not_yaml"),
+        # Under the size bound, but a node every two bytes.
+        "many_nodes": (b"pad: [" + b"0," * 500_000 + b"0]\n", "too_many_nodes"),
+        # A valid config, then 50 MB of comments.
+        "large": (good.encode() + (b"# " + b"x" * 77 + b"\n") * 655_360, "too_large"),
+    }
+    files = {}
+    for name, (data, reason) in texts.items():
+        path = directory / f"{name}.yaml"
+        path.write_bytes(data)
+        files[name] = (path, reason)
+    return files
+
+
+@dataclass
+class Measured:
+    """How a child process went: exit code (-9: killed at the time bound), wall time,
+    peak resident memory and what it wrote on stderr."""
+
+    returncode: int
+    seconds: float
+    peak_rss_mb: float
+    stderr: str
+
+
+def run_measured(args: list[str], *, timeout: float, env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> Measured:
+    """``python -m ARGS``, killed after ``timeout`` s; its peak RSS from wait4's rusage."""
+    import tempfile
+
+    started = time.monotonic()
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, "-m", *args], cwd=cwd,
+                                env={**os.environ, **(env or {})},
+                                stdout=subprocess.DEVNULL, stderr=err, text=True)
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+        seconds = time.monotonic() - started
+        err.seek(0)
+        stderr = err.read()
+    return Measured(proc.returncode, seconds, usage.ru_maxrss / 1024, stderr)

@@ -124,7 +124,8 @@ def test_unknown_top_level_key(registry):
         """) + PIPELINE + "soruces: {}\n",
         registry,
     )
-    assert message == located("soruces", 11) + "unknown key 'soruces'; did you mean 'sources'?"
+    assert message == located("soruces", 11) + (
+        "unknown key 'soruces' (did you mean 'sources'?)")
 
 
 def test_unknown_key_inside_a_component(registry):
@@ -138,7 +139,7 @@ def test_unknown_key_inside_a_component(registry):
         registry,
     )
     assert message == located("sources.farm.turbine", 4) + (
-        "unknown key 'turbine'; did you mean 'turbines'?")
+        "unknown key 'turbine' (did you mean 'turbines'?)")
 
 
 def test_unknown_key_inside_a_pipeline_spec(registry):
@@ -151,7 +152,7 @@ def test_unknown_key_inside_a_pipeline_spec(registry):
         registry,
     )
     assert message == located("pipelines.turbines.intervall_s", 11) + (
-        "unknown key 'intervall_s'; did you mean 'interval_s'?")
+        "unknown key 'intervall_s' (did you mean 'interval_s'?)")
 
 
 def test_missing_required_key(registry):
@@ -593,7 +594,7 @@ def test_errors_name_the_real_file(registry, tmp_path):
         load_config(path, registry)
     assert info.value.problems == [
         f"Invalid config for 'sources.farm.turbine' at {path}, line 4: unknown key 'turbine'"
-        "; did you mean 'turbines'?"
+        " (did you mean 'turbines'?)"
     ]
 
 
