@@ -537,6 +537,8 @@ class JobsExecutor:
         if isinstance(exc, SwapError):  # the bundle does not fit this pipeline
             status = "REJECTED"
         reason = getattr(exc, "reason", None) or _reason(exc)
+        # By reason, as it is decided: jobs_finished counts the report, maybe a life later.
+        self.counters.inc("jobs_failed", status=status, reason=reason)
         details = self._details(record, reason=reason, detail=str(exc) or type(exc).__name__)
         log.error("job_failed", job=record.job_id, status=status, phase=record.phase,
                   reason=reason, error=str(exc))

@@ -55,6 +55,7 @@ async def test_repeated_keys_in_a_document_or_a_manifest_are_rejected(fleet: Fle
                 ("REJECTED", "malformed"), (job_id, execution.status_details)
             assert "appears twice" in execution.status_details["detail"], job_id
             assert serving(graph) == 1 and fleet.serving() == 1, job_id
+        assert graph.counters.get("jobs_failed", status="REJECTED", reason="malformed") == 2
         count = len(recorder.decisions)
         await eventually(lambda: len(recorder.decisions) > count)  # still deciding
         # Nothing is stuck: the next job, well-formed, installs its model.
