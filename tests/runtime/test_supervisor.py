@@ -10,7 +10,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
@@ -25,8 +27,10 @@ from edged.events import Event
 from edged.modelpkg import resolve_model_path
 from edged.plugin_manager import make_plugin_manager
 from edged.registry import ComponentType
+from edged.runtime import supervisor as supervisor_module
 from edged.runtime.graph import Graph
 from edged.runtime.supervisor import Supervisor
+from edged.testing import EdgedProcess, hostile_configs
 
 REPO = Path(__file__).resolve().parents[2]
 PIPELINE = "turbines"
@@ -397,6 +401,43 @@ async def test_reload_that_fails_to_start_goes_back_to_the_old_config(tmp_path, 
     await h.shutdown()
 
 
+async def test_a_reload_past_its_time_bound_is_refused_while_decisions_go_on(
+        tmp_path, cleanup, monkeypatch):
+    """The file is read and checked in a worker thread: a read that takes too long (a
+    slow disk, a file the bounds let through slowly) is refused, once its bound is
+    over, and decisions never wait for it."""
+    h = Harness(tmp_path, config_text(tmp_path, recorder=rec_cfg()).replace(
+        "shutdown:", "reload:\n  timeout_s: 0.5\nshutdown:"))
+    cleanup(h)
+    release = threading.Event()
+    real_load = supervisor_module.load_config
+
+    def slow_load(path, registry):
+        release.wait(30)  # blocks its thread, as parsing a hostile file would
+        return real_load(path, registry)
+
+    monkeypatch.setattr(supervisor_module, "load_config", slow_load)
+    h.start()
+    await h.wait_decisions()
+    graph = h.supervisor.graph
+    counters = h.supervisor.counters
+    h.reload.set()
+    before = h.decisions()
+    await h.wait_decisions(before + 2, within=2.0)  # deciding while the file is read
+    await until(lambda: counters.get("reloads_refused", reason="timeout") == 1, 5,
+                "the refusal at the time bound")
+    # A second SIGHUP while that read still runs is refused, not stacked.
+    h.reload.set()
+    await until(lambda: counters.get("reloads_refused", reason="busy") == 1, 5, "busy")
+    release.set()
+    await until(h.supervisor._building.done, 5, "the abandoned read to end")
+    assert h.supervisor.graph is graph and h.supervisor.reloads == 0
+    h.reload.set()
+    await until(lambda: h.supervisor.reloads == 1, 10, "a reload that works")
+    await h.wait_decisions(h.decisions(), within=2.0)
+    await h.shutdown()
+
+
 # -- real signals ---------------------------------------------------------------------------
 
 
@@ -487,3 +528,68 @@ def test_edged_run_exits_1_without_a_traceback_when_a_component_fails_to_start(t
     assert len(failed) == 1
     assert "pipelines.turbines.inference failed to start" in failed[0]["error"]
     assert "ONNX Runtime cannot load it" in failed[0]["error"]
+
+
+def _decisions(stats: dict) -> int:
+    return stats["counters"].get(f"decisions{{pipeline={PIPELINE}}}", 0)
+
+
+def _longest_gap(stats: list[dict]) -> float:
+    """The longest time between two log lines of the stats loop, which runs on the event
+    loop: how long the loop was held."""
+    times = [datetime.fromisoformat(line["timestamp"]).timestamp() for line in stats]
+    return max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)
+
+
+async def _next(daemon: EdgedProcess, event: str, seen: int, seconds: float = 30) -> dict:
+    """The log line of ``event`` after the first ``seen`` ones."""
+    deadline = time.monotonic() + seconds
+    while len(found := daemon.events(event)) <= seen:
+        assert daemon.proc.poll() is None, f"edged exited {daemon.proc.poll()}: " + \
+            "\n".join(json.dumps(line) for line in daemon.lines[-20:])
+        assert time.monotonic() < deadline, f"no {event} within {seconds} s"
+        await asyncio.sleep(0.05)
+    return found[seen]
+
+
+async def test_edged_run_refuses_every_hostile_file_on_sighup_and_keeps_deciding(tmp_path):
+    """Issue 13, items 2 and 3: before, a file not UTF-8 or nested 100,000 levels ended
+    the daemon on SIGHUP (exit 1), and an alias bomb or a large file held the event loop
+    (no decisions, no /metrics, no watchdog) while it parsed."""
+    data = yaml.safe_load(config_text(tmp_path, faults="0:voltage@0-600", log="info"))
+    data["log"]["stats_interval_s"] = 0.2  # a line from the event loop 5 times a second
+    data["reload"] = {"timeout_s": 60}  # the reasons below, however slow this machine is
+    good = yaml.safe_dump(data, sort_keys=False)
+    config = tmp_path / "edged.yaml"
+    config.write_text(good)
+    hostile = hostile_configs(tmp_path, good)
+    with EdgedProcess(config, env={"PYTHONUNBUFFERED": "1"}, cwd=REPO) as daemon:
+        await daemon.wait_for("graph_started", 30)
+        await daemon.wait_for("stats")
+        for count, (name, (path, reason)) in enumerate(hostile.items()):
+            config.write_bytes(path.read_bytes())
+            daemon.proc.send_signal(signal.SIGHUP)
+            refused = await _next(daemon, "reload_refused", count)
+            assert refused["reason"] == reason, (name, refused)
+            assert str(config) in refused["problems"][0], refused
+            # Deciding after the refusal as before it.
+            stats = await _next(daemon, "stats", len(daemon.events("stats")))
+            later = await _next(daemon, "stats", len(daemon.events("stats")) + 2)
+            assert _decisions(later) > _decisions(stats), name
+            assert later["counters"][f"reloads_refused{{reason={reason}}}"] >= 1
+        gap = _longest_gap(daemon.events("stats"))
+        assert gap < 2.5, f"the event loop was held {gap:.1f} s"
+        assert len(daemon.events("graph_started")) == 1
+
+        # A good file still reloads, and a fault that starts after the abuse is seen.
+        data["sources"]["farm"]["faults"] = "0:voltage@0-600,1:rotation@0-600"
+        config.write_text(yaml.safe_dump(data, sort_keys=False))
+        daemon.proc.send_signal(signal.SIGHUP)
+        await daemon.wait_for("config_reloaded", 30)
+        await _next(daemon, "turbine_alarm", 0, 30)
+        deadline = time.monotonic() + 20
+        while not any(line.get("turbine") == "turbine-1"
+                      for line in daemon.events("turbine_alarm")):
+            assert time.monotonic() < deadline, "no alarm for turbine-1 after the reload"
+            await asyncio.sleep(0.1)
+        assert daemon.stop() == 0
