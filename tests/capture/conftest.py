@@ -82,3 +82,41 @@ async def wait_until(condition: Callable[[], bool], within: float = 5.0) -> None
 @pytest.fixture
 def until() -> Callable:
     return wait_until
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real filesystem of 2 MiB (tmpfs), unmounted after the test whatever happens;
+    the test is skipped where mounting is not permitted (not root)."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0755", "tmpfs",
+                              str(disk)], check=False, capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): "
+                    f"{mounted.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill(disk, leave: int = 0):
+    """Take every free byte of ``disk`` but ``leave`` with one file; returns its path."""
+    import os
+
+    filler = disk / "filler"
+    chunk = b"\0" * 65536
+    with open(filler, "wb", buffering=0) as f:
+        while True:
+            vfs = os.statvfs(disk)
+            free = vfs.f_bavail * vfs.f_frsize - leave
+            if free <= 0:
+                break
+            try:
+                f.write(chunk[:min(len(chunk), free)])
+            except OSError:  # ENOSPC: full
+                break
+    return filler
