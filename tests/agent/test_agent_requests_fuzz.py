@@ -7,6 +7,7 @@ exception, within bounded time."""
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from multiprocessing import shared_memory
 from pathlib import Path
@@ -28,7 +29,7 @@ from edged.metrics import Counters
 
 pytestmark = pytest.mark.fuzz
 
-PREFIX = "edged-fuzz-"
+PREFIX = f"edged-fuzz-{os.getpid()}-"  # two runs at once must not share the segment
 SEGMENT = 4242
 INT32 = st.integers(-2**31, 2**31 - 1)
 UINT64 = st.integers(0, 2**64 - 1)
