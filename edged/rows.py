@@ -9,6 +9,7 @@ under. Row reasons are counted per row (``rows_rejected``); message reasons per 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from operator import itemgetter
 
@@ -21,17 +22,25 @@ NOT_A_NUMBER = "not_a_number"
 NOT_FINITE = "not_finite"
 NO_TURBINE = "no_turbine"
 BAD_JSON = "bad_json"  # also a row reason: a JSON row that is neither object nor array
+# Also message reasons, for an id taken from the topic:
+BAD_TURBINE_ID = "bad_turbine_id"  # longer than MAX_TURBINE_ID
+TURBINE_NOT_ALLOWED = "turbine_not_allowed"  # not matched by the source's turbine_pattern
 
 # Reasons a whole message is rejected.
 TOO_LARGE = "too_large"
 NOT_UTF8 = "not_utf8"
+TOO_DEEP = "too_deep"  # JSON nested deeper than any row layout
+BAD_CSV = "bad_csv"  # what the csv module refuses (a field over its size limit)
 UNKNOWN_TOPIC = "unknown_topic"
 EMPTY = "empty"
 
-ROW_REASONS = (WRONG_WIDTH, MISSING_FIELD, NOT_A_NUMBER, NOT_FINITE, NO_TURBINE, BAD_JSON)
-MESSAGE_REASONS = (TOO_LARGE, NOT_UTF8, BAD_JSON, UNKNOWN_TOPIC, EMPTY)
+ROW_REASONS = (WRONG_WIDTH, MISSING_FIELD, NOT_A_NUMBER, NOT_FINITE, NO_TURBINE, BAD_JSON,
+               BAD_TURBINE_ID, TURBINE_NOT_ALLOWED)
+MESSAGE_REASONS = (TOO_LARGE, NOT_UTF8, BAD_JSON, TOO_DEEP, BAD_CSV, UNKNOWN_TOPIC, EMPTY,
+                   NO_TURBINE, BAD_TURBINE_ID, TURBINE_NOT_ALLOWED)
 
 MAX_TURBINE_ID = 128  # characters; longer ids are garbage, not turbines
+_INT_ID_LIMIT = 10 ** MAX_TURBINE_ID  # integer ids this large have too many digits
 
 
 def _getter(keys: Sequence) -> Callable[[object], tuple]:
@@ -60,7 +69,8 @@ class RowDecoder:
     def __init__(self, columns: Sequence[str], inputs: Sequence[str],
                  turbine_column: str | None = None, *,
                  keys: Mapping[str, str] | None = None,
-                 turbine_key: str | None = None) -> None:
+                 turbine_key: str | None = None,
+                 turbine_pattern: re.Pattern[str] | None = None) -> None:
         missing = [name for name in inputs if name not in columns]
         if columns and missing:
             raise ValueError(f"layout has no column(s) {missing} (columns: {list(columns)})")
@@ -76,6 +86,7 @@ class RowDecoder:
         self.keys = tuple((keys or {}).get(name, name) for name in self.inputs)
         self.turbine_column = turbine_column
         self.turbine_key = turbine_key if turbine_key is not None else turbine_column
+        self.turbine_pattern = turbine_pattern
         self._indices = tuple(self.columns.index(name) for name in inputs) if columns else ()
         self._turbine = None if turbine_column is None else self.columns.index(turbine_column)
         self._pick_fields = _getter(self._indices)
@@ -89,7 +100,7 @@ class RowDecoder:
             raise RowError(NO_TURBINE, "this layout has no turbine column")
         if len(fields) <= self._turbine:
             raise RowError(WRONG_WIDTH, f"expected {self.width} fields, got {len(fields)}")
-        return turbine_id(fields[self._turbine], f"column {self._turbine}")
+        return self.turbine_id(fields[self._turbine], f"column {self._turbine}")
 
     def turbine_of_mapping(self, row: Mapping[str, object]) -> str:
         """The turbine id of a keyed row."""
@@ -97,7 +108,12 @@ class RowDecoder:
             raise RowError(NO_TURBINE, "no turbine key configured")
         if self.turbine_key not in row:
             raise RowError(NO_TURBINE, f"no key {self.turbine_key!r}")
-        return turbine_id(row[self.turbine_key], f"key {self.turbine_key!r}")
+        return self.turbine_id(row[self.turbine_key], f"key {self.turbine_key!r}")
+
+    def turbine_id(self, raw: object, where: str) -> str:
+        """A turbine id read from a row: see :func:`turbine_id`, under this layout's
+        ``turbine_pattern``."""
+        return turbine_id(raw, where, self.turbine_pattern)
 
     # -- values ----------------------------------------------------------------------------
 
@@ -148,22 +164,50 @@ class RowDecoder:
         except OverflowError:  # an integer beyond float's range
             raise RowError(NOT_FINITE, f"{name} is out of range") from None
         except (TypeError, ValueError):
-            raise RowError(NOT_A_NUMBER, f"{name} is not a number: {str(raw)[:40]!r}") from None
+            raise RowError(NOT_A_NUMBER, f"{name} is not a number: {show(raw)}") from None
         if not math.isfinite(value):
             raise RowError(NOT_FINITE, f"{name} is {value}")
         return value
 
 
-def turbine_id(raw: object, where: str) -> str:
-    """A turbine id from a row field: a non-empty string (stripped) or an integer."""
+def turbine_id(raw: object, where: str, pattern: re.Pattern[str] | None = None) -> str:
+    """A turbine id from a row field: a non-empty string (stripped) or an integer, then
+    :func:`check_turbine_id`."""
     if isinstance(raw, str):
         name = raw.strip()
     elif isinstance(raw, int) and not isinstance(raw, bool):
+        if abs(raw) >= _INT_ID_LIMIT:  # checked before str(), whose cost grows with digits
+            raise RowError(BAD_TURBINE_ID, f"turbine id in {where} is longer than "
+                           f"{MAX_TURBINE_ID} characters")
         name = str(raw)
     else:
-        raise RowError(NO_TURBINE, f"turbine id in {where} is not a string: {str(raw)[:40]!r}")
+        raise RowError(NO_TURBINE, f"turbine id in {where} is not a string: {show(raw)}")
     if not name:
         raise RowError(NO_TURBINE, f"empty turbine id in {where}")
+    return check_turbine_id(name, where, pattern)
+
+
+def check_turbine_id(name: str, where: str, pattern: re.Pattern[str] | None = None) -> str:
+    """``name`` if it may name a turbine: at most MAX_TURBINE_ID characters (every id
+    claims a buffer slot and appears in logs, events and topics) and, with ``pattern``,
+    matched by it whole. RowError (``bad_turbine_id``, ``turbine_not_allowed``) else."""
     if len(name) > MAX_TURBINE_ID:
-        raise RowError(NO_TURBINE, f"turbine id in {where} is longer than {MAX_TURBINE_ID}")
+        raise RowError(BAD_TURBINE_ID, f"turbine id in {where} is {len(name)} characters, "
+                       f"over {MAX_TURBINE_ID}: {show(name)}")
+    if pattern is not None and pattern.fullmatch(name) is None:
+        raise RowError(TURBINE_NOT_ALLOWED, f"turbine id {show(name)} in {where} does not "
+                       f"match turbine_pattern {pattern.pattern!r}")
     return name
+
+
+def show(raw: object, limit: int = 40) -> str:
+    """``raw`` for a log line: a short repr of a scalar, the type of anything else (a
+    message's nested arrays are never turned into text)."""
+    if isinstance(raw, str):
+        return repr(raw[:limit]) + ("..." if len(raw) > limit else "")
+    if isinstance(raw, float | bool) or raw is None:
+        return repr(raw)
+    if isinstance(raw, int):
+        return "a large integer" if abs(raw) >= 10 ** limit else repr(raw)
+    kind = {dict: "object", list: "array"}.get(type(raw), type(raw).__name__)
+    return f"a JSON {kind}"

@@ -22,8 +22,8 @@ Shared by the ``mqtt`` source and the ``mqtt`` actuator. The whole API::
         await link.publish(topic, payload, qos=1, retain=False)
         link.inbox.take(1000)            # messages received (see Inbox)
 
-``BrokerLink(config, *, name, device_id, counters, kind="", inbox_size=100_000, will=None,
-meter=None)``
+``BrokerLink(config, *, name, device_id, counters, kind="", inbox_size=100_000,
+inbox_bytes=None, will=None, meter=None)``
     ``name`` is the component's name (``ctx.name``) and ``kind`` its kind (``source``,
     ``actuator``): a source and an actuator may share a name. ``kind.name`` (or just
     ``name`` without a kind) is the ``component`` of the log lines and counters, and the
@@ -49,8 +49,9 @@ meter=None)``
 ``async wait_connected() -> aiomqtt.Client``
     The connected client, waiting for one (bound it with ``asyncio.timeout``).
 ``inbox`` (an :class:`Inbox`)
-    Every message received on any connection, in arrival order, bounded: when full the
-    oldest message is dropped and counted. ``await inbox.wait()`` until one is there,
+    Every message received on any connection, in arrival order, bounded: when it holds
+    ``inbox_size`` messages or ``inbox_bytes`` of payload, the oldest message is dropped
+    and counted. ``await inbox.wait()`` until one is there,
     ``inbox.take(limit)`` takes up to ``limit``. (``client.messages`` is not used: the
     inbox replaces aiomqtt's per-message queue so a burst is taken in one go.)
 
@@ -179,8 +180,12 @@ class Inbox:
     notices one).
     """
 
-    def __init__(self, size: int, on_drop: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, size: int, on_drop: Callable[[], None] = lambda: None,
+                 max_bytes: int | None = None) -> None:
         self.size = size
+        # Payload bytes held: a count bound alone lets 100,000 large messages take GBs.
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self._items: deque[aiomqtt.Message] = deque()
         self._ready = asyncio.Event()
         self._on_drop = on_drop
@@ -193,13 +198,22 @@ class Inbox:
     def put_nowait(self, message: aiomqtt.Message) -> None:
         items = self._items
         if len(items) >= self.size:
-            items.popleft()
-            self.dropped += 1
-            self._on_drop()
+            self._drop_oldest()
+        if self.max_bytes is not None:
+            self.bytes += len(message.payload)
+            while self.bytes > self.max_bytes and items:
+                self._drop_oldest()
         items.append(message)
         self.received += 1
         if not self._ready.is_set():
             self._ready.set()
+
+    def _drop_oldest(self) -> None:
+        dropped = self._items.popleft()
+        if self.max_bytes is not None:
+            self.bytes -= len(dropped.payload)
+        self.dropped += 1
+        self._on_drop()
 
     def qsize(self) -> int:
         return len(self._items)
@@ -223,8 +237,11 @@ class Inbox:
         if len(items) <= limit:
             taken = list(items)
             items.clear()
+            self.bytes = 0
         else:
             taken = [items.popleft() for _ in range(limit)]
+            if self.max_bytes is not None:
+                self.bytes -= sum(len(message.payload) for message in taken)
         return taken
 
 
@@ -233,7 +250,8 @@ class BrokerLink:
 
     def __init__(self, config: BrokerConfig, *, name: str, device_id: str,
                  counters: Counters, kind: str = "", inbox_size: int = 100_000,
-                 will: aiomqtt.Will | None = None, meter: Meter | None = None) -> None:
+                 inbox_bytes: int | None = None, will: aiomqtt.Will | None = None,
+                 meter: Meter | None = None) -> None:
         self.config = config
         self.meter = meter
         # Component names are unique per kind only; "." never occurs in one.
@@ -241,7 +259,7 @@ class BrokerLink:
         self.counters = counters
         self.client_id = config.client_id or default_client_id(device_id, self.name)
         self.will = will
-        self.inbox = Inbox(inbox_size, on_drop=self._count_drop)
+        self.inbox = Inbox(inbox_size, on_drop=self._count_drop, max_bytes=inbox_bytes)
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
         self._connected_at = 0.0
@@ -341,7 +359,8 @@ class BrokerLink:
         suppressed = self._rate_limit.allow("dropped")
         if suppressed is not None:
             log.warning("mqtt_messages_dropped", component=self.name,
-                        inbox_size=self.inbox.size, suppressed_since_last=suppressed)
+                        inbox_size=self.inbox.size, inbox_bytes=self.inbox.max_bytes,
+                        suppressed_since_last=suppressed)
 
     def _new_client(self) -> aiomqtt.Client:
         config = self.config

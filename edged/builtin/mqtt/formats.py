@@ -4,7 +4,9 @@ Pure functions and small classes, no I/O: testable without a broker. A message i
 refused whole (``messages_rejected``) when it is too large, not UTF-8, not JSON (when it
 should be), on a topic no template matches, or holds no rows; otherwise each of its rows
 is accepted or refused on its own (``rows_rejected``), so one bad row never costs its
-neighbours. What a malformed row is, is decided in :mod:`edged.rows`.
+neighbours. What a malformed row is, is decided in :mod:`edged.rows`. Whatever the bytes,
+:meth:`MessageParser.parse` returns or raises RowError: JSON is bounded in depth before it
+is parsed, and the csv module's own errors are a rejection too.
 
 Message shapes:
 
@@ -18,20 +20,23 @@ Message shapes:
 from __future__ import annotations
 
 import csv
-import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
+from edged import strict_json
 from edged.errors import RowError
 from edged.rows import (
+    BAD_CSV,
     BAD_JSON,
     EMPTY,
     NO_TURBINE,
     NOT_UTF8,
+    TOO_DEEP,
     TOO_LARGE,
     UNKNOWN_TOPIC,
     RowDecoder,
-    turbine_id,
+    check_turbine_id,
 )
 from edged.windturbine.layout import DATASET_COLUMNS, SUCCESSOR_COLUMNS
 
@@ -44,6 +49,12 @@ LAYOUTS: dict[str, tuple[str, ...]] = {
     "successor20": SUCCESSOR_COLUMNS,  # AWS's successor sample: 20 fields on turbine/raw
 }
 PLACEHOLDER = "{turbine}"
+#: Deepest JSON nesting read. Every row shape nests at most 3 deep ({"rows": [{...}]});
+#: the rest is room for a gateway's metadata object inside a row.
+MAX_JSON_DEPTH = 8
+#: Longest topic whose match is cached: ids are at most MAX_TURBINE_ID, so a longer topic
+#: is rare, and caching it would let garbage topics hold memory.
+MAX_CACHED_TOPIC = 512
 _JSON_START = (ord("{"), ord("["))
 _SPACE = b" \t\r\n"
 
@@ -77,12 +88,14 @@ class TopicRouter:
     ``{turbine}`` is subscribed as ``+`` and its level is the turbine id; ``+`` and ``#``
     in a template match without capturing. :meth:`turbine` returns None for a topic of
     a template without ``{turbine}`` (the row or the config names the turbine then).
-    Topics seen before cost one dict lookup.
+    A captured id must pass :func:`edged.rows.check_turbine_id` (``pattern``: the
+    source's ``turbine_pattern``). Topics seen before cost one dict lookup.
     """
 
     _NONE = ""  # cached result for "matches a template without {turbine}"
 
-    def __init__(self, templates: Sequence[str], cache_size: int = 100_000) -> None:
+    def __init__(self, templates: Sequence[str], cache_size: int = 20_000,
+                 pattern: re.Pattern[str] | None = None) -> None:
         if not templates:
             raise ValueError("at least one topic template is needed")
         self.templates = tuple(check_template(t) for t in templates)
@@ -92,22 +105,27 @@ class TopicRouter:
         self.has_placeholder = tuple(PLACEHOLDER in t for t in self.templates)
         self._cache: dict[str, str] = {}
         self._cache_size = cache_size
+        self.pattern = pattern
 
     def turbine(self, topic: str) -> str | None:
         """The turbine id in ``topic``, None if its template has none; RowError
-        (``unknown_topic``) if no template matches."""
+        (``unknown_topic``, ``bad_turbine_id``, ``turbine_not_allowed``) otherwise.
+        Refused topics are never cached."""
         found = self._cache.get(topic)
         if found is None:
             found = self._match(topic)
-            if len(self._cache) >= self._cache_size:
-                self._cache.clear()  # topics churn (ids from garbage): start over
-            self._cache[topic] = found
+            if len(topic) <= MAX_CACHED_TOPIC:
+                if len(self._cache) >= self._cache_size:
+                    self._cache.clear()  # topics churn (ids from garbage): start over
+                self._cache[topic] = found
         return found or None
 
     def _match(self, topic: str) -> str:
         levels = topic.split("/")
         for pattern in self._patterns:
             found = _match_levels(pattern, levels)
+            if found:
+                return check_turbine_id(found, "the topic", self.pattern)
             if found is not None:
                 return found
         raise RowError(UNKNOWN_TOPIC, f"topic {topic[:100]!r} matches none of "
@@ -140,12 +158,14 @@ def _match_levels(pattern: list[str], levels: list[str]) -> str | None:
 def make_decoder(layout: LayoutName, inputs: Sequence[str], *,
                  columns: Sequence[str] | None = None,
                  keys: Mapping[str, str] | None = None,
-                 turbine_field: str | None = None) -> RowDecoder:
+                 turbine_field: str | None = None,
+                 turbine_pattern: re.Pattern[str] | None = None) -> RowDecoder:
     """The row decoder of a preset or custom layout.
 
     ``columns`` (custom only) are CSV positions, ``keys`` map an input to its JSON key
     (default: the input's own name). ``turbine_field`` is the turbine id's column (for
-    positional rows, when the layout has it) and its JSON key.
+    positional rows, when the layout has it) and its JSON key; ids read from it must
+    match ``turbine_pattern`` whole, when given.
     """
     if layout == "custom":
         if not columns and not keys:
@@ -160,7 +180,7 @@ def make_decoder(layout: LayoutName, inputs: Sequence[str], *,
     return RowDecoder(
         positions, inputs,
         turbine_column=turbine_field if turbine_field in positions else None,
-        keys=keys, turbine_key=turbine_field,
+        keys=keys, turbine_key=turbine_field, turbine_pattern=turbine_pattern,
     )
 
 
@@ -187,8 +207,9 @@ class MessageParser:
               values: list[list[float]], rejected: list[RowError]) -> int:
         """Append the message's good rows to ``turbines`` and ``values`` and the errors
         of its bad rows to ``rejected``; return the rows appended. A message refused whole
-        raises RowError (``too_large``, ``unknown_topic``, ``not_utf8``, ``bad_json``,
-        ``empty``)."""
+        raises RowError (``too_large``, ``unknown_topic``, ``bad_turbine_id``,
+        ``turbine_not_allowed``, ``not_utf8``, ``too_deep``, ``bad_json``, ``bad_csv``,
+        ``empty``, ``no_turbine``)."""
         if len(payload) > self.max_bytes:
             raise RowError(TOO_LARGE, f"{len(payload)} bytes > max_message_bytes "
                            f"{self.max_bytes}")
@@ -221,7 +242,7 @@ class MessageParser:
             lines = [text] if text.strip() else []
         if not lines:
             raise RowError(EMPTY, "no rows in the message")
-        rows = csv.reader(lines) if '"' in text else (line.split(",") for line in lines)
+        rows = _quoted(lines) if '"' in text else (line.split(",") for line in lines)
         decoder = self.decoder
         fixed = turbine if turbine is not None else self.turbine
         for fields in rows:
@@ -239,8 +260,12 @@ class MessageParser:
     def _json(self, text: str, turbine: str | None, turbines: list[str],
               values: list[list[float]], rejected: list[RowError]) -> None:
         try:
-            data = json.loads(text)
-        except ValueError as exc:
+            # Rows may repeat a key (the last wins): a sensor's keys carry no trust.
+            data = strict_json.loads(text, max_bytes=self.max_bytes,
+                                     max_depth=MAX_JSON_DEPTH, repeated_keys=True)
+        except strict_json.TooDeep as exc:
+            raise RowError(TOO_DEEP, str(exc)) from None
+        except strict_json.JsonError as exc:
             raise RowError(BAD_JSON, str(exc)[:100]) from None
         fallback = self.turbine
         if isinstance(data, dict):
@@ -248,10 +273,9 @@ class MessageParser:
             if isinstance(batch, list):
                 rows = batch
                 if turbine is None and self.decoder.turbine_key in data:
-                    try:
-                        fallback = turbine_id(data[self.decoder.turbine_key], "the batch")
-                    except RowError as exc:
-                        raise RowError(NO_TURBINE, exc.detail) from None
+                    # A bad id beside the rows refuses the message, under its reason.
+                    fallback = self.decoder.turbine_id(data[self.decoder.turbine_key],
+                                                       "the batch")
             else:
                 rows = [data]
         elif isinstance(data, list):
@@ -288,5 +312,14 @@ class MessageParser:
     def _row_turbine(self, row: dict, fallback: str | None) -> str | None:
         key = self.decoder.turbine_key
         if key is not None and key in row:
-            return turbine_id(row[key], f"key {key!r}")
+            return self.decoder.turbine_id(row[key], f"key {key!r}")
         return fallback
+
+
+def _quoted(lines: list[str]) -> list[list[str]]:
+    """CSV lines with quotes, read whole before any row is kept: the csv module may
+    refuse a line (a field over its size limit) halfway through a message."""
+    try:
+        return list(csv.reader(lines))
+    except csv.Error as exc:
+        raise RowError(BAD_CSV, str(exc)[:100]) from None

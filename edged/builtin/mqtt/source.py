@@ -5,11 +5,17 @@ inbox; the receive loop takes them in bursts, parses each
 (:mod:`edged.builtin.mqtt.formats`) and hands the pipeline one batch per burst (at most
 ``batch_rows`` rows or ``batch_ms`` of messages): at 20,000 one-row messages a second, a
 batch per message would cost more than the parsing.
+
+No message stops the loop: what the parser refuses is counted under its reason, and
+anything else a message makes it raise is counted under ``decode_failed``; either way
+the next message is read. Restarting the source instead (as a crash would) lets the
+inbox fill while it backs off, and detection stops for everyone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Literal
 
 import aiomqtt
@@ -30,12 +36,15 @@ from edged.components import BuildContext, Component, Emit, Readings
 from edged.config import SourceConfig
 from edged.errors import RowError
 from edged.log import RateLimit
+from edged.rows import check_turbine_id
 from edged.runtime.tasks import run_together
 
 log = structlog.get_logger("edged.mqtt")
 
 _TAKE = 256  # messages taken from the inbox at a time
 _LOG_EVENT = {"messages_rejected": "message_rejected", "rows_rejected": "row_rejected"}
+#: messages_rejected reason of a message the parser failed on unforeseen (a bug).
+DECODE_FAILED = "decode_failed"
 
 
 class MqttSourceConfig(SourceConfig):
@@ -55,6 +64,12 @@ class MqttSourceConfig(SourceConfig):
         None, min_length=1, max_length=128,
         description="For topics without {turbine}: one fixed turbine id for every row "
         "(AWS's successor sample publishes one turbine on plain turbine/raw).",
+    )
+    turbine_pattern: str | None = Field(
+        None, min_length=1, max_length=1000,
+        description="Turbine ids this source accepts: a regular expression the whole id "
+        "must match, e.g. '^T[0-9]{1,4}$'. Rows of other ids are rejected "
+        "(turbine_not_allowed). None: any id of at most 128 characters.",
     )
     qos: Literal[0, 1] = Field(0, description="Subscription QoS. 1 with a persistent "
                                "session keeps rows across short outages.")
@@ -81,6 +96,11 @@ class MqttSourceConfig(SourceConfig):
         description="Messages received but not yet parsed; when full the oldest is "
         "dropped and counted (mqtt_messages_dropped).",
     )
+    max_queued_bytes: int = Field(
+        64 * 1024 * 1024, ge=64 * 1024, le=4 * 1024 * 1024 * 1024,
+        description="Payload bytes of the messages received but not yet parsed; beyond "
+        "it the oldest are dropped and counted (mqtt_messages_dropped).",
+    )
     batch_rows: int = Field(2000, ge=1, le=100_000,
                             description="Most rows handed to the pipeline at once.")
     batch_ms: float = Field(5.0, ge=0, le=1000,
@@ -93,6 +113,21 @@ class MqttSourceConfig(SourceConfig):
         for template in value:
             check_template(template)
         return value
+
+    @field_validator("turbine_pattern")
+    @classmethod
+    def _pattern(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"turbine_pattern is not a regular expression: {exc}") \
+                    from None
+        return value
+
+    @property
+    def allowed_turbines(self) -> re.Pattern[str] | None:
+        return None if self.turbine_pattern is None else re.compile(self.turbine_pattern)
 
     @model_validator(mode="after")
     def _turbine_source(self) -> MqttSourceConfig:
@@ -112,6 +147,11 @@ class MqttSourceConfig(SourceConfig):
         if self.layout != "custom" and self.columns:
             raise ValueError(f"columns are only for layout custom ({self.layout} has its "
                              "own)")
+        if self.turbine is not None:
+            check_turbine_id(self.turbine, "turbine", self.allowed_turbines)
+        if self.max_queued_bytes < self.max_message_bytes:
+            raise ValueError("max_queued_bytes must hold at least one message of "
+                             "max_message_bytes")
         return self
 
 
@@ -120,15 +160,18 @@ class MqttSource(Component):
         self.config = config
         self.name = ctx.name
         self.counters = ctx.counters
+        allowed = config.allowed_turbines
         decoder = make_decoder(config.layout, ctx.inputs, columns=config.columns,
-                               keys=config.keys, turbine_field=config.turbine_field)
-        self.router = TopicRouter(config.topics)
+                               keys=config.keys, turbine_field=config.turbine_field,
+                               turbine_pattern=allowed)
+        self.router = TopicRouter(config.topics, pattern=allowed)
         self.parser = MessageParser(decoder, self.router, fmt=config.format,
                                     max_bytes=config.max_message_bytes,
                                     turbine=config.turbine)
         self.link = BrokerLink(config.broker, name=ctx.name, device_id=ctx.device_id,
                                counters=ctx.counters, kind="source",
-                               inbox_size=config.max_queued_messages)
+                               inbox_size=config.max_queued_messages,
+                               inbox_bytes=config.max_queued_bytes)
         self._width = len(ctx.inputs)
         self._rate_limit = RateLimit()
         self.rows_received = 0
@@ -194,13 +237,20 @@ class MqttSource(Component):
         parse = self.parser.parse
         rejected: list[RowError] = []
         for message in messages:
+            topic = message.topic.value
             try:
-                parse(message.topic.value, message.payload, turbines, values, rejected)
+                parse(topic, message.payload, turbines, values, rejected)
             except RowError as exc:
-                self._reject("messages_rejected", exc, message.topic.value)
+                self._reject("messages_rejected", exc, topic)
+            except Exception as exc:  # noqa: BLE001  (see the module docstring)
+                # Rows come in (turbine, values) pairs; a failure between the two appends
+                # must not shift every later row onto the wrong turbine.
+                del turbines[len(values):], values[len(turbines):]
+                self._reject("messages_rejected", RowError(
+                    DECODE_FAILED, f"{type(exc).__name__}: {str(exc)[:200]}"), topic)
             if rejected:
                 for exc in rejected:
-                    self._reject("rows_rejected", exc, message.topic.value)
+                    self._reject("rows_rejected", exc, topic)
                 rejected.clear()
         self.messages_received += len(messages)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -41,11 +42,13 @@ def as_object(record: list[str], columns=layout.DATASET_COLUMNS) -> dict:
 
 
 def parser(layout_name="dataset23", topics=("turbines/{turbine}/raw",), fmt="auto",
-           max_bytes=65536, turbine=None, turbine_field=None, columns=None, keys=None):
+           max_bytes=65536, turbine=None, turbine_field=None, columns=None, keys=None,
+           pattern=None):
+    allow = None if pattern is None else re.compile(pattern)
     decoder = make_decoder(layout_name, INPUTS, columns=columns, keys=keys,
-                           turbine_field=turbine_field)
-    return MessageParser(decoder, TopicRouter(topics), fmt=fmt, max_bytes=max_bytes,
-                         turbine=turbine)
+                           turbine_field=turbine_field, turbine_pattern=allow)
+    return MessageParser(decoder, TopicRouter(topics, pattern=allow), fmt=fmt,
+                         max_bytes=max_bytes, turbine=turbine)
 
 
 def parse(p: MessageParser, payload: bytes | str, topic: str = TOPIC):
@@ -214,12 +217,14 @@ def test_every_row_reason_and_good_rows_survive_their_bad_neighbours():
         spoil("qz", "1e999"),  # not_finite
         good,
     ]
-    p = parser(topics=("farm/raw",), turbine_field="turbineId")
+    p = parser(topics=("farm/raw",), turbine_field="turbineId", pattern="turbine-[0-9]+")
     lines.append(spoil("turbineId", " "))  # no_turbine
+    lines.append(spoil("turbineId", "t" * 129))  # bad_turbine_id
+    lines.append(spoil("turbineId", "ghost-1"))  # turbine_not_allowed
     turbines, values, rejected = parse(p, "\n".join(",".join(r) for r in lines), "farm/raw")
     assert values == [dataset_values(good)] * 2
     assert rejected == ["wrong_width", "not_a_number", "missing_field", "not_finite",
-                        "not_finite", "no_turbine"]
+                        "not_finite", "no_turbine", "bad_turbine_id", "turbine_not_allowed"]
     assert set(rejected) | {"bad_json"} == set(ROW_REASONS)
 
 
@@ -255,8 +260,16 @@ def test_every_message_reason():
     assert message_reason(p, ",".join(records(1)[0]), "elsewhere/t/raw") == "unknown_topic"
     for empty in ("", "   ", "\n\n", "[]", '{"rows": []}'):
         assert message_reason(p, empty) == "empty", empty
-    assert set(MESSAGE_REASONS) == {"too_large", "not_utf8", "bad_json", "unknown_topic",
-                                    "empty"}
+    assert message_reason(p, '{"a":' * 100 + "1" + "}" * 100) == "too_deep"
+    huge_field = '"' + "x" * 140_000 + '",1'  # over the csv module's field size limit
+    assert message_reason(parser(max_bytes=200_000), huge_field) == "bad_csv"
+    assert message_reason(p, "1,2", "turbines/" + "t" * 129 + "/raw") == "bad_turbine_id"
+    assert message_reason(parser(pattern="T[0-9]+"), "1,2", TOPIC) == "turbine_not_allowed"
+    batch = parser(topics=("farm/raw",), turbine_field="turbineId")
+    assert message_reason(batch, '{"turbineId": [], "rows": [{}]}', "farm/raw") == "no_turbine"
+    assert set(MESSAGE_REASONS) == {
+        "too_large", "not_utf8", "bad_json", "too_deep", "bad_csv", "unknown_topic", "empty",
+        "no_turbine", "bad_turbine_id", "turbine_not_allowed"}
 
 
 def test_too_large_is_refused_before_parsing():

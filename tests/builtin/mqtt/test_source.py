@@ -186,7 +186,8 @@ async def test_malformed_messages_are_counted_and_spare_other_turbines(mosquitto
 async def test_a_burst_is_emitted_in_few_batches_with_nothing_dropped(mosquitto, tmp_path):
     source, counters = make_source(mosquitto, tmp_path, batch_rows=500)
     collect = Collector()
-    record = ",".join(farm_records(ticks=1, turbines=1)[0])
+    lines = [",".join(r) for r in farm_records(ticks=500, turbines=1)]
+    record = lines[-1]
     messages = 3000
     async with running(source, collect), publisher(mosquitto) as pub:
         await subscribed(source)
@@ -301,7 +302,8 @@ async def test_a_turbine_silent_on_the_bus_is_reported_with_its_gap(mosquitto, t
     pipeline.subscribers.append(type("Events", (), {
         "on_decisions": lambda self, *a: None,
         "on_event": lambda self, event: events.append(event)})())
-    record = ",".join(farm_records(ticks=1, turbines=1)[0])
+    lines = [",".join(r) for r in farm_records(ticks=500, turbines=1)]
+    record = lines[-1]
 
     async def publish(pub: aiomqtt.Client, seconds: float) -> None:
         end = asyncio.get_running_loop().time() + seconds
@@ -316,6 +318,9 @@ async def test_a_turbine_silent_on_the_bus_is_reported_with_its_gap(mosquitto, t
             try:
                 async with publisher(mosquitto) as pub:
                     await subscribed(source)
+                    # Only a turbine whose history filled is watched.
+                    for batch in (lines[:250], lines[250:]):
+                        await pub.publish("turbines/quiet/raw", "\n".join(batch))
                     await publish(pub, 0.3)
                     await asyncio.sleep(1.2)  # silence
                     await publish(pub, 0.6)
