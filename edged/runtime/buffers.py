@@ -15,6 +15,10 @@ class TurbineBuffers:
     With ``inputs`` > 0 a second (turbines, history, inputs) array keeps the raw rows
     each feature row was computed from, in the same slots (pipeline capture's
     ``include_rows``); with 0 (the default) there is none and nothing is copied.
+
+    Slots are always 0..len(names)-1: :meth:`remove` moves the last turbine into the slot
+    it frees. Every slot from len(names) on is all zeros, so a turbine given one starts
+    with an empty history (count 0: not ready until ``history`` rows of its own).
     """
 
     def __init__(self, history: int, features: int, max_turbines: int,
@@ -45,6 +49,27 @@ class TurbineBuffers:
         self.ids[turbine] = slot
         self.names.append(turbine)
         return slot
+
+    def remove(self, slot: int) -> int | None:
+        """Forget the turbine in ``slot``. The last slot's turbine moves into it, its
+        rows, position, count and time with it; returns the slot it moved from (None
+        if ``slot`` was the last), for the caller to move its own per-slot state."""
+        last = len(self.names) - 1
+        del self.ids[self.names[slot]]
+        moved = self.names.pop()
+        arrays = self._per_slot()
+        if slot != last:
+            self.names[slot] = moved
+            self.ids[moved] = slot
+            for array in arrays:
+                array[slot] = array[last]
+        for array in arrays:
+            array[last] = 0
+        return None if slot == last else last
+
+    def _per_slot(self) -> list[np.ndarray]:
+        arrays = [self._data, self._pos, self.count, self.last_seen]
+        return arrays if self._raw is None else [*arrays, self._raw]
 
     def _grow(self) -> None:
         new = min(self.max_turbines, self._capacity * 2)

@@ -3,7 +3,13 @@ decisions -> subscribers (actuator bindings, the demo's view).
 
 Three loops, all owned by the supervisor's task group: ``ingest`` drains the bounded
 reading queue into the buffers, ``decide`` runs every ``interval_s`` over every turbine
-with new data, ``watch`` raises ``sensor_stale`` / ``sensor_recovered``.
+with new data, ``watch`` raises ``sensor_stale`` / ``sensor_recovered`` and evicts
+turbines silent for ``evict_after_s``.
+
+Turbine ids come from outside, so none may hold a slot for good: a turbine silent for
+``evict_after_s`` loses it, and when every slot is taken a new turbine takes the slot of
+the longest-silent stale one (silent over ``stale_after_s``) at once. An evicted turbine
+that comes back is new: empty history, no ``sensor_recovered``.
 """
 
 from __future__ import annotations
@@ -20,9 +26,10 @@ import structlog
 
 from edged.components import InferenceBackend, Preprocessor, Readings, Scores
 from edged.config import PipelineSpec
-from edged.events import Decision, Event
+from edged.events import Decision, Event, EventKind
 from edged.log import RateLimit
 from edged.metrics import Counters
+from edged.rows import MAX_TURBINE_ID
 from edged.runtime.buffers import TurbineBuffers
 from edged.runtime.latency import LatencyRing
 from edged.runtime.queues import BoundedQueue
@@ -32,6 +39,17 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("edged.pipeline")
 _GOLDEN = 0.6180339887498949
+
+#: Most sensor_stale (and as many sensor_recovered) events one watch raises turbine by
+#: turbine; the rest go in one event for turbine "*" with detail {"turbines": n}, so a
+#: thousand ghosts (or a whole farm behind one lost link) make two messages, not 1,000.
+MAX_SENSOR_EVENTS = 10
+SUMMARY_TURBINE = "*"
+
+# What a row's slot is, when it has none.
+_UNKNOWN = -1  # a turbine without a slot (after a claim: no room for it)
+_NOT_FINITE = -2
+_BAD_ID = -3
 
 
 #: The model's input and output of a round, by turbine: two (turbines, rows each, ...).
@@ -177,20 +195,11 @@ class Pipeline:
         if not blocks:
             return 0
         values = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
-        finite = np.isfinite(values).all(axis=1)
-        # Only valid rows may claim a slot: garbage must not invent turbines.
-        slots = np.fromiter((self._slot(t) if ok else -1
-                             for t, ok in zip(turbines, finite.tolist(), strict=True)),
-                            dtype=np.int64, count=len(turbines))
-        good = finite & (slots >= 0)
-        if not finite.all():
-            bad = int((~finite).sum())
-            self._reject("not_finite", bad, f"{bad} rows with NaN or infinity")
-        if (finite & (slots < 0)).any():
-            over = int((finite & (slots < 0)).sum())
-            self._reject("too_many_turbines", over,
-                         f"already tracking max_turbines={self.spec.max_turbines}")
+        finite = np.isfinite(values).all(axis=1).tolist()
+        slots = self._slots(turbines, finite)
+        good = slots >= 0
         if not good.all():
+            self._reject_rows(slots)
             values, slots = values[good], slots[good]
         if len(slots):
             features = self.preprocessor.row_features(values)
@@ -199,9 +208,94 @@ class Pipeline:
         self.counters.inc("rows_accepted", len(slots), pipeline=self.name)
         return len(slots)
 
-    def _slot(self, turbine: str) -> int:
-        slot = self.buffers.index(turbine)
-        return -1 if slot is None else slot
+    def _slots(self, turbines: list[str], finite: list[bool]) -> np.ndarray:
+        """Each row's slot, or why it has none (_UNKNOWN, _NOT_FINITE, _BAD_ID). Only
+        valid rows may claim a slot: garbage must not invent turbines."""
+        ids = self.buffers.ids
+        slots = np.fromiter((ids.get(t, _UNKNOWN) if ok else _NOT_FINITE
+                             for t, ok in zip(turbines, finite, strict=True)),
+                            dtype=np.int64, count=len(turbines))
+        new = np.flatnonzero(slots == _UNKNOWN)
+        if len(new):
+            # Rare (a turbine's first rows): claiming may evict and so move slots, so
+            # every row is looked up again after it.
+            self._claim(list(dict.fromkeys(turbines[i] for i in new.tolist())), slots)
+            slots = np.fromiter((ids.get(t, _UNKNOWN if len(t) <= MAX_TURBINE_ID else _BAD_ID)
+                                 if ok else _NOT_FINITE
+                                 for t, ok in zip(turbines, finite, strict=True)),
+                                dtype=np.int64, count=len(turbines))
+        return slots
+
+    def _claim(self, names: list[str], slots: np.ndarray) -> None:
+        """Give new turbines slots, first come first served, evicting the longest-silent
+        stale turbines for them when every slot is taken; ``slots`` (this batch's) are
+        never evicted."""
+        names = [name for name in names if len(name) <= MAX_TURBINE_ID]
+        free = self.buffers.max_turbines - len(self.buffers.names)
+        if len(names) > free:
+            self._evict(self._stalest(len(names) - free, now=time.monotonic(),
+                                      busy=slots[slots >= 0]), "full")
+        for name in names:
+            if self.buffers.index(name) is None:
+                break
+
+    def _stalest(self, count: int, now: float, busy: np.ndarray) -> np.ndarray:
+        """Up to ``count`` slots silent for over ``stale_after_s``, not in ``busy``,
+        the longest-silent first."""
+        silent = now - self.buffers.last_seen[: len(self.buffers.names)]
+        stale = np.flatnonzero(silent > self.spec.stale_after_s)
+        stale = stale[~np.isin(stale, busy)]
+        return stale[np.argsort(-silent[stale], kind="stable")[:count]]
+
+    def _evict(self, slots: np.ndarray, reason: str) -> None:
+        """Forget the turbines in ``slots`` and everything kept per slot about them."""
+        if not len(slots):
+            return
+        self._grow()
+        names = self.buffers.names
+        evicted = [names[slot] for slot in slots.tolist()]
+        # Highest first: the last slot, which moves into a freed one, is then never one
+        # still to be evicted.
+        for slot in sorted(slots.tolist(), reverse=True):
+            self._move_state(self.buffers.remove(slot), slot)
+        self.counters.inc("turbines_evicted", len(evicted), pipeline=self.name,
+                          reason=reason)
+        suppressed = self._rate_limit.allow(f"evicted:{reason}")
+        if suppressed is not None:
+            log.info("turbines_evicted", pipeline=self.name, reason=reason,
+                     turbines=len(evicted), first=evicted[0],
+                     suppressed_since_last=suppressed)
+
+    def _move_state(self, moved_from: int | None, slot: int) -> None:
+        """After TurbineBuffers.remove(slot): the pipeline's per-slot state follows the
+        turbine that moved into ``slot``; the slot left empty is reset, so a turbine
+        given it later starts afresh (never decided, not stale)."""
+        stale, since = self._stale, self._silent_since
+        stale.discard(slot)
+        since.pop(slot, None)
+        vacated = slot
+        if moved_from is not None:
+            self._decided_at[slot] = self._decided_at[moved_from]
+            self._due_at[slot] = self._due_at[moved_from]
+            if moved_from in stale:
+                stale.discard(moved_from)
+                stale.add(slot)
+            if moved_from in since:
+                since[slot] = since.pop(moved_from)
+            vacated = moved_from
+        self._decided_at[vacated] = 0
+        self._due_at[vacated] = -1.0
+
+    def _reject_rows(self, slots: np.ndarray) -> None:
+        for code, reason, detail in (
+                (_NOT_FINITE, "not_finite", "rows with NaN or infinity"),
+                (_BAD_ID, "bad_turbine_id", f"turbine ids over {MAX_TURBINE_ID} characters"),
+                (_UNKNOWN, "too_many_turbines", f"every one of max_turbines="
+                 f"{self.buffers.max_turbines} slots is taken by a turbine heard within "
+                 f"stale_after_s")):
+            rows = int((slots == code).sum())
+            if rows:
+                self._reject(reason, rows, f"{rows} {detail}")
 
     def _reject(self, reason: str, rows: int, detail: str) -> None:
         self.counters.inc("rows_rejected", rows, pipeline=self.name, reason=reason)
@@ -289,6 +383,9 @@ class Pipeline:
         self._decided_at[slots] = self.buffers.count[slots]
         self._reschedule(slots, time.monotonic())
         rows = self.buffers.count[slots].tolist()
+        # Read before the round yields: meanwhile an eviction may move a turbine's slot.
+        names = self.buffers.names
+        turbines = [names[slot] for slot in slots.tolist()]
         stage = self._stage
         preprocessor, backend = stage
         work = asyncio.get_running_loop().run_in_executor(
@@ -301,13 +398,12 @@ class Pipeline:
         now = self.wall_clock()
         monotonic = time.monotonic()
         model = backend.model
-        names = self.buffers.names
         group_flags = self._groups(scores.anomalous)
         primary = self._primary(scores, group_flags)
         decisions = [
             Decision(
                 pipeline=self.name,
-                turbine=names[slot],
+                turbine=turbine,
                 time=now,
                 values=tuple(scores.values[i].tolist()),
                 anomalous=tuple(scores.anomalous[i].tolist()),
@@ -316,7 +412,7 @@ class Pipeline:
                 primary=primary[i],
                 rows=rows[i],
             )
-            for i, slot in enumerate(slots.tolist())
+            for i, turbine in enumerate(turbines)
         ]
         self.counters.inc("decisions", len(decisions), pipeline=self.name)
         self.counters.inc("anomalous_decisions", sum(d.is_anomalous for d in decisions),
@@ -384,24 +480,49 @@ class Pipeline:
             self.check_stale(time.monotonic())
 
     def check_stale(self, now: float) -> None:
+        """Evict turbines silent for ``evict_after_s``, then raise ``sensor_stale`` for
+        those silent for ``stale_after_s`` and ``sensor_recovered`` for those back.
+
+        Only a turbine whose history has filled is watched: one that never sent
+        ``history`` rows was never decided on, so its silence changes nothing, and ids
+        from a flood of garbage (one row each) raise no event at all."""
         known = len(self.buffers.names)
         silent = now - self.buffers.last_seen[:known]
-        stale = {int(s) for s in np.flatnonzero(silent > self.spec.stale_after_s)}
+        self._evict(np.flatnonzero(silent > self.spec.evict_after_s), "silent")
+        known = len(self.buffers.names)
+        silent = now - self.buffers.last_seen[:known]
+        watched = self.buffers.count[:known] >= self.buffers.history
+        stale = set(np.flatnonzero((silent > self.spec.stale_after_s) & watched).tolist())
         last_seen = self.buffers.last_seen
-        for slot in sorted(stale - self._stale):
+        went = sorted(stale - self._stale)
+        for slot in went:
             self._silent_since[slot] = float(last_seen[slot])
-            self._sensor_event("sensor_stale", slot, {"silent_s": round(float(silent[slot]), 3)})
+        self._sensor_events("sensor_stale", [
+            (slot, {"silent_s": round(float(silent[slot]), 3)}) for slot in went])
+        back = []
         for slot in sorted(self._stale - stale):
             since = self._silent_since.pop(slot, None)
             # Seconds without data: from the last row before the silence to the newest
             # row now (late by at most one watch period).
-            gap = None if since is None else {"gap_s": round(float(last_seen[slot]) - since, 3)}
-            self._sensor_event("sensor_recovered", slot, gap)
+            back.append((slot, None if since is None
+                         else {"gap_s": round(float(last_seen[slot]) - since, 3)}))
+        self._sensor_events("sensor_recovered", back)
         self._stale = stale
 
-    def _sensor_event(self, kind, slot: int, detail: dict[str, float] | None) -> None:
-        turbine = self.buffers.names[slot]
-        self.counters.inc(kind, pipeline=self.name)
+    def _sensor_events(self, kind: EventKind,
+                       events: list[tuple[int, dict[str, float] | None]]) -> None:
+        """The first MAX_SENSOR_EVENTS one by one, the rest as one summary event."""
+        names = self.buffers.names
+        for slot, detail in events[:MAX_SENSOR_EVENTS]:
+            self._sensor_event(kind, names[slot], detail)
+        rest = len(events) - MAX_SENSOR_EVENTS
+        if rest > 0:
+            self._sensor_event(kind, SUMMARY_TURBINE, {"turbines": rest})
+
+    def _sensor_event(self, kind: EventKind, turbine: str,
+                      detail: dict[str, float] | None) -> None:
+        turbines = detail["turbines"] if turbine == SUMMARY_TURBINE and detail else 1
+        self.counters.inc(kind, turbines, pipeline=self.name)
         log.warning(kind, pipeline=self.name, turbine=turbine, **(detail or {}))
         event = Event(kind=kind, pipeline=self.name, turbine=turbine,
                       time=self.wall_clock(), detail=detail)

@@ -154,3 +154,43 @@ def test_empty_write_changes_nothing():
     buffers.write(np.array([], dtype=np.int64), np.zeros((0, 1)), 1.0)
     assert buffers.names == []
     assert buffers.ready().tolist() == []
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_removals_interleaved_with_writes_match_the_model(seed):
+    """An evicted turbine's slot goes to another (the last one moves into it), and a
+    turbine given a freed slot never sees the rows of the one before: removal is the
+    model forgetting the turbine."""
+    rng = np.random.default_rng(seed)
+    history = int(rng.integers(1, 6))
+    turbines = [f"t{i}" for i in range(30)]
+    buffers = TurbineBuffers(history, FEATURES, max_turbines=12, inputs=2)
+    model = Model(history)
+    serial = 0
+    for _ in range(80):
+        if buffers.names and rng.random() < 0.4:
+            victim = str(rng.choice(buffers.names))
+            slot, last = buffers.ids[victim], len(buffers.names) - 1
+            moved = buffers.names[last]
+            assert buffers.remove(slot) == (None if slot == last else last)
+            assert victim not in buffers.ids and len(buffers.names) == last
+            if slot != last:
+                assert buffers.ids[moved] == slot and buffers.names[slot] == moved
+            del model.rows[victim], model.count[victim]
+        batch = [str(t) for t in rng.choice(turbines, size=int(rng.integers(0, 3 * history)))]
+        batch = [t for t in batch if t in buffers.ids or buffers.index(t) is not None]
+        rows = np.stack([np.arange(serial, serial + len(batch), dtype=np.float64),
+                         rng.standard_normal(len(batch)), np.zeros(len(batch))], axis=1)
+        serial += len(batch)
+        slots = np.array([buffers.ids[t] for t in batch], dtype=np.int64)
+        buffers.write(slots, rows, float(serial), raw=rows[:, :2])
+        model.write(batch, rows)
+        _check(buffers, model)
+        # The raw ring moves with its turbine too.
+        ready = buffers.ready()
+        if len(ready):
+            np.testing.assert_array_equal(buffers.gather_raw(ready),
+                                          buffers.gather(ready)[:, :, :2])
+    # Slots past the last are all zeros: the next turbine starts empty.
+    known = len(buffers.names)
+    assert not buffers.count[known:].any() and not buffers._data[known:].any()

@@ -182,7 +182,7 @@ async def test_max_turbines_exceeded_is_counted(pipeline):
 async def test_stale_once_then_recovered_after_new_rows(pipeline):
     farm = Farm()
     subscriber = pipeline.subscribers[0]
-    pipeline.ingest([farm.readings(5)])
+    pipeline.ingest([farm.readings(HISTORY)])  # watched: the histories have filled
     pipeline.check_stale(time.monotonic())
     assert subscriber.events == []
 
