@@ -9,7 +9,8 @@ One channel per backend, opened when it starts and closed when it stops. gRPC's 
 does the reconnecting: when the agent restarts, the channel reconnects on its own
 (reconnect backoff capped at one second); calls wait for the channel to be ready
 (``wait_for_ready``) up to their deadline, and a call that fails with UNAVAILABLE after it
-was sent (the agent died under it) is retried by the channel's retry policy. No call is
+was sent (the agent died under it), or with RESOURCE_EXHAUSTED (the agent's memory in
+flight is taken for now), is retried by the channel's retry policy. No call is
 retried by a hand-written loop; the one exception is semantic, not a transport retry: a
 restarted agent that has forgotten the model (NOT_FOUND) is told to load ``model_url``
 again, once.
@@ -136,7 +137,10 @@ def channel_options(max_batch_bytes: int) -> list[tuple[str, Any]]:
                 "initialBackoff": "0.05s",
                 "maxBackoff": "0.5s",
                 "backoffMultiplier": 2,
-                "retryableStatusCodes": ["UNAVAILABLE"],
+                # RESOURCE_EXHAUSTED: the agent's memory in flight is taken (by other
+                # clients, perhaps hostile ones); it refuses at once, so a few retries
+                # within the deadline keep the daemon deciding.
+                "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
             },
         }],
     }
