@@ -80,10 +80,11 @@ def reader():
 
 @contextlib.contextmanager
 def typed_and_quick():
-    started = time.monotonic()
+    # CPU time: a wall-clock bound flakes on a busy machine.
+    started = time.process_time()
     with contextlib.suppress(AgentError):
         yield
-    assert time.monotonic() - started < 1.0
+    assert time.process_time() - started < 1.0
 
 
 @given(tensors(), st.sampled_from((None, *INFOS)))
