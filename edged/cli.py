@@ -8,11 +8,13 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 from edged import __version__
-from edged.config import EdgedConfig, blocked_plugins, load_config
+from edged.config import EdgedConfig, block_list, validate_config
+from edged.config_yaml import read_yaml
 from edged.errors import ComponentStartError, ConfigError, PluginError
 from edged.log import configure_logging
 from edged.plugin_manager import make_plugin_manager
@@ -26,16 +28,16 @@ EX_CONFIG = 78  # sysexits.h EX_CONFIG: systemd and operators know it as "bad co
 log = structlog.get_logger("edged.cli")
 
 
-def _blocked(args: argparse.Namespace) -> list[str]:
-    names = [spec.removeprefix("no:") for spec in args.plugin_blocks]
-    if getattr(args, "config", None):
-        names += blocked_plugins(args.config)
-    return names
+def _blocked(args: argparse.Namespace, data: Any = None) -> list[str]:
+    """Plugins blocked with -p, and by the config's ``plugins.block`` given its data."""
+    return [spec.removeprefix("no:") for spec in args.plugin_blocks] + block_list(data)
 
 
 def _load(args: argparse.Namespace, path: Path):
-    pm, registry = make_plugin_manager(blocked=_blocked(args))
-    return pm, registry, load_config(path, registry)
+    # One bounded read and parse gives both the plugins to block and the config.
+    loaded = read_yaml(path)
+    pm, registry = make_plugin_manager(blocked=_blocked(args, loaded[0]))
+    return pm, registry, validate_config(loaded, str(path), registry)
 
 
 def _report_config_error(exc: ConfigError) -> int:

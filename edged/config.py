@@ -23,7 +23,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, V
 from pydantic_core import PydanticCustomError
 
 from edged.capture_config import PipelineCaptureSpec
-from edged.config_yaml import Location, line_of, load_yaml, read_config_text
+from edged.config_yaml import Location, line_of, load_yaml, read_yaml
 from edged.errors import ConfigError
 from edged.registry import Kind, Registry
 
@@ -400,7 +400,13 @@ def _section(data: dict, name: str) -> dict[Any, Any]:
 
 def parse_config(text: str, filename: str, registry: Registry) -> EdgedConfig:
     """Validate config ``text``; raise :class:`ConfigError` listing every mistake."""
-    data, lines = load_config_yaml(text, filename)
+    return validate_config(load_config_yaml(text, filename), filename, registry)
+
+
+def validate_config(loaded: tuple[Any, dict[Location, int]], filename: str,
+                    registry: Registry) -> EdgedConfig:
+    """Validate a parsed config (data, key lines); ConfigError listing every mistake."""
+    data, lines = loaded
     problems = _Problems(filename, lines)
     if not isinstance(data, dict):
         problems.add((), "the file must hold a mapping of sections (sources, pipelines, ...)")
@@ -537,7 +543,7 @@ def _unused_sources(raw: RawConfig) -> list[str]:
 
 def load_config(path: Path | str, registry: Registry) -> EdgedConfig:
     """Read (under the size bound) and validate a config file; ConfigError otherwise."""
-    return parse_config(read_config_text(path), str(path), registry)
+    return validate_config(read_yaml(path), str(path), registry)
 
 
 def blocked_plugins(path: Path | str) -> list[str]:
@@ -545,9 +551,14 @@ def blocked_plugins(path: Path | str) -> list[str]:
     registry depends on it), under the same bounds as the full read. Anything malformed
     is left to full validation."""
     try:
-        data, _ = load_yaml(read_config_text(path), str(path))
+        data, _ = read_yaml(Path(path))
     except ConfigError:
         return []
+    return block_list(data)
+
+
+def block_list(data: Any) -> list[str]:
+    """``plugins.block`` of parsed config data; [] where it is missing or malformed."""
     plugins = data.get("plugins") if isinstance(data, dict) else None
     block = plugins.get("block") if isinstance(plugins, dict) else None
     return [str(name) for name in block] if isinstance(block, list) else []
