@@ -4,7 +4,8 @@ the capture uplink (segment spool, budget, uploads) -> S3 or disk. See docs/capt
 The decision path only runs the sampling policies and ``put_nowait``: it never waits
 for the disk or the network. A full queue drops the new picks, counted as
 ``capture_dropped{pipeline,reason=queue_full}``; a full spool drops the oldest records
-without an anomaly (``reason=budget``), then the oldest with one (``reason=budget_anomaly``).
+without an anomaly (``reason=budget``), then the oldest with one (``reason=budget_anomaly``);
+a full disk drops new ones (``reason=disk_full``, see the uplink), never a decision.
 A record counts as captured (``capture_records``) once its segment is on disk; it leaves
 the spool only after the destination acknowledged its upload (``capture_uploaded``).
 """

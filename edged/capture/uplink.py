@@ -4,9 +4,12 @@ hand their JSON lines to a :class:`CaptureUplink`; see docs/capture.md.
 
 - :meth:`CaptureUplink.write` makes lines durable (fsync ``always``: a segment and an
   fsync per record; ``batch``: one segment and one fsync per call, which is how
-  concurrent writers share a commit; ``never``), then holds the spool to its byte
-  budget: whole segments of records not kept longer go first, oldest first, then the
-  others (``capture_dropped{reason=budget|budget_anomaly}``).
+  concurrent writers share a commit; ``never``) within the spool's byte budget (what
+  its files take on disk) and the filesystem's free-space reserve: whole segments of
+  records not kept longer go first, oldest first, then the others
+  (``capture_dropped{reason=budget|budget_anomaly|disk_space|disk_space_anomaly}``).
+  Records there is no room for, or that the disk refuses, are dropped and counted
+  (``spool_full``, ``disk_full``, ``disk_error``): no disk ever ends the daemon.
 - :meth:`CaptureUplink.upload_loop` uploads every ``interval_s``, sooner once
   ``max_records`` are waiting: it writes an intent naming the segments, uploads one gzip
   JSON-lines object per partition, tells its user which record ids the destination
