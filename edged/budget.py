@@ -34,7 +34,7 @@ from pydantic import Field, model_validator
 
 from edged import strict_json
 from edged.config import EdgedConfig, Strict
-from edged.durable import makedirs_durably, write_durably
+from edged.durable import makedirs_durably, read_at_most, write_durably
 from edged.log import RateLimit
 from edged.metrics import Counters
 
@@ -171,7 +171,7 @@ class DataBudget:
 
     async def __aenter__(self) -> DataBudget:
         try:
-            saved = await asyncio.to_thread(_read_at_most, self.path, MAX_USAGE_BYTES)
+            saved = await asyncio.to_thread(read_at_most, self.path, MAX_USAGE_BYTES)
         except FileNotFoundError:
             return self
         except OSError as exc:  # an unreadable state dir costs the day's count, no more
@@ -264,12 +264,6 @@ def _count(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"not a count: {str(value)[:40]!r}")
     return value
-
-
-def _read_at_most(path: Path, limit: int) -> bytes:
-    """The file's bytes, or one more than ``limit`` of them (enough to refuse it)."""
-    with open(path, "rb") as f:
-        return f.read(limit + 1)
 
 
 def _priority(priority: str) -> Priority:

@@ -50,6 +50,13 @@ def makedirs_durably(path: Path, fsync: bool) -> None:
             fsync_dir(directory.parent)
 
 
+def read_at_most(path: Path, limit: int) -> bytes:
+    """The file's bytes, or its first ``limit`` + 1 (enough to refuse it as too big)
+    without reading a file of any size into memory."""
+    with open(path, "rb") as f:
+        return f.read(limit + 1)
+
+
 def disk_bytes(stat: os.stat_result) -> int:
     """What a file takes on disk: its allocated blocks (a 100-byte file holds a whole
     4 KiB block), never less than its length (a filesystem that compresses, or reports

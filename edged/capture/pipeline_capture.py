@@ -35,7 +35,7 @@ from edged.capture.policy import (
 )
 from edged.capture.uplink import Budget, CaptureUplink, Entry, UplinkSettings
 from edged.capture_config import PipelineCaptureSpec
-from edged.durable import write_durably
+from edged.durable import read_at_most, write_durably
 from edged.events import Decision, Event
 from edged.metrics import Counters
 from edged.runtime.tasks import run_to_end
@@ -226,9 +226,8 @@ class PipelineCapture:
         """(Blocking.) The deadlines a previous run saved; {} when there are none, or
         when the file is unreadable (logged and counted: nothing else depends on it)."""
         try:
-            with open(self._requests_path, "rb") as f:
-                data = strict_json.loads(f.read(MAX_REQUESTS_BYTES + 1),
-                                         max_bytes=MAX_REQUESTS_BYTES, max_depth=4)
+            data = strict_json.loads(read_at_most(self._requests_path, MAX_REQUESTS_BYTES),
+                                     max_bytes=MAX_REQUESTS_BYTES, max_depth=4)
         except FileNotFoundError:
             return {}
         except (OSError, strict_json.JsonError) as exc:

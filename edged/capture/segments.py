@@ -42,7 +42,14 @@ import structlog
 
 from edged import strict_json
 from edged.capture.spool import lock_spool
-from edged.durable import disk_bytes, free_space, fsync_dir, makedirs_durably, write_durably
+from edged.durable import (
+    disk_bytes,
+    free_space,
+    fsync_dir,
+    makedirs_durably,
+    read_at_most,
+    write_durably,
+)
 from edged.errors import EdgedError
 
 log = structlog.get_logger("edged.capture.segments")
@@ -214,7 +221,7 @@ class SegmentSpool:
         uploads, settled, corrupt = [], set(), 0
         for path in sorted(self.uploads_dir.glob("*.json")):
             try:
-                upload = parse_intent(_read_at_most(path, MAX_INTENT_BYTES))
+                upload = parse_intent(read_at_most(path, MAX_INTENT_BYTES))
             except SpoolCorrupt as exc:
                 corrupt += 1
                 log.error("capture_intent_corrupt", path=str(path), reason=str(exc))
@@ -316,9 +323,3 @@ class SegmentSpool:
         (self.uploads_dir / f"{upload.batch_id}.json").unlink(missing_ok=True)
         if self.fsync:
             fsync_dir(self.uploads_dir)
-
-
-def _read_at_most(path: Path, limit: int) -> bytes:
-    """The file's bytes, or one more than ``limit`` of them (enough to refuse it)."""
-    with open(path, "rb") as f:
-        return f.read(limit + 1)

@@ -267,11 +267,10 @@ class CaptureUplink:
                 plan.refused_reason = "spool_full" if over_budget > under_reserve \
                     else "disk_full"
                 continue
-            freed = sum(v.size for v in victims)
             if free is not None:
-                free += freed - need
-            added += need - freed
-            self._remove([v.name for v in victims])
+                free += sum(v.size for v in victims) - need
+            added += need
+            self._remove([v.name for v in victims])  # out of self._bytes from here
             why = "budget" if over_budget >= under_reserve else "disk_space"
             for victim in victims:
                 self.counters.inc("capture_dropped", victim.count, **self.labels,
