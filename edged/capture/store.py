@@ -195,7 +195,8 @@ class CaptureStore:
                            max_backoff_s=settings.retry_max_backoff_s,
                            upload_attempts=settings.upload_attempts,
                            fsync="batch" if settings.fsync else "never",
-                           min_free_bytes=int(settings.min_free_mb * 1024 * 1024)),
+                           min_free_bytes=int(settings.min_free_mb * 1024 * 1024),
+                           drop_oldest=False),
             device=settings.device_name, counters=self.counters, labels=AGENT_LABELS,
             budget=budget, on_settled=self._settled)
         self._status_log = StatusLog(settings.spool_dir / "status.jsonl",

@@ -88,6 +88,9 @@ class UplinkSettings:
     fsync: Literal["always", "batch", "never"] = "batch"
     budget_bytes: int | None = None  # spool size on disk at most; None: unbounded
     min_free_bytes: int = 0  # free space the spool leaves on its filesystem
+    # Make room by dropping the oldest records; off, new records are refused instead
+    # (the agent's: each one's client was told it is stored).
+    drop_oldest: bool = True
 
 
 @dataclass
@@ -285,6 +288,8 @@ class CaptureUplink:
         """The oldest unclaimed segments whose bytes make up ``short``: records not kept
         longer first, kept-longer ones only for kept-longer records; None if even all of
         them would not."""
+        if short > 0 and not self.settings.drop_oldest:
+            return None
         chosen: list[Segment] = []
         freed = 0
         for kind in (False, True) if keep else (False,):

@@ -194,3 +194,26 @@ async def test_a_write_the_disk_refuses_is_dropped_and_leaves_nothing_behind(
         assert await up.upload_pending() == 5
     assert counters.get("capture_upload_without_intent", pipeline="p") == 1
     assert not list((root / "segments").iterdir())
+
+
+async def test_the_agents_captures_are_refused_on_a_full_disk_then_taken_again(
+        small_disk: Path, disk_settings, make_record):
+    from edged.capture import CaptureStore
+    from edged.capture.store import CaptureError
+
+    counters = Counters()
+    settings = disk_settings(spool_dir=small_disk / "spool", min_free_mb=0)
+    async with CaptureStore(settings, counters=counters) as store:
+        await store.submit(make_record(0))
+        filler = fill(small_disk)
+        try:
+            await store.submit(make_record(1, size=8192))
+        except CaptureError as exc:
+            assert "disk_full" in str(exc)
+        else:
+            raise AssertionError("a capture was taken on a full disk")
+        assert counters.get("captures_rejected", reason="disk_full") == 1
+        assert store.status("cap-00001") == "NOT_FOUND"
+        filler.unlink()
+        await store.submit(make_record(2))
+        assert store.status("cap-00002") in ("IN_PROGRESS", "SUCCESS")
