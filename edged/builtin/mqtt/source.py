@@ -148,7 +148,10 @@ class MqttSourceConfig(SourceConfig):
             raise ValueError(f"columns are only for layout custom ({self.layout} has its "
                              "own)")
         if self.turbine is not None:
-            check_turbine_id(self.turbine, "turbine", self.allowed_turbines)
+            try:
+                check_turbine_id(self.turbine, "turbine", self.allowed_turbines)
+            except RowError as exc:
+                raise ValueError(exc.detail) from None
         if self.max_queued_bytes < self.max_message_bytes:
             raise ValueError("max_queued_bytes must hold at least one message of "
                              "max_message_bytes")

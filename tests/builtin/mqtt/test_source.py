@@ -278,6 +278,10 @@ def test_config_rules():
                     "username": "u"}},
         {"broker": {"host": "h", "tls": {"cert_file": "c.pem"}}},
         {"unknown": 1},
+        {"turbine_pattern": "T[0-9"},  # not a regular expression
+        {"topics": ["turbine/raw"], "turbine": "mini-1", "turbine_pattern": "T[0-9]+"},
+        {"topics": ["turbine/raw"], "turbine": "t" * 129},
+        {"max_message_bytes": 1024 * 1024, "max_queued_bytes": 512 * 1024},
     ):
         with pytest.raises(ValueError):
             MqttSourceConfig.model_validate({"type": "mqtt", "broker": broker} | bad)
@@ -416,3 +420,53 @@ async def test_a_persistent_session_keeps_qos1_rows_while_away(mosquitto, tmp_pa
     async with running(source, collect):
         await collect.wait_rows(5)
     assert collect.turbines() == [f"t{i}" for i in range(5)]
+
+
+async def test_no_message_stops_the_receive_loop(mosquitto, tmp_path, monkeypatch):
+    """Whatever a message makes the parser raise, it is one counted rejection and the
+    next message is read: the source is never restarted for a bad message."""
+    source, counters = make_source(mosquitto, tmp_path, turbine_pattern="t[0-9]+")
+    parse = source.parser.parse
+
+    def buggy(topic, payload, turbines, values, rejected):
+        if payload == b"boom":
+            turbines.append("t0")  # half a row, then a failure nobody foresaw
+            raise KeyError("a bug")
+        return parse(topic, payload, turbines, values, rejected)
+
+    monkeypatch.setattr(source.parser, "parse", buggy)
+    collect = Collector()
+    record = ",".join(farm_records(ticks=1, turbines=1)[0])
+    nested = '{"a":' * 2000 + "1" + "}" * 2000
+    with capture_logs() as logs:
+        async with running(source, collect) as task, publisher(mosquitto) as pub:
+            await subscribed(source)
+            for payload, topic in ((nested, "t1"), ("boom", "t1"), ("[" * 5000, "t1"),
+                                   (record, "ghost"), (record, "t" * 5000), (record, "t2")):
+                await pub.publish(f"turbines/{topic}/raw", payload)
+            await collect.wait_rows(1)
+            assert not task.done()
+    assert collect.turbines() == ["t2"]
+    assert {reason: counters.get("messages_rejected", source=NAME, reason=reason)
+            for reason in ("too_deep", "decode_failed", "turbine_not_allowed",
+                           "bad_turbine_id")} == {"too_deep": 2, "decode_failed": 1,
+                                                  "turbine_not_allowed": 1,
+                                                  "bad_turbine_id": 1}
+    failed = [e for e in logs if e.get("reason") == "decode_failed"]
+    assert failed[0]["detail"] == "KeyError: 'a bug'"
+    assert max(len(str(e)) for e in logs) < 2000  # a 5,000-character id is not logged whole
+
+
+def test_the_inbox_is_bounded_in_bytes():
+    from edged.builtin.mqtt.connection import Inbox
+
+    dropped = []
+    inbox = Inbox(100, on_drop=lambda: dropped.append(1), max_bytes=1000)
+    message = type("Message", (), {})
+    for size in (400, 400, 400, 100):
+        item = message()
+        item.payload = b"x" * size
+        inbox.put_nowait(item)
+    assert len(dropped) == 1 and len(inbox) == 3 and inbox.bytes == 900
+    assert [len(m.payload) for m in inbox.take(2)] == [400, 400] and inbox.bytes == 100
+    assert len(inbox.take(10)) == 1 and inbox.bytes == 0
