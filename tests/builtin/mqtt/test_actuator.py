@@ -167,6 +167,20 @@ async def test_stale_sensors_are_published_without_commands(mosquitto):
     assert message.body["groups"] == [] and message.body["model"] is None
 
 
+async def test_a_summary_of_stale_sensors_is_one_message(mosquitto):
+    """Beyond the first few turbines of one watch, the pipeline sums the rest up in one
+    event for turbine "*" (edged.runtime.pipeline.MAX_SENSOR_EVENTS)."""
+    summary = Event(kind="sensor_stale", pipeline="turbines", turbine="*",
+                    time=1718000000.0, detail={"turbines": 990})
+    async with subscribed(mosquitto) as sub, make(mosquitto) as actuator:
+        await actuator.handle(summary)
+        await sub.wait(1)
+        await asyncio.sleep(0.2)
+    [message] = sub.messages
+    assert message.topic == "edged/gw-7/alarms/*"
+    assert (message.body["turbine"], message.body["detail"]) == ("*", {"turbines": 990})
+
+
 # 1 s: the first publish attempt outlasts the outage; 3 s: it does not (connect_timeout_s
 # is 2 s), and the actuator tries again.
 @pytest.mark.parametrize("down_for", [1, 3])
