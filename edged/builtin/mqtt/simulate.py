@@ -16,7 +16,6 @@ each publish), which keeps 1,000 turbines at 20 Hz within a fraction of one core
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import select
@@ -31,6 +30,7 @@ import paho.mqtt.client as mqtt
 import structlog
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edged import strict_json
 from edged.builtin.mqtt.formats import LAYOUTS, PLACEHOLDER, check_template
 from edged.log import RateLimit
 from edged.registry import CliCommand
@@ -305,10 +305,12 @@ class Simulation:
     def _on_control(self, _client: mqtt.Client, _userdata: Any,
                     message: mqtt.MQTTMessage) -> None:
         try:
-            self.control(json.loads(message.payload))
-        except (ValueError, TypeError, KeyError) as exc:
+            # Anyone on the broker may publish here: bounded, or a nested message would
+            # end the simulator (RecursionError) from inside paho's callback.
+            self.control(strict_json.loads(message.payload, max_bytes=4096, max_depth=4))
+        except (ValueError, TypeError, KeyError) as exc:  # JsonError is a ValueError
             log.warning("simulate_control_rejected", payload=message.payload[:200].decode(
-                errors="replace"), error=str(exc))
+                errors="replace"), error=str(exc)[:200])
 
     def control(self, command: dict) -> None:
         """Apply one control command (see the module docstring); ValueError if bad."""
