@@ -243,9 +243,11 @@ class Pipeline:
         """Up to ``count`` slots silent for over ``stale_after_s``, not in ``busy``,
         the longest-silent first."""
         silent = now - self.buffers.last_seen[: len(self.buffers.names)]
+        silent[busy] = -np.inf
         stale = np.flatnonzero(silent > self.spec.stale_after_s)
-        stale = stale[~np.isin(stale, busy)]
-        return stale[np.argsort(-silent[stale], kind="stable")[:count]]
+        if count < len(stale):  # a few of many (a flood, batch after batch): no full sort
+            stale = stale[np.argpartition(-silent[stale], count - 1)[:count]]
+        return stale[np.argsort(-silent[stale], kind="stable")]
 
     def _evict(self, slots: np.ndarray, reason: str) -> None:
         """Forget the turbines in ``slots`` and everything kept per slot about them."""
