@@ -1,16 +1,16 @@
 """check_depth's quick test (edged.strict_json._bounded) against the tokenizer it
-stands in for: never lets a deeper document through, and on JSON agrees exactly."""
+stands in for: never lets a deeper document through, and on JSON agrees exactly.
+(loads over any input: test_strict_json_loads_fuzz.py.)"""
 
 from __future__ import annotations
 
-import contextlib
 import json
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edged.strict_json import JsonError, TooDeep, check_depth, loads, nesting_depth
+from edged.strict_json import TooDeep, check_depth, loads, nesting_depth
 
 # Every character nesting depends on, and a few it does not.
 _TEXT = st.text(alphabet='[]{}"\\a:,1 é', max_size=300)
@@ -43,13 +43,6 @@ def test_on_json_it_agrees_with_the_tokenizer(value, depth):
     text = json.dumps(value, ensure_ascii=False)
     assert raises(text, depth) == (nesting_depth(text) > depth)
     assert raises(text.encode(), depth) == (nesting_depth(text) > depth)
-
-
-@pytest.mark.fuzz
-@given(st.binary(max_size=300))
-def test_loads_returns_a_value_or_json_error(data):
-    with contextlib.suppress(JsonError):
-        loads(data, max_depth=4)
 
 
 def test_a_deep_message_is_refused_before_it_is_parsed():
