@@ -32,7 +32,13 @@ from pydantic import ValidationError
 from edged.bundle.build import ALG, SAFE_NAME, SIGNATURE
 from edged.bundle.errors import BundleError
 from edged.bundle.keys import TrustStore
-from edged.modelpkg import MANIFEST, ModelManifest, TensorSpec, sha256_file
+from edged.modelpkg import (
+    MANIFEST,
+    MAX_MANIFEST_BYTES,
+    ModelManifest,
+    TensorSpec,
+    sha256_file,
+)
 from edged.strict_json import JsonError
 from edged.strict_json import loads as strict_loads
 
@@ -51,8 +57,7 @@ _CHUNK = 1 << 16
 MAX_METADATA_BYTES = 64 * 1024
 #: Metadata headers in a row before one file: tarfile reads such a chain recursively.
 MAX_METADATA_CHAIN = 8
-#: Largest manifest.json and manifest.sig read: they are parsed whole.
-MAX_MANIFEST_BYTES = 1 * MiB
+#: Largest manifest.sig read (it is parsed whole); manifest.json's is modelpkg's.
 MAX_SIGNATURE_BYTES = 4096
 _METADATA_TYPES = frozenset({tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
                              tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK})
