@@ -18,6 +18,10 @@ from edged.runtime.queues import BoundedQueue
 
 log = structlog.get_logger("edged.actuation")
 
+#: Turbines an alarm tracker remembers at once (a streak, an active alarm or a cooldown
+#: each); beyond it the least recently decided is forgotten (docs/limits.md).
+MAX_ALARM_STATES = 100_000
+
 
 @dataclass
 class _AlarmState:
@@ -37,12 +41,18 @@ class AlarmTracker:
     """
 
     def __init__(self, debounce: int, clear_after: int, cooldown_s: float,
-                 clock=time.monotonic) -> None:
+                 clock=time.monotonic, max_states: int = MAX_ALARM_STATES) -> None:
         self.debounce = debounce
         self.clear_after = clear_after
         self.cooldown_s = cooldown_s
         self.clock = clock
         self.suppressed = 0
+        self.forgotten = 0  # states dropped over max_states, least recently decided first
+        self.max_states = max_states
+        # Only turbines with something to remember (a streak, an active alarm, a cooldown
+        # running), least recently decided first: ids come from whoever can publish, and
+        # a pipeline evicts silent turbines, so a state per name ever seen would grow
+        # without end.
         self._state: dict[str, _AlarmState] = {}
 
     def active(self, turbine: str) -> bool:
@@ -51,17 +61,26 @@ class AlarmTracker:
 
     def update(self, decision: Decision, features: Sequence[str],
                thresholds: Sequence[float]) -> Event | None:
-        state = self._state.setdefault(decision.turbine, _AlarmState())
+        turbine = decision.turbine
+        state = self._state.pop(turbine, None)
         if not decision.is_anomalous:
+            if state is None:
+                return None
             state.streak = 0
             if not state.active:
+                if self.clock() - state.last_alarm < self.cooldown_s:
+                    self._keep(turbine, state)  # the cooldown must outlive the streak
                 return None
+            self._keep(turbine, state)
             state.healthy += 1
             if state.healthy < self.clear_after:
                 return None
             state.active, state.groups, state.healthy = False, frozenset(), 0
             return self._event("clear", decision, features, thresholds, ())
 
+        if state is None:
+            state = _AlarmState()
+        self._keep(turbine, state)
         state.streak += 1
         state.healthy = 0
         groups = frozenset(g for g, flagged in decision.groups.items() if flagged)
@@ -80,6 +99,12 @@ class AlarmTracker:
         return self._event("alarm", decision, features, thresholds, ordered,
                            {"consecutive": state.streak, "primary": decision.primary,
                             "rows": decision.rows})
+
+    def _keep(self, turbine: str, state: _AlarmState) -> None:
+        self._state[turbine] = state  # as the most recently decided
+        if len(self._state) > self.max_states:
+            del self._state[next(iter(self._state))]
+            self.forgotten += 1
 
     @staticmethod
     def _event(kind, decision: Decision, features, thresholds, groups, detail=None) -> Event:
@@ -113,10 +138,15 @@ class ActuatorBinding:
 
     def on_decisions(self, decisions: Sequence[Decision], features: Sequence[str],
                      thresholds: Sequence[float]) -> None:
+        tracker = self.tracker
+        forgotten = tracker.forgotten
         for decision in decisions:
-            event = self.tracker.update(decision, features, thresholds)
+            event = tracker.update(decision, features, thresholds)
             if event is not None:
                 self.on_event(event)
+        if tracker.forgotten != forgotten:
+            self.counters.inc("alarm_states_forgotten", tracker.forgotten - forgotten,
+                              actuator=self.name)
 
     def on_event(self, event: Event) -> None:
         if event.kind not in self._kinds:

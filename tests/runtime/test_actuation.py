@@ -120,6 +120,36 @@ def test_turbines_are_independent():
     assert tracker.active("b") and tracker.active("c") and not tracker.active("a")
 
 
+def test_only_turbines_with_something_to_remember_hold_a_state():
+    # Ids come from whoever can publish: 10,000 names decided healthy, or anomalous once
+    # and healthy again with no cooldown running, leave nothing behind.
+    clock = FakeClock()
+    tracker = AlarmTracker(debounce=2, clear_after=1, cooldown_s=30, clock=clock)
+    feed(tracker, *(good(f"ghost-{i}") for i in range(10_000)))
+    feed(tracker, *(d for i in range(1000) for d in (bad(f"blip-{i}"), good(f"blip-{i}"))))
+    assert tracker._state == {}
+    # An alarm and its cooldown are remembered past the clear, and then forgotten.
+    assert [e.kind for e in feed(tracker, bad(), bad(), good())] == ["alarm", "clear"]
+    assert list(tracker._state) == ["t0"]
+    assert feed(tracker, bad(), bad()) == [] and tracker.suppressed == 1
+    clock.now += 31
+    feed(tracker, good())
+    assert tracker._state == {}
+
+
+def test_past_max_states_the_least_recently_decided_is_forgotten_and_counted():
+    tracker = AlarmTracker(debounce=1, clear_after=1, cooldown_s=0, clock=FakeClock(),
+                           max_states=3)
+    feed(tracker, bad("a"), bad("b"), bad("c"), bad("a"), bad("d"))
+    assert list(tracker._state) == ["c", "a", "d"] and tracker.forgotten == 1
+    assert tracker.active("a") and not tracker.active("b")
+
+    b = binding(Recorder(), debounce=5)
+    b.tracker.max_states = 2
+    b.on_decisions([bad(f"t{i}") for i in range(5)], FEATURES, THRESHOLDS)
+    assert b.counters.get("alarm_states_forgotten", actuator="rec") == 3
+
+
 def test_a_new_group_while_active_re_raises_cooldown_permitting():
     clock = FakeClock()
     tracker = AlarmTracker(debounce=1, clear_after=5, cooldown_s=10, clock=clock)
