@@ -41,19 +41,32 @@ class AnomalySpec(_Strict):
                        "captured after an anomaly.")
 
 
-#: Free space a capture spool leaves on its filesystem by default (MiB): room for the
-#: journal, the model store and the state files that share the disk.
+#: Free space a capture spool leaves on its filesystem by default: room for the journal,
+#: the model store and the state files that share the disk; on a small filesystem a share
+#: of it instead (journald's rule), so that a spool on its own small disk still captures.
 MIN_FREE_MB = 32.0
+MIN_FREE_SHARE = 0.15
+
+
+def default_reserve(filesystem_bytes: int) -> int:
+    """The free space a spool leaves when ``min_free_mb`` is not set."""
+    return int(min(MIN_FREE_MB * 1024 * 1024, MIN_FREE_SHARE * filesystem_bytes))
+
+
+def reserve_bytes(min_free_mb: float | None) -> int | None:
+    """``min_free_mb`` as bytes; None (the default, sized by the filesystem) if unset."""
+    return None if min_free_mb is None else int(min_free_mb * 1024 * 1024)
 
 
 class CaptureSpoolSpec(_Strict):
     budget_mb: float = Field(256.0, gt=0, description="Disk the spool may use (what its "
                              "files take on disk, whole blocks); beyond it the oldest "
                              "records without an anomaly are dropped first.")
-    min_free_mb: float = Field(
-        MIN_FREE_MB, ge=0, description="Free space the spool leaves on its filesystem: "
+    min_free_mb: float | None = Field(
+        None, ge=0, description="Free space the spool leaves on its filesystem: "
         "below it the oldest records are dropped as for the budget, and new ones are "
-        "refused (counted) when nothing can be dropped. 0: write until the disk is full.")
+        "refused (counted) when nothing can be dropped. 0: write until the disk is full. "
+        "Default: 32 MiB, or 15% of a filesystem smaller than 213 MiB.")
     fsync: Literal["always", "batch", "never"] = Field(
         "batch", description="always: each record is its own fsync'ed file; batch: each "
         "write of the records queued at that moment is fsync'ed once; never: no fsync "

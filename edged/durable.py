@@ -64,9 +64,9 @@ def disk_bytes(stat: os.stat_result) -> int:
     return max(stat.st_blocks * 512, stat.st_size)
 
 
-def free_space(path: Path) -> tuple[int, int]:
-    """(bytes an unprivileged writer may still use, allocation unit) of the filesystem
-    holding ``path``."""
+def free_space(path: Path) -> tuple[int, int, int]:
+    """(bytes an unprivileged writer may still use, allocation unit, size) of the
+    filesystem holding ``path``."""
     vfs = os.statvfs(path)
     unit = vfs.f_frsize or vfs.f_bsize or 4096
-    return vfs.f_bavail * unit, unit
+    return vfs.f_bavail * unit, unit, vfs.f_blocks * unit

@@ -34,7 +34,7 @@ from edged.capture.policy import (
     Sampler,
 )
 from edged.capture.uplink import Budget, CaptureUplink, Entry, UplinkSettings
-from edged.capture_config import PipelineCaptureSpec
+from edged.capture_config import PipelineCaptureSpec, reserve_bytes
 from edged.durable import read_at_most, write_durably
 from edged.events import Decision, Event
 from edged.metrics import Counters
@@ -108,7 +108,7 @@ class PipelineCapture:
                            max_backoff_s=upload.max_backoff_s,
                            upload_attempts=upload.attempts, fsync=spec.spool.fsync,
                            budget_bytes=int(spec.spool.budget_mb * 1024 * 1024),
-                           min_free_bytes=int(spec.spool.min_free_mb * 1024 * 1024)),
+                           min_free_bytes=reserve_bytes(spec.spool.min_free_mb)),
             device=device, counters=counters, labels={"pipeline": pipeline}, budget=budget)
         self._clock = clock
         self.queue: asyncio.Queue[Item] = asyncio.Queue(spec.spool.queue_size)

@@ -271,8 +271,8 @@ class SegmentSpool:
         write_durably(path, lines, self.fsync)
         return Segment(seq, anomalous, len(lines), disk_bytes(os.stat(path)))
 
-    def space(self) -> tuple[int, int]:
-        """(free bytes, allocation unit) of the spool's filesystem."""
+    def space(self) -> tuple[int, int, int]:
+        """(free bytes, allocation unit, size) of the spool's filesystem."""
         return free_space(self.segments_dir)
 
     def delete_segments(self, names: Iterable[str]) -> None:

@@ -46,7 +46,7 @@ from edged.capture.records import (
 )
 from edged.capture.spool import SpoolLocked, StatusLog
 from edged.capture.uplink import Budget, CaptureUplink, UplinkSettings
-from edged.capture_config import MIN_FREE_MB
+from edged.capture_config import reserve_bytes
 from edged.config import Strict
 from edged.errors import EdgedError
 from edged.log import RateLimit
@@ -110,10 +110,11 @@ class CapturePolicy(Strict):
     fsync: bool = Field(
         True, description="fsync the spool and Disk objects; off: a power cut may lose "
         "the last captures (a process crash still loses none).")
-    min_free_mb: float = Field(
-        MIN_FREE_MB, ge=0, description="Free space the spool leaves on its filesystem; "
+    min_free_mb: float | None = Field(
+        None, ge=0, description="Free space the spool leaves on its filesystem; "
         "below it new captures are refused (captures_rejected{reason=disk_full}). 0: "
-        "write until the disk is full.")
+        "write until the disk is full. Default: 32 MiB, or 15% of a filesystem smaller "
+        "than 213 MiB.")
 
 
 class CaptureSettings(CapturePolicy):
@@ -195,7 +196,7 @@ class CaptureStore:
                            max_backoff_s=settings.retry_max_backoff_s,
                            upload_attempts=settings.upload_attempts,
                            fsync="batch" if settings.fsync else "never",
-                           min_free_bytes=int(settings.min_free_mb * 1024 * 1024),
+                           min_free_bytes=reserve_bytes(settings.min_free_mb),
                            drop_oldest=False),
             device=settings.device_name, counters=self.counters, labels=AGENT_LABELS,
             budget=budget, on_settled=self._settled)

@@ -46,6 +46,7 @@ from edged.capture.segments import (
     build_objects,
     decode_line,
 )
+from edged.capture_config import default_reserve
 from edged.log import RateLimit
 from edged.metrics import Counters
 from edged.runtime.tasks import run_to_end
@@ -87,7 +88,9 @@ class UplinkSettings:
     upload_attempts: int = 5  # permanent failures in a row before an upload is set aside
     fsync: Literal["always", "batch", "never"] = "batch"
     budget_bytes: int | None = None  # spool size on disk at most; None: unbounded
-    min_free_bytes: int = 0  # free space the spool leaves on its filesystem
+    # Free space the spool leaves on its filesystem; None: capture_config's default,
+    # sized by the filesystem.
+    min_free_bytes: int | None = 0
     # Make room by dropping the oldest records; off, new records are refused instead
     # (the agent's: each one's client was told it is stored).
     drop_oldest: bool = True
@@ -238,10 +241,13 @@ class CaptureUplink:
     async def _write_and_count(self, entries: list[Entry], seq: int,
                                per_record: bool) -> list[Segment]:
         try:
-            free, unit = await asyncio.to_thread(self.spool.space)
+            free, unit, size = await asyncio.to_thread(self.spool.space)
         except OSError:
-            free, unit = None, 4096  # the reserve cannot be checked; the budget still is
-        plan = self._plan(_planned_segments(entries, seq, per_record), free, unit)
+            free, unit, size = None, 4096, 0  # no reserve to check; the budget still is
+        reserve = self.settings.min_free_bytes
+        if reserve is None:
+            reserve = default_reserve(size)
+        plan = self._plan(_planned_segments(entries, seq, per_record), free, unit, reserve)
         segments, error, failed = await asyncio.to_thread(self._apply, plan)
         self._written(segments)
         if plan.refused:
@@ -253,11 +259,11 @@ class CaptureUplink:
         return segments
 
     def _plan(self, planned: list[tuple[int, bool, list[bytes]]], free: int | None,
-              unit: int) -> _Plan:
+              unit: int, reserve: int) -> _Plan:
         """(Loop.) Which new segments fit, and which old ones go to make room for them:
         kept-longer records first; the victims leave the books at once."""
         plan = _Plan()
-        budget, reserve = self.settings.budget_bytes, self.settings.min_free_bytes
+        budget = self.settings.budget_bytes
         added = 0
         for seq, keep, lines in sorted(planned, key=lambda p: not p[1]):
             need = _on_disk(lines, unit)

@@ -176,6 +176,22 @@ async def test_the_reserve_keeps_free_space_and_writing_resumes_once(
         assert up.pending_bytes == on_disk(small_disk / "spool" / "segments")
 
 
+async def test_by_default_a_small_disk_of_its_own_keeps_a_share_free_and_captures(
+        tmp_path: Path, small_disk: Path):
+    # No min_free_mb: 32 MiB would be more than this 2 MiB disk holds; 15% of it is kept.
+    counters = Counters()
+    async with uplink(small_disk / "spool", tmp_path / "out", counters,
+                      min_free_bytes=None) as up:
+        for i in range(600):
+            await up.write([(False, line(i))])
+        vfs = os.statvfs(small_disk)
+        free, size = vfs.f_bavail * vfs.f_frsize, vfs.f_blocks * vfs.f_frsize
+        assert 0.15 * size - 4096 <= free <= 0.15 * size + 8 * 4096
+        assert up.refusing is None
+        assert counters.get("capture_dropped", pipeline="p", reason="disk_space") > 0
+        assert len(list((small_disk / "spool" / "segments").iterdir())) > 300
+
+
 async def test_a_write_the_disk_refuses_is_dropped_and_leaves_nothing_behind(
         tmp_path: Path, small_disk: Path, monkeypatch):
     counters = Counters()
@@ -185,7 +201,7 @@ async def test_a_write_the_disk_refuses_is_dropped_and_leaves_nothing_behind(
         assert await up.write([(False, line(i)) for i in range(5)])
         fill(small_disk)
         # statvfs wrong (another writer raced it): the write itself meets ENOSPC.
-        monkeypatch.setattr(up.spool, "space", lambda: (1 << 30, 4096))
+        monkeypatch.setattr(up.spool, "space", lambda: (1 << 30, 4096, 1 << 31))
         assert await up.write([(False, line(i, size=20_000)) for i in range(5, 10)]) == []
         assert up.refusing == "disk_full"
         assert counters.get("capture_dropped", pipeline="p", reason="disk_full") == 5
