@@ -19,6 +19,7 @@ import yaml
 from edged.builtin.simulator import SimulatorSource
 from edged.cli import EX_CONFIG, EX_FAILURE, EX_OK, _configure_logs, _load, _report_config_error
 from edged.config import parse_config
+from edged.config_yaml import load_yaml, read_config_text
 from edged.errors import ComponentStartError, ConfigError
 from edged.events import Decision, Event
 from edged.runtime.graph import Graph
@@ -168,10 +169,10 @@ def verdict(result: dict, tail_s: float) -> list[str]:
 
 
 def _demo_config_text(path: Path, turbines: int | None) -> str:
-    text = path.read_text(encoding="utf-8")
+    text = read_config_text(path)  # under the config bounds, as every config file is
     if turbines is None:
         return text
-    data = yaml.safe_load(text)
+    data, _ = load_yaml(text, str(path))
     for source in data.get("sources", {}).values():
         if isinstance(source, dict) and source.get("type") == "simulator":
             source["turbines"] = turbines

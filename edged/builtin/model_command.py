@@ -111,10 +111,13 @@ def _peek_name(directory: Path) -> str | None:
     """The model name an extracted, not yet verified manifest claims, to find the store
     whose version and schema it must meet; None if there is none to read (then
     ``verify_bundle`` refuses the manifest itself)."""
-    from edged.modelpkg import MANIFEST
+    from edged.durable import read_at_most
+    from edged.modelpkg import MANIFEST, MAX_MANIFEST_BYTES
+    from edged.strict_json import loads
 
     try:
-        name = json.loads((directory / MANIFEST).read_bytes()).get("name")
+        data = read_at_most(directory / MANIFEST, MAX_MANIFEST_BYTES)
+        name = loads(data, max_bytes=MAX_MANIFEST_BYTES).get("name")
     except (OSError, ValueError, AttributeError):
         return None
     if not isinstance(name, str) or not name or Path(name).name != name \
