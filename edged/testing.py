@@ -875,24 +875,52 @@ class Measured:
     stderr: str
 
 
+# Runs ``python -m MODULE ARGS`` and, at exit, writes the process's own peak RSS (VmHWM,
+# kB) to the file named first. Not wait4's ru_maxrss: Linux carries the parent's peak
+# over fork and exec into it, so a child of a 1 GB test runner "peaks" at 1 GB.
+_PEAK_WRAPPER = """\
+import atexit, runpy, sys
+def report(path=sys.argv[1]):
+    with open("/proc/self/status") as status:
+        peak = next(line for line in status if line.startswith("VmHWM:")).split()[1]
+    with open(path, "w") as out:
+        out.write(peak)
+atexit.register(report)
+sys.argv = sys.argv[2:]
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+
+
+def _peak_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return int(next(line for line in status if line.startswith("VmHWM:")).split()[1])
+    except (OSError, StopIteration, ValueError):
+        return 0
+
+
 def run_measured(args: list[str], *, timeout: float, env: dict[str, str] | None = None,
                  cwd: Path | None = None) -> Measured:
-    """``python -m ARGS``, killed after ``timeout`` s; its peak RSS from wait4's rusage."""
+    """``python -m ARGS``, killed after ``timeout`` s; its own peak RSS (VmHWM, reported
+    at exit, or last seen while it ran if it was killed)."""
     import tempfile
 
     started = time.monotonic()
-    with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([sys.executable, "-m", *args], cwd=cwd,
-                                env={**os.environ, **(env or {})},
+    with tempfile.TemporaryFile("w+") as err, tempfile.NamedTemporaryFile("r") as peak:
+        proc = subprocess.Popen([sys.executable, "-c", _PEAK_WRAPPER, peak.name, *args],
+                                cwd=cwd, env={**os.environ, **(env or {})},
                                 stdout=subprocess.DEVNULL, stderr=err, text=True)
-        timer = threading.Timer(timeout, proc.kill)
-        timer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+        seen = 0
+        while proc.poll() is None:
+            seen = max(seen, _peak_kb(proc.pid))
+            if time.monotonic() - started > timeout:
+                proc.kill()
+                proc.wait()
+                break
+            time.sleep(0.02)
         seconds = time.monotonic() - started
+        reported = peak.read().strip()
         err.seek(0)
         stderr = err.read()
-    return Measured(proc.returncode, seconds, usage.ru_maxrss / 1024, stderr)
+    peak_kb = max(seen, int(reported) if reported.isdigit() else 0)
+    return Measured(proc.returncode, seconds, peak_kb / 1024, stderr)
