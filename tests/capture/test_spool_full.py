@@ -105,14 +105,19 @@ async def test_a_full_spool_disk_stops_neither_the_daemon_nor_its_restart(
       destination: {{type: s3, bucket: nowhere, region: us-east-1,
                      endpoint_url: "http://127.0.0.1:{free_port()}"}}
 metrics: {{listen: "127.0.0.1:{port}"}}
+actuators:
+  operator-log: {{type: log, inputs: [turbines]}}
 """
     config = tmp_path / "edged.yaml"
-    config.write_text(farm_config("dev-full", small_disk, interval_s=0.2) + capture)
+    config.write_text(farm_config("dev-full", small_disk, interval_s=0.2,
+                                  faults="2:voltage@2-600") + capture)
     leave_a_previous_run(small_disk / "capture" / "turbines")
     fill(small_disk)
 
     with EdgedProcess(config, ENV, cwd=tmp_path) as daemon:
         figures = await watch(daemon, port)
+        # The fault injected on the full disk is detected and acted on all the same.
+        assert (await daemon.wait_for("turbine_alarm", 30))["turbine"] == "turbine-2"
         replay = await daemon.wait_for("capture_replay")
         assert daemon.stop() == 0
     assert replay["segments"] == 3 and replay["uploads"] == 1
@@ -124,6 +129,7 @@ metrics: {{listen: "127.0.0.1:{port}"}}
     # Started again on the disk still full: it comes up, decides and stops cleanly.
     with EdgedProcess(config, ENV, cwd=tmp_path) as again:
         figures = await watch(again, port)
+        assert (await again.wait_for("turbine_alarm", 30))["turbine"] == "turbine-2"
         assert again.stop() == 0
     assert figures['edged_capture_dropped_total{pipeline="turbines",reason="disk_full"}'] > 0
     assert not list((small_disk / "capture" / "turbines" / "segments").glob(".*.tmp"))
