@@ -1,4 +1,6 @@
-"""Every exception edged raises on purpose, in one place."""
+"""The base of every exception edged raises on purpose, and the errors shared across
+packages. A package's own errors live beside its code (``edged.bundle.errors``,
+``edged.agent.errors``, ``edged.jobs.protocol``, ...), all subclasses of EdgedError."""
 
 from __future__ import annotations
 

@@ -82,12 +82,12 @@ def _collect(pm: pluggy.PluginManager, infos: dict[str, PluginInfo], blocked) ->
     is attributed to the plugin that registered it."""
     registry = Registry(blocked=tuple(blocked))
     registers: dict[str, list[str]] = {name: [] for name in infos}
-    for impl in pm.hook.edged_component_types.get_hookimpls():
-        for component in impl.function() or ():
+    for impl, components in _per_plugin(pm, pm.hook.edged_component_types):
+        for component in components:
             registry.add_component(impl.plugin_name, component)
             registers[impl.plugin_name].append(f"{component.kind}:{component.name}")
-    for impl in pm.hook.edged_cli_commands.get_hookimpls():
-        for command in impl.function() or ():
+    for impl, commands in _per_plugin(pm, pm.hook.edged_cli_commands):
+        for command in commands:
             registry.add_command(impl.plugin_name, command, set(CORE_COMMANDS))
             registers[impl.plugin_name].append(f"command:{command.name}")
     registry.plugins = [
@@ -95,3 +95,13 @@ def _collect(pm: pluggy.PluginManager, infos: dict[str, PluginInfo], blocked) ->
         for name, info in sorted(infos.items())
     ]
     return registry
+
+
+def _per_plugin(pm: pluggy.PluginManager, hook: pluggy.HookCaller):
+    """(implementation, what it returned) for each plugin's implementation of ``hook``.
+    Each call goes through the manager's hook executor, not the bare function, so hook
+    tracing (EDGED_TRACE_HOOKS) shows the registration hooks too; pluggy has no public
+    call of one implementation (subset_hook_caller needs hashable plugins)."""
+    for impl in hook.get_hookimpls():
+        results = pm._hookexec(hook.name, [impl], {}, False)
+        yield impl, results[0] if results and results[0] else ()

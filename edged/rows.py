@@ -102,14 +102,6 @@ class RowDecoder:
             raise RowError(WRONG_WIDTH, f"expected {self.width} fields, got {len(fields)}")
         return self.turbine_id(fields[self._turbine], f"column {self._turbine}")
 
-    def turbine_of_mapping(self, row: Mapping[str, object]) -> str:
-        """The turbine id of a keyed row."""
-        if self.turbine_key is None:
-            raise RowError(NO_TURBINE, "no turbine key configured")
-        if self.turbine_key not in row:
-            raise RowError(NO_TURBINE, f"no key {self.turbine_key!r}")
-        return self.turbine_id(row[self.turbine_key], f"key {self.turbine_key!r}")
-
     def turbine_id(self, raw: object, where: str) -> str:
         """A turbine id read from a row: see :func:`turbine_id`, under this layout's
         ``turbine_pattern``."""

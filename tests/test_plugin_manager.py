@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import re
 import subprocess
 import sys
@@ -285,3 +286,15 @@ def test_plugin_guide_names_no_hook_that_does_not_exist():
     mentioned = set(re.findall(r"`(edged_[a-z_]+)\(", guide.read_text(encoding="utf-8")))
     assert mentioned, "docs/plugins.md mentions no hook"
     assert mentioned <= set(_hookspecs()), mentioned - set(_hookspecs())
+
+
+def test_hook_tracing_shows_the_registration_hooks_too():
+    # Registration hooks are called one plugin at a time (for attribution), through the
+    # manager's executor: EDGED_TRACE_HOOKS must show them, as it shows every other hook.
+    done = subprocess.run(
+        [sys.executable, "-m", "edged", "--log-level", "debug", "--log-format", "json",
+         "plugins", "--json"], capture_output=True, text=True, check=True,
+        env={**os.environ, "EDGED_TRACE_HOOKS": "1"})
+    traced = [line for line in done.stderr.splitlines() if "hook_trace" in line]
+    assert any("edged_component_types" in line and "simulator" in line for line in traced)
+    assert any("edged_cli_commands" in line for line in traced)

@@ -228,6 +228,3 @@ def _retrieve(work: asyncio.Future) -> None:
     if not work.cancelled():
         work.exception()
 
-
-def config_path(path: str | Path) -> Path:
-    return Path(path).expanduser().resolve()
