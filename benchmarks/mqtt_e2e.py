@@ -35,8 +35,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edged.testing import Mosquitto  # noqa: E402
 from edged.windturbine.simulator import Fault, WindFarm  # noqa: E402
+from tests.support import Mosquitto  # noqa: E402
 
 EDGED = [sys.executable, "-m", "edged"]
 RATE = 20.0

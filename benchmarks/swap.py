@@ -5,12 +5,12 @@ from the job's notification to the new model serving.
                                         [--tcp-nodelay none|cloud|all]
 
 Each run is a fresh device and its cloud, all real parts in this process except the
-broker: mosquitto, bundles over HTTP (``edged.testing.BundleServer``), the jobs service
-peer (``edged.jobs.peer.JobsService``) and the daemon graph itself (``build_graph`` and
-``Graph.run``, as ``edged run`` does), with a ``simulator`` source of T turbines at
-20 Hz, a pipeline serving ``store:windturbine`` every I seconds and a ``cloud:`` section.
-The bundle is the built-in reference model re-versioned to N+1 and signed with a fresh
-Ed25519 key that the device trusts.
+broker: mosquitto, bundles over HTTP (``tests.support.BundleServer``), the jobs service
+peer (``tests.support.jobs_peer.JobsService``) and the daemon graph itself
+(``build_graph`` and ``Graph.run``, as ``edged run`` does), with a ``simulator`` source
+of T turbines at 20 Hz, a pipeline serving ``store:windturbine`` every I seconds and a
+``cloud:`` section. The bundle is the built-in reference model re-versioned to N+1 and
+signed with a fresh Ed25519 key that the device trusts.
 
 A run: the farm's history goes in and every turbine is decided once; 2 s of warm-up;
 a 5 s baseline window; the job is queued (t0, the notification); the run waits for
@@ -83,12 +83,12 @@ from benchmarks.machine import cpu_name  # noqa: E402
 from edged.bundle import build_bundle  # noqa: E402
 from edged.bundle.keys import public_pem  # noqa: E402
 from edged.config import load_config  # noqa: E402
-from edged.jobs.peer import JobsService  # noqa: E402
 from edged.jobs.protocol import TERMINAL_STATUSES  # noqa: E402
 from edged.modelpkg import resolve_model_path  # noqa: E402
 from edged.plugin_manager import make_plugin_manager  # noqa: E402
 from edged.runtime.graph import build_graph  # noqa: E402
-from edged.testing import BundleServer, Mosquitto  # noqa: E402
+from tests.support import BundleServer, Mosquitto  # noqa: E402
+from tests.support.jobs_peer import JobsService  # noqa: E402
 
 THING = "swap-bench-gw"
 MODEL = "windturbine"

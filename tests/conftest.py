@@ -5,7 +5,7 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
-from edged.testing import Mosquitto
+from tests.support import Mosquitto
 
 # Property-based tests of the decoders of untrusted input are marked `fuzz`. `make test`
 # runs them seeded and small (the same examples every run, so CI never flakes on a new

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from edged.config_yaml import MAX_BYTES, ConfigFileError, read_config_text
-from edged.testing import farm_config, hostile_configs, run_measured
+from edged.testing import farm_config
+from tests.support import hostile_configs, run_measured
 
 ROOT = Path(__file__).resolve().parents[1]
 EX_CONFIG = 78

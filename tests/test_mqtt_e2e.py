@@ -15,7 +15,8 @@ from pathlib import Path
 
 import aiomqtt
 
-from edged.testing import EdgedProcess, eventually
+from edged.testing import eventually
+from tests.support import EdgedProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 FAULTY = "turbine-2"

@@ -27,7 +27,7 @@ from edged.config import load_config
 from edged.plugin_manager import make_plugin_manager
 from edged.runtime.supervisor import Supervisor
 from edged.sdnotify import Notifier
-from edged.testing import Mosquitto
+from tests.support import Mosquitto
 
 ROOT = Path(__file__).resolve().parents[1]
 SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes with the terminating NUL

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from edged.config import ShutdownSpec
-from edged.testing import unit_directive, unit_directives
+from tests.support import unit_directive, unit_directives
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "systemd" / "edged.service"

@@ -3,7 +3,7 @@ running daemon's SIGHUP reload, for the tree at ``--tree``.
 
     .venv/bin/python benchmarks/abuse/config_abuse.py [--tree PATH] [--window 15]
 
-Writes the hostile files of ``edged.testing.hostile_configs`` (this checkout's): not
+Writes the hostile files of ``tests.support.hostile_configs`` (this checkout's): not
 UTF-8, 100,000 levels of nesting, a 9-level alias bomb, a recursive alias, a 5,000-digit
 integer, a 1 MB file of 500,000 nodes and a valid config followed by 50 MB of comments.
 Then, with edged imported from ``--tree`` (default: the checkout this script lives in):
@@ -37,7 +37,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(HERE))
 
-from edged.testing import LoggedProcess, hostile_configs, run_measured  # noqa: E402
+from tests.support import LoggedProcess, hostile_configs, run_measured  # noqa: E402
 
 GOOD = """\
 device: {{id: abuse}}

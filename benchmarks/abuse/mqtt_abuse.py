@@ -42,7 +42,7 @@ import aiomqtt
 HERE = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(HERE))
 
-from edged.testing import Mosquitto  # noqa: E402  (this checkout's, whatever --tree is)
+from tests.support import Mosquitto  # noqa: E402  (this checkout's, whatever --tree is)
 
 NESTED = b'{"a":' * 2000 + b"1" + b"}" * 2000
 

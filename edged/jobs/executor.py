@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import shutil
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,9 +65,9 @@ from edged.runtime.tasks import cancel_and_wait
 
 log = structlog.get_logger("edged.jobs")
 
-#: Test hook: the executor stops at this phase (after saving it) and waits, so a test
-#: can kill the process there. It writes ``<state_dir>/jobs/paused-at-<phase>`` first.
-PAUSE_ENV = "EDGED_JOBS_PAUSE_AT"
+#: Awaited with the phase's name right after each phase is saved in the journal, before
+#: its first side effect: a test pauses there to kill the process at that phase.
+PhaseHook = Callable[[str], Awaitable[None]]
 #: How many times one execution describes itself for a fresh URL before it FAILS.
 URL_REFRESHES = 3
 
@@ -101,11 +101,12 @@ class JobsExecutor:
     """Runs deploy-model executions for the pipelines that serve a store model.
 
     ``pipelines`` maps each pipeline that jobs may update to the preprocessor factory a
-    new model's preprocessing is built with."""
+    new model's preprocessing is built with; ``on_phase`` (tests) see :data:`PhaseHook`."""
 
     def __init__(self, config: Any, *, link: BrokerLink, thing: str,
                  pipelines: dict[Pipeline, PreprocessorFactory], stores: dict[str, str],
-                 state_dir: Path, trust: TrustStore, counters: Counters) -> None:
+                 state_dir: Path, trust: TrustStore, counters: Counters,
+                 on_phase: PhaseHook | None = None) -> None:
         self.config = config  # edged.cloud.JobsConfig
         self.thing = thing
         self.pipelines = pipelines
@@ -119,7 +120,7 @@ class JobsExecutor:
         self._wake = asyncio.Event()
         self._announced = asyncio.Event()  # notify-next arrived while a job runs
         self._running: _Run | None = None
-        self._pause_at = os.environ.get(PAUSE_ENV)
+        self._on_phase = on_phase
 
     # -- the cloud link's service interface ------------------------------------------
 
@@ -183,7 +184,7 @@ class JobsExecutor:
             self.counters.inc("jobs_started")
             log.info("job_started", job=record.job_id, model=record.model,
                      version=record.version)
-            await self._pause("received")
+            await self._phase_hook("received")
         run = _Run(record, execution.version_number)
         if record.outcome is None:
             self._running = run
@@ -204,7 +205,7 @@ class JobsExecutor:
             self._tick(run)
             record.phase = "reporting"
             self.journal.save(record)
-            await self._pause("reporting")
+            await self._phase_hook("reporting")
         await self._report(run)
 
     async def _guarded(self, run: _Run) -> dict[str, str]:
@@ -432,16 +433,12 @@ class JobsExecutor:
         self._tick(run)
         run.record.phase = phase
         self.journal.save(run.record)  # before the phase's first side effect
-        await self._pause(phase)
+        await self._phase_hook(phase)
         await self._progress(run)
 
-    async def _pause(self, phase: str) -> None:
-        if self._pause_at != phase:
-            return
-        marker = self.journal.directory / f"paused-at-{phase}"
-        marker.write_text(str(os.getpid()))
-        log.warning("jobs_paused_for_test", phase=phase, env=PAUSE_ENV)
-        await asyncio.Event().wait()
+    async def _phase_hook(self, phase: str) -> None:
+        if self._on_phase is not None:
+            await self._on_phase(phase)
 
     def _details(self, record: JobRecord, **extra: Any) -> dict[str, str]:
         details: dict[str, Any] = {"phase": record.phase, "model": record.model,

@@ -1,7 +1,7 @@
 """The AWS IoT Jobs MQTT contract, device side: topics, requests, replies and limits.
 
-Pure functions and dataclasses, no I/O: the executor (not built yet) and the test peer
-(``edged.jobs.peer``) both speak through them, so the two cannot drift apart.
+Pure functions and dataclasses, no I/O: the executor and the tests' jobs service
+(``tests/support/jobs_peer.py``) both speak through them, so the two cannot drift apart.
 /work/shared/reference/iot-jobs.md is the contract; docs/jobs.md says what is built.
 
 The jobs package's exceptions live here, one place for all of them.

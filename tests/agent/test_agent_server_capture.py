@@ -18,7 +18,7 @@ from agent_testkit import MemoryCapture, inline, load_windturbine, windows
 
 from edged.agent.proto import agent_pb2 as pb
 from edged.capture.segments import read_object
-from edged.testing import S3Server, free_port
+from tests.support import S3Server, free_port
 
 
 def wait_status(stub, capture_id: str, want: int, timeout: float = 20.0) -> int:

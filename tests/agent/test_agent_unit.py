@@ -24,7 +24,7 @@ from agent_testkit import BUILTIN_MODEL, ROOT, inline, output_array, reference_p
 
 from edged.agent.proto import agent_pb2 as pb
 from edged.agent.proto import agent_pb2_grpc
-from edged.testing import unit_directive, unit_directives
+from tests.support import unit_directive, unit_directives
 
 UNIT = ROOT / "systemd" / "edged-agent.service"
 INSTALLED_EDGED = "/opt/edged/bin/edged"

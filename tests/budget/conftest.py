@@ -13,12 +13,11 @@ import aiomqtt
 
 from edged.builtin.mqtt.connection import publish_size
 from edged.testing import (
-    MqttPeer,
     eventually,  # noqa: F401  (the tests import it from here)
     farm_config,
-    free_port,
 )
 from edged.testing import running_graph as daemon  # noqa: F401
+from tests.support import MqttPeer, free_port
 
 THING = "turbine-gw-5"
 

@@ -11,8 +11,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edged.bundle.keys import public_pem
-from edged.jobs.peer import JobsService
-from edged.testing import Mosquitto
+from tests.support import Mosquitto
+from tests.support.jobs_peer import JobsService
 
 from .conftest import THING, Recorder, daemon, eventually, write_config
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from edged.alarm import KEYS
 from edged.events import Event
-from edged.testing import Mosquitto
+from tests.support import Mosquitto
 
 from .conftest import THING, Forwarder, Recorder, daemon, eventually, write_config
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from edged.budget import DataBudget, DataBudgetConfig
 from edged.builtin.mqtt.connection import BrokerConfig, BrokerLink, publish_size
 from edged.metrics import Counters
-from edged.testing import Mosquitto
+from tests.support import Mosquitto
 
 from .conftest import Forwarder
 

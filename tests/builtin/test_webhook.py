@@ -19,7 +19,7 @@ from edged.errors import ConfigError
 from edged.events import Event, ModelRef
 from edged.metrics import Counters
 from edged.plugin_manager import make_plugin_manager
-from edged.testing import free_port
+from tests.support import free_port
 
 
 @dataclass

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from edged.capture import AuxData, CaptureRecord, CaptureSettings, TensorData
-from edged.testing import S3Server
+from tests.support import S3Server
 
 
 def record(i: int = 0, *, model: str = "model-a", capture_id: str | None = None,

@@ -16,8 +16,9 @@ import yaml
 
 from edged.plugin_manager import make_plugin_manager
 from edged.runtime.graph import Graph
-from edged.testing import Mosquitto, MqttPeer, eventually
+from edged.testing import eventually
 from edged.testing import running_graph as daemon
+from tests.support import Mosquitto, MqttPeer
 
 _, REGISTRY = make_plugin_manager()
 THING = "turbine-gw-3"

@@ -29,7 +29,8 @@ from edged.iot_credentials import (
     provider_from_spec,
 )
 from edged.metrics import Counters
-from edged.testing import TestPki, eventually, free_port, make_pki
+from edged.testing import eventually
+from tests.support import TestPki, free_port, make_pki
 
 THING = "turbine-gw-01"
 ALIAS = "edged-capture-uploads"

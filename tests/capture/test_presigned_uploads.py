@@ -36,17 +36,9 @@ from edged.cloud import Cloud
 from edged.config import ConfigError, parse_config
 from edged.metrics import Counters
 from edged.plugin_manager import make_plugin_manager
-from edged.testing import (
-    EdgedProcess,
-    LoggedProcess,
-    Mosquitto,
-    MqttPeer,
-    S3Server,
-    eventually,
-    running_graph,
-    stop_task,
-)
+from edged.testing import eventually, running_graph, stop_task
 from edged_cloud.upload_signer import Signer, s3_client, serve, thing_of
+from tests.support import EdgedProcess, LoggedProcess, Mosquitto, MqttPeer, S3Server
 
 THING = "gw-presign-7"
 PREFIX = "fleet/captures"

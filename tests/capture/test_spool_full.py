@@ -19,7 +19,8 @@ from structlog.testing import capture_logs
 from edged.capture.destinations import DiskDestination
 from edged.capture.uplink import CaptureUplink, UplinkSettings
 from edged.metrics import Counters
-from edged.testing import EdgedProcess, farm_config, free_port
+from edged.testing import farm_config
+from tests.support import EdgedProcess, free_port
 
 HOUR = 1_700_000_000.0
 ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",

@@ -11,11 +11,11 @@ import aiomqtt
 
 from edged.plugin_manager import make_plugin_manager
 from edged.testing import (
-    MqttPeer,
     eventually,  # noqa: F401  (the tests import it from here)
     farm_config,
 )
 from edged.testing import running_graph as daemon  # noqa: F401
+from tests.support import MqttPeer
 
 _, REGISTRY = make_plugin_manager()
 THING = "turbine-gw-9"

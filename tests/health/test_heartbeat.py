@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from edged.health import SHADOW_STATE_LIMIT
-from edged.testing import Mosquitto, free_port
+from tests.support import Mosquitto, free_port
 
 from .conftest import THING, ShadowService, daemon, eventually, write_config
 

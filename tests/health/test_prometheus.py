@@ -11,7 +11,7 @@ import pytest
 
 from edged.config import MetricsSpec, load_config, split_listen
 from edged.errors import ConfigError
-from edged.testing import free_port
+from tests.support import free_port
 
 from .conftest import REGISTRY, daemon, eventually, write_config
 

@@ -23,7 +23,8 @@ from edged.bundle.keys import public_pem
 from edged.jobs.protocol import TERMINAL_STATUSES
 from edged.modelpkg import resolve_model_path
 from edged.modelstore import ModelStore
-from edged.testing import BundleServer, Mosquitto, farm_config
+from edged.testing import farm_config
+from tests.support import BundleServer, Mosquitto
 
 BUILTIN = resolve_model_path("builtin:windturbine-v1")
 THING = "turbine-gw-7"

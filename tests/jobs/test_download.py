@@ -1,4 +1,4 @@
-"""fetch_bundle against real HTTP: edged.testing.BundleServer with its faults, and moto's S3
+"""fetch_bundle against real HTTP: tests.support.BundleServer with its faults, and moto's S3
 server with a boto3 pre-signed URL. Bundles are a few hundred KiB and backoffs short."""
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from botocore.config import Config
 from edged.bundle.errors import BundleError
 from edged.jobs import download
 from edged.jobs.download import DownloadError, ExpiredUrl, Fetched, fetch_bundle
-from edged.jobs.peer import Presigner
-from edged.testing import BundleServer, S3Server, free_port, make_pki
+from tests.support import BundleServer, S3Server, free_port, make_pki
+from tests.support.jobs_peer import Presigner
 
 DATA = random.Random(7).randbytes(300 * 1024)
 SHA = hashlib.sha256(DATA).hexdigest()

@@ -20,10 +20,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edged.bundle import key_id
 from edged.config import load_config
 from edged.errors import ConfigError
-from edged.jobs.peer import JobsService, Presigner
 from edged.plugin_manager import make_plugin_manager
 from edged.runtime.graph import Graph, build_graph
-from edged.testing import Mosquitto, S3Server, eventually, make_pki, running_graph
+from edged.testing import eventually, running_graph
+from tests.support import Mosquitto, S3Server, make_pki
+from tests.support.jobs_peer import JobsService, Presigner
 
 from .conftest import THING, Fleet, document, finished, trust_key
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 
 from edged.bundle import extract_bundle, pack_bundle, sign_manifest
-from edged.jobs.peer import JobsService
 from edged.testing import eventually
+from tests.support.jobs_peer import JobsService
 
 from .conftest import THING, Fleet, finished
 from .test_executor import daemon, serving

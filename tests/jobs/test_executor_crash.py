@@ -1,9 +1,10 @@
 """kill -9 of the daemon at every phase of a model update: on restart it serves the old
 model or the new one (never none) and finishes the job correctly.
 
-The daemon runs as a real process (``edged run``); the test hook EDGED_JOBS_PAUSE_AT
-stops its executor right after a phase is saved in the journal, where the test kills
-it. The jobs service peer and the bundle server outlive the daemon, as AWS would."""
+The daemon runs as a real process (``edged run``); at a phase, it runs through
+tests/support/run_edged.py, whose executor hook stops right after the phase is saved in
+the journal, where the test kills it. The jobs service peer and the bundle server outlive
+the daemon, as AWS would."""
 
 from __future__ import annotations
 
@@ -12,18 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from edged.jobs.executor import PAUSE_ENV
 from edged.jobs.journal import PHASES
-from edged.jobs.peer import JobsService
-from edged.testing import EdgedProcess, eventually
+from edged.testing import eventually
+from tests.support import EdgedProcess
+from tests.support.jobs_peer import JobsService
 
 from .conftest import THING, Fleet, finished
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def daemon(config: Path, **env: str) -> EdgedProcess:
-    return EdgedProcess(config, env, cwd=ROOT)
+def daemon(config: Path, pause_jobs_at: str | None = None) -> EdgedProcess:
+    return EdgedProcess(config, cwd=ROOT, pause_jobs_at=pause_jobs_at)
 
 
 @pytest.mark.parametrize("phase", PHASES)
@@ -34,7 +35,7 @@ async def test_killed_at_each_phase_serves_a_model_and_finishes_the_job(fleet: F
     marker = fleet.state_dir / "jobs" / f"paused-at-{phase}"
     async with JobsService(fleet.broker.host, fleet.broker.port) as jobs:
         await jobs.queue_job(THING, "deploy-2", doc)
-        with daemon(config, **{PAUSE_ENV: phase}) as first:
+        with daemon(config, pause_jobs_at=phase) as first:
             await eventually(marker.exists, 60)
             first.kill()
         # The commit to the store is the last step of "activating": killed before the

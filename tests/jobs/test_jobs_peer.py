@@ -10,7 +10,7 @@ import pytest
 
 from edged.jobs import protocol
 from edged.jobs.document import parse_document
-from edged.jobs.peer import JobsService, Presigner
+from tests.support.jobs_peer import JobsService, Presigner
 
 THING = "turbine-7"
 DOCUMENT = {

@@ -13,7 +13,7 @@ import pytest
 
 from edged.builtin.mqtt.connection import BrokerConfig, BrokerLink
 from edged.metrics import Counters
-from edged.testing import Mosquitto, TestPki, make_pki
+from tests.support import Mosquitto, TestPki, make_pki
 
 THING = "turbine-7"
 NOTIFY = f"$aws/things/{THING}/jobs/notify-next"

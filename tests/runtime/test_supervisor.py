@@ -30,7 +30,7 @@ from edged.registry import ComponentType
 from edged.runtime import supervisor as supervisor_module
 from edged.runtime.graph import Graph
 from edged.runtime.supervisor import Supervisor
-from edged.testing import EdgedProcess, hostile_configs
+from tests.support import EdgedProcess, hostile_configs
 
 REPO = Path(__file__).resolve().parents[2]
 PIPELINE = "turbines"

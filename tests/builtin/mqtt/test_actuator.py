@@ -208,7 +208,7 @@ async def test_an_alarm_raised_while_the_broker_restarts_is_published_after(mosq
 
 
 async def test_an_event_waits_at_most_max_wait_s(tmp_path):
-    from edged.testing import Mosquitto
+    from tests.support import Mosquitto
 
     counters = Counters()
     broker = Mosquitto(tmp_path)

@@ -378,7 +378,7 @@ def cert_dir():
 
 
 async def test_tls_with_a_private_ca(tmp_path, cert_dir):
-    from edged.testing import Mosquitto, free_port
+    from tests.support import Mosquitto, free_port
 
     certs = make_certificates(cert_dir)
     for path in certs.values():
