@@ -193,7 +193,8 @@ class DiskDestinationSpec(_Strict):
 class UploadSpec(_Strict):
     interval_s: float = Field(30.0, gt=0, description="Upload what is spooled this often.")
     max_records: int = Field(10_000, ge=1, description="Records per upload at most.")
-    retry_backoff_s: float = Field(1.0, gt=0, description="First retry delay; doubles.")
+    retry_backoff_s: float = Field(1.0, gt=0, description="Bound of the first retry "
+                                   "delay (full jitter); doubles.")
     max_backoff_s: float = Field(60.0, gt=0, description="Upper bound of the retry delay.")
     attempts: int = Field(5, ge=1, description="Attempts at an upload the destination "
                           "refuses for good (no such bucket, access denied) before its "

@@ -68,7 +68,8 @@ class StartPolicy(Strict):
         "backoff, then fail; disable: log the reason and run without the component.",
     )
     attempts: int = Field(5, ge=1, description="Start attempts under the retry policy.")
-    backoff_s: float = Field(1.0, gt=0, description="First retry delay; doubles each time.")
+    backoff_s: float = Field(1.0, gt=0, description="Bound of the first retry delay (drawn "
+                             "uniformly below it, full jitter); doubles each time.")
     max_backoff_s: float = Field(30.0, gt=0, description="Upper bound of the retry delay.")
 
 

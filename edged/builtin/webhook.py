@@ -2,8 +2,9 @@
 
 Built on the standard library (``urllib.request`` in a worker thread), so the device
 install needs nothing more. Network errors, 5xx and 429 answers are retried a bounded
-number of times with exponential backoff and jitter; any other answer outside 2xx is the
-receiver refusing the request, and repeating it would not help. Redirects are not
+number of times with exponential backoff and full jitter (:mod:`edged.base.retry`; a
+``Retry-After`` in seconds is the least wait, up to ``max_backoff_s``); any other answer
+outside 2xx is the receiver refusing the request, and repeating it would not help. Redirects are not
 followed: urllib would turn the POST into a GET and drop the alarm.
 """
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import http.client
 import os
-import random
 import re
 import ssl
 import urllib.error
@@ -27,6 +27,7 @@ from pydantic_core import PydanticCustomError
 
 from edged import __version__, hookimpl
 from edged.alarm import alarm_payload, dumps
+from edged.base import retry
 from edged.components import BuildContext, Component
 from edged.config import ActuatorConfig, EnvSecret
 from edged.events import Event
@@ -64,7 +65,8 @@ class WebhookConfig(ActuatorConfig):
         3, ge=0, le=20,
         description="Further attempts after a network error, a 5xx or a 429 answer.",
     )
-    backoff_s: float = Field(0.5, gt=0, description="First retry delay; doubles each time.")
+    backoff_s: float = Field(0.5, gt=0, description="Bound of the first retry delay (drawn "
+                             "uniformly below it, full jitter); doubles each time.")
     max_backoff_s: float = Field(10.0, gt=0, description="Upper bound of the retry delay.")
     token: EnvSecret | None = Field(
         None, description="Sent as `Authorization: Bearer <token>`; written as ${ENV_NAME}.")
@@ -192,8 +194,7 @@ class WebhookActuator(Component):
             raise _Retryable(f"{type(exc).__name__}: {exc}") from None
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
-        ceiling = min(self.config.max_backoff_s, self.config.backoff_s * 2 ** (attempt - 1))
-        delay = random.uniform(ceiling / 2, ceiling)
+        delay = retry.delay(attempt, self.config.backoff_s, self.config.max_backoff_s)
         if retry_after is not None:
             delay = max(delay, min(retry_after, self.config.max_backoff_s))
         return delay

@@ -136,7 +136,8 @@ class CaptureSettings(CapturePolicy):
         "not cure (denied, no such bucket, disk error) before its captures are FAILURE "
         "and its records set aside under spool_dir/failed/. An unreachable or "
         "throttling endpoint is retried for as long as it takes.")
-    retry_backoff_s: float = Field(1.0, gt=0, description="First retry delay; doubles.")
+    retry_backoff_s: float = Field(1.0, gt=0, description="Bound of the first retry "
+                                   "delay (full jitter); doubles.")
     retry_max_backoff_s: float = Field(30.0, gt=0, description="Largest retry delay.")
 
     @model_validator(mode="before")

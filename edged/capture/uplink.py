@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -37,6 +36,7 @@ from typing import Any, Literal, Protocol
 
 import structlog
 
+from edged.base.retry import Backoff
 from edged.capture.destinations import DeliveryError, Destination
 from edged.capture.segments import (
     Segment,
@@ -83,7 +83,7 @@ class Budget(Protocol):
 class UplinkSettings:
     interval_s: float  # upload what is spooled this often
     max_records: int  # records per upload at most; this many waiting start one sooner
-    retry_backoff_s: float  # first retry delay; doubles
+    retry_backoff_s: float  # bound of the first retry delay; doubles (edged.base.retry)
     max_backoff_s: float
     upload_attempts: int = 5  # permanent failures in a row before an upload is set aside
     fsync: Literal["always", "batch", "never"] = "batch"
@@ -475,7 +475,7 @@ class CaptureUplink:
         if objects and self.budget is not None and not await self._within_budget(
                 nbytes, once):
             return None
-        delay = self.settings.retry_backoff_s
+        backoff = Backoff(self.settings.retry_backoff_s, self.settings.max_backoff_s)
         refused = 0
         while True:
             try:
@@ -495,10 +495,10 @@ class CaptureUplink:
                         return 0
                 if once:
                     return None
+                delay = backoff.next_delay()
                 self._warn("capture_upload_failed", error=error, transient=transient,
                            retry_in_s=round(delay, 2))
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-                delay = min(delay * 2, self.settings.max_backoff_s)
+                await asyncio.sleep(delay)
         if objects and self.budget is not None:
             self.budget.charge(BUDGET_PRIORITY, nbytes)
         self.counters.inc("capture_uploaded", len(records), **self.labels)

@@ -40,6 +40,7 @@ from urllib.parse import urljoin, urlsplit
 
 import structlog
 
+from edged.base.retry import Backoff
 from edged.bundle.errors import BundleError
 from edged.durable import fsync_dir
 from edged.errors import EdgedError
@@ -138,8 +139,9 @@ async def fetch_bundle(url: str, path: Path, *, size: int, sha256: str,
 
     ``on_progress(bytes_on_disk)`` runs on the event loop, at most every
     ``progress_interval_s`` and once at the end (a restart from byte 0 lowers the count).
-    A try that fails transiently is retried, ``attempts`` tries in all, after
-    ``backoff_s``, twice that, ... (at most 10 s). Raises ``ExpiredUrl`` (fetch a fresh URL
+    A try that fails transiently is retried, ``attempts`` tries in all, after a delay
+    drawn below ``backoff_s``, twice that, ... (at most 10 s; full jitter,
+    :mod:`edged.base.retry`). Raises ``ExpiredUrl`` (fetch a fresh URL
     and call again), ``DownloadError`` (transient: the job FAILED) or ``BundleError``
     (``too_large``, ``truncated``, ``hash_mismatch``: the job REJECTED, no file left).
     """
@@ -352,21 +354,20 @@ class _Transfer:
 
     def _fill(self, part: IO[bytes]) -> None:
         """Tries until ``size`` bytes are on disk, or raises."""
-        failures = 0
+        backoff = Backoff(self.backoff_s, MAX_BACKOFF_S)
         while self.on_disk < self.size:
             self._check_cancelled()
             self.tries += 1
             try:
                 self._try(part)
             except _Transient as exc:
-                failures += 1
                 self._check_cancelled()
-                if failures >= self.attempts:
+                delay = backoff.next_delay()
+                if backoff.failures >= self.attempts:
                     raise DownloadError(exc.reason, exc.detail) from None
-                delay = min(self.backoff_s * 2 ** (failures - 1), MAX_BACKOFF_S)
                 log.warning("bundle_download_retry", url=redact(self.url), reason=exc.reason,
-                            detail=exc.detail, failures=failures, attempts=self.attempts,
-                            delay_s=delay, on_disk=self.on_disk)
+                            detail=exc.detail, failures=backoff.failures,
+                            attempts=self.attempts, delay_s=delay, on_disk=self.on_disk)
                 if self.cancelled.wait(delay):
                     raise _Cancelled from None
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import random
 from contextlib import AsyncExitStack
 from typing import Any
 
 import structlog
 
+from edged.base import retry
 from edged.config import StartPolicy
 from edged.errors import ComponentStartError
 
@@ -16,9 +16,9 @@ log = structlog.get_logger("edged.startup")
 
 
 def backoff_delay(policy: StartPolicy, attempt: int) -> float:
-    """Exponential backoff with full jitter, so a fleet restarting together spreads out."""
-    ceiling = min(policy.max_backoff_s, policy.backoff_s * 2 ** (attempt - 1))
-    return random.uniform(ceiling / 2, ceiling)
+    """The policy's delay after failed attempt ``attempt`` (:mod:`edged.base.retry`: full
+    jitter, so a fleet restarting together spreads out)."""
+    return retry.delay(attempt, policy.backoff_s, policy.max_backoff_s)
 
 
 async def start_component(stack: AsyncExitStack, label: str, component: Any,

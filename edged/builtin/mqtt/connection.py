@@ -66,7 +66,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import re
 import socket
 import ssl
@@ -81,6 +80,7 @@ import paho.mqtt.client as mqtt
 import structlog
 from pydantic import Field, model_validator
 
+from edged.base import retry
 from edged.config import EnvSecret, Strict
 from edged.log import RateLimit
 from edged.metrics import Counters
@@ -164,10 +164,9 @@ def default_client_id(device_id: str, name: str) -> str:
 
 
 def reconnect_delay(config: BrokerConfig, attempt: int) -> float:
-    """Exponential backoff with full jitter: a fleet that lost its broker together does
-    not come back together."""
-    ceiling = min(config.reconnect_max_s, config.reconnect_min_s * 2 ** max(0, attempt - 1))
-    return random.uniform(0, ceiling)
+    """Exponential backoff with full jitter (:mod:`edged.base.retry`): a fleet that lost its
+    broker together does not come back together."""
+    return retry.delay(attempt, config.reconnect_min_s, config.reconnect_max_s)
 
 
 class Inbox:
