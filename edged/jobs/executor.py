@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import shutil
 import time
 from collections.abc import Awaitable, Callable
@@ -40,6 +39,7 @@ from typing import Any
 import aiomqtt
 import structlog
 
+from edged.base.retry import Backoff
 from edged.builtin.mqtt.connection import BrokerLink
 from edged.bundle import BundleError, ModelExpectation, TrustStore, extract_bundle, verify_bundle
 from edged.errors import EdgedError
@@ -64,6 +64,10 @@ from edged.runtime.pipeline import Pipeline
 from edged.runtime.tasks import cancel_and_wait
 
 log = structlog.get_logger("edged.jobs")
+
+#: Retry delays (edged.base.retry): asking the service for work, and sending a report.
+SERVICE_BACKOFF = (2.0, 300.0)
+REPORT_BACKOFF = (2.0, 60.0)
 
 #: Awaited with the phase's name right after each phase is saved in the journal, before
 #: its first side effect: a test pauses there to kill the process at that phase.
@@ -139,19 +143,18 @@ class JobsExecutor:
             self._announced.set()  # the next job is another one: is ours still on?
 
     async def run(self) -> None:
-        failures = 0
+        backoff = Backoff(*SERVICE_BACKOFF)
         while True:
             await self._wake.wait()
             self._wake.clear()
             try:
                 while await self._next():
                     pass
-                failures = 0
+                backoff.reset()
             except (TimeoutError, JobsProtocolError, JobsRejected) as exc:
                 _raise_if_cancelled()
                 # The service is unreachable or answered nonsense: ask again later.
-                failures += 1
-                delay = random.uniform(0, min(300.0, 2.0 ** failures))
+                delay = backoff.next_delay()
                 log.warning("jobs_service_unavailable", error=repr(exc),
                             retry_in_s=round(delay, 1))
                 await asyncio.sleep(delay)
@@ -489,7 +492,7 @@ class JobsExecutor:
         record = run.record
         outcome = record.outcome or {}
         status, details = outcome["status"], outcome["details"]
-        failures = 0
+        backoff = Backoff(*REPORT_BACKOFF)
         while True:
             try:
                 await self._update(run, status, details)
@@ -505,12 +508,10 @@ class JobsExecutor:
                     # every later job. Say so loudly and move on.
                     log.error("job_report_refused", job=record.job_id, error=str(exc))
                     break
-                failures += 1
-                await asyncio.sleep(random.uniform(0, min(60.0, 2.0 ** failures)))
+                await backoff.sleep()
             except TimeoutError as exc:
                 _raise_if_cancelled()
-                failures += 1
-                delay = random.uniform(0, min(60.0, 2.0 ** failures))
+                delay = backoff.next_delay()
                 log.warning("job_report_not_sent", job=record.job_id, error=str(exc),
                             retry_in_s=round(delay, 1))
                 await asyncio.sleep(delay)

@@ -18,6 +18,7 @@ import pytest
 import structlog
 from botocore.config import Config
 
+from edged.base import retry
 from edged.bundle.errors import BundleError
 from edged.jobs import download
 from edged.jobs.download import DownloadError, ExpiredUrl, Fetched, fetch_bundle
@@ -314,7 +315,10 @@ async def test_503_twice_then_ok_succeeds(server, target):
     assert target.read_bytes() == DATA
 
 
-async def test_503_always_fails_after_attempts_with_backoff(server, target):
+async def test_503_always_fails_after_attempts_with_backoff(server, target, monkeypatch):
+    # Full jitter draws each delay below its ceiling: at the ceiling the waits are
+    # backoff_s, then twice that.
+    monkeypatch.setattr(retry, "full_jitter", lambda ceiling: ceiling)
     server.status_override, server.status_times = 503, 100
     started = time.monotonic()
 
