@@ -50,13 +50,15 @@ def build_component(kind: Kind, config: dict[str, Any], state_dir: Path, *,
 
 async def collect_readings(source: Any, *, rows: int | None = None,
                            seconds: float = 20.0) -> list[Readings]:
-    """Start ``source``, run it and return what it emits: until ``rows`` rows have come,
-    or until it ends by itself (``rows=None``); stopped and exited either way. Fails
-    after ``seconds`` rather than hang a test."""
+    """Start ``source``, run it and return the batches it emits: up to the one that
+    brings ``rows`` rows, or until it ends by itself (``rows=None``); stopped and exited
+    either way. Fails after ``seconds`` rather than hang a test."""
     batches: list[Readings] = []
     enough = asyncio.Event()
 
     async def emit(readings: Readings) -> None:
+        if enough.is_set():
+            return  # emitted before the source was stopped: past what was asked for
         batches.append(readings)
         if rows is not None and sum(len(b.turbines) for b in batches) >= rows:
             enough.set()

@@ -79,6 +79,27 @@ def test_device_code_never_imports_cloud_code(path):
     assert not offending, f"{path.relative_to(ROOT)} imports {offending}"
 
 
+@pytest.mark.parametrize("path", _sources(PACKAGE), ids=lambda p: str(p.relative_to(ROOT)))
+def test_device_code_never_imports_the_test_rig(path):
+    offending = sorted(name for name in _imported_modules(path)
+                       if name.split(".")[0] == "tests")
+    assert not offending, f"{path.relative_to(ROOT)} imports {offending}"
+
+
+#: What the plugin-author kit must not bring into the device package: brokers, fake cloud
+#: services, child processes and package installs live in tests/support.
+RIG_MODULES = ("subprocess", "shutil", "socket", "http", "ssl", "threading", "moto", "boto3",
+               "botocore", "aiomqtt", "paho", "cryptography")
+
+
+def test_the_plugin_author_kit_is_small_and_starts_no_rig():
+    kit = PACKAGE / "testing.py"
+    offending = sorted(name for name in _imported_modules(kit)
+                       if name.split(".")[0] in RIG_MODULES)
+    assert not offending, f"edged/testing.py imports {offending}"
+    assert len(kit.read_text(encoding="utf-8").splitlines()) <= 200
+
+
 def test_the_package_has_sources():
     assert len(_sources(PACKAGE)) > 20
 
