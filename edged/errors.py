@@ -29,6 +29,16 @@ class ModelError(EdgedError):
     """A model directory or file is missing, malformed or incompatible with its pipeline."""
 
 
+class GoldenError(ModelError):
+    """A model's golden pairs are unreadable or not reproduced; ``reason`` is the bundle
+    refusal reason it is reported under: too_large, malformed or golden_failed."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
 class RowError(EdgedError):
     """One sensor row was rejected; `reason` is the counter it is tallied under."""
 

@@ -38,6 +38,7 @@ import numpy as np
 import structlog
 
 from edged.agent.errors import ResourceExhausted
+from edged.model.session import arena_shrink_options, open_session
 
 log = structlog.get_logger("edged.agent")
 
@@ -112,14 +113,8 @@ def _probe_feeds(inputs: Sequence[Any]) -> dict[str, np.ndarray]:
 
 def _profile(file: Path, feeds: dict[str, np.ndarray], workdir: str,
              session_threads: int) -> list[dict[str, Any]]:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = session_threads
-    options.inter_op_num_threads = 1
-    options.enable_profiling = True
-    options.profile_file_prefix = os.path.join(workdir, "probe")
-    session = ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
+    session = open_session(file, threads=session_threads,
+                           profile_prefix=os.path.join(workdir, "probe"))
     session.run(None, feeds)
     with open(session.end_profiling(), encoding="utf-8") as handle:
         events = json.load(handle)
@@ -199,13 +194,7 @@ class MemoryBudget:
 def run_options(cost: int) -> Any:
     """ONNX Runtime run options for a call of ``cost`` bytes: a large one shrinks the
     CPU arena when it ends, so its peak is not kept for good."""
-    if cost < RELEASE_ABOVE:
-        return None
-    import onnxruntime as ort
-
-    options = ort.RunOptions()
-    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-    return options
+    return arena_shrink_options() if cost >= RELEASE_ABOVE else None
 
 
 @functools.cache

@@ -36,11 +36,8 @@ from edged.agent.errors import (
 )
 from edged.agent.memory import FALLBACK, Footprint, measure_footprint
 from edged.errors import ModelError
+from edged.model.session import open_session
 from edged.modelpkg import MANIFEST, read_manifest
-
-# ONNX Runtime >= 1.29 phones home unless told not to (see edged/builtin/onnx.py).
-os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-os.environ.setdefault("ORT_TELEMETRY_DISABLED", "1")
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
 MAX_NAME = 255
@@ -180,14 +177,8 @@ class ModelRegistry:
         directory = self.resolve(url)
         file, declared = self._model_file(directory)
         file = self._inside_roots(file, f"model file {file}")  # as ONNX Runtime will open it
-        import onnxruntime as ort  # loaded with the first model, not at import
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.session_threads
-        options.inter_op_num_threads = 1
         try:
-            session = ort.InferenceSession(str(file), options,
-                                           providers=["CPUExecutionProvider"])
+            session = open_session(file, threads=self.session_threads)
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise FailedPrecondition(
                 f"model {url!r}: ONNX Runtime cannot load {file.name}: "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -15,17 +15,12 @@ from edged.components import BuildContext
 from edged.config import InferenceConfig
 from edged.errors import ModelError
 from edged.events import ModelRef
+from edged.model.session import open_session
 from edged.modelpkg import read_manifest, resolve_model_path
 from edged.modelstore.store import STORE_PREFIX, resolve_store_model
 from edged.registry import ComponentType
 
 log = structlog.get_logger("edged.onnx")
-
-# ONNX Runtime >= 1.29 sends usage telemetry from Linux too, and writes a device id under
-# $HOME. A device must not phone home unasked: opt out before the runtime initialises,
-# unless the operator has set the variables themselves.
-os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-os.environ.setdefault("ORT_TELEMETRY_DISABLED", "1")
 
 
 class OnnxConfig(InferenceConfig):
@@ -86,15 +81,14 @@ class OnnxBackend:
     async def __aexit__(self, *exc: object) -> None:
         self._session = None
 
-    def load(self) -> None:
-        import onnxruntime as ort  # imported here: plugin discovery must stay cheap
+    def for_model(self, directory: Path) -> OnnxBackend:
+        """A backend configured like this one for the model in ``directory``, not loaded:
+        how the hot swap stages a new model. Hashes its files: call from a thread."""
+        return OnnxBackend(self.config.model_copy(update={"model": str(directory)}))
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.config.threads
-        options.inter_op_num_threads = 1
+    def load(self) -> None:
         try:
-            session = ort.InferenceSession(str(self._file), options,
-                                           providers=["CPUExecutionProvider"])
+            session = open_session(self._file, threads=self.config.threads)
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ModelError(f"{self._file}: ONNX Runtime cannot load it: {exc}") from exc
         declared = session.get_inputs()[0]

@@ -19,7 +19,6 @@ import io
 import os
 import shutil
 import tarfile
-import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,9 @@ from pydantic import ValidationError
 from edged.bundle.build import ALG, SAFE_NAME, SIGNATURE
 from edged.bundle.errors import BundleError
 from edged.bundle.keys import TrustStore
+from edged.errors import GoldenError
+from edged.model import golden
+from edged.model.session import open_session
 from edged.modelpkg import (
     MANIFEST,
     MAX_MANIFEST_BYTES,
@@ -273,7 +275,7 @@ def _tensor_mismatch(want: TensorSpec, got: TensorSpec) -> str | None:
 
 def verify_bundle(directory: Path, trust: TrustStore, *, installed_version: int | None,
                   expect: ModelExpectation | None = None,
-                  max_golden_bytes: int = DEFAULT_MAX_FILE_BYTES) -> ModelManifest:
+                  max_golden_bytes: int = golden.MAX_BYTES) -> ModelManifest:
     """Check an unpacked bundle and return its manifest, or raise ``BundleError``."""
     manifest_path = directory / MANIFEST
     if not manifest_path.is_file():
@@ -357,74 +359,34 @@ def _check_files(directory: Path, manifest: ModelManifest) -> None:
                               "manifest")
 
 
-#: Golden tolerance per element: max(GOLDEN_ATOL, GOLDEN_RTOL * |expected|). The floor is
-#: 1e-4, not 1e-5: golden outputs come from the converter's runtime, and float32 sums over
-#: values up to ~330 leave errors up to 4e-5 on elements near 0.1 (windturbine-v1 on ONNX
-#: Runtime 1.32). A wrong model or corrupted golden misses by orders of magnitude more.
-GOLDEN_ATOL = 1e-4
-GOLDEN_RTOL = 1e-4
-
-
-def golden_tolerance(expected: np.ndarray) -> np.ndarray:
-    """Allowed absolute error per element: max(GOLDEN_ATOL, GOLDEN_RTOL * |expected|)."""
-    return np.maximum(GOLDEN_ATOL, GOLDEN_RTOL * np.abs(expected))
-
-
 def run_golden(directory: Path, manifest: ModelManifest, *,
-               max_golden_bytes: int = DEFAULT_MAX_FILE_BYTES) -> None:
-    """Run the model on its golden inputs; every output must match within tolerance."""
+               max_golden_bytes: int = golden.MAX_BYTES) -> None:
+    """Run the model on its golden inputs; every output must match within tolerance
+    (:mod:`edged.model.golden`'s rule)."""
     if manifest.golden is None:
         raise BundleError("malformed", "the manifest names no golden pairs")
-    golden = directory / manifest.golden
-    try:
-        with zipfile.ZipFile(golden) as archive:
-            # np.load inflates each array whole: bound it by the sizes the zip declares.
-            if sum(info.file_size for info in archive.infolist()) > max_golden_bytes:
-                raise BundleError("too_large", f"{manifest.golden} unpacks to more than "
-                                  f"{max_golden_bytes} bytes")
-        with np.load(golden, allow_pickle=False) as pairs:
-            inputs, outputs = pairs["inputs"], pairs["outputs"]
-    except BundleError:
-        raise
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-        raise BundleError("malformed", f"{manifest.golden}: cannot read the golden "
-                          f"arrays 'inputs' and 'outputs': {exc}") from None
     spec = manifest.inputs[0]
-    if inputs.ndim != len(spec.shape) or len(inputs) == 0 or len(inputs) != len(outputs):
-        raise BundleError("golden_failed", f"golden inputs {inputs.shape} / outputs "
-                          f"{outputs.shape} do not fit the input {spec.shape}")
-    session = _session(directory / manifest.model, manifest)
+
+    def predict(inputs: np.ndarray) -> np.ndarray:
+        if inputs.ndim != len(spec.shape):
+            raise BundleError("golden_failed", f"golden inputs {inputs.shape} do not fit "
+                              f"the input {spec.shape}")
+        session = _session(directory / manifest.model, manifest)
+        try:
+            return session.run(None, {spec.name: inputs.astype(spec.dtype, copy=False)})[0]
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise BundleError("golden_failed", f"the model fails on its golden inputs: "
+                              f"{exc}") from None
+
     try:
-        actual = session.run(None, {spec.name: inputs.astype(spec.dtype, copy=False)})[0]
-    except Exception as exc:  # onnxruntime raises its own untyped errors
-        raise BundleError("golden_failed", f"the model fails on its golden inputs: "
-                          f"{exc}") from None
-    if actual.shape != outputs.shape:
-        raise BundleError("golden_failed", f"output shape {actual.shape}, golden "
-                          f"{outputs.shape}")
-    expected = outputs.astype(np.float64)
-    with np.errstate(invalid="ignore", over="ignore"):  # NaN and inf count as misses
-        got = actual.astype(np.float64)
-        error = np.abs(got - expected)
-        # An infinite tolerance (expected ±inf) must not let any value pass.
-        bad = ~(((error <= golden_tolerance(expected)) & np.isfinite(error))
-                | (got == expected))
-    if bad.any():
-        raise BundleError("golden_failed", f"{int(bad.sum())} of {bad.size} golden output "
-                          f"values differ (worst by {float(np.max(error[bad])):.3g})")
+        golden.check(directory / manifest.golden, predict, max_bytes=max_golden_bytes)
+    except GoldenError as exc:
+        raise BundleError(exc.reason, exc.detail) from None
 
 
 def _session(path: Path, manifest: ModelManifest) -> Any:
-    # Importing the backend sets ONNX Runtime's telemetry opt-out before it initialises.
-    import onnxruntime as ort
-
-    import edged.builtin.onnx  # noqa: F401
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
     try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = open_session(path)
     except Exception as exc:  # onnxruntime raises its own untyped errors
         raise BundleError("golden_failed", f"ONNX Runtime cannot load the model: "
                           f"{exc}") from None

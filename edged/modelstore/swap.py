@@ -15,19 +15,17 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
-import numpy as np
 import structlog
 
 from edged.components import InferenceBackend, Preprocessor
+from edged.errors import GoldenError
 from edged.events import ModelRef
+from edged.model import golden
 from edged.modelstore.errors import SwapError
 from edged.modelstore.store import ModelStore, Slot
 from edged.runtime.pipeline import Pipeline
-
-if TYPE_CHECKING:
-    from edged.builtin.onnx import OnnxBackend
 
 log = structlog.get_logger("edged.modelstore")
 
@@ -43,26 +41,32 @@ class SwapResult:
     preprocessor_rebuilt: bool
 
 
+@runtime_checkable
+class SwappableBackend(InferenceBackend, Protocol):
+    """A backend that can stage another model beside itself (the ``onnx`` backend can):
+    the swap builds the new backend through the serving one, never naming a plugin."""
+
+    directory: Path
+
+    def for_model(self, directory: Path) -> SwappableBackend:
+        """A backend configured like this one for ``directory``, not loaded. Blocking."""
+
+    def load(self) -> None:
+        """Load the model. Blocking."""
+
+
 def check_golden(backend: Any) -> int:
-    """Run the manifest's golden pairs through a loaded backend; raise SwapError if an
-    output is off by more than float32 summation order explains. Returns the pairs run
-    (0 without golden data). Blocking."""
+    """Run the manifest's golden pairs through a loaded backend; raise SwapError if they
+    do not reproduce under :mod:`edged.model.golden`'s rule. Returns the pairs run (0
+    without golden data). Blocking."""
     name = backend.manifest.get("golden")
     if not name:
         return 0
-    with np.load(backend.directory / name, allow_pickle=False) as golden:
-        x, y = golden["inputs"], golden["outputs"]
-    out = np.asarray(backend.predict(x))
-    if out.shape != y.shape:
-        raise SwapError(f"{backend.directory}: golden output shape {out.shape}, "
-                        f"expected {y.shape}")
-    # A few ulps of each sample's largest value: another summation order, not another model.
-    scale = np.maximum(np.abs(y).reshape(len(y), -1).max(axis=1), 1.0)
-    error = np.abs(out - y).reshape(len(y), -1).max(axis=1)
-    if (error > 1e-4 * scale).any():
-        raise SwapError(f"{backend.directory}: golden pairs do not reproduce (worst error "
-                        f"{float(error.max()):.3g})")
-    return len(x)
+    try:
+        return golden.check(backend.directory / name, backend.predict)
+    except GoldenError as exc:
+        raise SwapError(f"{backend.directory}: golden pairs do not reproduce: "
+                        f"{exc.detail}") from None
 
 
 def preprocessor_factory(registry: Any, config: Any, pipeline: str,
@@ -93,7 +97,7 @@ class Candidate:
     """
 
     slot: Slot
-    backend: OnnxBackend
+    backend: SwappableBackend
     preprocessor: Preprocessor | None
     #: The backend the pipeline served when the candidate was checked against it.
     basis: InferenceBackend | None = field(default=None, repr=False, compare=False)
@@ -121,14 +125,12 @@ async def prepare_swap(pipeline: Pipeline, model_dir: Path, store: ModelStore, *
     it and run its golden pairs; build a new preprocessor if its ``preprocessing``
     differs from the serving model's. Nothing serves it yet and the store's current slot
     is unchanged; on failure the loaded backend is closed (the slot stays, unused)."""
-    from edged.builtin.onnx import OnnxBackend  # the swap builds ONNX backends
-
     old_pre, old_backend = pipeline.preprocessor, pipeline.backend
-    if not isinstance(old_backend, OnnxBackend):
-        raise SwapError(f"pipeline {pipeline.name!r} does not run an onnx backend")
+    if not isinstance(old_backend, SwappableBackend):
+        raise SwapError(f"pipeline {pipeline.name!r} does not run a backend that can swap "
+                        "models (the onnx backend can)")
     slot = await asyncio.to_thread(store.install, Path(model_dir))
-    config = old_backend.config.model_copy(update={"model": str(slot.path)})
-    new_backend = await asyncio.to_thread(OnnxBackend, config)  # hashes the files
+    new_backend = await asyncio.to_thread(old_backend.for_model, slot.path)  # hashes files
     try:
         await asyncio.to_thread(new_backend.load)
         await asyncio.to_thread(check_golden, new_backend)
