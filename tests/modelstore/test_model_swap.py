@@ -186,6 +186,24 @@ async def test_a_model_failing_its_golden_pairs_is_not_swapped_in(tmp_path, stor
     assert store.current().version == 1 and store.previous() is None
 
 
+async def test_a_backend_that_cannot_stage_another_model_is_refused(tmp_path, store,
+                                                                     make_model):
+    """The swap stages through the serving backend's ``for_model``: one without it (any
+    backend but onnx today) is refused before anything is installed."""
+    backend = store_backend(tmp_path / "state")
+    spec = PipelineSpec(inputs=["farm"], preprocessor={"type": "windturbine"},
+                        inference={"type": "onnx"})
+    async with backend:
+        pipeline = Pipeline("turbines", spec, stage_for(backend.manifest), backend,
+                            Counters())
+        pipeline.backend = type("Plain", (), {"model": backend.model,
+                                             "manifest": backend.manifest,
+                                             "predict": backend.predict})()
+        with pytest.raises(SwapError, match="does not run a backend that can swap models"):
+            await swap_model(pipeline, make_model(2), store)
+    assert store.current().version == 1 and store.previous() is None
+
+
 async def test_a_preprocessing_change_needing_new_buffers_is_refused(tmp_path, store,
                                                                       make_model):
     backend = store_backend(tmp_path / "state")
