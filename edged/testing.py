@@ -6,7 +6,7 @@ component, run a small graph, wait for a condition, write a farm config.
     from edged.testing import build_component, collect_readings, eventually
 
     async def test_my_source(tmp_path):
-        source = build_component("source", {"type": "rows", "path": "x.csv"}, tmp_path)
+        source = build_component("source", {"type": "csv_rows", "path": "x.csv"}, tmp_path)
         readings = await collect_readings(source, rows=10)
 
 Built as the daemon builds it: the config through the type's model, registered by its
@@ -98,7 +98,8 @@ async def stop_task(task: asyncio.Task, seconds: float = 10.0) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running_graph(config: Path, registry: Any = None) -> AsyncIterator[Any]:
+async def running_graph(config: Path, registry: Registry | None = None
+                        ) -> AsyncIterator[Any]:
     """A daemon graph built from ``config`` and running in this event loop (started,
     ready) for the block's duration; stopped, in stages, after it."""
     from edged.config import load_config
@@ -109,7 +110,7 @@ async def running_graph(config: Path, registry: Any = None) -> AsyncIterator[Any
         _, registry = make_plugin_manager()
     graph = build_graph(load_config(config, registry), registry)
     ready = asyncio.Event()
-    task = asyncio.create_task(graph.run(on_ready=ready.set))
+    task = asyncio.create_task(graph.run(on_ready=ready.set), name="edged[test].graph")
     await asyncio.wait_for(ready.wait(), 30)
     try:
         yield graph
