@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 import weakref
 from collections.abc import Callable, Mapping
@@ -98,20 +97,6 @@ def record_start(state_dir: Path) -> int:
     # On a full disk this fails and removes its temporary file; the caller goes on.
     write_durably(path, [f"{starts}\n".encode()], fsync=True)
     return starts
-
-
-_KEY = re.compile(r"([^{]+)(?:\{(.*)\})?")
-
-
-def parse_key(key: str) -> tuple[str, dict[str, str]]:
-    """A :class:`Counters` key (``rows_rejected{pipeline=a,reason=nan}``) as its name
-    and labels."""
-    match = _KEY.fullmatch(key)
-    if match is None:
-        return key, {}
-    name, inner = match.groups()
-    labels = dict(part.partition("=")[::2] for part in inner.split(",")) if inner else {}
-    return name, labels
 
 
 class Health:
@@ -202,10 +187,8 @@ class Health:
                          "stalest": self._stalest(ages, owners) if total else []},
             "spool": self.spool() if self.spool is not None else None,
             "budget": self.budget.usage() if self.budget is not None else None,
-            "jobs": {"finished": {labels.get("status", ""): value
-                                  for key, value in counters.snapshot().items()
-                                  for name, labels in [parse_key(key)]
-                                  if name == "jobs_finished"}},
+            "jobs": {"finished": {sample.labels.get("status", ""): sample.value
+                                  for sample in counters.samples("jobs_finished")}},
             "counters": counters.snapshot(),
         }
 

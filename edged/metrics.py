@@ -2,35 +2,85 @@
 
 from __future__ import annotations
 
-from collections import Counter
+from collections.abc import Mapping
+from typing import NamedTuple
+
+#: A counter's labels as data: ``(label, value)`` pairs sorted by label.
+Labels = tuple[tuple[str, str], ...]
+
+
+class Sample(NamedTuple):
+    """One counter: its name, its labels and its value."""
+
+    name: str
+    labels: dict[str, str]
+    value: int
+
+
+def text_key(name: str, labels: Labels) -> str:
+    """A counter's text form, ``rows_rejected{pipeline=a,reason=nan}`` (labels sorted).
+
+    The ``counters`` map of the health report, the heartbeat and the ``stats`` log line is
+    keyed by this (docs/health.md, a public contract): the only place it is written, and
+    nothing reads it back.
+    """
+    if not labels:
+        return name
+    return f"{name}{{{','.join(f'{k}={v}' for k, v in labels)}}}"
+
+
+def _labels(labels: Mapping[str, str]) -> Labels:
+    # Sorted, so that the order of keyword arguments names the same counter.
+    return tuple(sorted(labels.items())) if labels else ()
 
 
 class Counters:
     """Named counters with optional labels, e.g. ``rows_rejected{reason=nan}``.
 
-    A plain ``collections.Counter`` keyed by string: increments cost a dict update, so
-    they can sit on the per-reading path.
+    Keyed by ``(name, labels)`` as data, so readers get names and labels back without
+    parsing text; label values are strings. An increment is one dict update: it can sit
+    on the per-reading path.
+
+    Threads: the event loop owns the counters, but a worker thread (a reload's graph
+    build) may count too. Under the GIL each increment is one read and one write of the
+    dict, so a concurrent increment of the *same* counter can be lost (never a crash); the
+    readers copy the dict in one C call first, so a thread adding a counter meanwhile
+    never breaks them.
     """
 
     def __init__(self) -> None:
-        self._values: Counter[str] = Counter()
-
-    @staticmethod
-    def key(name: str, **labels: str) -> str:
-        if not labels:
-            return name
-        inner = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
-        return f"{name}{{{inner}}}"
+        self._values: dict[tuple[str, Labels], int] = {}
 
     def inc(self, name: str, amount: int = 1, **labels: str) -> None:
-        self._values[self.key(name, **labels)] += amount
+        key = (name, _labels(labels))
+        self._values[key] = self._values.get(key, 0) + amount
 
     def get(self, name: str, **labels: str) -> int:
-        return self._values.get(self.key(name, **labels), 0)
+        """The counter of exactly these labels."""
+        return self._values.get((name, _labels(labels)), 0)
 
-    def total(self, name: str) -> int:
-        """Sum over every label combination of ``name``."""
-        return sum(v for k, v in self._values.items() if k == name or k.startswith(name + "{"))
+    def total(self, name: str, **labels: str) -> int:
+        """Sum over every counter of ``name`` that carries ``labels`` (and maybe more)."""
+        wanted = labels.items()
+        return sum(value for (n, have), value in self._values.copy().items()
+                   if n == name and wanted <= dict(have).items())
+
+    def samples(self, name: str | None = None) -> list[Sample]:
+        """Every counter (of ``name``, if given) as data, in the order of
+        :meth:`snapshot`'s keys."""
+        return [Sample(n, dict(labels), value) for _, n, labels, value in self._sorted(name)]
 
     def snapshot(self) -> dict[str, int]:
-        return dict(sorted(self._values.items()))
+        """Every counter by its :func:`text_key`, sorted by that key."""
+        texts: dict[str, int] = {}
+        for text, _, _, value in self._sorted():
+            # Label values holding "," or "=" can spell another counter's key: summed, as
+            # when the key was the text itself.
+            texts[text] = texts.get(text, 0) + value
+        return texts
+
+    def _sorted(self, only: str | None = None) -> list[tuple[str, str, Labels, int]]:
+        # Sorted by the text key, as the reports have always listed them.
+        return sorted((text_key(name, labels), name, labels, value)
+                      for (name, labels), value in self._values.copy().items()
+                      if only is None or name == only)

@@ -2,8 +2,10 @@
 
 prometheus_client serves ``/metrics`` from its own thread. Nothing is counted twice: a
 custom collector builds every figure at scrape time from the same health report the
-heartbeat sends, asked of the event loop (the counters and turbine buffers belong to
-it), so a scrape costs the loop one report and a blocked loop shows as a failed scrape.
+heartbeat sends and from the counters as data (names and labels, never parsed back from
+the report's text keys), both asked of the event loop (the counters and turbine buffers
+belong to it), so a scrape costs the loop one report and a blocked loop shows as a failed
+scrape.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from edged.config import MetricsSpec, split_listen
-from edged.health import Health, parse_key
+from edged.health import Health
+from edged.metrics import Sample
 
 log = structlog.get_logger("edged.metrics")
 
@@ -35,17 +38,18 @@ class HealthCollector:
         self.health = health
         self.loop = loop
 
-    async def _report(self) -> dict[str, Any]:
-        return self.health.report()
+    async def _read(self) -> tuple[dict[str, Any], list[Sample]]:
+        # One step of the loop: the report and the counters are the same instant.
+        return self.health.report(), self.health.counters.samples()
 
     def collect(self) -> Iterator[Metric]:
-        report = asyncio.run_coroutine_threadsafe(self._report(), self.loop).result(
+        report, counters = asyncio.run_coroutine_threadsafe(self._read(), self.loop).result(
             SCRAPE_TIMEOUT_S)
-        yield from metrics(report)
+        yield from metrics(report, counters)
 
 
-def metrics(report: dict[str, Any]) -> Iterator[Metric]:
-    """The metric families of one health report."""
+def metrics(report: dict[str, Any], counters: list[Sample]) -> Iterator[Metric]:
+    """The metric families of one health report and the counters read with it."""
     info = GaugeMetricFamily("edged_info", "The daemon: version, device and thing.",
                              labels=["version", "device", "thing"])
     info.add_metric([report["version"], report["device"], report["thing"]], 1)
@@ -106,8 +110,7 @@ def metrics(report: dict[str, Any]) -> Iterator[Metric]:
 
     # Every other counter, as edged_<name>_total with its own labels.
     families: dict[str, Metric] = {}
-    for key, value in report["counters"].items():
-        name, key_labels = parse_key(key)
+    for name, labels, value in counters:
         if name in _PER_MODEL:
             continue
         metric_name = "edged_" + re.sub(r"[^a-zA-Z0-9_]", "_", name)
@@ -115,7 +118,7 @@ def metrics(report: dict[str, Any]) -> Iterator[Metric]:
         if family is None:
             family = families[metric_name] = CounterMetricFamily(
                 metric_name, f"The daemon's {name} counter.")
-        family.add_sample(metric_name + "_total", key_labels, value)
+        family.add_sample(metric_name + "_total", labels, value)
     yield from families.values()
 
 

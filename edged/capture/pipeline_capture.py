@@ -161,9 +161,7 @@ class PipelineCapture:
 
     def dropped(self) -> int:
         """Records this pipeline's capture dropped (``capture_dropped``, every reason)."""
-        prefix = f"capture_dropped{{pipeline={self.pipeline},"  # labels are sorted
-        return sum(value for key, value in self.counters.snapshot().items()
-                   if key.startswith(prefix))
+        return self.counters.total("capture_dropped", pipeline=self.pipeline)
 
     # -- the decision path ---------------------------------------------------------------
 

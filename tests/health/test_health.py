@@ -10,7 +10,7 @@ import pytest
 
 from edged.config import load_config
 from edged.errors import ConfigError
-from edged.health import SHADOW_STATE_LIMIT, Health, parse_key, to_json
+from edged.health import SHADOW_STATE_LIMIT, Health, to_json
 from edged.metrics import Counters
 from edged.runtime.graph import build_graph
 from edged.runtime.latency import LatencyRing
@@ -71,12 +71,6 @@ def test_latency_percentiles_over_a_bounded_ring():
     p = ring.percentiles()
     assert ring.recorded == 1000 and p[0.5] > 0.9  # only the last 100 are kept
     assert p[0.5] <= p[0.95] <= p[0.99] <= 1.0
-
-
-def test_counter_keys_are_parsed():
-    assert parse_key("starts") == ("starts", {})
-    assert parse_key(Counters.key("rows_rejected", pipeline="a", reason="nan")) == (
-        "rows_rejected", {"pipeline": "a", "reason": "nan"})
 
 
 @pytest.mark.parametrize("health", ['{topic: "edged/#"}', '{topic: "x/{device}"}',
