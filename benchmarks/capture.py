@@ -114,11 +114,8 @@ class Run:
         self.rounds = 0
 
     def dropped(self) -> dict[str, int]:
-        out = {}
-        for key, value in self.counters.snapshot().items():
-            if key.startswith("capture_dropped"):
-                out[key[key.index("reason=") + 7:].rstrip("}")] = value
-        return out
+        return {sample.labels["reason"]: sample.value
+                for sample in self.counters.samples("capture_dropped")}
 
     def spooled(self) -> int:
         return self.counters.get("capture_records", pipeline=self.pipeline.name)

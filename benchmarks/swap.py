@@ -364,8 +364,7 @@ async def observe(graph, jobs: TimedJobsService, document: dict,
         seen.cpu.mark("end")
         seen.end_at = time.monotonic()
         seen.rows = accepted(graph) - rows0
-        seen.dropped = sum(v for k, v in graph.counters.snapshot().items()
-                           if k.startswith("batches_dropped"))
+        seen.dropped = graph.counters.total("batches_dropped")
     finally:
         graph.stop()
         with contextlib.suppress(Exception):
@@ -377,8 +376,7 @@ async def observe(graph, jobs: TimedJobsService, document: dict,
 
 
 def accepted(graph) -> int:
-    return sum(v for k, v in graph.counters.snapshot().items()
-               if k.startswith("rows_accepted"))
+    return graph.counters.total("rows_accepted")
 
 
 def analyse(seen: Observed, jobs: TimedJobsService, tap: LogTap, args: argparse.Namespace,
