@@ -26,6 +26,7 @@ import structlog
 from pydantic import Field, field_validator
 
 from edged.alarm import alarm_payload, dumps
+from edged.base.retry import Backoff
 from edged.builtin.mqtt.connection import BrokerConfig, BrokerLink
 from edged.components import BuildContext, Component
 from edged.config import NAME_PATTERN, ActuatorConfig
@@ -38,6 +39,9 @@ log = structlog.get_logger("edged.actuator.mqtt")
 PLACEHOLDERS = frozenset({"device", "turbine", "pipeline", "event"})
 #: A command for every alarm, whatever its groups.
 ANY_GROUP = "any"
+#: Waits between publish attempts of one event (edged.base.retry): short, because the
+#: event's own max_wait_s bounds them all.
+PUBLISH_BACKOFF = (0.1, 1.0)
 # A value put into a topic must stay one level and must not be a wildcard.
 _TOPIC_UNSAFE = re.compile(r"[/+#\x00]")
 
@@ -167,7 +171,7 @@ class MqttActuator(Component):
     async def _publish(self, topic: str, payload: bytes, retain: bool, deadline: float,
                        event: Event) -> bool:
         loop = asyncio.get_running_loop()
-        attempt = 0
+        backoff = Backoff(*PUBLISH_BACKOFF)
         while True:
             if self._task is not None and self._task.done():
                 self._task.result()  # the link's loop died: raise why (the runtime logs it)
@@ -180,18 +184,18 @@ class MqttActuator(Component):
                                             retain=retain)
                 return True
             except (aiomqtt.MqttError, TimeoutError) as exc:
-                attempt += 1
+                delay = backoff.next_delay()
                 error = str(exc) or type(exc).__name__
                 if loop.time() >= deadline:
                     self._failed(event, topic, error)
                     return False
                 self.counters.inc("mqtt_publish_retries", actuator=self.name)
-                if attempt == 1:
+                if backoff.failures == 1:
                     self.log.warning("mqtt_publish_waiting", kind=event.kind,
                                      turbine=event.turbine, topic=topic, error=error,
                                      max_wait_s=self.config.max_wait_s)
                 # The link may not have noticed the loss yet: do not spin meanwhile.
-                await asyncio.sleep(min(1.0, 0.05 * 2 ** attempt, max(0.0, remaining)))
+                await asyncio.sleep(min(delay, max(0.0, remaining)))
 
     def _failed(self, event: Event, topic: str, error: str) -> None:
         self.counters.inc("mqtt_publish_failures", actuator=self.name)
