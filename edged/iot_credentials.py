@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from edged.base.http import request, tls_context
 from edged.capture.destinations import DeliveryError
 from edged.capture_config import THING_NAME_PATTERN, split_iot_endpoint
 from edged.errors import ConfigError
@@ -102,7 +103,8 @@ class IotCredentialsProvider:
     @property
     def url(self) -> str:
         port = "" if self.port == 443 else f":{self.port}"
-        return f"https://{self.host}{port}{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 address
+        return f"https://{host}{port}{self.path}"
 
     # -- the request ---------------------------------------------------------------------
 
@@ -110,27 +112,25 @@ class IotCredentialsProvider:
         """A client context with the thing's certificate; reads the files, so each fetch
         picks up a rotated certificate without a restart."""
         try:
-            context = ssl.create_default_context(
-                cafile=str(self.ca_file) if self.ca_file is not None else None)
-            context.load_cert_chain(self.cert_file, self.key_file)
+            return tls_context(ca_file=self.ca_file, cert_file=self.cert_file,
+                               key_file=self.key_file)
         except (OSError, ssl.SSLError) as exc:
             raise self._error(
                 f"cannot load the TLS files (cert_file {self.cert_file}, key_file "
                 f"{self.key_file}, ca_file {self.ca_file or 'system'}): {exc}",
                 transient=False, reason="files") from exc
-        return context
 
     def fetch(self) -> dict[str, str]:
         """(Blocking.) One request; the credentials as botocore's metadata dict
         (access_key, secret_key, token, expiry_time)."""
         context = self.tls_context()
-        connection = http.client.HTTPSConnection(self.host, self.port, context=context,
-                                                 timeout=self.timeout_s)
         try:
-            connection.request("GET", self.path, headers={THING_HEADER: self.thing_name,
-                                                          "Accept": "application/json"})
-            response = connection.getresponse()
-            body = response.read(MAX_REPLY_BYTES + 1)
+            # Straight to the endpoint, as it always went: the proxy variables that the
+            # webhook and the pre-signed PUT honour have never applied here.
+            reply = request("GET", self.url, timeout_s=self.timeout_s, proxy=False,
+                            tls=context, max_reply_bytes=MAX_REPLY_BYTES + 1,
+                            headers={THING_HEADER: self.thing_name,
+                                     "Accept": "application/json"})
         except ssl.SSLCertVerificationError as exc:
             raise self._error(
                 f"the endpoint's certificate is not trusted ({exc.verify_message}; "
@@ -145,12 +145,10 @@ class IotCredentialsProvider:
         except (OSError, http.client.HTTPException) as exc:
             raise self._error(f"unreachable: {type(exc).__name__}: {exc}", transient=True,
                               reason="unreachable") from exc
-        finally:
-            connection.close()
-        if len(body) > MAX_REPLY_BYTES:
+        if len(reply.body) > MAX_REPLY_BYTES:
             raise self._error(f"reply larger than {MAX_REPLY_BYTES} bytes", transient=False,
                               reason="malformed")
-        metadata = self._parse(response.status, body)
+        metadata = self._parse(reply.status, reply.body)
         self.counters.inc("iot_credentials_fetched")
         log.info("iot_credentials_fetched", endpoint=self.host, role_alias=self.role_alias,
                  thing=self.thing_name, expiration=metadata["expiry_time"])

@@ -1,11 +1,12 @@
 """Actuator ``webhook``: POSTs the alarm payload (:mod:`edged.alarm`) to an HTTP(S) URL.
 
-Built on the standard library (``urllib.request`` in a worker thread), so the device
-install needs nothing more. Network errors, 5xx and 429 answers are retried a bounded
-number of times with exponential backoff and full jitter (:mod:`edged.base.retry`; a
-``Retry-After`` in seconds is the least wait, up to ``max_backoff_s``); any other answer
-outside 2xx is the receiver refusing the request, and repeating it would not help. Redirects are not
-followed: urllib would turn the POST into a GET and drop the alarm.
+Built on :mod:`edged.base.http` (the standard library, in a worker thread), so the
+device install needs nothing more; the environment's ``https_proxy``/``no_proxy`` apply.
+Network errors, 5xx and 429 answers are retried a bounded number of times with
+exponential backoff and full jitter (:mod:`edged.base.retry`; a ``Retry-After`` in
+seconds is the least wait, up to ``max_backoff_s``); any other answer outside 2xx is the
+receiver refusing the request, and repeating it would not help. Redirects are not
+followed: a POST redirected becomes a GET, and the alarm is dropped.
 """
 
 from __future__ import annotations
@@ -15,9 +16,7 @@ import http.client
 import os
 import re
 import ssl
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn
 
@@ -28,6 +27,7 @@ from pydantic_core import PydanticCustomError
 from edged import __version__, hookimpl
 from edged.alarm import alarm_payload, dumps
 from edged.base import retry
+from edged.base.http import Reply, request, tls_context
 from edged.components import BuildContext, Component
 from edged.config import ActuatorConfig, EnvSecret
 from edged.events import Event
@@ -118,13 +118,8 @@ class _Refused(Exception):
     """The receiver answered and will not take the request (4xx, 3xx)."""
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None  # urllib then raises the 3xx as an HTTPError
-
-
-def _retry_after(error: urllib.error.HTTPError) -> float | None:
-    value = error.headers.get("Retry-After") if error.headers else None
+def _retry_after(reply: Reply) -> float | None:
+    value = reply.headers.get("Retry-After")
     try:
         return max(0.0, float(value)) if value is not None else None
     except ValueError:
@@ -142,28 +137,20 @@ class WebhookActuator(Component):
         self.endpoint = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
         self.log = log.bind(actuator=ctx.name, url=self.endpoint)
         self.rate_limit = RateLimit(interval=30.0)
-        self._opener: urllib.request.OpenerDirector | None = None
+        self._tls: ssl.SSLContext | None = None
 
     async def __aenter__(self) -> WebhookActuator:
         # Loading the CA bundle reads files: off the event loop.
-        self._opener = await asyncio.to_thread(self._build_opener)
+        self._tls = await asyncio.to_thread(tls_context, ca_file=self.config.ca_file,
+                                            verify=self.config.verify_tls)
         if not self.config.verify_tls and self.config.url.startswith("https:"):
             self.log.warning("webhook_tls_unverified")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self._opener = None
+        self._tls = None
 
-    def _build_opener(self) -> urllib.request.OpenerDirector:
-        context = ssl.create_default_context(
-            cafile=str(self.config.ca_file) if self.config.ca_file else None)
-        if not self.config.verify_tls:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        return urllib.request.build_opener(urllib.request.HTTPSHandler(context=context),
-                                           _NoRedirect())
-
-    def _request(self, body: bytes, event_id: str) -> urllib.request.Request:
+    def _headers(self, event_id: str) -> dict[str, str]:
         headers = {
             "Content-Type": "application/json",
             "User-Agent": f"edged/{__version__}",
@@ -173,25 +160,22 @@ class WebhookActuator(Component):
         if self.config.token is not None:
             headers["Authorization"] = f"Bearer {self.config.token.get_secret_value()}"
         headers.update({k: v.get_secret_value() for k, v in self.config.headers.items()})
-        return urllib.request.Request(self.config.url, data=body, headers=headers,
-                                      method="POST")
+        return headers
 
-    def _post(self, request: urllib.request.Request) -> int:
+    def _post(self, body: bytes, headers: dict[str, str]) -> int:
         """One attempt, in a worker thread: the status code, or a classified failure."""
-        assert self._opener is not None, "the webhook actuator was not started"
+        assert self._tls is not None, "the webhook actuator was not started"
         try:
-            with self._opener.open(request, timeout=self.config.timeout_s) as response:
-                response.read(65536)  # let the server finish; the body is not used
-                return response.status
-        except urllib.error.HTTPError as exc:
-            exc.close()
-            if exc.code >= 500 or exc.code == 429:
-                raise _Retryable(f"HTTP {exc.code}", _retry_after(exc)) from None
-            raise _Refused(f"HTTP {exc.code}") from None
-        except urllib.error.URLError as exc:
-            raise _Retryable(f"{type(exc.reason).__name__}: {exc.reason}") from None
-        except (OSError, http.client.HTTPException) as exc:  # timeouts, resets
+            # The body is read (up to 64 KiB) only to let the server finish; it is not used.
+            reply = request("POST", self.config.url, timeout_s=self.config.timeout_s,
+                            proxy=True, tls=self._tls, headers=headers, body=body)
+        except (OSError, http.client.HTTPException) as exc:  # unreachable, TLS, timeouts
             raise _Retryable(f"{type(exc).__name__}: {exc}") from None
+        if 200 <= reply.status < 300:
+            return reply.status
+        if reply.status >= 500 or reply.status == 429:
+            raise _Retryable(f"HTTP {reply.status}", _retry_after(reply))
+        raise _Refused(f"HTTP {reply.status}")
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         delay = retry.delay(attempt, self.config.backoff_s, self.config.max_backoff_s)
@@ -201,11 +185,11 @@ class WebhookActuator(Component):
 
     async def handle(self, event: Event) -> None:
         payload = alarm_payload(event, self.device_id)
-        request = self._request(dumps(payload), payload["id"])
+        body, headers = dumps(payload), self._headers(payload["id"])
         attempts = self.config.retries + 1
         for attempt in range(1, attempts + 1):
             try:
-                status = await asyncio.to_thread(self._post, request)
+                status = await asyncio.to_thread(self._post, body, headers)
             except _Refused as exc:
                 self._failed(event, str(exc), attempt, retryable=False)
                 return

@@ -33,9 +33,7 @@ import http.client
 import json
 import re
 import ssl
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +43,7 @@ import aiomqtt
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edged.base.http import request, tls_context
 from edged.builtin.mqtt.connection import BrokerLink
 from edged.capture.commands import describe
 from edged.capture.destinations import DeliveryError, s3_refusal
@@ -290,8 +289,7 @@ class PresignedDestination:
 
     def open(self) -> None:
         try:
-            self._tls = ssl.create_default_context(
-                cafile=str(self.ca_file) if self.ca_file else None)
+            self._tls = tls_context(ca_file=self.ca_file)
         except (OSError, ssl.SSLError) as exc:
             raise DeliveryError(f"cannot load ca_file {self.ca_file}: {exc}",
                                 transient=False) from exc
@@ -309,17 +307,16 @@ class PresignedDestination:
         # Never log the query: it carries the signature.
         where = f"PUT {urllib.parse.urlsplit(signed.url)._replace(query='').geturl()}"
         headers = {"Content-Type": "application/octet-stream", **signed.headers}
-        request = urllib.request.Request(signed.url, data=body, method="PUT",
-                                         headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=self.put_timeout_s,
-                                        context=self._tls) as response:
-                response.read()
-        except urllib.error.HTTPError as exc:
-            code, message = _s3_error(exc.read(4096))
-            raise s3_refusal(where, exc.code, code, message or str(exc.reason)) from None
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            # Through the environment's proxy: as urllib did here, as boto3 does for S3.
+            reply = request("PUT", signed.url, timeout_s=self.put_timeout_s, proxy=True,
+                            tls=self._tls, headers=headers, body=body,
+                            max_reply_bytes=4096)
+        except (OSError, http.client.HTTPException) as exc:
             raise DeliveryError(f"{where}: {exc}", transient=True) from None
+        if not 200 <= reply.status < 300:  # a redirect too: the URL is signed for one host
+            code, message = _s3_error(reply.body)
+            raise s3_refusal(where, reply.status, code, message or reply.reason)
 
     def close(self) -> None:
         pass

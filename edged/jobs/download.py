@@ -13,10 +13,11 @@ refused with ``BundleError("too_large")``), and only a file with the right hash 
 to ``path``. A pre-signed URL's query string is a credential: errors and log lines name a
 URL without it (``redact``).
 
-Sockets block, so the transfer runs in a worker thread on ``http.client``, which leaves
-Range and redirects to us. Cancelling the coroutine stops the thread within a chunk (it
-shuts its socket down); an exclusive ``flock`` on the part file keeps a thread left over
-from a cancelled call from writing while a later call for the same path does.
+Sockets block, so the transfer runs in a worker thread on an :mod:`edged.base.http`
+connection (``http.client``), which leaves Range and redirects to us. Cancelling the
+coroutine stops the thread within a chunk (it shuts its socket down); an exclusive
+``flock`` on the part file keeps a thread left over from a cancelled call from writing
+while a later call for the same path does.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from urllib.parse import urljoin, urlsplit
 
 import structlog
 
+from edged.base.http import Connection, tls_context
 from edged.base.retry import Backoff
 from edged.bundle.errors import BundleError
 from edged.durable import fsync_dir
@@ -211,14 +213,14 @@ class _Transfer:
         # Some bytes of the part file came from an earlier request than others: a bad hash
         # may then be a tail lost in a power cut, worth one fresh download.
         self.pieced = False
-        self._conn: http.client.HTTPConnection | None = None
+        self._conn: Connection | None = None
         self._ssl: ssl.SSLContext | None = None
 
     def abort(self) -> None:
         """Stop the thread: at its next chunk, or now if it waits on the socket."""
         self.cancelled.set()
         conn = self._conn
-        sock = conn.sock if conn is not None else None
+        sock = conn.http.sock if conn is not None else None
         if sock is not None:
             with contextlib.suppress(OSError):
                 # socket.socket's own shutdown, so an SSL socket's reader gets an EOF.
@@ -413,25 +415,16 @@ class _Transfer:
         return target
 
     def _send(self, url: str, offset: int) -> http.client.HTTPResponse:
-        parts = urlsplit(url)
-        if parts.scheme == "https":
-            if self._ssl is None:
-                self._ssl = ssl.create_default_context(
-                    cafile=str(self.ca_file) if self.ca_file else None)
-            self._conn = http.client.HTTPSConnection(parts.hostname, parts.port,
-                                                     timeout=self.timeout_s,
-                                                     context=self._ssl)
-        else:
-            self._conn = http.client.HTTPConnection(parts.hostname, parts.port,
-                                                    timeout=self.timeout_s)
-        # Sent as given: a pre-signed URL's signature covers its exact path and query.
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        if urlsplit(url).scheme == "https" and self._ssl is None:
+            self._ssl = tls_context(ca_file=self.ca_file)
+        # Direct, as it always went: the proxy variables that the webhook and the
+        # pre-signed PUT honour have never applied to bundle downloads.
+        self._conn = Connection(url, timeout_s=self.timeout_s, proxy=False, tls=self._ssl)
         headers = {"User-Agent": "edged", "Accept-Encoding": "identity"}
         if offset:
             headers["Range"] = f"bytes={offset}-"
         try:
-            self._conn.request("GET", target, headers=headers)
-            return self._conn.getresponse()
+            return self._conn.request("GET", headers=headers)
         except ssl.SSLCertVerificationError as exc:
             self._close()
             raise DownloadError("network", f"{redact(url)}: certificate refused: "

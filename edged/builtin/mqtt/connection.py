@@ -81,6 +81,7 @@ import structlog
 from pydantic import Field, model_validator
 
 from edged.base import retry
+from edged.base.http import tls_context
 from edged.config import EnvSecret, Strict
 from edged.log import RateLimit
 from edged.metrics import Counters
@@ -459,13 +460,8 @@ def _read_bursts(client: aiomqtt.Client, inbox: Inbox) -> None:
 
 def _tls_context(tls: TlsConfig) -> ssl.SSLContext:
     """Built once, in a thread: loading certificates reads files."""
-    context = ssl.create_default_context(
-        cafile=str(tls.ca_file) if tls.ca_file else None)
-    if tls.cert_file is not None:
-        context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-    if tls.insecure:
-        context.check_hostname = False
-    return context
+    return tls_context(ca_file=tls.ca_file, cert_file=tls.cert_file, key_file=tls.key_file,
+                       check_hostname=not tls.insecure)
 
 
 def _abandon(client: aiomqtt.Client) -> None:
