@@ -43,9 +43,9 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import cpu_name  # noqa: E402
 from edged.agent.proto import agent_pb2, agent_pb2_grpc  # noqa: E402
+from edged.base.log import configure_logging  # noqa: E402
 from edged.builtin.edge_agent import EdgeAgentBackend, EdgeAgentConfig  # noqa: E402
-from edged.log import configure_logging  # noqa: E402
-from edged.modelpkg import read_manifest, resolve_model_path  # noqa: E402
+from edged.model.package import read_manifest, resolve_model_path  # noqa: E402
 
 MODEL = "windturbine"
 

@@ -46,13 +46,13 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import cpu_name  # noqa: E402
 from benchmarks.run import NEW_ROWS, simulated_inputs  # noqa: E402
+from edged.base.metrics import Counters  # noqa: E402
 from edged.builtin.onnx import OnnxBackend, OnnxConfig  # noqa: E402
 from edged.builtin.windturbine import WindTurbineConfig, WindTurbineStage, params_for  # noqa: E402
 from edged.capture.pipeline_capture import PipelineCapture  # noqa: E402
-from edged.capture_config import PipelineCaptureSpec  # noqa: E402
-from edged.components import Readings  # noqa: E402
 from edged.config import PipelineSpec  # noqa: E402
-from edged.metrics import Counters  # noqa: E402
+from edged.config.capture import PipelineCaptureSpec  # noqa: E402
+from edged.plugin.components import Readings  # noqa: E402
 from edged.runtime.pipeline import Pipeline  # noqa: E402
 
 CONFIGS = {"off": None, "1 %": 100, "100 %": 1}

@@ -38,11 +38,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import cpu_name  # noqa: E402
+from edged.base.metrics import Counters  # noqa: E402
 from edged.builtin.onnx import OnnxBackend, OnnxConfig  # noqa: E402
 from edged.builtin.windturbine import WindTurbineConfig, WindTurbineStage, params_for  # noqa: E402
-from edged.components import Readings  # noqa: E402
 from edged.config import PipelineSpec  # noqa: E402
-from edged.metrics import Counters  # noqa: E402
+from edged.plugin.components import Readings  # noqa: E402
 from edged.runtime.pipeline import Pipeline  # noqa: E402
 from edged.windturbine.features import WindTurbinePreprocessor, raw_features  # noqa: E402
 from edged.windturbine.layout import DATASET_COLUMNS, INPUTS  # noqa: E402

@@ -80,13 +80,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import cpu_name  # noqa: E402
-from edged.bundle import build_bundle  # noqa: E402
-from edged.bundle.keys import public_pem  # noqa: E402
+from edged.app.assembly import build_graph  # noqa: E402
+from edged.cloud.jobs.protocol import TERMINAL_STATUSES  # noqa: E402
 from edged.config import load_config  # noqa: E402
-from edged.jobs.protocol import TERMINAL_STATUSES  # noqa: E402
-from edged.modelpkg import resolve_model_path  # noqa: E402
-from edged.plugin_manager import make_plugin_manager  # noqa: E402
-from edged.runtime.graph import build_graph  # noqa: E402
+from edged.model.bundle import build_bundle  # noqa: E402
+from edged.model.bundle.keys import public_pem  # noqa: E402
+from edged.model.package import resolve_model_path  # noqa: E402
+from edged.plugin.manager import make_plugin_manager  # noqa: E402
 from tests.support import BundleServer, Mosquitto  # noqa: E402
 from tests.support.jobs_peer import JobsService  # noqa: E402
 

@@ -9,7 +9,7 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0"
 
-#: Decorator for plugin hook implementations (see :mod:`edged.hookspecs`).
+#: Decorator for plugin hook implementations (see :mod:`edged.plugin.hookspecs`).
 hookimpl = pluggy.HookimplMarker("edged")
 
 __all__ = ["__version__", "hookimpl"]

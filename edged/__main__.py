@@ -1,5 +1,5 @@
 import sys
 
-from edged.cli import main
+from edged.app.cli import main
 
 sys.exit(main())

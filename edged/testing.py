@@ -10,7 +10,7 @@ component, run a small graph, wait for a condition, write a farm config.
         readings = await collect_readings(source, rows=10)
 
 Built as the daemon builds it: the config through the type's model, registered by its
-entry point, the factory with a :class:`~edged.components.BuildContext`. See "Testing
+entry point, the factory with a :class:`~edged.plugin.components.BuildContext`. See "Testing
 your plugin" in docs/plugins.md. edged's own brokers, fake cloud services and child
 processes are not here: they live with its tests (``tests/support``).
 """
@@ -25,8 +25,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from edged.components import BuildContext, Readings
-from edged.registry import Kind, Registry
+from edged.plugin.components import BuildContext, Readings
+from edged.plugin.registry import Kind, Registry
 
 
 def build_component(kind: Kind, config: dict[str, Any], state_dir: Path, *,
@@ -36,7 +36,7 @@ def build_component(kind: Kind, config: dict[str, Any], state_dir: Path, *,
     describes, built but not started. ``inputs``: the raw columns a source is asked for;
     ``factory_args``: more arguments (a preprocessor's ``manifest``)."""
     if registry is None:
-        from edged.plugin_manager import make_plugin_manager
+        from edged.plugin.manager import make_plugin_manager
 
         _, registry = make_plugin_manager()
     component_type = registry.component(kind, config.get("type", ""))
@@ -88,9 +88,9 @@ async def eventually(predicate: Callable[[], object], seconds: float = 20.0) -> 
 
 async def stop_task(task: asyncio.Task, seconds: float = 10.0) -> None:
     """Cancel ``task`` and wait until it has ended (re-cancelling: see
-    :mod:`edged.runtime.tasks`); its exception, if it failed, is raised. Fails after
+    :mod:`edged.base.tasks`); its exception, if it failed, is raised. Fails after
     ``seconds`` rather than hang a test."""
-    from edged.runtime.tasks import cancel_and_wait
+    from edged.base.tasks import cancel_and_wait
 
     await cancel_and_wait(task, seconds=seconds)
     if not task.cancelled():
@@ -102,9 +102,9 @@ async def running_graph(config: Path, registry: Registry | None = None
                         ) -> AsyncIterator[Any]:
     """A daemon graph built from ``config`` and running in this event loop (started,
     ready) for the block's duration; stopped, in stages, after it."""
+    from edged.app.assembly import build_graph
     from edged.config import load_config
-    from edged.plugin_manager import make_plugin_manager
-    from edged.runtime.graph import build_graph
+    from edged.plugin.manager import make_plugin_manager
 
     if registry is None:
         _, registry = make_plugin_manager()

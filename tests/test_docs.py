@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from edged.config import parse_config
-from edged.plugin_manager import make_plugin_manager
+from edged.plugin.manager import make_plugin_manager
 
 ROOT = Path(__file__).resolve().parents[1]
 YAML_BLOCK = re.compile(r"```yaml\n(.*?)```", re.DOTALL)
@@ -79,7 +79,7 @@ def test_readme_device_config_validates(registry):
 
 
 def test_jobs_page_cloud_sample_validates():
-    from edged.cloud import CloudConfig
+    from edged.config.cloud import CloudConfig
 
     blocks = YAML_BLOCK.findall((ROOT / "docs" / "jobs.md").read_text())
     assert blocks

@@ -114,11 +114,12 @@ def test_hookspecs_module_is_the_only_hookspec_marker():
                     isinstance(node, ast.Name) and node.id == "HookspecMarker") or (
                     isinstance(node, ast.alias) and node.name == "HookspecMarker"):
                 found.append(path.relative_to(ROOT).as_posix())
-    assert sorted(set(found)) == ["edged/hookspecs.py"]
+    assert sorted(set(found)) == ["edged/plugin/hookspecs.py"]
 
 
 def test_hookimpl_marker_is_defined_once():
-    from edged import hookimpl, hookspecs
+    from edged import hookimpl
+    from edged.plugin import hookspecs
 
     assert hookimpl.project_name == hookspecs.hookspec.project_name == "edged"
 
@@ -152,3 +153,80 @@ def test_installed_entry_points_match_pyproject():
     installed = {ep.name: ep.value for ep in entry_points(group="edged.plugins")
                  if ep.dist is not None and ep.dist.metadata["Name"] == "edged"}
     assert installed == BUILTIN_ENTRY_POINTS, "stale install: run `pip install -e .`"
+
+
+# -- floors: who may import whom (docs/architecture.md) ----------------------------------
+
+#: The floors of the house, bottom first; a module imports only its own floor and below.
+#: Imports inside functions and under TYPE_CHECKING count too: a lazy import is still an
+#: arrow, and hiding one is how the old loops grew.
+FLOORS: list[tuple[str, tuple[str, ...]]] = [
+    ("base", ("edged.base", "edged")),
+    ("plugin contract and domain", ("edged.plugin", "edged.windturbine")),
+    ("shared infrastructure", ("edged.mqtt", "edged.model")),
+    ("config", ("edged.config",)),
+    ("engine", ("edged.runtime",)),
+    ("services", ("edged.capture", "edged.health")),
+    ("plugins and agent", ("edged.builtin", "edged.agent")),
+    ("cloud link", ("edged.cloud",)),
+    ("application", ("edged.app", "edged.testing", "edged.__main__")),
+]
+
+
+def floor_of(module: str) -> int:
+    """The floor of ``module``: that of its longest listed prefix."""
+    best, length = -1, -1
+    for index, (_, prefixes) in enumerate(FLOORS):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > length:
+                best, length = index, len(prefix)
+    return best
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _edged_imports(path: Path) -> set[str]:
+    """Every edged module (or module.name) ``path`` imports, wherever the import stands."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {name for name in found if name == "edged" or name.startswith("edged.")}
+
+
+DEVICE_MODULES = [p for p in _sources(PACKAGE) if "proto" not in p.parts]
+
+
+@pytest.mark.parametrize("path", DEVICE_MODULES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_a_module_imports_only_its_floor_and_below(path):
+    module = _module_name(path)
+    floor = floor_of(module)
+    assert floor >= 0, f"{module} is on no floor: add its package to FLOORS"
+    upward = sorted(f"{name} ({FLOORS[floor_of(name)][0]})" for name in _edged_imports(path)
+                    if floor_of(name) > floor)
+    assert not upward, f"{module} ({FLOORS[floor][0]}) imports up: {upward}"
+
+
+def test_the_floor_check_sees_an_upward_import(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("def f():\n    from edged.cloud.link import build_cloud\n")
+    assert floor_of("edged.runtime.pipeline") < floor_of(
+        next(iter(_edged_imports(probe))))
+
+
+def test_few_modules_lie_loose_in_the_package():
+    loose = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert loose == ["__init__.py", "__main__.py", "testing.py"], loose
+
+
+def test_the_drawing_of_the_floors_is_current():
+    # docs/floors.svg is drawn from the imports; a change that moves an arrow redraws it.
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "draw_floors.py"),
+                             "--check"], capture_output=True, text=True, timeout=120,
+                            check=False)
+    assert result.returncode == 0, result.stderr

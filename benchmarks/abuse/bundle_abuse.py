@@ -38,17 +38,17 @@ sys.path.insert(0, str(HERE))
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 
-from edged.bundle import build_bundle, extract_bundle, sign_manifest  # noqa: E402
-from edged.bundle.keys import public_pem  # noqa: E402
-from edged.modelpkg import resolve_model_path  # noqa: E402
+from edged.model.bundle import build_bundle, extract_bundle, sign_manifest  # noqa: E402
+from edged.model.bundle.keys import public_pem  # noqa: E402
+from edged.model.package import resolve_model_path  # noqa: E402
 
 # Run in the child, with the tree's edged first on sys.path.
 CHILD = r"""
 import json, sys, time
 from pathlib import Path
 import edged
-from edged.bundle import TrustStore, extract_bundle, verify_bundle
-from edged.bundle.keys import load_public_key
+from edged.model.bundle import TrustStore, extract_bundle, verify_bundle
+from edged.model.bundle.keys import load_public_key
 
 kind, arg, pem, work = sys.argv[1:5]
 result = {"edged": edged.__file__}
@@ -60,12 +60,12 @@ try:
         manifest = verify_bundle(slot, trust, installed_version=None)
         result["outcome"] = f"accepted (version {manifest.version})"
     elif kind == "document":
-        from edged.jobs.document import parse_document
+        from edged.cloud.jobs.document import parse_document
         parse_document(Path(arg).read_text())
         result["outcome"] = "accepted"
     else:
-        from edged.capture.commands import CaptureCommands
-        from edged.metrics import Counters
+        from edged.cloud.capture_requests import CaptureCommands
+        from edged.base.metrics import Counters
         class Capture:
             def request(self, turbine, duration_s):
                 result["captured_turbine"] = turbine

@@ -6,7 +6,7 @@ each key lies in the asking thing's own partition (``device=<thing>/...``: the t
 names the thing, and the broker's policy lets a thing publish on its own topics only),
 and answers with pre-signed PUT URLs bound to each object's MD5, signed with this
 service's AWS credentials (a role allowed ``s3:PutObject`` on the capture prefix). The
-contract is edged.capture.upload_urls; docs/capture.md, "Pre-signed uploads".
+contract is edged.cloud.upload_urls; docs/capture.md, "Pre-signed uploads".
 
     python -m edged_cloud.upload_signer --host BROKER [--port 8883 --ca-file F
         --cert-file F --key-file F --client-id ID] --bucket BUCKET [--prefix captures]
@@ -35,8 +35,9 @@ from typing import Any, Literal, NoReturn
 import aiomqtt
 import structlog
 
-from edged.builtin.mqtt.connection import BrokerConfig, BrokerLink, TlsConfig
-from edged.capture.upload_urls import (
+from edged.base.log import configure_logging
+from edged.base.metrics import Counters
+from edged.capture.url_protocol import (
     REQUEST_TOPIC,
     UrlRequest,
     client_token_of,
@@ -44,8 +45,7 @@ from edged.capture.upload_urls import (
     parse,
     reply_topic,
 )
-from edged.log import configure_logging
-from edged.metrics import Counters
+from edged.mqtt.link import BrokerConfig, BrokerLink, TlsConfig
 
 log = structlog.get_logger("edged_cloud.upload_signer")
 

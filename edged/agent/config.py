@@ -22,13 +22,14 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
+from edged.base.errors import ConfigError
+from edged.base.strict_json import JsonError
+from edged.base.strict_json import loads as strict_loads
 from edged.capture.store import CapturePolicy, CaptureSettings
-from edged.capture_config import IotCredentialsSpec, split_iot_endpoint
-from edged.config import DeviceSpec, LogSpec, Strict, _Problems, load_config_yaml
-from edged.config_yaml import MAX_BYTES, MAX_DEPTH, Location, read_config_text
-from edged.errors import ConfigError
-from edged.strict_json import JsonError
-from edged.strict_json import loads as strict_loads
+from edged.config import DeviceSpec, LogSpec, _Problems, load_config_yaml
+from edged.config.capture import IotCredentialsSpec, split_iot_endpoint
+from edged.config.yamlfile import MAX_BYTES, MAX_DEPTH, Location, read_config_text
+from edged.plugin.config import Strict
 
 MIB = 1 << 20
 
@@ -147,7 +148,7 @@ JSON_KEYS: dict[str, Location] = {
     f"{_CAPTURE}buffer_size": ("capture", "buffer_size"),
     f"{_CAPTURE}batch_size": ("capture", "batch_size"),
     f"{_CAPTURE}push_period_seconds": ("capture", "push_period_s"),
-    # The IoT credentials provider (edged.iot_credentials), used when the endpoint is set.
+    # The IoT credentials provider (edged.capture.credentials), used when the endpoint is set.
     _ENDPOINT: ("credentials", "endpoint"),
     "sagemaker_edge_provider_aws_cert_file": ("credentials", "cert_file"),
     "sagemaker_edge_provider_aws_cert_pk_file": ("credentials", "key_file"),

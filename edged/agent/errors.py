@@ -6,7 +6,7 @@ turned into a status by the server. docs/agent.md lists which request meets whic
 
 from __future__ import annotations
 
-from edged.errors import EdgedError
+from edged.base.errors import EdgedError
 
 
 class AgentError(EdgedError):

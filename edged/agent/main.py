@@ -18,9 +18,9 @@ import structlog
 
 from edged.agent.config import LoadedAgentConfig, load_agent_config
 from edged.agent.server import AgentServer, CaptureSink
-from edged.errors import ConfigError, EdgedError
-from edged.log import configure_logging
-from edged.sdnotify import Notifier
+from edged.base.errors import ConfigError, EdgedError
+from edged.base.log import configure_logging
+from edged.base.sdnotify import Notifier
 
 EX_OK = 0
 EX_FAILURE = 1

@@ -3,7 +3,7 @@ ONNX Runtime session each Predict runs.
 
 A model is a directory under one of the configured model roots, in one of two layouts:
 
-- edged's model package (``manifest.json`` + the model file, see :mod:`edged.modelpkg`);
+- edged's model package (``manifest.json`` + the model file, see :mod:`edged.model.package`);
   the manifest's SHA-256 of every file is checked when ``verify_models`` is on;
 - a directory holding exactly one ``*.onnx`` file and no manifest.
 
@@ -35,9 +35,9 @@ from edged.agent.errors import (
     ResourceExhausted,
 )
 from edged.agent.memory import FALLBACK, Footprint, measure_footprint
-from edged.errors import ModelError
+from edged.base.errors import ModelError
+from edged.model.package import MANIFEST, read_manifest
 from edged.model.session import open_session
-from edged.modelpkg import MANIFEST, read_manifest
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
 MAX_NAME = 255

@@ -54,6 +54,9 @@ from edged.agent.tensors import (
     plan_predict,
     read_tensor,
 )
+from edged.base.errors import ModelError
+from edged.base.log import RateLimit
+from edged.base.metrics import Counters
 from edged.capture.store import (
     AuxData,
     BufferFull,
@@ -63,10 +66,7 @@ from edged.capture.store import (
     DuplicateCaptureId,
     TensorData,
 )
-from edged.errors import ModelError
-from edged.log import RateLimit
-from edged.metrics import Counters
-from edged.modelpkg import MANIFEST, read_manifest
+from edged.model.package import MANIFEST, read_manifest
 
 log = structlog.get_logger("edged.agent")
 
@@ -370,7 +370,7 @@ class AgentServer:
         if capture is None:
             credentials = None
             if config.credentials is not None:
-                from edged.iot_credentials import provider_from_spec
+                from edged.capture.credentials import provider_from_spec
 
                 credentials = provider_from_spec(config.credentials, config.device_name,
                                                  counters=self.counters)

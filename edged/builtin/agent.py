@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from edged import hookimpl
-from edged.registry import CliCommand
+from edged.plugin.registry import CliCommand
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,5 +1,5 @@
 """Actuator ``command``: runs a program for each event, the alarm payload
-(:mod:`edged.alarm`) on its standard input. For GPIO, relay or PLC tools.
+(:mod:`edged.plugin.alarm_payload`) on its standard input. For GPIO, relay or PLC tools.
 
 The program runs without a shell (``argv`` as given), in its own process group, so that a
 timeout kills it together with anything it started. Its output is captured, truncated to
@@ -22,12 +22,12 @@ import structlog
 from pydantic import Field
 
 from edged import hookimpl
-from edged.alarm import alarm_payload, dumps
-from edged.components import BuildContext, Component
-from edged.config import ActuatorConfig
-from edged.events import Event
-from edged.log import RateLimit
-from edged.registry import ComponentType
+from edged.base.log import RateLimit
+from edged.plugin.alarm_payload import alarm_payload, dumps
+from edged.plugin.components import BuildContext, Component
+from edged.plugin.config import ActuatorConfig
+from edged.plugin.events import Event
+from edged.plugin.registry import ComponentType
 
 log = structlog.get_logger("edged.actuator.command")
 

@@ -29,12 +29,12 @@ import structlog
 from pydantic import Field, model_validator
 
 from edged import hookimpl
-from edged.components import BuildContext
-from edged.config import InferenceConfig
-from edged.errors import ModelError
-from edged.events import ModelRef
-from edged.modelpkg import MANIFEST, ModelManifest, parse_manifest, resolve_model_path
-from edged.registry import ComponentType
+from edged.base.errors import ModelError
+from edged.model.package import MANIFEST, ModelManifest, parse_manifest, resolve_model_path
+from edged.plugin.components import BuildContext
+from edged.plugin.config import InferenceConfig
+from edged.plugin.events import ModelRef
+from edged.plugin.registry import ComponentType
 
 if TYPE_CHECKING:
     import grpc

@@ -8,10 +8,10 @@ import structlog
 from pydantic import Field
 
 from edged import hookimpl
-from edged.components import BuildContext, Component
-from edged.config import ActuatorConfig
-from edged.events import Event
-from edged.registry import ComponentType
+from edged.plugin.components import BuildContext, Component
+from edged.plugin.config import ActuatorConfig
+from edged.plugin.events import Event
+from edged.plugin.registry import ComponentType
 
 
 class LogActuatorConfig(ActuatorConfig):

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from edged import hookimpl
-from edged.registry import CliCommand
+from edged.plugin.registry import CliCommand
 
 EX_OK, EX_FAILURE, EX_CONFIG = 0, 1, 78
 
@@ -57,7 +57,7 @@ def _state_dir(args: argparse.Namespace) -> Path:
         return args.state_dir
     if args.config:
         from edged.config import blocked_plugins, load_config
-        from edged.plugin_manager import make_plugin_manager
+        from edged.plugin.manager import make_plugin_manager
 
         _, registry = make_plugin_manager(blocked=blocked_plugins(args.config))
         return load_config(args.config, registry).state_dir
@@ -69,7 +69,7 @@ def _when(timestamp: float) -> str:
 
 
 def _list(state_dir: Path, as_json: bool) -> int:
-    from edged.modelstore import stores
+    from edged.model.store import stores
 
     rows = []
     for store in stores(state_dir):
@@ -95,7 +95,7 @@ def _list(state_dir: Path, as_json: bool) -> int:
 
 
 def _rollback(state_dir: Path, name: str) -> int:
-    from edged.modelstore import ModelStore
+    from edged.model.store import ModelStore
 
     store = ModelStore.for_model(state_dir, name)
     if store.current() is None:
@@ -111,9 +111,9 @@ def _peek_name(directory: Path) -> str | None:
     """The model name an extracted, not yet verified manifest claims, to find the store
     whose version and schema it must meet; None if there is none to read (then
     ``verify_bundle`` refuses the manifest itself)."""
-    from edged.durable import read_at_most
-    from edged.modelpkg import MANIFEST, MAX_MANIFEST_BYTES
-    from edged.strict_json import loads
+    from edged.base.durable import read_at_most
+    from edged.base.strict_json import loads
+    from edged.model.package import MANIFEST, MAX_MANIFEST_BYTES
 
     try:
         data = read_at_most(directory / MANIFEST, MAX_MANIFEST_BYTES)
@@ -127,7 +127,7 @@ def _peek_name(directory: Path) -> str | None:
 
 
 def _install(state_dir: Path, args: argparse.Namespace) -> int:
-    from edged.bundle import (
+    from edged.model.bundle import (
         BundleError,
         ModelExpectation,
         TrustConfig,
@@ -135,7 +135,7 @@ def _install(state_dir: Path, args: argparse.Namespace) -> int:
         extract_bundle,
         verify_bundle,
     )
-    from edged.modelstore import ModelStore
+    from edged.model.store import ModelStore
 
     trust = TrustStore.from_config(TrustConfig(keys_dir=args.trust, revoked=args.revoked))
     models = state_dir / "models"
@@ -177,7 +177,7 @@ def _install(state_dir: Path, args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from edged.errors import ConfigError, ModelError
+    from edged.base.errors import ConfigError, ModelError
 
     try:
         state_dir = _state_dir(args)

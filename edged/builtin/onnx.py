@@ -11,14 +11,14 @@ import structlog
 from pydantic import Field
 
 from edged import hookimpl
-from edged.components import BuildContext
-from edged.config import InferenceConfig
-from edged.errors import ModelError
-from edged.events import ModelRef
+from edged.base.errors import ModelError
+from edged.model.package import read_manifest, resolve_model_path
 from edged.model.session import open_session
-from edged.modelpkg import read_manifest, resolve_model_path
-from edged.modelstore.store import STORE_PREFIX, resolve_store_model
-from edged.registry import ComponentType
+from edged.model.store import STORE_PREFIX, resolve_store_model
+from edged.plugin.components import BuildContext
+from edged.plugin.config import InferenceConfig
+from edged.plugin.events import ModelRef
+from edged.plugin.registry import ComponentType
 
 log = structlog.get_logger("edged.onnx")
 

@@ -16,12 +16,12 @@ import structlog
 from pydantic import Field
 
 from edged import hookimpl
-from edged.components import BuildContext, Component, Emit, Readings
-from edged.config import SourceConfig
-from edged.errors import RowError
-from edged.log import RateLimit
-from edged.registry import ComponentType
-from edged.rows import RowDecoder
+from edged.base.errors import RowError
+from edged.base.log import RateLimit
+from edged.plugin.components import BuildContext, Component, Emit, Readings
+from edged.plugin.config import SourceConfig
+from edged.plugin.registry import ComponentType
+from edged.plugin.rows import RowDecoder
 from edged.windturbine.layout import DATASET_COLUMNS
 
 log = structlog.get_logger("edged.replay")

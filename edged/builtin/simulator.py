@@ -11,9 +11,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edged import hookimpl
-from edged.components import BuildContext, Component, Emit, Readings
-from edged.config import SourceConfig
-from edged.registry import ComponentType
+from edged.plugin.components import BuildContext, Component, Emit, Readings
+from edged.plugin.config import SourceConfig
+from edged.plugin.registry import ComponentType
 from edged.windturbine.layout import DATASET_COLUMNS, FAULT_KINDS
 from edged.windturbine.simulator import Fault, WindFarm, parse_schedule
 

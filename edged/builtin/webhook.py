@@ -1,4 +1,5 @@
-"""Actuator ``webhook``: POSTs the alarm payload (:mod:`edged.alarm`) to an HTTP(S) URL.
+"""Actuator ``webhook``: POSTs the alarm payload (:mod:`edged.plugin.alarm_payload`) to an
+HTTP(S) URL.
 
 Built on :mod:`edged.base.http` (the standard library, in a worker thread), so the
 device install needs nothing more; the environment's ``https_proxy``/``no_proxy`` apply.
@@ -25,14 +26,14 @@ from pydantic import BeforeValidator, Field, SecretStr, field_validator
 from pydantic_core import PydanticCustomError
 
 from edged import __version__, hookimpl
-from edged.alarm import alarm_payload, dumps
 from edged.base import retry
 from edged.base.http import Reply, request, tls_context
-from edged.components import BuildContext, Component
-from edged.config import ActuatorConfig, EnvSecret
-from edged.events import Event
-from edged.log import RateLimit
-from edged.registry import ComponentType
+from edged.base.log import RateLimit
+from edged.plugin.alarm_payload import alarm_payload, dumps
+from edged.plugin.components import BuildContext, Component
+from edged.plugin.config import ActuatorConfig, EnvSecret
+from edged.plugin.events import Event
+from edged.plugin.registry import ComponentType
 
 log = structlog.get_logger("edged.actuator.webhook")
 

@@ -13,9 +13,9 @@ import numpy as np
 from pydantic import Field
 
 from edged import hookimpl
-from edged.components import BuildContext, Scores
-from edged.config import PreprocessorConfig
-from edged.registry import ComponentType
+from edged.plugin.components import BuildContext, Scores
+from edged.plugin.config import PreprocessorConfig
+from edged.plugin.registry import ComponentType
 from edged.windturbine import layout
 from edged.windturbine.features import WindTurbineParams, WindTurbinePreprocessor, raw_features
 

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from edged.capture.policy import Pick
-from edged.events import Decision
+from edged.plugin.events import Decision
 
 SCHEMA_VERSION = 1
 _TIME_ERROR = 5  # adjtimex(2): the clock is not synchronised (STA_UNSYNC)

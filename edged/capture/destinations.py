@@ -9,11 +9,17 @@ it takes, and everything else a bounded number of times.
 
 from __future__ import annotations
 
+import http.client
+import re
+import ssl
+import urllib.parse
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
-from edged.durable import makedirs_durably, write_durably
-from edged.errors import EdgedError
+from edged.base.durable import makedirs_durably, write_durably
+from edged.base.errors import EdgedError
+from edged.base.http import request, tls_context
+from edged.capture.url_protocol import ObjectToSign, SignedUrl
 
 # S3 error codes that mean "later", whatever the HTTP status says.
 _TRANSIENT_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException",
@@ -100,7 +106,7 @@ class S3Destination:
         self.region = region
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
-        # An edged.iot_credentials.IotCredentialsProvider, or None: the standard AWS chain.
+        # An edged.capture.credentials.IotCredentialsProvider, or None: the standard AWS chain.
         self.credentials = credentials
         self._client: Any = None
         self._errors: tuple[type[Exception], ...] = ()
@@ -155,3 +161,73 @@ class S3Destination:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+class Signer(Protocol):
+    """Hands out pre-signed PUT URLs (the cloud link's UploadUrlClient)."""
+
+    def sign_blocking(self, objects: list[ObjectToSign], timeout_s: float
+                      ) -> list[SignedUrl]: ...
+
+
+class PresignedDestination:
+    """Objects PUT to the URLs a signer hands out: S3 without S3 credentials.
+
+    ``signer`` (a :class:`Signer`: edged.cloud.upload_urls.UploadUrlClient) is attached by
+    the cloud link (edged.cloud.link.build_cloud); until it is, and while the link is down,
+    uploads fail as transient and wait in the spool. Every attempt asks for fresh URLs, so
+    a URL that expired meanwhile is never used twice. Blocking, like every destination:
+    the uplink calls it from a worker thread."""
+
+    name = "Cloud"
+
+    def __init__(self, *, timeout_s: float = 15.0, put_timeout_s: float = 30.0,
+                 ca_file: Path | None = None) -> None:
+        self.timeout_s = timeout_s  # for the signer's answer
+        self.put_timeout_s = put_timeout_s
+        self.ca_file = ca_file
+        self.signer: Signer | None = None
+        self._tls: ssl.SSLContext | None = None
+
+    def open(self) -> None:
+        try:
+            self._tls = tls_context(ca_file=self.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise DeliveryError(f"cannot load ca_file {self.ca_file}: {exc}",
+                                transient=False) from exc
+
+    def write(self, objects: list[tuple[str, bytes]]) -> None:
+        signer = self.signer
+        if signer is None:
+            raise DeliveryError("no cloud link to ask for upload URLs", transient=True)
+        urls = signer.sign_blocking([ObjectToSign.of(key, body) for key, body in objects],
+                                    self.timeout_s)
+        for signed, (_, body) in zip(urls, objects, strict=True):
+            self._put(signed, body)
+
+    def _put(self, signed: SignedUrl, body: bytes) -> None:
+        # Never log the query: it carries the signature.
+        where = f"PUT {urllib.parse.urlsplit(signed.url)._replace(query='').geturl()}"
+        headers = {"Content-Type": "application/octet-stream", **signed.headers}
+        try:
+            # Through the environment's proxy: as urllib did here, as boto3 does for S3.
+            reply = request("PUT", signed.url, timeout_s=self.put_timeout_s, proxy=True,
+                            tls=self._tls, headers=headers, body=body,
+                            max_reply_bytes=4096)
+        except (OSError, http.client.HTTPException) as exc:
+            raise DeliveryError(f"{where}: {exc}", transient=True) from None
+        if not 200 <= reply.status < 300:  # a redirect too: the URL is signed for one host
+            code, message = _s3_error(reply.body)
+            raise s3_refusal(where, reply.status, code, message or reply.reason)
+
+    def close(self) -> None:
+        pass
+
+
+def _s3_error(body: bytes) -> tuple[str | None, str]:
+    """Code and Message of an S3 XML error body (read with a regex: no XML parser for
+    what an endpoint sends)."""
+    text = body.decode("utf-8", "replace")
+    code = re.search(r"<Code>([^<]{1,128})</Code>", text)
+    message = re.search(r"<Message>([^<]{0,512})</Message>", text)
+    return (code[1] if code else None), (message[1] if message else "")

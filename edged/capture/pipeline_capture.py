@@ -22,7 +22,10 @@ from typing import Any
 
 import structlog
 
-from edged import strict_json
+from edged.base import strict_json
+from edged.base.durable import read_at_most, write_durably
+from edged.base.metrics import Counters
+from edged.base.tasks import run_to_end
 from edged.capture.decision_records import Item, clock_synced, encode_record, manifest_hash
 from edged.capture.destinations import Destination, DiskDestination, S3Destination
 from edged.capture.policy import (
@@ -34,11 +37,8 @@ from edged.capture.policy import (
     Sampler,
 )
 from edged.capture.uplink import Budget, CaptureUplink, Entry, UplinkSettings
-from edged.capture_config import PipelineCaptureSpec, reserve_bytes
-from edged.durable import read_at_most, write_durably
-from edged.events import Decision, Event
-from edged.metrics import Counters
-from edged.runtime.tasks import run_to_end
+from edged.config.capture import PipelineCaptureSpec, reserve_bytes
+from edged.plugin.events import Decision, Event
 
 log = structlog.get_logger("edged.capture.pipeline")
 
@@ -68,14 +68,14 @@ def build_destination(spec: PipelineCaptureSpec, fsync: bool, *, thing: str,
     if dest.type == "s3":
         credentials = None
         if dest.credentials is not None:
-            from edged.iot_credentials import provider_from_spec
+            from edged.capture.credentials import provider_from_spec
 
             credentials = provider_from_spec(dest.credentials, thing, counters=counters)
         return S3Destination(dest.bucket, dest.prefix.strip("/"),
                              endpoint_url=dest.endpoint_url, region=dest.region,
                              credentials=credentials)
     if dest.type == "presigned":
-        from edged.capture.upload_urls import PresignedDestination
+        from edged.capture.destinations import PresignedDestination
 
         return PresignedDestination(timeout_s=dest.timeout_s, put_timeout_s=dest.put_timeout_s,
                                     ca_file=dest.ca_file)

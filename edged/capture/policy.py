@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from edged.events import Decision
+from edged.plugin.events import Decision
 
 
 @dataclass(slots=True)

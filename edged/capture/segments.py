@@ -16,7 +16,7 @@ Layout under a spool's root (``<state_dir>/capture/<pipeline>/``, or the agent's
                                           its segments and ``error.txt``, for a human
 
 A segment is written under a temporary name and renamed into place (through
-:func:`edged.durable.write_durably`), so one that exists is whole. Kept-longer and
+:func:`edged.base.durable.write_durably`), so one that exists is whole. Kept-longer and
 other records never share a segment: the budget drops whole ``n`` segments, oldest first.
 A segment's size is what it takes on disk (whole blocks), which is what fills a disk.
 
@@ -40,9 +40,8 @@ from pathlib import Path
 import orjson
 import structlog
 
-from edged import strict_json
-from edged.capture.spool import lock_spool
-from edged.durable import (
+from edged.base import strict_json
+from edged.base.durable import (
     disk_bytes,
     free_space,
     fsync_dir,
@@ -50,7 +49,8 @@ from edged.durable import (
     read_at_most,
     write_durably,
 )
-from edged.errors import EdgedError
+from edged.base.errors import EdgedError
+from edged.capture.spool import lock_spool
 
 log = structlog.get_logger("edged.capture.segments")
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import orjson
 
-from edged.durable import fsync_dir, write_durably
-from edged.errors import EdgedError
+from edged.base.durable import fsync_dir, write_durably
+from edged.base.errors import EdgedError
 
 __all__ = ["SpoolLocked", "StatusLog", "lock_spool"]
 

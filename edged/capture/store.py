@@ -30,6 +30,10 @@ import orjson
 import structlog
 from pydantic import Field, model_validator
 
+from edged.base.errors import EdgedError
+from edged.base.log import RateLimit
+from edged.base.metrics import Counters
+from edged.base.tasks import cancel_all
 from edged.capture.destinations import (
     DeliveryError,
     Destination,
@@ -46,12 +50,8 @@ from edged.capture.records import (
 )
 from edged.capture.spool import SpoolLocked, StatusLog
 from edged.capture.uplink import Budget, CaptureUplink, UplinkSettings
-from edged.capture_config import reserve_bytes
-from edged.config import Strict
-from edged.errors import EdgedError
-from edged.log import RateLimit
-from edged.metrics import Counters
-from edged.runtime.tasks import cancel_all
+from edged.config.capture import reserve_bytes
+from edged.plugin.config import Strict
 
 __all__ = [
     "AuxData",
@@ -157,7 +157,7 @@ class CaptureSettings(CapturePolicy):
 
 
 def build_destination(settings: CaptureSettings, credentials: Any = None) -> Destination:
-    """``credentials``: an :class:`edged.iot_credentials.IotCredentialsProvider` for the
+    """``credentials``: an :class:`edged.capture.credentials.IotCredentialsProvider` for the
     Cloud destination, or None for the standard AWS credential chain."""
     prefix = clean_prefix(settings.folder_prefix)
     if settings.destination == "Cloud":

@@ -36,7 +36,10 @@ from typing import Any, Literal, Protocol
 
 import structlog
 
+from edged.base.log import RateLimit
+from edged.base.metrics import Counters
 from edged.base.retry import Backoff
+from edged.base.tasks import run_to_end
 from edged.capture.destinations import DeliveryError, Destination
 from edged.capture.segments import (
     Segment,
@@ -46,10 +49,7 @@ from edged.capture.segments import (
     build_objects,
     decode_line,
 )
-from edged.capture_config import default_reserve
-from edged.log import RateLimit
-from edged.metrics import Counters
-from edged.runtime.tasks import run_to_end
+from edged.config.capture import default_reserve
 
 log = structlog.get_logger("edged.capture.uplink")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edged.errors import GoldenError
+from edged.base.errors import GoldenError
 
 #: Largest golden pairs read, unpacked (np.load inflates each array whole).
 MAX_BYTES = 256 << 20

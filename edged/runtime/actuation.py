@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import structlog
 
-from edged.components import Actuator
-from edged.config import ActuatorConfig
-from edged.events import Decision, Event
-from edged.metrics import Counters
+from edged.base.metrics import Counters
+from edged.plugin.components import Actuator
+from edged.plugin.config import ActuatorConfig
+from edged.plugin.events import Decision, Event
 from edged.runtime.queues import BoundedQueue
 
 log = structlog.get_logger("edged.actuation")

@@ -8,7 +8,6 @@ edited: a reload builds a new one and swaps.
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -16,16 +15,14 @@ from typing import Any
 
 import structlog
 
-from edged.budget import build_budget
-from edged.components import BuildContext, Readings
-from edged.config import EdgedConfig, SourceConfig, StartPolicy
-from edged.errors import ConfigError
-from edged.metrics import Counters
-from edged.registry import Registry
+from edged.base.metrics import Counters
+from edged.base.tasks import cancel_all
+from edged.config import EdgedConfig
+from edged.plugin.components import Readings
+from edged.plugin.config import SourceConfig, StartPolicy
 from edged.runtime.actuation import ActuatorBinding
 from edged.runtime.pipeline import Pipeline
 from edged.runtime.startup import backoff_delay, start_component
-from edged.runtime.tasks import cancel_all
 
 log = structlog.get_logger("edged.graph")
 
@@ -52,11 +49,11 @@ class Graph:
         self.sources = sources
         self.pipelines = pipelines
         self.actuators = actuators
-        self.cloud = cloud  # edged.cloud.Cloud: the fleet link and the jobs executor
+        self.cloud = cloud  # edged.cloud.link.Cloud: the fleet link and the jobs executor
         self.counters = counters
-        self.health = health  # edged.health.Health, with cloud.health or metrics only
-        self.metrics = metrics  # edged.prometheus.MetricsServer: the `metrics:` endpoint
-        # edged.budget.DataBudget with cloud.data_budget: charged by the cloud link's
+        self.health = health  # edged.health.report.Health, with cloud.health or metrics only
+        self.metrics = metrics  # edged.health.prometheus.MetricsServer: the `metrics:` endpoint
+        # edged.cloud.budget.DataBudget with cloud.data_budget: charged by the cloud link's
         # publishes and the capture uploads.
         self.budget = budget
         self._stop = asyncio.Event()
@@ -219,7 +216,7 @@ class Graph:
     async def _stop_stage(self, stage: str, limit_s: float,
                           drain: Iterable[ActuatorBinding] = ()) -> None:
         # Cancelled again while they run on: a cancellation can be swallowed (see
-        # edged.runtime.tasks), and one task left running holds the whole shutdown.
+        # edged.base.tasks), and one task left running holds the whole shutdown.
         pending = await cancel_all(self.running.get(stage, []), seconds=limit_s)
         if pending:
             log.warning("shutdown_stage_overran", stage=stage,
@@ -236,113 +233,3 @@ class Graph:
             log.warning("shutdown_stage_overran", stage=what, limit_s=limit_s)
 
 
-def _build_captures(config: EdgedConfig, pipelines: dict[str, Pipeline],
-                    counters: Counters, budget: Any = None) -> dict[str, Any]:
-    """Each pipeline's PipelineCapture (those with a ``capture`` key), by name; their
-    uploads ask the data budget (``cloud.data_budget``), when there is one, first."""
-    captures: dict[str, Any] = {}
-    thing = config.raw.device.id
-    if config.cloud is not None:
-        from edged.cloud import thing_name
-
-        thing = thing_name(config.cloud, thing)
-    for name, pipeline in pipelines.items():
-        capture = config.pipelines[name].spec.capture
-        if capture is not None:
-            from edged.capture.pipeline_capture import PipelineCapture
-
-            captures[name] = PipelineCapture(
-                name, capture, device=config.raw.device.id,
-                root=config.state_dir / "capture" / name, counters=counters, source=pipeline,
-                budget=budget, thing=thing)
-    return captures
-
-
-def build_graph(config: EdgedConfig, registry: Registry,
-                counters: Counters | None = None) -> Graph:
-    """Instantiate every component; raise :class:`ConfigError` if any cannot be built.
-    Nothing is started."""
-    counters = counters or Counters()
-    problems: list[str] = []
-
-    def build(name: str, label: str, kind, cfg, *extra, inputs: tuple[str, ...] = ()) -> Any:
-        ctx = BuildContext(name=name, device_id=config.raw.device.id,
-                           state_dir=config.state_dir, counters=counters, inputs=inputs)
-        try:
-            return registry.component(kind, cfg.type).factory(cfg, ctx, *extra)
-        except Exception as exc:  # a factory's error is a config problem, named as such
-            problems.append(f"Cannot build '{label}' from {config.path}: {exc}")
-            return None
-
-    pipelines: dict[str, Pipeline] = {}
-    for name, pc in config.pipelines.items():
-        backend = build(name, f"pipelines.{name}.inference", "inference", pc.inference)
-        if backend is None:
-            continue
-        pre = build(name, f"pipelines.{name}.preprocessor", "preprocessor", pc.preprocessor,
-                    backend.manifest)
-        if pre is not None:
-            pipelines[name] = Pipeline(name, pc.spec, pre, backend, counters)
-
-    sources: dict[str, SourceNode] = {}
-    for name, sc in config.sources.items():
-        targets = [pipelines[p] for p, pc in config.pipelines.items()
-                   if name in pc.spec.inputs and p in pipelines]
-        wanted = {t.preprocessor.inputs for t in targets}
-        if len(wanted) > 1:
-            problems.append(f"Cannot build 'sources.{name}': its pipelines want different "
-                            f"inputs {sorted(wanted)}")
-            continue
-        inputs = next(iter(wanted), ())
-        component = build(name, f"sources.{name}", "source", sc, inputs=inputs)
-        if component is not None:
-            sources[name] = SourceNode(name, sc, component, targets)
-
-    actuators: dict[str, ActuatorBinding] = {}
-    for name, ac in config.actuators.items():
-        component = build(name, f"actuators.{name}", "actuator", ac)
-        if component is not None:
-            actuators[name] = ActuatorBinding(name, ac, component, counters)
-
-    budget = build_budget(config, counters)
-    health = metrics = None
-    if config.raw.metrics is not None or (config.cloud is not None
-                                          and config.cloud.health is not None):
-        from edged.health import Health
-
-        health = Health(pipelines, counters, config.state_dir, device=config.raw.device.id,
-                        budget=budget)
-        if config.raw.metrics is not None:
-            from edged.prometheus import MetricsServer
-
-            metrics = MetricsServer(config.raw.metrics, health)
-
-    # Before the cloud: capture on demand (a cloud service) acts on them.
-    captures = _build_captures(config, pipelines, counters, budget)
-    cloud = None
-    if config.cloud is not None:
-        # Imported here: importing edged must not load a plugin (the link is the mqtt one).
-        from edged.cloud import build_cloud
-
-        try:
-            cloud = build_cloud(config, registry, pipelines, counters, health, captures,
-                                budget)
-        except ConfigError as exc:
-            problems += [f"Cannot build 'cloud' from {config.path}: {p}"
-                         for p in exc.problems]
-
-    if problems:
-        raise ConfigError(problems)
-    graph = Graph(config, sources, pipelines, actuators, counters, cloud, health, metrics,
-                  captures, budget)
-    if health is not None and graph.captures:
-        health.spool = functools.partial(spool_figures, list(graph.captures.values()))
-    return graph
-
-
-def spool_figures(captures: list[Any]) -> dict[str, int]:
-    """Fleet health's ``spool``: every pipeline's capture spool, summed."""
-    return {"depth": sum(c.pending for c in captures),
-            "bytes": sum(c.pending_bytes for c in captures),
-            "dropped": sum(c.dropped() for c in captures),
-            "refusing": sum(c.refusing for c in captures)}

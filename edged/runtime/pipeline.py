@@ -24,18 +24,18 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import structlog
 
-from edged.components import InferenceBackend, Preprocessor, Readings, Scores
+from edged.base.log import RateLimit
+from edged.base.metrics import Counters
 from edged.config import PipelineSpec
-from edged.events import Decision, Event, EventKind
-from edged.log import RateLimit
-from edged.metrics import Counters
-from edged.rows import MAX_TURBINE_ID
+from edged.plugin.components import InferenceBackend, Preprocessor, Readings, Scores
+from edged.plugin.events import Decision, Event, EventKind
+from edged.plugin.rows import MAX_TURBINE_ID
 from edged.runtime.buffers import TurbineBuffers
 from edged.runtime.latency import LatencyRing
 from edged.runtime.queues import BoundedQueue
 
 if TYPE_CHECKING:
-    from edged.modelstore.shadow import ShadowReport, ShadowTrial
+    from edged.model.shadow import ShadowReport, ShadowTrial
 
 log = structlog.get_logger("edged.pipeline")
 _GOLDEN = 0.6180339887498949

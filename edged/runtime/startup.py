@@ -9,8 +9,8 @@ from typing import Any
 import structlog
 
 from edged.base import retry
-from edged.config import StartPolicy
-from edged.errors import ComponentStartError
+from edged.base.errors import ComponentStartError
+from edged.plugin.config import StartPolicy
 
 log = structlog.get_logger("edged.startup")
 

@@ -19,27 +19,33 @@ from pathlib import Path
 import pluggy
 import structlog
 
+from edged.base.errors import ComponentStartError, ConfigError
+from edged.base.log import RateLimit
+from edged.base.metrics import Counters
+from edged.base.sdnotify import Notifier
 from edged.config import EdgedConfig, load_config
-from edged.errors import ComponentStartError, ConfigError
-from edged.log import RateLimit
-from edged.metrics import Counters
-from edged.registry import Registry
-from edged.runtime.graph import Graph, build_graph
-from edged.sdnotify import Notifier
+from edged.plugin.registry import Registry
+from edged.runtime.graph import Graph
 
 log = structlog.get_logger("edged.supervisor")
+
+#: Builds a graph from a config without starting it (edged.app.assembly.build_graph).
+GraphBuilder = Callable[[EdgedConfig, Registry, Counters], Graph]
 
 
 class Supervisor:
     def __init__(self, config: EdgedConfig, registry: Registry, pm: pluggy.PluginManager,
-                 *, stop: asyncio.Event | None = None, reload: asyncio.Event | None = None,
+                 *, build: GraphBuilder, stop: asyncio.Event | None = None,
+                 reload: asyncio.Event | None = None,
                  on_graph: Callable[[Graph], None] = lambda graph: None,
                  notifier: Notifier | None = None) -> None:
         self.config = config
         self.registry = registry
         self.pm = pm
         self.counters = Counters()
-        self.graph = build_graph(config, registry, self.counters)
+        # The assembly (edged.app) builds graphs; the engine only runs and swaps them.
+        self.build = build
+        self.graph = build(config, registry, self.counters)
         self._use_signals = stop is None and reload is None
         self.stop_event = stop or asyncio.Event()
         self.reload_event = reload or asyncio.Event()
@@ -119,7 +125,7 @@ class Supervisor:
                 # The new config validated but did not start: go back to the old one.
                 log.error("reload_failed_to_start", error=repr(graph_task.result()))
                 self.config = previous_config
-                self.graph = graph = build_graph(previous_config, self.registry, self.counters)
+                self.graph = graph = self.build(previous_config, self.registry, self.counters)
                 graph.adopt_buffers(new_graph)  # which holds the old graph's histories
                 graph_task = await self._start(tg, graph)
                 self._ready(graph_task, "reload failed to start; previous config running")
@@ -202,10 +208,10 @@ class Supervisor:
         return graph
 
     def _build(self, path: Path) -> tuple[EdgedConfig, Graph]:
-        """Off the event loop: build_graph creates asyncio primitives (bound to a loop on
+        """Off the event loop: building a graph creates asyncio primitives (bound to a loop on
         first use, not at creation) and hashes models, and touches no running graph."""
         config = load_config(path, self.registry)
-        return config, build_graph(config, self.registry, self.counters)
+        return config, self.build(config, self.registry, self.counters)
 
     def _refuse(self, reason: str, problems: list[str]) -> None:
         self.counters.inc("reloads_refused", reason=reason)

@@ -10,7 +10,7 @@ import pytest
 
 from edged.agent.config import IGNORED_KEYS, load_agent_config, parse_agent_config
 from edged.agent.main import run
-from edged.errors import ConfigError
+from edged.base.errors import ConfigError
 
 # What a device set up for the old agent has (AWS's sample, every documented key).
 AWS_SAMPLE = {

@@ -25,7 +25,7 @@ from edged.agent.models import LoadedModel, ModelRegistry, TensorInfo
 from edged.agent.proto import agent_pb2 as pb
 from edged.agent.server import AgentServicer
 from edged.agent.tensors import SharedMemoryReader, aux_bytes, plan_predict, tensor_spec
-from edged.metrics import Counters
+from edged.base.metrics import Counters
 
 pytestmark = pytest.mark.fuzz
 

@@ -23,14 +23,16 @@ import yaml
 
 from edged import hookimpl
 from edged.agent.proto import agent_pb2, agent_pb2_grpc
+from edged.app.assembly import build_graph
+from edged.base.errors import ModelError
 from edged.builtin.edge_agent import EdgeAgentBackend, EdgeAgentConfig
 from edged.builtin.onnx import OnnxBackend, OnnxConfig
-from edged.config import ActuatorConfig, load_config
-from edged.errors import ModelError
-from edged.events import Decision, Event
-from edged.modelpkg import resolve_model_path
-from edged.plugin_manager import make_plugin_manager
-from edged.registry import ComponentType
+from edged.config import load_config
+from edged.model.package import resolve_model_path
+from edged.plugin.config import ActuatorConfig
+from edged.plugin.events import Decision, Event
+from edged.plugin.manager import make_plugin_manager
+from edged.plugin.registry import ComponentType
 from edged.runtime.supervisor import Supervisor
 
 BUILTIN = "builtin:windturbine-v1"
@@ -399,7 +401,8 @@ async def run_daemon(tmp_path: Path, inference: dict, seconds: float = 4.0):
     stop = asyncio.Event()
     supervisor = Supervisor(
         load_config(path, registry), registry, pm, stop=stop, reload=asyncio.Event(),
-        on_graph=lambda graph: graph.pipelines[PIPELINE].subscribers.append(decisions))
+        on_graph=lambda graph: graph.pipelines[PIPELINE].subscribers.append(decisions),
+        build=build_graph)
     task = asyncio.create_task(supervisor.run(), name="test-supervisor")
     try:
         await asyncio.sleep(seconds)

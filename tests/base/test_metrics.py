@@ -9,7 +9,7 @@ from collections import Counter
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edged.metrics import Counters, Sample, text_key
+from edged.base.metrics import Counters, Sample, text_key
 
 
 def _former_key(name: str, **labels: str) -> str:

@@ -10,10 +10,10 @@ import time
 import pytest
 import structlog.testing
 
+from edged.base.metrics import Counters
 from edged.builtin.command import CommandActuator, CommandConfig
-from edged.components import BuildContext
-from edged.events import Event, ModelRef
-from edged.metrics import Counters
+from edged.plugin.components import BuildContext
+from edged.plugin.events import Event, ModelRef
 
 
 def alarm() -> Event:

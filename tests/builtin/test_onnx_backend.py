@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edged.base.errors import ModelError
 from edged.builtin.onnx import OnnxBackend, OnnxConfig
-from edged.errors import ModelError
 from edged.model import golden
-from edged.modelpkg import resolve_model_path
+from edged.model.package import resolve_model_path
 
 BUILTIN = "builtin:windturbine-v1"
 

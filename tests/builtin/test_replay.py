@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edged.base.metrics import Counters
 from edged.builtin.replay import ReplayConfig, ReplaySource
-from edged.components import BuildContext, Readings
-from edged.metrics import Counters
+from edged.plugin.components import BuildContext, Readings
 from edged.windturbine import layout
 from edged.windturbine.simulator import WindFarm
 

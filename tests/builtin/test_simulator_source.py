@@ -12,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from edged.builtin.simulator import FaultSpec, SimulatorConfig, SimulatorSource
-from edged.components import BuildContext, Readings
+from edged.plugin.components import BuildContext, Readings
 from edged.windturbine import layout
 
 VOLTAGE = layout.INPUTS.index("voltage")

@@ -12,13 +12,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import structlog.testing
 
+from edged.base.errors import ConfigError
+from edged.base.metrics import Counters
 from edged.builtin.webhook import WebhookActuator, WebhookConfig
-from edged.components import BuildContext
 from edged.config import parse_config
-from edged.errors import ConfigError
-from edged.events import Event, ModelRef
-from edged.metrics import Counters
-from edged.plugin_manager import make_plugin_manager
+from edged.plugin.components import BuildContext
+from edged.plugin.events import Event, ModelRef
+from edged.plugin.manager import make_plugin_manager
 from tests.support import free_port
 
 

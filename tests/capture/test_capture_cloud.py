@@ -9,10 +9,10 @@ import base64
 
 import pytest
 
+from edged.base.metrics import Counters
 from edged.capture import BufferFull, CaptureStore
 from edged.capture.destinations import S3Destination
 from edged.capture.segments import read_object
-from edged.metrics import Counters
 
 AGENT = {"source": "agent"}
 

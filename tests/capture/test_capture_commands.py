@@ -14,7 +14,7 @@ from pathlib import Path
 import aiomqtt
 import yaml
 
-from edged.plugin_manager import make_plugin_manager
+from edged.plugin.manager import make_plugin_manager
 from edged.runtime.graph import Graph
 from edged.testing import eventually
 from edged.testing import running_graph as daemon

@@ -16,7 +16,7 @@ from edged.capture.policy import (
     RoundClock,
     Sampler,
 )
-from edged.events import Decision, ModelRef
+from edged.plugin.events import Decision, ModelRef
 
 MODEL = ModelRef("m", 1)
 

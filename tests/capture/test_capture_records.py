@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from edged.base.metrics import Counters
 from edged.capture.decision_records import BOOT_ID, boot_id, encode_record
 from edged.capture.pipeline_capture import PipelineCapture
 from edged.capture.policy import Pick, Sampler
-from edged.capture_config import PipelineCaptureSpec
-from edged.events import Decision, ModelRef
-from edged.metrics import Counters
+from edged.config.capture import PipelineCaptureSpec
+from edged.plugin.events import Decision, ModelRef
 from edged.testing import eventually, running_graph
 
 HOUR = 3600.0

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edged.capture import upload_urls
-from edged.capture.commands import CaptureCommands
-from edged.metrics import Counters
+from edged.base.metrics import Counters
+from edged.capture import url_protocol
+from edged.cloud.capture_requests import CaptureCommands
 
 pytestmark = pytest.mark.fuzz
 
@@ -77,10 +77,10 @@ REQUEST = {"clientToken": "t", "objects": [{"key": "k", "bytes": 3,
 @given(st.one_of(near_valid(ACCEPTED), near_valid(REQUEST), st.binary(max_size=300),
                  JSONISH.map(lambda v: json.dumps(v).encode())))
 def test_any_url_message_parses_or_is_refused(payload):
-    for model in (upload_urls.Accepted, upload_urls.Rejected, upload_urls.UrlRequest):
+    for model in (url_protocol.Accepted, url_protocol.Rejected, url_protocol.UrlRequest):
         try:
-            upload_urls.parse(model, payload)
+            url_protocol.parse(model, payload)
         except ValueError as exc:
             assert str(exc)
-    token = upload_urls.client_token_of(payload)
+    token = url_protocol.client_token_of(payload)
     assert token is None or isinstance(token, str)

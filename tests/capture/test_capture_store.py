@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
+from edged.base.metrics import Counters
 from edged.capture import BufferFull, CaptureError, CaptureStore, DuplicateCaptureId
 from edged.capture.segments import read_object
-from edged.metrics import Counters
 
 
 def objects(root) -> list:

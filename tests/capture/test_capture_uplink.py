@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from test_pipeline_capture import FEATURES, THRESHOLDS, _items, decision, disk_dest, make, spec
 
+from edged.base.metrics import Counters
 from edged.capture import CaptureSettings, CaptureStore
 from edged.capture.segments import SegmentSpool, Upload, parse_key, read_object
-from edged.metrics import Counters
 from edged.testing import eventually
 
 

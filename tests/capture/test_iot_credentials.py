@@ -1,5 +1,5 @@
 """S3 uploads with the device certificate only: the AWS IoT Core credentials provider
-(edged.iot_credentials), served here over real mutual TLS by a local HTTPS server that
+(edged.capture.credentials), served here over real mutual TLS by a local HTTPS server that
 speaks the provider's contract, in front of moto's S3 server."""
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from edged.capture.destinations import DeliveryError, S3Destination
-from edged.capture_config import IotCredentialsSpec, PipelineCaptureSpec, split_iot_endpoint
-from edged.errors import ConfigError
-from edged.iot_credentials import (
+from edged.base.errors import ConfigError
+from edged.base.metrics import Counters
+from edged.capture.credentials import (
     IotCredentialsError,
     IotCredentialsProvider,
     provider_from_spec,
 )
-from edged.metrics import Counters
+from edged.capture.destinations import DeliveryError, S3Destination
+from edged.config.capture import IotCredentialsSpec, PipelineCaptureSpec, split_iot_endpoint
 from edged.testing import eventually
 from tests.support import TestPki, free_port, make_pki
 
@@ -578,7 +578,7 @@ def credentials_spec(pki: TestPki, server: CredentialsServer) -> dict:
 
 async def test_pipeline_capture_uploads_as_the_thing(tmp_path, s3, pki, server):
     from edged.capture.pipeline_capture import PipelineCapture
-    from edged.events import Decision, ModelRef
+    from edged.plugin.events import Decision, ModelRef
 
     bucket = s3.create_bucket()
     spec = PipelineCaptureSpec.model_validate({

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edged.base.metrics import Counters
 from edged.capture.decision_records import clock_synced, manifest_hash
 from edged.capture.pipeline_capture import PipelineCapture
-from edged.capture_config import PipelineCaptureSpec
-from edged.events import Decision, ModelRef
-from edged.metrics import Counters
+from edged.config.capture import PipelineCaptureSpec
+from edged.plugin.events import Decision, ModelRef
 
 FEATURES = ("f1", "f2")
 THRESHOLDS = (1.0, 1.0)

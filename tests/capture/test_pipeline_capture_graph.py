@@ -9,9 +9,9 @@ import time
 
 import yaml
 
+from edged.app.assembly import build_graph
 from edged.config import load_config
-from edged.plugin_manager import make_plugin_manager
-from edged.runtime.graph import build_graph
+from edged.plugin.manager import make_plugin_manager
 
 
 def config_text(tmp_path) -> str:

@@ -10,9 +10,9 @@ import subprocess
 import sys
 import textwrap
 
+from edged.base.metrics import Counters
 from edged.capture.pipeline_capture import PipelineCapture
-from edged.capture_config import PipelineCaptureSpec
-from edged.metrics import Counters
+from edged.config.capture import PipelineCaptureSpec
 
 CHILD = textwrap.dedent("""
     import asyncio, os, signal, sys, time
@@ -20,9 +20,9 @@ CHILD = textwrap.dedent("""
     from edged.capture.destinations import DiskDestination
     from edged.capture.pipeline_capture import PipelineCapture
     from edged.capture.policy import Pick
-    from edged.capture_config import PipelineCaptureSpec
-    from edged.events import Decision, ModelRef
-    from edged.metrics import Counters
+    from edged.config.capture import PipelineCaptureSpec
+    from edged.plugin.events import Decision, ModelRef
+    from edged.base.metrics import Counters
 
     tmp = Path(sys.argv[1])
 

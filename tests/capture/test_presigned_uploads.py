@@ -22,20 +22,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edged.builtin.mqtt.connection import BrokerConfig, BrokerLink
-from edged.capture.destinations import DeliveryError
-from edged.capture.upload_urls import (
-    KEY_PATTERN,
-    ObjectToSign,
-    PresignedDestination,
-    UploadUrlClient,
-    key_problem,
-    reply_topic,
-)
-from edged.cloud import Cloud
+from edged.base.metrics import Counters
+from edged.capture.destinations import DeliveryError, PresignedDestination
+from edged.capture.url_protocol import KEY_PATTERN, ObjectToSign, key_problem, reply_topic
+from edged.cloud.link import Cloud
+from edged.cloud.upload_urls import UploadUrlClient
 from edged.config import ConfigError, parse_config
-from edged.metrics import Counters
-from edged.plugin_manager import make_plugin_manager
+from edged.mqtt.link import BrokerConfig, BrokerLink
+from edged.plugin.manager import make_plugin_manager
 from edged.testing import eventually, running_graph, stop_task
 from edged_cloud.upload_signer import Signer, s3_client, serve, thing_of
 from tests.support import EdgedProcess, LoggedProcess, Mosquitto, MqttPeer, S3Server

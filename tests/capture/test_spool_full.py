@@ -16,9 +16,9 @@ from pathlib import Path
 from conftest import fill
 from structlog.testing import capture_logs
 
+from edged.base.metrics import Counters
 from edged.capture.destinations import DiskDestination
 from edged.capture.uplink import CaptureUplink, UplinkSettings
-from edged.metrics import Counters
 from edged.testing import farm_config
 from tests.support import EdgedProcess, free_port
 

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from edged.base.metrics import Counters
 from edged.capture.pipeline_capture import REQUESTS_FILE, PipelineCapture
 from edged.capture.segments import (
     Segment,
@@ -27,8 +28,7 @@ from edged.capture.segments import (
     parse_intent,
 )
 from edged.capture.spool import StatusLog
-from edged.capture_config import PipelineCaptureSpec
-from edged.metrics import Counters
+from edged.config.capture import PipelineCaptureSpec
 
 pytestmark = pytest.mark.fuzz
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import aiomqtt
 
-from edged.plugin_manager import make_plugin_manager
+from edged.plugin.manager import make_plugin_manager
 from edged.testing import (
     eventually,  # noqa: F401  (the tests import it from here)
     farm_config,

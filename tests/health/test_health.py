@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edged.app.assembly import build_graph
+from edged.base.errors import ConfigError
+from edged.base.metrics import Counters
 from edged.config import load_config
-from edged.errors import ConfigError
-from edged.health import SHADOW_STATE_LIMIT, Health, to_json
-from edged.metrics import Counters
-from edged.runtime.graph import build_graph
+from edged.health.report import SHADOW_STATE_LIMIT, Health, to_json
 from edged.runtime.latency import LatencyRing
 
 from .conftest import REGISTRY, daemon, eventually, write_config

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edged.health import SHADOW_STATE_LIMIT
+from edged.health.report import SHADOW_STATE_LIMIT
 from tests.support import Mosquitto, free_port
 
 from .conftest import THING, ShadowService, daemon, eventually, write_config

@@ -13,9 +13,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edged.health import Health, HealthConfig
-from edged.heartbeat import Heartbeat
-from edged.metrics import Counters
+from edged.base.metrics import Counters
+from edged.cloud.heartbeat import Heartbeat
+from edged.config.cloud import HealthConfig
+from edged.health.report import Health
 
 pytestmark = pytest.mark.fuzz
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from edged.base.errors import ConfigError
 from edged.config import MetricsSpec, load_config, split_listen
-from edged.errors import ConfigError
 from tests.support import free_port
 
 from .conftest import REGISTRY, daemon, eventually, write_config

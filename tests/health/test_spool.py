@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from edged.health import Health
+from edged.health.report import Health
 
 from .conftest import daemon, eventually, write_config
 from .test_prometheus import scrape, value

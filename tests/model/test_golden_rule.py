@@ -9,10 +9,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from edged.errors import GoldenError, ModelError
+from edged.base.errors import GoldenError, ModelError
 from edged.model import golden
-from edged.modelstore.errors import SwapError
-from edged.modelstore.swap import check_golden
+from edged.model.errors import SwapError
+from edged.runtime.swap import check_golden
 
 
 def _pairs(tmp_path: Path, inputs, outputs, name: str = "golden.npz") -> Path:

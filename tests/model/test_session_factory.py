@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edged.model.package import read_manifest, resolve_model_path
 from edged.model.session import PROVIDERS, arena_shrink_options, open_session
-from edged.modelpkg import read_manifest, resolve_model_path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "edged"
 MODEL = resolve_model_path("builtin:windturbine-v1")

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
-from edged.components import Component
-from edged.config import ActuatorConfig
-from edged.events import Decision, Event, ModelRef
-from edged.metrics import Counters
+from edged.base.metrics import Counters
+from edged.plugin.components import Component
+from edged.plugin.config import ActuatorConfig
+from edged.plugin.events import Decision, Event, ModelRef
 from edged.runtime.actuation import ActuatorBinding, AlarmTracker
 from edged.windturbine.layout import FEATURES, GROUPS
 

@@ -9,12 +9,12 @@ import time
 import numpy as np
 import pytest
 
+from edged.base.metrics import Counters
 from edged.builtin.onnx import OnnxBackend, OnnxConfig
 from edged.builtin.windturbine import WindTurbineConfig, WindTurbineStage, params_for
-from edged.components import Readings
 from edged.config import PipelineSpec
-from edged.events import Decision, Event
-from edged.metrics import Counters
+from edged.plugin.components import Readings
+from edged.plugin.events import Decision, Event
 from edged.runtime.pipeline import Pipeline
 from edged.windturbine import layout
 from edged.windturbine.simulator import WindFarm

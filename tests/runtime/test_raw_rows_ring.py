@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edged.base.metrics import Counters
 from edged.builtin.onnx import OnnxBackend, OnnxConfig
 from edged.builtin.windturbine import WindTurbineConfig, WindTurbineStage, params_for
-from edged.components import Readings
 from edged.config import PipelineSpec
-from edged.metrics import Counters
+from edged.plugin.components import Readings
 from edged.runtime.buffers import TurbineBuffers
 from edged.runtime.pipeline import Pipeline
 from edged.windturbine import layout

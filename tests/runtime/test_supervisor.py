@@ -21,12 +21,14 @@ import yaml
 from pydantic import Field
 
 from edged import hookimpl
-from edged.config import ActuatorConfig, load_config
-from edged.errors import ComponentStartError
-from edged.events import Event
-from edged.modelpkg import resolve_model_path
-from edged.plugin_manager import make_plugin_manager
-from edged.registry import ComponentType
+from edged.app.assembly import build_graph
+from edged.base.errors import ComponentStartError
+from edged.config import load_config
+from edged.model.package import resolve_model_path
+from edged.plugin.config import ActuatorConfig
+from edged.plugin.events import Event
+from edged.plugin.manager import make_plugin_manager
+from edged.plugin.registry import ComponentType
 from edged.runtime import supervisor as supervisor_module
 from edged.runtime.graph import Graph
 from edged.runtime.supervisor import Supervisor
@@ -154,7 +156,7 @@ class Harness:
         self.graphs: list[Graph] = []
         self.supervisor = Supervisor(load_config(self.path, self.registry), self.registry,
                                      self.pm, stop=self.stop, reload=self.reload,
-                                     on_graph=self.graphs.append)
+                                     on_graph=self.graphs.append, build=build_graph)
         self.task: asyncio.Task | None = None
 
     def start(self) -> asyncio.Task:
@@ -476,7 +478,7 @@ def test_edged_run_reloads_on_sighup_and_stops_on_sigterm(tmp_path):
     # turbine-0 misbehaves at once; turbine-1 only after the refused reload.
     config.write_text(config_text(tmp_path, faults="0:voltage@0-600,1:rotation@4-600",
                                   log="info"))
-    log_file = tmp_path / "edged.log"
+    log_file = tmp_path / "edged.base.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with log_file.open("w") as stderr:
         proc = subprocess.Popen([sys.executable, "-m", "edged", "run", "-c", str(config)],

@@ -10,7 +10,7 @@ import contextlib
 
 import pytest
 
-from edged.runtime.tasks import cancel_all, cancel_and_wait, run_to_end, run_together
+from edged.base.tasks import cancel_all, cancel_and_wait, run_to_end, run_together
 
 
 async def test_a_swallowed_cancellation_is_repeated_until_the_task_ends():

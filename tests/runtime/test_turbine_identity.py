@@ -10,11 +10,11 @@ import time
 import numpy as np
 import pytest
 
+from edged.base.metrics import Counters
 from edged.builtin.onnx import OnnxBackend, OnnxConfig
 from edged.builtin.windturbine import WindTurbineConfig, WindTurbineStage, params_for
-from edged.components import Readings
 from edged.config import PipelineSpec
-from edged.metrics import Counters
+from edged.plugin.components import Readings
 from edged.runtime.pipeline import MAX_SENSOR_EVENTS, SUMMARY_TURBINE, Pipeline
 from tests.runtime.test_pipeline import HISTORY, Farm, Subscriber
 

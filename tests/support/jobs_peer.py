@@ -1,6 +1,6 @@
 """A jobs-service peer for tests: the device side of AWS IoT Jobs over a real broker.
 
-``JobsService`` speaks the contract's topics and payloads (``edged.jobs.protocol``) on any
+``JobsService`` speaks the contract's topics and payloads (``edged.cloud.jobs.protocol``) on any
 MQTT broker, so the executor can be tested against a mosquitto broker without AWS::
 
     async with JobsService(broker.host, broker.port) as jobs:
@@ -31,8 +31,8 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import aiomqtt
 
-from edged.jobs import protocol
-from edged.jobs.protocol import DEVICE_STATUSES, TERMINAL_STATUSES, JobsProtocolError
+from edged.cloud.jobs import protocol
+from edged.cloud.jobs.protocol import DEVICE_STATUSES, TERMINAL_STATUSES, JobsProtocolError
 
 _PLACEHOLDER = re.compile(r"\$\{aws:iot:s3-presigned-url(-v2)?:([^}]*)\}")
 

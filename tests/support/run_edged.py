@@ -18,8 +18,8 @@ import sys
 
 import structlog
 
-from edged import cli
-from edged.jobs import executor
+from edged.app import cli
+from edged.cloud.jobs import executor
 
 log = structlog.get_logger("edged.tests")
 
@@ -41,7 +41,7 @@ def pausing_executor(at: str) -> type[executor.JobsExecutor]:
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--pause-jobs-at"]:
-        # edged.cloud.build_cloud looks the class up in its module when it builds one.
+        # edged.cloud.link.build_cloud looks the class up in its module when it builds one.
         executor.JobsExecutor = pausing_executor(argv[1])
         argv = argv[2:]
     return cli.main(argv)

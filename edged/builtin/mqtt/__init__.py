@@ -5,7 +5,7 @@ their gateways), actuator ``mqtt`` (alarms and commands back onto the bus) and t
 from __future__ import annotations
 
 from edged import hookimpl
-from edged.registry import CliCommand, ComponentType
+from edged.plugin.registry import CliCommand, ComponentType
 
 
 @hookimpl

@@ -1,11 +1,12 @@
 """Actuator ``mqtt``: alarms and commands back onto the turbine bus.
 
-Every event is published as the alarm payload (:mod:`edged.alarm`) on ``alarm_topic``.
+Every event is published as the alarm payload (:mod:`edged.plugin.alarm_payload`) on
+``alarm_topic``.
 An alarm also publishes, on ``command_topic``, the command configured for its primary
 group (every group's when the decision named no primary), e.g. ``brake`` for vibration;
 a clear may publish ``clear_command``. All with QoS 1 by default.
 
-The connection is the shared :class:`~edged.builtin.mqtt.connection.BrokerLink`, kept up
+The connection is the shared :class:`~edged.mqtt.link.BrokerLink`, kept up
 by a task this actuator owns. While the broker is away, :meth:`MqttActuator.handle` waits
 for it (at most ``max_wait_s`` per event) and publishes once it is back; the runtime's
 bounded queue holds the events behind it meanwhile. A publish that got no PUBACK before
@@ -25,14 +26,14 @@ import aiomqtt
 import structlog
 from pydantic import Field, field_validator
 
-from edged.alarm import alarm_payload, dumps
+from edged.base.log import RateLimit
 from edged.base.retry import Backoff
-from edged.builtin.mqtt.connection import BrokerConfig, BrokerLink
-from edged.components import BuildContext, Component
-from edged.config import NAME_PATTERN, ActuatorConfig
-from edged.events import Event
-from edged.log import RateLimit
-from edged.runtime.tasks import cancel_and_wait
+from edged.base.tasks import cancel_and_wait
+from edged.mqtt.link import BrokerConfig, BrokerLink
+from edged.plugin.alarm_payload import alarm_payload, dumps
+from edged.plugin.components import BuildContext, Component
+from edged.plugin.config import NAME_PATTERN, ActuatorConfig
+from edged.plugin.events import Event
 
 log = structlog.get_logger("edged.actuator.mqtt")
 

@@ -4,7 +4,7 @@ Pure functions and small classes, no I/O: testable without a broker. A message i
 refused whole (``messages_rejected``) when it is too large, not UTF-8, not JSON (when it
 should be), on a topic no template matches, or holds no rows; otherwise each of its rows
 is accepted or refused on its own (``rows_rejected``), so one bad row never costs its
-neighbours. What a malformed row is, is decided in :mod:`edged.rows`. Whatever the bytes,
+neighbours. What a malformed row is, is decided in :mod:`edged.plugin.rows`. Whatever the bytes,
 :meth:`MessageParser.parse` returns or raises RowError: JSON is bounded in depth before it
 is parsed, and the csv module's own errors are a rejection too.
 
@@ -24,9 +24,9 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
-from edged import strict_json
-from edged.errors import RowError
-from edged.rows import (
+from edged.base import strict_json
+from edged.base.errors import RowError
+from edged.plugin.rows import (
     BAD_CSV,
     BAD_JSON,
     EMPTY,
@@ -88,7 +88,7 @@ class TopicRouter:
     ``{turbine}`` is subscribed as ``+`` and its level is the turbine id; ``+`` and ``#``
     in a template match without capturing. :meth:`turbine` returns None for a topic of
     a template without ``{turbine}`` (the row or the config names the turbine then).
-    A captured id must pass :func:`edged.rows.check_turbine_id` (``pattern``: the
+    A captured id must pass :func:`edged.plugin.rows.check_turbine_id` (``pattern``: the
     source's ``turbine_pattern``). Topics seen before cost one dict lookup.
     """
 

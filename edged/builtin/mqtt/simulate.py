@@ -30,10 +30,10 @@ import paho.mqtt.client as mqtt
 import structlog
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edged import strict_json
+from edged.base import strict_json
+from edged.base.log import RateLimit
 from edged.builtin.mqtt.formats import LAYOUTS, PLACEHOLDER, check_template
-from edged.log import RateLimit
-from edged.registry import CliCommand
+from edged.plugin.registry import CliCommand
 from edged.windturbine.layout import DATASET_COLUMNS, FAULT_KINDS
 from edged.windturbine.simulator import Fault, WindFarm, parse_schedule
 

@@ -1,6 +1,6 @@
 """Source ``mqtt``: sensor rows published on an MQTT broker by turbines or gateways.
 
-The broker connection (:mod:`edged.builtin.mqtt.connection`) puts every message in an
+The broker connection (:mod:`edged.mqtt.link`) puts every message in an
 inbox; the receive loop takes them in bursts, parses each
 (:mod:`edged.builtin.mqtt.formats`) and hands the pipeline one batch per burst (at most
 ``batch_rows`` rows or ``batch_ms`` of messages): at 20,000 one-row messages a second, a
@@ -23,7 +23,9 @@ import numpy as np
 import structlog
 from pydantic import Field, field_validator, model_validator
 
-from edged.builtin.mqtt.connection import BrokerConfig, BrokerLink
+from edged.base.errors import RowError
+from edged.base.log import RateLimit
+from edged.base.tasks import run_together
 from edged.builtin.mqtt.formats import (
     Format,
     LayoutName,
@@ -32,12 +34,10 @@ from edged.builtin.mqtt.formats import (
     check_template,
     make_decoder,
 )
-from edged.components import BuildContext, Component, Emit, Readings
-from edged.config import SourceConfig
-from edged.errors import RowError
-from edged.log import RateLimit
-from edged.rows import check_turbine_id
-from edged.runtime.tasks import run_together
+from edged.mqtt.link import BrokerConfig, BrokerLink
+from edged.plugin.components import BuildContext, Component, Emit, Readings
+from edged.plugin.config import SourceConfig
+from edged.plugin.rows import check_turbine_id
 
 log = structlog.get_logger("edged.mqtt")
 

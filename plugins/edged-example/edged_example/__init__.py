@@ -15,11 +15,15 @@ from typing import Literal
 
 from pydantic import Field
 
-from edged import hookimpl
-from edged.components import BuildContext, Component
-from edged.config import ActuatorConfig
-from edged.events import Event
-from edged.registry import CliCommand, ComponentType
+from edged.plugin import (
+    ActuatorConfig,
+    BuildContext,
+    CliCommand,
+    Component,
+    ComponentType,
+    Event,
+    hookimpl,
+)
 
 
 class JsonlConfig(ActuatorConfig):

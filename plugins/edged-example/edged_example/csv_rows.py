@@ -22,10 +22,15 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from edged import hookimpl
-from edged.components import BuildContext, Component, Emit, Readings
-from edged.config import SourceConfig
-from edged.registry import ComponentType
+from edged.plugin import (
+    BuildContext,
+    Component,
+    ComponentType,
+    Emit,
+    Readings,
+    SourceConfig,
+    hookimpl,
+)
 
 TURBINE = "turbine"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edged.config import parse_config
-from edged.plugin_manager import make_plugin_manager
+from edged.plugin.manager import make_plugin_manager
 from edged.testing import build_component, collect_readings, eventually, running_graph
 from edged.windturbine.layout import DATASET_COLUMNS, INPUTS
 from edged.windturbine.simulator import WindFarm, parse_schedule

@@ -3,8 +3,8 @@
 
 import json
 
-from edged.events import Event, ModelRef
-from edged.plugin_manager import make_plugin_manager
+from edged.plugin.events import Event, ModelRef
+from edged.plugin.manager import make_plugin_manager
 from edged.testing import build_component, eventually, farm_config, running_graph
 from edged_example import JsonlActuator
 

@@ -14,13 +14,14 @@ import aiomqtt
 import pytest
 import yaml
 
+from edged.app.assembly import build_graph
+from edged.base.errors import ConfigError
+from edged.base.metrics import Counters
 from edged.builtin.mqtt.actuator import MqttActuator, MqttActuatorConfig
-from edged.components import BuildContext
 from edged.config import load_config
-from edged.errors import ConfigError
-from edged.events import Event, ModelRef
-from edged.metrics import Counters
-from edged.plugin_manager import make_plugin_manager
+from edged.plugin.components import BuildContext
+from edged.plugin.events import Event, ModelRef
+from edged.plugin.manager import make_plugin_manager
 from edged.runtime.supervisor import Supervisor
 
 
@@ -266,7 +267,8 @@ async def test_the_daemon_brakes_the_faulty_turbine_only(tmp_path, mosquitto):
     except ConfigError as exc:  # pragma: no cover - shows every problem at once
         raise AssertionError(exc.problems) from None
     stop = asyncio.Event()
-    supervisor = Supervisor(config, registry, pm, stop=stop, reload=asyncio.Event())
+    supervisor = Supervisor(config, registry, pm, stop=stop, reload=asyncio.Event(),
+                            build=build_graph)
     async with subscribed(mosquitto, "edged/#", "turbines/#") as sub:
         run = asyncio.create_task(supervisor.run(), name="test-supervisor")
         try:

@@ -7,14 +7,14 @@ import re
 
 import pytest
 
+from edged.base.errors import RowError
 from edged.builtin.mqtt.formats import (
     MessageParser,
     TopicRouter,
     check_template,
     make_decoder,
 )
-from edged.errors import RowError
-from edged.rows import MESSAGE_REASONS, ROW_REASONS, RowDecoder
+from edged.plugin.rows import MESSAGE_REASONS, ROW_REASONS, RowDecoder
 from edged.windturbine import layout
 from edged.windturbine.simulator import WindFarm
 

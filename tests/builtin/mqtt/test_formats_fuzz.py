@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from edged.base.errors import RowError
 from edged.builtin.mqtt.formats import MessageParser, TopicRouter, make_decoder
-from edged.errors import RowError
-from edged.rows import MAX_TURBINE_ID
+from edged.plugin.rows import MAX_TURBINE_ID
 from edged.windturbine import layout
 
 INPUTS = layout.INPUTS

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
+from edged.base.metrics import Counters
 from edged.builtin.mqtt.source import MqttSource, MqttSourceConfig
-from edged.components import BuildContext, Readings
-from edged.metrics import Counters
+from edged.plugin.components import BuildContext, Readings
 from edged.windturbine import layout
 from edged.windturbine.simulator import WindFarm
 
@@ -458,7 +458,7 @@ async def test_no_message_stops_the_receive_loop(mosquitto, tmp_path, monkeypatc
 
 
 def test_the_inbox_is_bounded_in_bytes():
-    from edged.builtin.mqtt.connection import Inbox
+    from edged.mqtt.link import Inbox
 
     dropped = []
     inbox = Inbox(100, on_drop=lambda: dropped.append(1), max_bytes=1000)

@@ -1,0 +1,128 @@
+"""The assembly: a daemon's graph built from a validated config.
+
+The one place that knows every layer: the engine's components (sources, pipelines,
+actuators, built by their plugins' factories), then what watches and reports on them
+(the data budget, the health report and its /metrics endpoint, pipeline captures), then
+the cloud link. The engine (edged.runtime) imports none of these; it runs what this
+builds.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from edged.base.errors import ConfigError
+from edged.base.metrics import Counters
+from edged.capture.pipeline_capture import PipelineCapture
+from edged.cloud.budget import build_budget
+from edged.cloud.link import build_cloud, thing_name
+from edged.config import EdgedConfig
+from edged.health.prometheus import MetricsServer
+from edged.health.report import Health
+from edged.plugin.components import BuildContext
+from edged.plugin.registry import Registry
+from edged.runtime.actuation import ActuatorBinding
+from edged.runtime.graph import Graph, SourceNode
+from edged.runtime.pipeline import Pipeline
+
+
+def _build_captures(config: EdgedConfig, pipelines: dict[str, Pipeline],
+                    counters: Counters, budget: Any = None) -> dict[str, Any]:
+    """Each pipeline's PipelineCapture (those with a ``capture`` key), by name; their
+    uploads ask the data budget (``cloud.data_budget``), when there is one, first."""
+    captures: dict[str, Any] = {}
+    thing = config.raw.device.id
+    if config.cloud is not None:
+        thing = thing_name(config.cloud, thing)
+    for name, pipeline in pipelines.items():
+        capture = config.pipelines[name].spec.capture
+        if capture is not None:
+            captures[name] = PipelineCapture(
+                name, capture, device=config.raw.device.id,
+                root=config.state_dir / "capture" / name, counters=counters, source=pipeline,
+                budget=budget, thing=thing)
+    return captures
+
+
+def build_graph(config: EdgedConfig, registry: Registry,
+                counters: Counters | None = None) -> Graph:
+    """Instantiate every component; raise :class:`ConfigError` if any cannot be built.
+    Nothing is started."""
+    counters = counters or Counters()
+    problems: list[str] = []
+
+    def build(name: str, label: str, kind, cfg, *extra, inputs: tuple[str, ...] = ()) -> Any:
+        ctx = BuildContext(name=name, device_id=config.raw.device.id,
+                           state_dir=config.state_dir, counters=counters, inputs=inputs)
+        try:
+            return registry.component(kind, cfg.type).factory(cfg, ctx, *extra)
+        except Exception as exc:  # a factory's error is a config problem, named as such
+            problems.append(f"Cannot build '{label}' from {config.path}: {exc}")
+            return None
+
+    pipelines: dict[str, Pipeline] = {}
+    for name, pc in config.pipelines.items():
+        backend = build(name, f"pipelines.{name}.inference", "inference", pc.inference)
+        if backend is None:
+            continue
+        pre = build(name, f"pipelines.{name}.preprocessor", "preprocessor", pc.preprocessor,
+                    backend.manifest)
+        if pre is not None:
+            pipelines[name] = Pipeline(name, pc.spec, pre, backend, counters)
+
+    sources: dict[str, SourceNode] = {}
+    for name, sc in config.sources.items():
+        targets = [pipelines[p] for p, pc in config.pipelines.items()
+                   if name in pc.spec.inputs and p in pipelines]
+        wanted = {t.preprocessor.inputs for t in targets}
+        if len(wanted) > 1:
+            problems.append(f"Cannot build 'sources.{name}': its pipelines want different "
+                            f"inputs {sorted(wanted)}")
+            continue
+        inputs = next(iter(wanted), ())
+        component = build(name, f"sources.{name}", "source", sc, inputs=inputs)
+        if component is not None:
+            sources[name] = SourceNode(name, sc, component, targets)
+
+    actuators: dict[str, ActuatorBinding] = {}
+    for name, ac in config.actuators.items():
+        component = build(name, f"actuators.{name}", "actuator", ac)
+        if component is not None:
+            actuators[name] = ActuatorBinding(name, ac, component, counters)
+
+    budget = build_budget(config, counters)
+    health = metrics = None
+    if config.raw.metrics is not None or (config.cloud is not None
+                                          and config.cloud.health is not None):
+        health = Health(pipelines, counters, config.state_dir, device=config.raw.device.id,
+                        budget=budget)
+        if config.raw.metrics is not None:
+            metrics = MetricsServer(config.raw.metrics, health)
+
+    # Before the cloud: capture on demand (a cloud service) acts on them.
+    captures = _build_captures(config, pipelines, counters, budget)
+    cloud = None
+    if config.cloud is not None:
+        try:
+            cloud = build_cloud(config, registry, pipelines, counters, health, captures,
+                                budget)
+        except ConfigError as exc:
+            problems += [f"Cannot build 'cloud' from {config.path}: {p}"
+                         for p in exc.problems]
+
+    if problems:
+        raise ConfigError(problems)
+    graph = Graph(config, sources, pipelines, actuators, counters, cloud, health, metrics,
+                  captures, budget)
+    if health is not None and graph.captures:
+        health.spool = functools.partial(spool_figures, list(graph.captures.values()))
+    return graph
+
+
+def spool_figures(captures: list[Any]) -> dict[str, int]:
+    """Fleet health's ``spool``: every pipeline's capture spool, summed."""
+    return {"depth": sum(c.pending for c in captures),
+            "bytes": sum(c.pending_bytes for c in captures),
+            "dropped": sum(c.dropped() for c in captures),
+            "refusing": sum(c.refusing for c in captures)}

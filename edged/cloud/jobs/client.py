@@ -1,0 +1,133 @@
+"""Requests to the IoT Jobs service over the cloud link, matched to their replies.
+
+The service answers every request on the request topic's ``/accepted`` or ``/rejected``
+twin and echoes the request's ``clientToken``; replies for other things, for tokens this
+process did not send (an earlier life's, another client's) and malformed ones are counted
+and ignored. A request without a reply in ``timeout_s`` (the link dropped, the reply was
+lost) raises ``TimeoutError``: the caller decides whether to ask again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+
+import aiomqtt
+import structlog
+
+from edged.base.errors import EdgedError
+from edged.base.log import RateLimit
+from edged.base.metrics import Counters
+from edged.cloud.jobs import protocol
+from edged.cloud.jobs.protocol import Accepted, ExecutionState, JobExecution, JobsProtocolError
+from edged.mqtt.link import BrokerLink
+
+log = structlog.get_logger("edged.cloud.jobs")
+
+
+class JobsRejected(EdgedError):
+    """The service rejected a request: ``code`` (VersionMismatch, InvalidStateTransition,
+    ResourceNotFound, ...) and the execution's current state when it sent one."""
+
+    def __init__(self, code: str, message: str | None,
+                 state: ExecutionState | None) -> None:
+        super().__init__(f"{code}: {message or 'no message'}")
+        self.code = code
+        self.state = state
+
+
+class JobsClient:
+    """Start, describe and update executions of one thing over ``link``.
+
+    ``dispatch`` must be given every message the link receives; it returns the next
+    execution announced by a ``notify-next`` push (None when nothing is pending), or
+    ``NO_NOTIFICATION`` for anything else."""
+
+    NO_NOTIFICATION = object()
+
+    def __init__(self, link: BrokerLink, thing: str, counters: Counters, *,
+                 timeout_s: float = 15.0) -> None:
+        self.link = link
+        self.thing = thing
+        self.counters = counters
+        self.timeout_s = timeout_s
+        self._waiting: dict[str, asyncio.Future[Accepted]] = {}
+        self._rate_limit = RateLimit()
+
+    async def subscribe(self, client: aiomqtt.Client) -> None:
+        """Subscribe on a new connection: the replies and notify-next (QoS 1, so a
+        notification sent while the device was offline waits in its session)."""
+        await client.subscribe([(topic, 1)
+                                for topic in protocol.reply_subscriptions(self.thing)])
+
+    def dispatch(self, message: aiomqtt.Message) -> object:
+        topic = str(message.topic)
+        payload = message.payload if isinstance(message.payload, (bytes, str)) else b""
+        try:
+            parsed = protocol.parse_topic(topic, self.thing)
+            if parsed.operation == "notify-next":
+                return protocol.parse_notify_next(payload)
+            if parsed.reply is None:
+                return self.NO_NOTIFICATION
+            _, reply = protocol.parse_reply(topic, payload, self.thing)
+        except JobsProtocolError as exc:
+            self._ignore("malformed", topic, str(exc))
+            return self.NO_NOTIFICATION
+        waiter = self._waiting.pop(reply.client_token or "", None)
+        if waiter is None:
+            self._ignore("unmatched", topic, f"clientToken {reply.client_token!r}")
+        elif not waiter.done():
+            if isinstance(reply, Accepted):
+                waiter.set_result(reply)
+            else:
+                waiter.set_exception(JobsRejected(reply.code, reply.message,
+                                                  reply.execution_state))
+        return self.NO_NOTIFICATION
+
+    def _ignore(self, why: str, topic: str, detail: str) -> None:
+        self.counters.inc("jobs_replies_ignored", reason=why)
+        suppressed = self._rate_limit.allow(why)
+        if suppressed is not None:
+            log.warning("jobs_reply_ignored", reason=why, topic=topic, detail=detail,
+                        suppressed_since_last=suppressed)
+
+    async def _request(self, topic: str, build: Callable[[str], bytes]) -> Accepted:
+        token = uuid.uuid4().hex
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting[token] = waiter
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self.link.publish(topic, build(token), qos=1, priority="critical")
+                return await waiter
+        except aiomqtt.MqttError as exc:
+            raise TimeoutError(f"jobs request to {topic} not sent: {exc}") from None
+        finally:
+            self._waiting.pop(token, None)
+
+    async def start_next(self, step_timeout_minutes: int | None = None
+                         ) -> JobExecution | None:
+        """Start the next pending execution (the one in progress first); None if there
+        is none."""
+        reply = await self._request(
+            protocol.start_next_topic(self.thing),
+            lambda token: protocol.start_next(token, step_timeout_minutes=step_timeout_minutes))
+        return reply.execution
+
+    async def describe(self, job_id: str) -> JobExecution:
+        """The execution with its document (its pre-signed URLs freshly signed)."""
+        reply = await self._request(protocol.describe_topic(self.thing, job_id),
+                                    lambda token: protocol.describe(job_id, token))
+        if reply.execution is None:
+            raise JobsProtocolError(f"describe of {job_id} returned no execution")
+        return reply.execution
+
+    async def update(self, job_id: str, status: str, details: dict[str, str],
+                     expected_version: int | None,
+                     step_timeout_minutes: int | None = None) -> ExecutionState | None:
+        """Set the execution's status and statusDetails; returns its new state."""
+        reply = await self._request(
+            protocol.update_topic(self.thing, job_id),
+            lambda token: protocol.update(job_id, status, token, details, expected_version,
+                                          step_timeout_minutes))
+        return reply.execution_state

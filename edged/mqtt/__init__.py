@@ -1,0 +1,1 @@
+"""The MQTT link that the mqtt plugin, the cloud link and the heartbeat share."""

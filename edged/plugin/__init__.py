@@ -1,0 +1,45 @@
+"""The plugin contract, in one import: ``from edged.plugin import ...``.
+
+What a plugin registers (:class:`ComponentType`, :class:`CliCommand`, through the
+``edged_*`` hooks marked with :data:`hookimpl`), what its components are (the protocols
+``Source``, ``Preprocessor``, ``InferenceBackend``, ``Actuator`` and the ``Component``
+base), what it is built with (:class:`BuildContext`, its config model on a kind's base),
+and what flows through them (``Readings``, ``Scores``, ``Decision``, ``Event``). The
+hook reference is :mod:`edged.plugin.hookspecs`; docs/plugins.md tells the rest.
+"""
+
+from edged import hookimpl
+from edged.base.errors import ModelError, RowError
+from edged.plugin.alarm_payload import alarm_payload
+from edged.plugin.components import (
+    Actuator,
+    BuildContext,
+    Component,
+    Emit,
+    InferenceBackend,
+    Preprocessor,
+    Readings,
+    Scores,
+    Source,
+)
+from edged.plugin.config import (
+    ActuatorConfig,
+    ComponentConfig,
+    EnvSecret,
+    InferenceConfig,
+    PreprocessorConfig,
+    QueueConfig,
+    SourceConfig,
+    StartPolicy,
+    Strict,
+)
+from edged.plugin.events import Decision, Event, EventKind, ModelRef
+from edged.plugin.registry import CliCommand, ComponentType, Kind
+
+__all__ = [
+    "Actuator", "ActuatorConfig", "BuildContext", "CliCommand", "Component",
+    "ComponentConfig", "ComponentType", "Decision", "Emit", "EnvSecret", "Event", "EventKind",
+    "InferenceBackend", "InferenceConfig", "Kind", "ModelError", "ModelRef", "Preprocessor",
+    "PreprocessorConfig", "QueueConfig", "Readings", "RowError", "Scores", "Source",
+    "SourceConfig", "StartPolicy", "Strict", "alarm_payload", "hookimpl",
+]

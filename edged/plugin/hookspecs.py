@@ -1,0 +1,89 @@
+"""The edged plugin contract: every hook a plugin may implement.
+
+A plugin is a module (or object) registered under the ``edged.plugins`` entry-point
+group. It implements any of the hooks below, decorated with ``edged.hookimpl``::
+
+    from edged import hookimpl
+    from edged.plugin.registry import ComponentType
+
+    @hookimpl
+    def edged_component_types():
+        return [ComponentType(kind="actuator", name="jsonl", config=JsonlConfig,
+                              factory=JsonlActuator)]
+
+Hooks *register* things (component types, CLI commands) and *observe* the lifecycle.
+No sensor reading, model input or decision ever flows through a hook: the per-reading
+path is built from the registered factories and runs on plain objects.
+
+Hooks are grouped by the phase in which they fire.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from edged.plugin.registry import CliCommand, ComponentType
+
+hookspec = pluggy.HookspecMarker("edged")
+
+# -------------------------------------------------------------------------------------
+# Registration: called once when the plugin manager is built, before any config is read.
+# -------------------------------------------------------------------------------------
+
+
+@hookspec
+def edged_component_types() -> list[ComponentType]:
+    """Register component types: sensor sources, preprocessors, inference backends and
+    actuators.
+
+    Called once per plugin manager, before configuration is validated. Return a list of
+    :class:`edged.plugin.registry.ComponentType`, each naming its ``kind`` (``"source"``,
+    ``"preprocessor"``, ``"inference"`` or ``"actuator"``), its ``name`` (the ``type:``
+    key that selects it in YAML), its pydantic config model and a factory that builds the
+    component from a validated config.
+
+    All results are collected; two plugins registering the same kind and name is an
+    error that names both plugins.
+    """
+
+
+@hookspec
+def edged_cli_commands() -> list[CliCommand]:
+    """Register sub-commands of the ``edged`` command line.
+
+    Called once when the CLI starts. Return a list of :class:`edged.plugin.registry.CliCommand`
+    (name, help text, a function that adds arguments to an ``argparse`` parser and a
+    function that runs the command and returns the exit status).
+
+    All results are collected; a name already taken by edged or another plugin is an
+    error.
+    """
+
+
+# -------------------------------------------------------------------------------------
+# Runtime lifecycle: called by the supervisor of `edged run` / `edged demo`.
+# -------------------------------------------------------------------------------------
+
+
+@hookspec
+def edged_started(graph: Any, config: Any) -> None:
+    """Every component of a newly built graph has started and the daemon is ready.
+
+    Fires after start-up and again after each successful reload (with the new graph).
+    ``graph`` is the running :class:`edged.runtime.graph.Graph` (typed ``Any`` here: the
+    contract sits below the engine); ``config`` the validated
+    :class:`edged.config.EdgedConfig`. Return value ignored;
+    all implementations are called. Must not block: schedule nothing and return fast.
+    """
+
+
+@hookspec
+def edged_stopping(graph: Any, reason: str) -> None:
+    """A graph is about to stop; ``reason`` is ``"shutdown"`` or ``"reload"``.
+
+    Fires before components are stopped. Return value ignored; all implementations are
+    called. Must not block.
+    """
