@@ -364,7 +364,7 @@ def test_daemon_runs_inside_the_units_seccomp_filters(launcher, tmp_path):
     config = tmp_path / "edged.yaml"
     config.write_text(CONFIG)
     systemd = FakeSystemd(socket_path(tmp_path))
-    log = tmp_path / "edged.base.log"
+    log = tmp_path / "edged.log"
     env = {k: v for k, v in os.environ.items() if k != "EDGED_BLOCK_PLUGINS"}
     env.update(NOTIFY_SOCKET=systemd.path, WATCHDOG_USEC="1000000",
                STATE_DIRECTORY=str(tmp_path / "state"))

@@ -47,8 +47,18 @@ CHILD = r"""
 import json, sys, time
 from pathlib import Path
 import edged
-from edged.model.bundle import TrustStore, extract_bundle, verify_bundle
-from edged.model.bundle.keys import load_public_key
+try:  # the floors of issue 14; the tree before them had these at the top level
+    from edged.model.bundle import TrustStore, extract_bundle, verify_bundle
+    from edged.model.bundle.keys import load_public_key
+    from edged.cloud.jobs.document import parse_document
+    from edged.cloud.capture_requests import CaptureCommands
+    from edged.base.metrics import Counters
+except ImportError:
+    from edged.bundle import TrustStore, extract_bundle, verify_bundle
+    from edged.bundle.keys import load_public_key
+    from edged.jobs.document import parse_document
+    from edged.capture.commands import CaptureCommands
+    from edged.metrics import Counters
 
 kind, arg, pem, work = sys.argv[1:5]
 result = {"edged": edged.__file__}
@@ -60,12 +70,9 @@ try:
         manifest = verify_bundle(slot, trust, installed_version=None)
         result["outcome"] = f"accepted (version {manifest.version})"
     elif kind == "document":
-        from edged.cloud.jobs.document import parse_document
         parse_document(Path(arg).read_text())
         result["outcome"] = "accepted"
     else:
-        from edged.cloud.capture_requests import CaptureCommands
-        from edged.base.metrics import Counters
         class Capture:
             def request(self, turbine, duration_s):
                 result["captured_turbine"] = turbine

@@ -79,7 +79,7 @@ class Daemon:
     def __init__(self, tree: Path, work: Path, text: str) -> None:
         path = work / "edged.yaml"
         path.write_text(text)
-        self.log_path = work / "edged.base.log"
+        self.log_path = work / "edged.log"
         self._log = self.log_path.open("w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edged", "run", "-c", str(path)], cwd=tree,

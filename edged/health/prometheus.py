@@ -23,7 +23,7 @@ from edged.base.metrics import Sample
 from edged.config import MetricsSpec, split_listen
 from edged.health.report import Health
 
-log = structlog.get_logger("edged.base.metrics")
+log = structlog.get_logger("edged.health.prometheus")
 
 #: Longest a scrape waits for the event loop to build the report.
 SCRAPE_TIMEOUT_S = 5.0

@@ -302,7 +302,7 @@ class Daemon:
     def __init__(self, tmp_path: Path, systemd: FakeSystemd, config: str = CONFIG) -> None:
         self.config = tmp_path / "edged.yaml"
         self.config.write_text(config)
-        self.log_path = tmp_path / "edged.base.log"
+        self.log_path = tmp_path / "edged.log"
         env = {k: v for k, v in os.environ.items()
                if k not in ("EDGED_BLOCK_PLUGINS", "WATCHDOG_PID")}
         env.update(NOTIFY_SOCKET=systemd.path, WATCHDOG_USEC="200000",
@@ -396,7 +396,7 @@ def test_daemon_without_notify_socket_sends_nothing(tmp_path, systemd):
     env = {k: v for k, v in os.environ.items()
            if k not in ("EDGED_BLOCK_PLUGINS", "NOTIFY_SOCKET")}
     env.update(WATCHDOG_USEC="200000", STATE_DIRECTORY=str(tmp_path / "state"))
-    log = tmp_path / "edged.base.log"
+    log = tmp_path / "edged.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "edged", "--log-format", "json", "run",
                                  "-c", str(path)], cwd=tmp_path, env=env, stdout=out,

@@ -478,7 +478,7 @@ def test_edged_run_reloads_on_sighup_and_stops_on_sigterm(tmp_path):
     # turbine-0 misbehaves at once; turbine-1 only after the refused reload.
     config.write_text(config_text(tmp_path, faults="0:voltage@0-600,1:rotation@4-600",
                                   log="info"))
-    log_file = tmp_path / "edged.base.log"
+    log_file = tmp_path / "edged.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with log_file.open("w") as stderr:
         proc = subprocess.Popen([sys.executable, "-m", "edged", "run", "-c", str(config)],
