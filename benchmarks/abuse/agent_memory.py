@@ -109,8 +109,10 @@ def main() -> None:
     args = parser.parse_args()
     tree = args.tree.resolve()
     work = Path(tempfile.mkdtemp(prefix="agent-mem-"))
-    shutil.copytree(tree / "edged" / "models" / "windturbine-v1",
-                    work / "models" / "windturbine-v1")
+    # The tree's own shipped model: edged/model/builtin since issue 14, edged/models before.
+    shipped = next(p for p in (tree / "edged" / "model" / "builtin", tree / "edged" / "models")
+                   if p.is_dir())
+    shutil.copytree(shipped / "windturbine-v1", work / "models" / "windturbine-v1")
     config = work / "agent.yaml"
     config.write_text(json.dumps({"agent": {
         "device_name": "bench", "model_roots": [str(work / "models")],

@@ -31,7 +31,7 @@ except ImportError as exc:  # the device install has no torch; say how to get it
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SOURCE = REPO_ROOT.parent / "shared" / "reference" / "windturbine" / "original"
-DEFAULT_OUT = REPO_ROOT / "edged" / "models" / "windturbine-v1"
+DEFAULT_OUT = REPO_ROOT / "edged" / "model" / "builtin" / "windturbine-v1"
 
 WINDOW_SHAPE = (6, 10, 10)
 FEATURES = ["roll", "pitch", "yaw", "wind_speed_rps", "rps", "voltage"]

@@ -55,11 +55,17 @@ class ModelManifest(BaseModel):
         return value
 
 
+def builtin_root() -> Path:
+    """The folder of the models shipped with edged, package data: ``builtin:NAME`` is
+    ``NAME`` here (a data folder beside the code that reads it, not a package)."""
+    return Path(str(files("edged.model") / "builtin"))
+
+
 def resolve_model_path(spec: str) -> Path:
     """``builtin:NAME`` -> the model shipped with edged; anything else is a path."""
     if spec.startswith(BUILTIN_PREFIX):
         name = spec.removeprefix(BUILTIN_PREFIX)
-        root = Path(str(files("edged") / "models"))
+        root = builtin_root()
         path = root / name
         if not name or Path(name).name != name or not path.is_dir():
             shipped = sorted(p.name for p in root.iterdir() if p.is_dir())

@@ -29,7 +29,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,13 @@ import structlog
 from edged.base.durable import fsync_dir
 from edged.base.errors import ModelError
 from edged.model.errors import StoreError
-from edged.model.package import MANIFEST, ModelManifest, parse_manifest, read_manifest
+from edged.model.package import (
+    MANIFEST,
+    ModelManifest,
+    builtin_root,
+    parse_manifest,
+    read_manifest,
+)
 
 log = structlog.get_logger("edged.model")
 
@@ -357,7 +362,7 @@ def stores(state_dir: Path) -> list[ModelStore]:
 
 def builtin_model(name: str) -> Path | None:
     """The newest model shipped with edged whose manifest is named ``name``."""
-    root = Path(str(files("edged") / "models"))
+    root = builtin_root()
     best: tuple[int, Path] | None = None
     for path in sorted(p for p in root.iterdir() if (p / MANIFEST).is_file()):
         try:

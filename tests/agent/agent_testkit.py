@@ -17,7 +17,7 @@ from edged.agent.server import AgentServer
 from edged.capture.store import BufferFull, CaptureRecord, DuplicateCaptureId
 
 ROOT = Path(__file__).resolve().parents[2]
-BUILTIN_MODEL = ROOT / "edged" / "models" / "windturbine-v1"
+BUILTIN_MODEL = ROOT / "edged" / "model" / "builtin" / "windturbine-v1"
 
 
 def make_config(tmp_path: Path, model_root: Path, **changes) -> AgentConfig:

@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-MODEL_DIR = REPO_ROOT / "edged" / "models" / "windturbine-v1"
+MODEL_DIR = REPO_ROOT / "edged" / "model" / "builtin" / "windturbine-v1"
 ORIGINAL_DIR = REPO_ROOT.parent / "shared" / "reference" / "windturbine" / "original"
 STATISTICS = ("mean", "std", "raw_std", "thresholds")
 

@@ -11,7 +11,7 @@ import pytest
 from edged.windturbine.features import WindTurbineParams
 from edged.windturbine.layout import FAULT_KINDS, INPUTS
 
-MODEL_DIR = Path(__file__).resolve().parents[2] / "edged" / "models" / "windturbine-v1"
+MODEL_DIR = Path(__file__).resolve().parents[2] / "edged" / "model" / "builtin" / "windturbine-v1"
 
 COL = {name: i for i, name in enumerate(INPUTS)}
 

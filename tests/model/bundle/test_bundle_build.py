@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -25,6 +24,7 @@ from edged.model.bundle import (
 )
 from edged.model.bundle.__main__ import main
 from edged.model.bundle.keys import public_pem
+from edged.model.package import resolve_model_path
 
 
 def test_the_build_is_reproducible(signed):
@@ -107,7 +107,7 @@ def test_trust_configuration_errors(tmp_path):
 
 def test_cli_keygen_build_verify_round_trip(tmp_path, capsys):
     model = tmp_path / "model"
-    shutil.copytree(Path(__file__).parents[3] / "edged" / "models" / "windturbine-v1", model)
+    shutil.copytree(resolve_model_path("builtin:windturbine-v1"), model)
     assert main(["keygen", "-o", str(tmp_path / "keys")]) == 0
     kid = capsys.readouterr().out.split("key_id ")[1].strip()
     out = tmp_path / "bundle.tar.gz"
