@@ -38,7 +38,9 @@ if TYPE_CHECKING:
     from edged.model.shadow import ShadowReport, ShadowTrial
 
 log = structlog.get_logger("edged.pipeline")
-_GOLDEN = 0.6180339887498949
+#: The golden ratio's fractional part: slot i's phase is i * _PHASE_STEP mod 1 of the
+#: interval, which spreads any number of consecutive slots evenly (no two bunch up).
+_PHASE_STEP = 0.6180339887498949
 
 #: Most sensor_stale (and as many sensor_recovered) events one watch raises turbine by
 #: turbine; the rest go in one event for turbine "*" with detail {"turbines": n}, so a
@@ -97,6 +99,9 @@ class Pipeline:
         self.round_monotonic: float | None = None
         # Decision.time and event times; replaceable so a test can step the wall clock.
         self.wall_clock: Callable[[], float] = time.time
+        # Rows' arrival, schedules, staleness and eviction; replaceable so a test steps
+        # time instead of sleeping through intervals and stale_after_s.
+        self.monotonic_clock: Callable[[], float] = time.monotonic
         self._decided_at = np.zeros(0, dtype=np.int64)  # buffers.count at the last decision
         self._due_at = np.zeros(0)  # monotonic time each turbine is next due; -1: unset
         self._wake = asyncio.Event()  # set by ingest: rows arrived
@@ -203,7 +208,7 @@ class Pipeline:
             values, slots = values[good], slots[good]
         if len(slots):
             features = self.preprocessor.row_features(values)
-            self.buffers.write(slots, features, time.monotonic(), values)
+            self.buffers.write(slots, features, self.monotonic_clock(), values)
             self._wake.set()
         self.counters.inc("rows_accepted", len(slots), pipeline=self.name)
         return len(slots)
@@ -233,7 +238,7 @@ class Pipeline:
         names = [name for name in names if len(name) <= MAX_TURBINE_ID]
         free = self.buffers.max_turbines - len(self.buffers.names)
         if len(names) > free:
-            self._evict(self._stalest(len(names) - free, now=time.monotonic(),
+            self._evict(self._stalest(len(names) - free, now=self.monotonic_clock(),
                                       busy=slots[slots >= 0]), "full")
         for name in names:
             if self.buffers.index(name) is None:
@@ -318,7 +323,7 @@ class Pipeline:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"edged-{self.name}")
         try:
             while True:
-                slots = self.scheduled(time.monotonic())
+                slots = self.scheduled(self.monotonic_clock())
                 if len(slots):
                     try:
                         await self.decide_once(slots)  # yields: the work runs in the thread
@@ -344,8 +349,7 @@ class Pipeline:
                       error=f"{type(exc).__name__}: {exc}", suppressed_since_last=suppressed)
 
     def _phase(self, slots: np.ndarray) -> np.ndarray:
-        # The golden ratio spreads consecutive slots evenly over the interval.
-        return (slots * _GOLDEN) % 1.0 * self.spec.interval_s
+        return (slots * _PHASE_STEP) % 1.0 * self.spec.interval_s
 
     def _grow(self) -> int:
         known = len(self.buffers.names)
@@ -383,7 +387,7 @@ class Pipeline:
         history = self.buffers.gather(slots)
         raw = self.buffers.gather_raw(slots) if self.buffers.keeps_raw else None
         self._decided_at[slots] = self.buffers.count[slots]
-        self._reschedule(slots, time.monotonic())
+        self._reschedule(slots, self.monotonic_clock())
         rows = self.buffers.count[slots].tolist()
         # Read before the round yields: meanwhile an eviction may move a turbine's slot.
         names = self.buffers.names
@@ -398,7 +402,7 @@ class Pipeline:
         scores, model_io = await work
         self.latency.record(time.perf_counter() - started)
         now = self.wall_clock()
-        monotonic = time.monotonic()
+        monotonic = self.monotonic_clock()
         model = backend.model
         group_flags = self._groups(scores.anomalous)
         primary = self._primary(scores, group_flags)
@@ -479,7 +483,7 @@ class Pipeline:
         period = min(1.0, self.spec.stale_after_s / 2)
         while True:
             await asyncio.sleep(period)
-            self.check_stale(time.monotonic())
+            self.check_stale(self.monotonic_clock())
 
     def check_stale(self, now: float) -> None:
         """Evict turbines silent for ``evict_after_s``, then raise ``sensor_stale`` for

@@ -4,7 +4,6 @@ rows from the simulated wind farm."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ from edged.plugin.events import Decision, Event
 from edged.runtime.pipeline import Pipeline
 from edged.windturbine import layout
 from edged.windturbine.simulator import WindFarm
+from tests.support.clock import FakeClock
 
 COLUMNS = np.array([layout.DATASET_COLUMNS.index(c) for c in layout.INPUTS])
 HISTORY = 500
@@ -53,7 +53,13 @@ class Farm:
 
 
 @pytest.fixture
-async def pipeline():
+def clock() -> FakeClock:
+    """The pipeline's monotonic clock: tests of staleness step it instead of sleeping."""
+    return FakeClock()
+
+
+@pytest.fixture
+async def pipeline(clock):
     backend = OnnxBackend(OnnxConfig(type="onnx"))
     stage = WindTurbineStage(params_for(WindTurbineConfig(type="windturbine"),
                                         backend.manifest))
@@ -61,6 +67,7 @@ async def pipeline():
                         inference={"type": "onnx"}, stale_after_s=0.2, max_turbines=4)
     async with backend:
         pipe = Pipeline("turbines", spec, stage, backend, Counters())
+        pipe.monotonic_clock = clock
         pipe.subscribers.append(Subscriber())
         yield pipe
 
@@ -74,6 +81,7 @@ def count(pipe: Pipeline, turbine: str) -> int:
 
 
 async def test_no_decision_before_a_full_history_then_decisions(pipeline):
+    pipeline.wall_clock = FakeClock(1_764_000_000.0)
     farm = Farm()
     assert pipeline.preprocessor.history == HISTORY
     assert pipeline.ingest([farm.readings(HISTORY - 1)]) == 3 * (HISTORY - 1)
@@ -93,7 +101,7 @@ async def test_no_decision_before_a_full_history_then_decisions(pipeline):
     assert all(np.isfinite(d.values))
     assert set(d.groups) == set(layout.GROUPS)
     assert d.primary is None or d.groups[d.primary]
-    assert abs(d.time - time.time()) < 5
+    assert d.time == pipeline.wall_clock()
     assert pipeline.subscribers[0].decisions[-2:] == decisions
     assert pipeline.counters.get("decisions", pipeline="turbines") == 3
     assert pipeline.counters.get("rows_accepted", pipeline="turbines") == 3 * HISTORY
@@ -179,14 +187,14 @@ async def test_max_turbines_exceeded_is_counted(pipeline):
                                  reason="too_many_turbines") == 2 * 10
 
 
-async def test_stale_once_then_recovered_after_new_rows(pipeline):
+async def test_stale_once_then_recovered_after_new_rows(pipeline, clock):
     farm = Farm()
     subscriber = pipeline.subscribers[0]
     pipeline.ingest([farm.readings(HISTORY)])  # watched: the histories have filled
-    pipeline.check_stale(time.monotonic())
+    pipeline.check_stale(clock())
     assert subscriber.events == []
 
-    later = time.monotonic() + pipeline.spec.stale_after_s + 1.0
+    later = clock() + pipeline.spec.stale_after_s + 1.0
     pipeline.check_stale(later)
     assert sorted((e.kind, e.turbine) for e in subscriber.events) == [
         ("sensor_stale", t) for t in farm.ids]
@@ -196,13 +204,13 @@ async def test_stale_once_then_recovered_after_new_rows(pipeline):
     assert len(subscriber.events) == 3, "sensor_stale is raised once per silence"
     assert pipeline.counters.get("sensor_stale", pipeline="turbines") == 3
 
-    # Real time: let every turbine go silent, then hear from turbine-1 again.
-    await asyncio.sleep(pipeline.spec.stale_after_s + 0.05)
+    # The pipeline's own time: let every turbine go silent, then hear from turbine-1 again.
+    clock.advance(pipeline.spec.stale_after_s + 0.05)
     subscriber.events.clear()
-    pipeline.check_stale(time.monotonic())
+    pipeline.check_stale(clock())
     assert subscriber.events == [], "still stale: no new events"
     pipeline.ingest([farm.readings(1, only=(1,))])
-    pipeline.check_stale(time.monotonic())
+    pipeline.check_stale(clock())
     assert [(e.kind, e.turbine) for e in subscriber.events] == [
         ("sensor_recovered", "turbine-1")]
     assert subscriber.events[0].pipeline == "turbines"
@@ -225,7 +233,7 @@ async def test_loops_run_together(pipeline):
     assert pipeline.counters.get("rows_accepted", pipeline="turbines") == 3 * HISTORY
 
 
-async def test_a_turbine_heard_only_through_bad_rows_is_not_tracked(pipeline):
+async def test_a_turbine_heard_only_through_bad_rows_is_not_tracked(pipeline, clock):
     """Garbage under a new turbine id must neither take a max_turbines slot nor raise
     sensor_stale for a turbine that never sent a valid row."""
     farm = Farm()
@@ -235,7 +243,7 @@ async def test_a_turbine_heard_only_through_bad_rows_is_not_tracked(pipeline):
     assert pipeline.buffers.names == list(farm.ids)
     assert pipeline.counters.get("rows_rejected", pipeline="turbines",
                                  reason="not_finite") == 2
-    pipeline.check_stale(time.monotonic())
+    pipeline.check_stale(clock())
     assert pipeline.subscribers[0].events == []
     # The fourth slot is still free for a real turbine.
     assert pipeline.ingest([Farm(turbines=4).readings(1, only=(3,))]) == 1
@@ -264,15 +272,17 @@ async def test_decisions_are_spread_over_the_interval():
     spec = PipelineSpec(inputs=["farm"], preprocessor={"type": "windturbine"},
                         inference={"type": "onnx"}, interval_s=0.5)
     farm = Farm(turbines=40)
+    clock = FakeClock()
     async with backend:
         pipe = Pipeline("turbines", spec, stage, backend, Counters())
+        pipe.monotonic_clock = clock
         pipe.ingest([farm.readings(HISTORY)])
-        first = pipe.scheduled(time.monotonic())
+        first = pipe.scheduled(clock())
         assert len(first) == 40  # a full history is decided at once
         await pipe.decide_once(first)
-        assert len(pipe.scheduled(time.monotonic())) == 0  # nothing new, nothing due
+        assert len(pipe.scheduled(clock())) == 0  # nothing new, nothing due
         pipe.ingest([farm.readings(1)])
-        now = time.monotonic()
+        now = clock()
         # Due times are spread over the next interval...
         due = np.sort(pipe._due_at[:40]) - now
         assert due.max() - due.min() > 0.8 * spec.interval_s
@@ -281,9 +291,9 @@ async def test_decisions_are_spread_over_the_interval():
         early = pipe.scheduled(now + spec.interval_s / 4)
         assert len(early) <= 3  # only turbines whose row came after their due time
         assert (pipe._due_at[early] <= pipe.buffers.last_seen[early]).all()
-        await asyncio.sleep(spec.interval_s / 4)
+        clock.advance(spec.interval_s / 4)
         pipe.ingest([farm.readings(1)])
-        round_ = pipe.scheduled(time.monotonic())
+        round_ = pipe.scheduled(clock())
         assert 3 <= len(round_) <= 20
         await pipe.decide_once(round_)
-        assert set(pipe.scheduled(time.monotonic())).isdisjoint(round_)
+        assert set(pipe.scheduled(clock())).isdisjoint(round_)

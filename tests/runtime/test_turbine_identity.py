@@ -5,7 +5,6 @@ One Pipeline with the real preprocessor and ONNX backend, fed the simulated farm
 from __future__ import annotations
 
 import asyncio
-import time
 
 import numpy as np
 import pytest
@@ -17,17 +16,21 @@ from edged.config import PipelineSpec
 from edged.plugin.components import Readings
 from edged.runtime.pipeline import MAX_SENSOR_EVENTS, SUMMARY_TURBINE, Pipeline
 from tests.runtime.test_pipeline import HISTORY, Farm, Subscriber
+from tests.support.clock import FakeClock
 
 STALE_S = 0.2
 
 
-def make(backend: OnnxBackend, max_turbines: int, **spec) -> Pipeline:
+def make(backend: OnnxBackend, max_turbines: int, clock: FakeClock | None = None,
+         **spec) -> Pipeline:
+    """A pipeline on ``clock`` (stepped by the test, never by sleeping)."""
     stage = WindTurbineStage(params_for(WindTurbineConfig(type="windturbine"),
                                         backend.manifest))
     spec = PipelineSpec(inputs=["farm"], preprocessor={"type": "windturbine"},
                         inference={"type": "onnx"}, stale_after_s=STALE_S,
                         max_turbines=max_turbines, **spec)
     pipe = Pipeline("turbines", spec, stage, backend, Counters())
+    pipe.monotonic_clock = clock or FakeClock()
     pipe.subscribers.append(Subscriber())
     return pipe
 
@@ -57,7 +60,8 @@ def evicted(pipe: Pipeline, reason: str) -> int:
 
 
 async def test_stale_ghosts_give_their_slots_to_a_new_turbine(backend):
-    pipe = make(backend, max_turbines=4)
+    clock = FakeClock()
+    pipe = make(backend, max_turbines=4, clock=clock)
     farm = Farm(turbines=1)
     pipe.ingest([ghosts([f"ghost-{i}" for i in range(10)], farm)])
     assert len(pipe.buffers.names) == 4 and rejected(pipe, "too_many_turbines") == 6
@@ -65,7 +69,7 @@ async def test_stale_ghosts_give_their_slots_to_a_new_turbine(backend):
     assert pipe.ingest([rename(farm.readings(1), "real")]) == 0
     assert rejected(pipe, "too_many_turbines") == 7
 
-    await asyncio.sleep(STALE_S + 0.05)
+    clock.advance(STALE_S + 0.05)
     pipe.ingest([ghosts(["ghost-3"], farm)])  # one ghost speaks again: not a victim
     real = rename(farm.readings(HISTORY), "real")
     assert pipe.ingest([real]) == HISTORY
@@ -83,10 +87,11 @@ async def test_stale_ghosts_give_their_slots_to_a_new_turbine(backend):
 async def test_a_batch_never_loses_a_slot_it_writes_to(backend):
     """When full, the stale turbines whose rows are in the same batch are not victims:
     their rows would land in the new turbine's ring."""
-    pipe = make(backend, max_turbines=2)
+    clock = FakeClock()
+    pipe = make(backend, max_turbines=2, clock=clock)
     farm = Farm(turbines=1)
     pipe.ingest([ghosts(["a", "b"], farm)])
-    await asyncio.sleep(STALE_S + 0.05)
+    clock.advance(STALE_S + 0.05)
     both = Readings(("a", "c", "b"), farm.readings(3, only=(0,)).values)
     assert pipe.ingest([both]) == 2  # a and b keep their slots; c finds none
     assert rejected(pipe, "too_many_turbines") == 1 and evicted(pipe, "full") == 0
@@ -94,19 +99,20 @@ async def test_a_batch_never_loses_a_slot_it_writes_to(backend):
 
 
 async def test_silent_turbines_are_evicted_and_come_back_new(backend):
-    pipe = make(backend, max_turbines=10, evict_after_s=30)
+    clock = FakeClock()
+    pipe = make(backend, max_turbines=10, clock=clock, evict_after_s=30)
     farm = Farm(turbines=3)
     pipe.ingest([farm.readings(HISTORY)])
     assert len(await pipe.decide_once()) == 3
-    pipe.check_stale(time.monotonic() + 10)  # stale, not yet evicted
+    clock.advance(10)
+    pipe.check_stale(clock())  # stale, not yet evicted
     assert len(pipe.subscribers[0].events) == 3 and evicted(pipe, "silent") == 0
     # turbine-1 keeps talking; the others are evicted once silent for evict_after_s.
+    clock.advance(21)
     pipe.ingest([farm.readings(HISTORY, only=(1,))])
-    later = time.monotonic() + 31
-    pipe.buffers.last_seen[pipe.buffers.ids["turbine-1"]] = later
     events = pipe.subscribers[0].events
     events.clear()
-    pipe.check_stale(later)
+    pipe.check_stale(clock())
     assert evicted(pipe, "silent") == 2 and pipe.buffers.names == ["turbine-1"]
     # turbine-1 moved into slot 0 with its state: it was stale, now heard again.
     assert [(e.kind, e.turbine) for e in events] == [("sensor_recovered", "turbine-1")]
@@ -117,7 +123,7 @@ async def test_silent_turbines_are_evicted_and_come_back_new(backend):
     # An evicted turbine that comes back is a new one: empty history, no event.
     pipe.ingest([farm.readings(5, only=(2,))])
     assert pipe.buffers.count[pipe.buffers.ids["turbine-2"]] == 5
-    pipe.check_stale(time.monotonic())
+    pipe.check_stale(clock())
     assert len(events) == 1
 
 
@@ -133,14 +139,16 @@ async def test_a_round_names_its_turbines_as_they_were_when_it_began(backend):
 
 
 async def test_a_flood_of_stale_turbines_makes_a_few_events(backend):
-    pipe = make(backend, max_turbines=100)
+    clock = FakeClock()
+    pipe = make(backend, max_turbines=100, clock=clock)
     farm = Farm(turbines=30)
     pipe.ingest([farm.readings(HISTORY)])
     never_filled = Farm(turbines=5, seed=3)
     pipe.ingest([Readings(tuple(f"ghost-{t}" for t in never_filled.readings(1).turbines),
                           never_filled.readings(1).values)])
     events = pipe.subscribers[0].events
-    pipe.check_stale(time.monotonic() + 10)
+    clock.advance(10)
+    pipe.check_stale(clock())
     individual = [e for e in events if e.turbine != SUMMARY_TURBINE]
     summary = [e for e in events if e.turbine == SUMMARY_TURBINE]
     assert len(individual) == MAX_SENSOR_EVENTS
@@ -150,7 +158,7 @@ async def test_a_flood_of_stale_turbines_makes_a_few_events(backend):
     assert pipe.counters.get("sensor_stale", pipeline="turbines") == 30
     events.clear()
     pipe.ingest([farm.readings(1)])
-    pipe.check_stale(time.monotonic())
+    pipe.check_stale(clock())
     assert len(events) == MAX_SENSOR_EVENTS + 1
     assert events[-1].kind == "sensor_recovered" and events[-1].turbine == SUMMARY_TURBINE
 
