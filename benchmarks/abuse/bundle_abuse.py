@@ -51,13 +51,13 @@ try:  # the floors of issue 14; the tree before them had these at the top level
     from edged.model.bundle import TrustStore, extract_bundle, verify_bundle
     from edged.model.bundle.keys import load_public_key
     from edged.cloud.jobs.document import parse_document
-    from edged.cloud.capture_requests import CaptureCommands
+    from edged.cloud.capture_requests import CaptureRequests
     from edged.base.metrics import Counters
 except ImportError:
     from edged.bundle import TrustStore, extract_bundle, verify_bundle
     from edged.bundle.keys import load_public_key
     from edged.jobs.document import parse_document
-    from edged.capture.commands import CaptureCommands
+    from edged.capture.commands import CaptureCommands as CaptureRequests
     from edged.metrics import Counters
 
 kind, arg, pem, work = sys.argv[1:5]
@@ -76,9 +76,9 @@ try:
         class Capture:
             def request(self, turbine, duration_s):
                 result["captured_turbine"] = turbine
-        commands = CaptureCommands(link=None, thing="gw", captures={"turbines": Capture()},
+        requests = CaptureRequests(link=None, thing="gw", captures={"turbines": Capture()},
                                    counters=Counters())
-        response = commands.handle(Path(arg).read_bytes())
+        response = requests.handle(Path(arg).read_bytes())
         result["outcome"] = response["status"] + (
             f": {response['reason']}" if response["status"] == "rejected" else "")
 except Exception as exc:

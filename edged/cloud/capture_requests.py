@@ -1,4 +1,4 @@
-"""Capture on demand: a command over the cloud link asks a pipeline to capture every
+"""Capture on demand: a request over the cloud link asks a pipeline to capture every
 decision of one turbine (or all) for a while. See docs/capture.md, "Capture on demand".
 
 A cloud service (:class:`edged.cloud.link.CloudService`): requests arrive QoS 1 on
@@ -53,7 +53,7 @@ class CaptureRequest(BaseModel):
     request_id: Annotated[str, Field(min_length=1, max_length=128)]
 
 
-class CaptureCommands:
+class CaptureRequests:
     """Takes capture requests for the pipelines in ``captures`` (name -> PipelineCapture)."""
 
     def __init__(self, *, link: BrokerLink, thing: str, captures: dict[str, Any],

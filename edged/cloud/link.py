@@ -149,9 +149,9 @@ def build_cloud(config: EdgedConfig, registry: Registry, pipelines: dict[str, Pi
             destination.signer = signer
         services.append(signer)
     if cloud.capture_requests and captures:
-        from edged.cloud.capture_requests import CaptureCommands
+        from edged.cloud.capture_requests import CaptureRequests
 
-        services.append(CaptureCommands(link=link, thing=thing_name(cloud, device),
+        services.append(CaptureRequests(link=link, thing=thing_name(cloud, device),
                                         captures=captures, counters=counters))
     alarms = None
     if cloud.alarms is not None:

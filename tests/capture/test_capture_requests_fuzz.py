@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from edged.base.metrics import Counters
 from edged.capture import url_protocol
-from edged.cloud.capture_requests import CaptureCommands
+from edged.cloud.capture_requests import CaptureRequests
 
 pytestmark = pytest.mark.fuzz
 
@@ -55,9 +55,9 @@ class _Capture:
                  JSONISH.map(lambda v: json.dumps(v).encode())))
 def test_any_capture_request_is_answered(payload):
     capture = _Capture()
-    commands = CaptureCommands(link=None, thing="gw-1", captures={"turbines": capture},
+    requests = CaptureRequests(link=None, thing="gw-1", captures={"turbines": capture},
                                counters=Counters())
-    response = commands.handle(payload)
+    response = requests.handle(payload)
     assert response["status"] in ("accepted", "rejected")
     if response["status"] == "rejected":
         assert response["reason"] and not capture.requested
