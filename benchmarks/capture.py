@@ -14,7 +14,7 @@ Reported per config: decisions/s on the decision path (ingest + decide, the writ
 running beside it on the same loop and core); decisions/s sustained, which adds the time
 the writer then takes to spool what the block queued (the cost of capture in full); both
 as ratios to capture off; records picked, captured (spooled), uploaded and dropped
-(``capture_dropped{...}``); the time spent inside ``on_decisions`` a round (p99,
+(``capture_dropped{...}``); the time spent inside ``on_round`` a round (p99,
 max), the only part of capture on the decision path; and each round's time (ingest +
 decide, p99 and max), which also shows what capture's other work (the writer's and the
 uploader's threads, the uploader's turns on the loop) cost the decision path.
@@ -59,15 +59,15 @@ CONFIGS = {"off": None, "1 %": 100, "100 %": 1}
 
 
 class Timed:
-    """A subscriber timing the capture's ``on_decisions``, the decision path's share."""
+    """A subscriber timing the capture's ``on_round``, the decision path's share."""
 
     def __init__(self, capture: PipelineCapture) -> None:
         self.capture = capture
         self.times: list[float] = []
 
-    def on_decisions(self, decisions, features, thresholds) -> None:
+    def on_round(self, round) -> None:
         start = time.perf_counter()
-        self.capture.on_decisions(decisions, features, thresholds)
+        self.capture.on_round(round)
         self.times.append(time.perf_counter() - start)
 
     def on_event(self, event) -> None:
@@ -148,8 +148,8 @@ class Run:
             "picked": self.picked, "spooled": self.spooled(),
             "uploaded": self.counters.get("capture_uploaded", pipeline=self.pipeline.name),
             "dropped": self.dropped(),
-            "on_decisions_p99_ms": float(np.percentile(times, 99)) * 1000,
-            "on_decisions_max_ms": float(times.max()) * 1000,
+            "on_round_p99_ms": float(np.percentile(times, 99)) * 1000,
+            "on_round_max_ms": float(times.max()) * 1000,
             "round_p99_ms": float(np.percentile(rounds, 99)) * 1000,
             "round_max_ms": float(rounds.max()) * 1000,
         }
@@ -216,7 +216,7 @@ def main() -> int:
           f"interleaved in blocks of {args.block}")
     print(f"{'turbines':>8}  {'capture':>7}  {'dec/s':>7}  {'ratio':>5}  "
           f"{'sustained':>9}  {'ratio':>5}  {'picked':>7}  {'spooled':>7}  "
-          f"{'uploaded':>8}  {'dropped':>7}  {'on_decisions p99 / max':>22}  "
+          f"{'uploaded':>8}  {'dropped':>7}  {'on_round p99 / max':>22}  "
           f"{'round p99 / max':>17}")
     for r in results:
         off = next(o for o in results if o["turbines"] == r["turbines"]
@@ -227,7 +227,7 @@ def main() -> int:
               f"{r['sustained_per_s']:>9.0f}  "
               f"{r['sustained_per_s'] / off['sustained_per_s']:>5.2f}  "
               f"{r['picked']:>7}  {r['spooled']:>7}  {r['uploaded']:>8}  {dropped:>7}  "
-              f"{r['on_decisions_p99_ms']:>10.2f} / {r['on_decisions_max_ms']:.2f} ms  "
+              f"{r['on_round_p99_ms']:>10.2f} / {r['on_round_max_ms']:.2f} ms  "
               f"{r['round_p99_ms']:>7.1f} / {r['round_max_ms']:.1f} ms")
     return 0
 

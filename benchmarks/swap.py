@@ -154,7 +154,8 @@ class Recorder:
     def __init__(self) -> None:
         self.rounds: list[tuple[float, int, list[str]]] = []
 
-    def on_decisions(self, decisions, features, thresholds) -> None:
+    def on_round(self, round) -> None:
+        decisions = round.decisions
         if decisions:
             self.rounds.append((time.monotonic(), decisions[0].model.version,
                                 [d.turbine for d in decisions]))

@@ -9,7 +9,6 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -29,7 +28,7 @@ from edged.base.errors import ComponentStartError, ConfigError
 from edged.builtin.simulator import SimulatorSource
 from edged.config import parse_config
 from edged.config.yamlfile import load_yaml, read_config_text
-from edged.plugin.events import Decision, Event
+from edged.plugin.events import Event, Round
 from edged.runtime.graph import Graph
 from edged.runtime.supervisor import Supervisor
 
@@ -77,8 +76,8 @@ class DemoObserver:
         self.turbines: dict[str, TurbineView] = {}
         self.t0 = time.time()
 
-    def on_decisions(self, decisions: Sequence[Decision], features, thresholds) -> None:
-        for decision in decisions:
+    def on_round(self, round: Round) -> None:
+        for decision in round.decisions:
             view = self.turbines.setdefault(decision.turbine, TurbineView())
             at = decision.time - self.t0
             view.groups = decision.groups

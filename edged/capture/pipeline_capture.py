@@ -38,7 +38,7 @@ from edged.capture.policy import (
 )
 from edged.capture.uplink import Budget, CaptureUplink, Entry, UplinkSettings
 from edged.config.capture import PipelineCaptureSpec, reserve_bytes
-from edged.plugin.events import Decision, Event
+from edged.plugin.events import Event, Round
 
 log = structlog.get_logger("edged.capture.pipeline")
 
@@ -97,7 +97,7 @@ class PipelineCapture:
         self.device = device
         self.counters = counters
         self.sampler = build_sampler(spec)
-        self._source = source  # the Pipeline: its round window and backend manifest
+        self._source = source  # the Pipeline: its backend's manifest
         fsync = spec.spool.fsync != "never"
         upload = spec.upload
         self.uplink = CaptureUplink(
@@ -165,23 +165,19 @@ class PipelineCapture:
 
     # -- the decision path ---------------------------------------------------------------
 
-    def on_decisions(self, decisions: Sequence[Decision], features: Sequence[str],
-                     thresholds: Sequence[float]) -> None:
-        source, spool = self._source, self.spec.spool
-        # Read by the pipeline beside its decisions' wall-clock time, so that a jump of
-        # their difference is a step of the wall clock, not the time the round took.
-        now = getattr(source, "round_monotonic", None)
-        if now is None:
-            now = time.monotonic()
-        window = getattr(source, "round_window", None) if spool.include_window else None
-        raw = getattr(source, "round_raw", None) if spool.include_rows else None
-        inputs = source.preprocessor.inputs if raw is not None else ()
-        model_io = getattr(source, "round_model_io", None) if spool.include_model_io else None
-        picks = self.sampler.select(decisions, now, window, raw, inputs, model_io)
+    def on_round(self, round: Round) -> None:
+        spool, features, thresholds = self.spec.spool, round.features, round.thresholds
+        # The round's monotonic time, read beside its wall-clock time: a jump of their
+        # difference is a step of the wall clock, not the time the round took.
+        now = round.monotonic
+        window = round.window if spool.include_window else None
+        raw = round.raw if spool.include_rows else None
+        model_io = round.model_io if spool.include_model_io else None
+        picks = self.sampler.select(round.decisions, now, window, raw,
+                                    round.inputs if raw is not None else (), model_io)
         self._last_round = (features, thresholds)
         if picks:
-            wall = decisions[0].time  # the pipeline's wall clock, one for both
-            self._enqueue(picks, (features, thresholds, self._model_info(), now, wall))
+            self._enqueue(picks, (features, thresholds, self._model_info(), now, round.time))
 
     def on_event(self, event: Event) -> None:
         pass

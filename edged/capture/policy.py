@@ -7,7 +7,7 @@ captured once, with every reason that picked it. See docs/capture.md, "Pipeline 
 Reasons: ``rate``, ``reservoir``, ``anomaly``, ``before`` (context ahead of an anomaly),
 ``after`` (context following one), ``on_demand``.
 
-Every pick is stamped with its own round (:class:`Round`): its monotonic time, a sequence
+Every pick is stamped with its own round (:class:`SampledRound`): its monotonic time, a sequence
 number and any step of the wall clock seen then (:class:`RoundClock`), so a decision
 captured rounds later (context, reservoir) still says when it was made.
 """
@@ -86,8 +86,9 @@ class RoundClock:
 
 
 @dataclass(slots=True)
-class Round:
-    """One round as the sampler sees it; makes its picks, stamped."""
+class SampledRound:
+    """One round (:class:`edged.plugin.events.Round`) as the sampler sees it: what the
+    capture keeps of it, stamped; makes its picks."""
 
     first_seq: int
     monotonic: float
@@ -193,7 +194,7 @@ class AnomalyPolicy:
         self._after: dict[str, int] = {}
 
     def select(self, decisions: Sequence[Decision], taken: dict[int, Pick],
-               round_: Round) -> list[Pick]:
+               round_: SampledRound) -> list[Pick]:
         """Mark anomalies and after-context in ``taken`` (index -> pick); return the
         before-context picks from earlier rounds. Untaken decisions fill the rings."""
         earlier: list[Pick] = []
@@ -229,7 +230,7 @@ class AnomalyPolicy:
         return earlier
 
     @staticmethod
-    def _take(taken: dict[int, Pick], i: int, d: Decision, round_: Round,
+    def _take(taken: dict[int, Pick], i: int, d: Decision, round_: SampledRound,
               reason: str) -> None:
         pick = taken.get(i)
         if pick is None:
@@ -294,7 +295,7 @@ class Sampler:
         wall-clock time is its decisions' ``time``."""
         wall = decisions[0].time if decisions else None
         first, step = self.clock.stamp(now, wall, len(decisions))
-        round_ = Round(first, now, step, window, raw, tuple(raw_inputs), model_io)
+        round_ = SampledRound(first, now, step, window, raw, tuple(raw_inputs), model_io)
         taken: dict[int, Pick] = {}
         if self.rate is not None:
             for i in self.rate.select(decisions):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Sequence
 from typing import Literal
 
 import aiomqtt
@@ -29,7 +28,7 @@ from edged.base.metrics import Counters
 from edged.config.cloud import CloudAlarmsConfig
 from edged.mqtt.link import BrokerLink
 from edged.plugin.alarm_payload import alarm_payload, dumps
-from edged.plugin.events import Decision, Event
+from edged.plugin.events import Event, Round
 from edged.runtime.actuation import AlarmTracker
 
 log = structlog.get_logger("edged.cloud.alarms")
@@ -63,9 +62,9 @@ class CloudAlarms:
 
     # -- as a pipeline subscriber (the decision path: append only) -----------------------
 
-    def on_decisions(self, decisions: Sequence[Decision], features: Sequence[str],
-                     thresholds: Sequence[float]) -> None:
-        for decision in decisions:
+    def on_round(self, round: Round) -> None:
+        features, thresholds = round.features, round.thresholds
+        for decision in round.decisions:
             tracker = self._trackers.get(decision.pipeline)
             if tracker is None:
                 config = self.config

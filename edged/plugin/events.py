@@ -1,9 +1,16 @@
-"""What flows out of a pipeline: decisions, and the events actuators act on."""
+"""What flows out of a pipeline: decisions, each round of them as handed to the
+pipeline's subscribers, and the events actuators act on."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
+
+import numpy as np
+
+#: The model's input and output of a round, by turbine: two (turbines, rows each, ...).
+ModelIO = tuple[np.ndarray, np.ndarray]
 
 EventKind = Literal["alarm", "clear", "sensor_stale", "sensor_recovered"]
 
@@ -36,6 +43,31 @@ class Decision:
     @property
     def is_anomalous(self) -> bool:
         return any(self.anomalous)
+
+
+@dataclass(frozen=True, slots=True)
+class Round:
+    """One decision round of one pipeline, handed to each of its subscribers
+    (``on_round``) as one object, so none reads the round back off the pipeline.
+
+    Row ``i`` of ``window``, ``raw`` and each of ``model_io`` is what ``decisions[i]`` was
+    made from. The arrays are the round's own, handed to every subscriber (and a shadow
+    trial) without a copy: read them, never write them, and copy whatever is kept past
+    the call (a row kept as a view also pins the whole round's array).
+    """
+
+    pipeline: str
+    decisions: Sequence[Decision]
+    features: Sequence[str]  # the names of the scores in Decision.values, in order
+    thresholds: Sequence[float]  # per feature
+    time: float  # the decisions' wall-clock time
+    # Read beside ``time``: a jump of their difference between rounds is a step of the
+    # wall clock, not the time a round took.
+    monotonic: float
+    window: np.ndarray | None = None  # (decisions, history, features): the history decided on
+    raw: np.ndarray | None = None  # (decisions, history, inputs); None unless kept
+    inputs: tuple[str, ...] = ()  # the columns of ``raw``
+    model_io: ModelIO | None = None  # (input, output), each by decision; None unless kept
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ import structlog
 from edged.base.metrics import Counters
 from edged.plugin.components import Actuator
 from edged.plugin.config import ActuatorConfig
-from edged.plugin.events import Decision, Event
+from edged.plugin.events import Decision, Event, Round
 from edged.runtime.queues import BoundedQueue
 
 log = structlog.get_logger("edged.actuation")
@@ -136,11 +136,10 @@ class ActuatorBinding:
         )
         self._kinds = frozenset(config.events)
 
-    def on_decisions(self, decisions: Sequence[Decision], features: Sequence[str],
-                     thresholds: Sequence[float]) -> None:
-        tracker = self.tracker
+    def on_round(self, round: Round) -> None:
+        tracker, features, thresholds = self.tracker, round.features, round.thresholds
         forgotten = tracker.forgotten
-        for decision in decisions:
+        for decision in round.decisions:
             event = tracker.update(decision, features, thresholds)
             if event is not None:
                 self.on_event(event)

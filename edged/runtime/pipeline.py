@@ -1,5 +1,6 @@
 """One pipeline: readings -> ring buffers -> batched preprocessing and inference ->
-decisions -> subscribers (actuator bindings, the demo's view).
+decisions -> subscribers (actuator bindings, capture, cloud alarms, the demo's view),
+each handed one :class:`~edged.plugin.events.Round` per round.
 
 Three loops, all owned by the supervisor's task group: ``ingest`` drains the bounded
 reading queue into the buffers, ``decide`` runs every ``interval_s`` over every turbine
@@ -28,7 +29,7 @@ from edged.base.log import RateLimit
 from edged.base.metrics import Counters
 from edged.config import PipelineSpec
 from edged.plugin.components import InferenceBackend, Preprocessor, Readings, Scores
-from edged.plugin.events import Decision, Event, EventKind
+from edged.plugin.events import Decision, Event, EventKind, ModelIO, Round
 from edged.plugin.rows import MAX_TURBINE_ID
 from edged.runtime.buffers import TurbineBuffers
 from edged.runtime.latency import LatencyRing
@@ -54,13 +55,11 @@ _NOT_FINITE = -2
 _BAD_ID = -3
 
 
-#: The model's input and output of a round, by turbine: two (turbines, rows each, ...).
-ModelIO = tuple[np.ndarray, np.ndarray]
-
-
 class Subscriber(Protocol):
-    def on_decisions(self, decisions: Sequence[Decision], features: Sequence[str],
-                     thresholds: Sequence[float]) -> None: ...
+    """What a pipeline hands its decisions and sensor events to, on the event loop and
+    in the decision path: neither call may block."""
+
+    def on_round(self, round: Round) -> None: ...
 
     def on_event(self, event: Event) -> None: ...
 
@@ -90,13 +89,6 @@ class Pipeline:
             inputs=len(preprocessor.inputs) if keep_raw else 0,
         )
         self.subscribers: list[Subscriber] = []
-        # What a round hands its subscribers, set only while they run: the feature
-        # history and raw rows (None unless kept) behind decisions[i] in row i, and the
-        # monotonic time read beside the decisions' wall-clock time.
-        self.round_window: np.ndarray | None = None
-        self.round_raw: np.ndarray | None = None
-        self.round_model_io: ModelIO | None = None
-        self.round_monotonic: float | None = None
         # Decision.time and event times; replaceable so a test can step the wall clock.
         self.wall_clock: Callable[[], float] = time.time
         # Rows' arrival, schedules, staleness and eviction; replaceable so a test steps
@@ -423,15 +415,14 @@ class Pipeline:
         self.counters.inc("decisions", len(decisions), pipeline=self.name)
         self.counters.inc("anomalous_decisions", sum(d.is_anomalous for d in decisions),
                           pipeline=self.name)
-        thresholds = scores.thresholds.tolist()
-        # For subscribers that read them during on_decisions (capture): handed over,
-        # never copied.
-        self.round_window, self.round_raw, self.round_monotonic = history, raw, monotonic
-        self.round_model_io = model_io
+        # The arrays are handed over, never copied: the round is read, not kept.
+        round_ = Round(pipeline=self.name, decisions=decisions,
+                       features=preprocessor.features, thresholds=scores.thresholds.tolist(),
+                       time=now, monotonic=monotonic, window=history, raw=raw,
+                       inputs=tuple(preprocessor.inputs) if raw is not None else (),
+                       model_io=model_io)
         for subscriber in self.subscribers:
-            subscriber.on_decisions(decisions, preprocessor.features, thresholds)
-        self.round_window = self.round_raw = self.round_monotonic = None
-        self.round_model_io = None
+            subscriber.on_round(round_)
         shadow = self._shadow
         if shadow is not None and shadow[1] is stage:
             # Published first and not awaited: the candidate never delays a decision. On

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -30,7 +30,7 @@ from edged.builtin.onnx import OnnxBackend, OnnxConfig
 from edged.config import load_config
 from edged.model.package import resolve_model_path
 from edged.plugin.config import ActuatorConfig
-from edged.plugin.events import Decision, Event
+from edged.plugin.events import Decision, Event, Round
 from edged.plugin.manager import make_plugin_manager
 from edged.plugin.registry import ComponentType
 from edged.runtime.supervisor import Supervisor
@@ -371,8 +371,8 @@ class Decisions:
     def __init__(self) -> None:
         self.by_row: dict[tuple[str, int], Decision] = {}
 
-    def on_decisions(self, decisions: Sequence[Decision], features, thresholds) -> None:
-        for d in decisions:
+    def on_round(self, round: Round) -> None:
+        for d in round.decisions:
             self.by_row[(d.turbine, d.rows)] = d
 
     def on_event(self, event: Event) -> None:

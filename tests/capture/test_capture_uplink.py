@@ -15,6 +15,7 @@ from edged.base.metrics import Counters
 from edged.capture import CaptureSettings, CaptureStore
 from edged.capture.segments import SegmentSpool, Upload, parse_key, read_object
 from edged.testing import eventually
+from tests.support.rounds import round_of
 
 
 class DailyBudget:
@@ -173,7 +174,7 @@ async def test_transient_failures_are_retried_without_limit(tmp_path, s3):
                      "attempts": 2})
     async with make(tmp_path, s, counters) as capture:
         await asyncio.to_thread(s3.stop)
-        capture.on_decisions([decision("t1", 1)], FEATURES, THRESHOLDS)
+        capture.on_round(round_of([decision("t1", 1)], FEATURES, THRESHOLDS))
         writer = asyncio.create_task(capture.write_loop())
         uploader = asyncio.create_task(capture.upload_loop())
         try:

@@ -31,6 +31,7 @@ from edged.capture.destinations import DeliveryError, S3Destination
 from edged.config.capture import IotCredentialsSpec, PipelineCaptureSpec, split_iot_endpoint
 from edged.testing import eventually
 from tests.support import TestPki, free_port, make_pki
+from tests.support.rounds import round_of
 
 THING = "turbine-gw-01"
 ALIAS = "edged-capture-uploads"
@@ -593,8 +594,8 @@ async def test_pipeline_capture_uploads_as_the_thing(tmp_path, s3, pki, server):
     async with capture:
         tasks = [asyncio.create_task(capture.write_loop()),
                  asyncio.create_task(capture.upload_loop())]
-        capture.on_decisions([Decision("p1", "t1", 1_700_000_000.0, (0.1,), (False,),
-                                       {}, ModelRef("wt", 3), rows=1)], ("f",), (1.0,))
+        capture.on_round(round_of([Decision("p1", "t1", 1_700_000_000.0, (0.1,), (False,),
+                                            {}, ModelRef("wt", 3), rows=1)], ("f",), (1.0,)))
         await eventually(lambda: counters.get("capture_uploaded", pipeline="p1") == 1)
         for task in tasks:
             task.cancel()

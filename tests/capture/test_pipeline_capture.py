@@ -22,6 +22,7 @@ from edged.capture.decision_records import clock_synced, manifest_hash
 from edged.capture.pipeline_capture import PipelineCapture
 from edged.config.capture import PipelineCaptureSpec
 from edged.plugin.events import Decision, ModelRef
+from tests.support.rounds import round_of
 
 FEATURES = ("f1", "f2")
 THRESHOLDS = (1.0, 1.0)
@@ -55,10 +56,9 @@ def read_disk(root: Path) -> dict[str, list[dict]]:
 
 
 class FakeSource:
-    """What the capture reads from a pipeline: the round window and the backend."""
+    """What the capture reads from a pipeline: the backend (its model's manifest)."""
 
     def __init__(self) -> None:
-        self.round_window = None
         self.backend = type("B", (), {"model": ModelRef("wt", 3),
                                       "manifest": {"name": "wt", "version": 3}})()
 
@@ -86,9 +86,9 @@ def test_record_schema_and_key_layout_on_disk(tmp_path):
         source = FakeSource()
         s = spec(disk_dest(tmp_path), spool={"include_window": True})
         async with make(tmp_path, s, source=source) as capture:
-            source.round_window = np.arange(8.0).reshape(2, 2, 2)
-            capture.on_decisions([decision("t1", 5), decision("t2", 6, anomalous=True)],
-                                 FEATURES, THRESHOLDS)
+            capture.on_round(round_of([decision("t1", 5), decision("t2", 6, anomalous=True)],
+                                      FEATURES, THRESHOLDS,
+                                      window=np.arange(8.0).reshape(2, 2, 2)))
             writer = asyncio.create_task(capture.write_loop())
             await settle(capture)
             assert await capture.upload_pending() == 2
@@ -189,11 +189,11 @@ def test_full_queue_drops_without_blocking_and_counts(tmp_path):
 
     async def main():
         async with make(tmp_path, s, counters) as capture:
-            assert not inspect.iscoroutinefunction(capture.on_decisions)
+            assert not inspect.iscoroutinefunction(capture.on_round)
             for round_ in range(3):
                 # Returns None, not an awaitable: nothing of it runs later.
-                assert capture.on_decisions([decision(f"t{i}", round_) for i in range(1000)],
-                                            FEATURES, THRESHOLDS) is None
+                decisions = [decision(f"t{i}", round_) for i in range(1000)]
+                assert capture.on_round(round_of(decisions, FEATURES, THRESHOLDS)) is None
                 assert capture.queue.qsize() == 10  # at its bound, never beyond
             kept = [capture.queue.get_nowait()[0].decision for _ in range(10)]
             assert [(d.turbine, d.rows) for d in kept] == [(f"t{i}", 0) for i in range(10)]
@@ -247,8 +247,8 @@ def test_writer_flushes_queue_and_reservoir_on_cancel(tmp_path):
 
     async def main():
         async with make(tmp_path, s) as capture:
-            capture.on_decisions([decision(f"t{i}", 1) for i in range(10)], FEATURES,
-                                 THRESHOLDS)
+            capture.on_round(round_of([decision(f"t{i}", 1) for i in range(10)], FEATURES,
+                                      THRESHOLDS))
             writer = asyncio.create_task(capture.write_loop())
             await asyncio.sleep(0.05)
             writer.cancel()
@@ -292,7 +292,7 @@ def test_killed_mid_upload_replays_same_keys_and_loses_nothing(tmp_path, fsync):
     async def first():
         stuck = StuckDestination(DiskDestination(tmp_path / "out"))
         async with make(tmp_path, s, destination=stuck) as capture:
-            capture.on_decisions(decisions, FEATURES, THRESHOLDS)
+            capture.on_round(round_of(decisions, FEATURES, THRESHOLDS))
             writer = asyncio.create_task(capture.write_loop())
             await settle(capture)
             writer.cancel()
@@ -343,8 +343,8 @@ def test_s3_down_then_back_loses_nothing(tmp_path, s3, monkeypatch):
             uploader = asyncio.create_task(capture.upload_loop())
             writer = asyncio.create_task(capture.write_loop())
             for r in range(20):
-                capture.on_decisions([decision("t1", r), decision("t2", r, r % 7 == 0)],
-                                     FEATURES, THRESHOLDS)
+                capture.on_round(round_of([decision("t1", r), decision("t2", r, r % 7 == 0)],
+                                          FEATURES, THRESHOLDS))
                 await asyncio.sleep(0.01)
             await until(lambda: counters.get("capture_upload_failures", pipeline="p1") >= 2)
             s3.start()

@@ -20,6 +20,7 @@ from edged.model.errors import SwapError
 from edged.model.package import resolve_model_path
 from edged.model.store import ModelStore
 from edged.plugin.components import BuildContext, Readings
+from edged.plugin.events import Round
 from edged.runtime.pipeline import Pipeline
 from edged.runtime.swap import swap_model
 from edged.windturbine import layout
@@ -46,9 +47,10 @@ class Recorder:
     def __init__(self) -> None:
         self.rounds: list[tuple[float, list[str], set[int], tuple[float, ...]]] = []
 
-    def on_decisions(self, decisions, features, thresholds) -> None:
-        self.rounds.append((time.monotonic(), [d.turbine for d in decisions],
-                            {d.model.version for d in decisions}, tuple(thresholds)))
+    def on_round(self, round: Round) -> None:
+        self.rounds.append((time.monotonic(), [d.turbine for d in round.decisions],
+                            {d.model.version for d in round.decisions},
+                            tuple(round.thresholds)))
 
     def on_event(self, event) -> None:
         pass

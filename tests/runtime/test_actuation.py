@@ -11,6 +11,7 @@ from edged.plugin.config import ActuatorConfig
 from edged.plugin.events import Decision, Event, ModelRef
 from edged.runtime.actuation import ActuatorBinding, AlarmTracker
 from edged.windturbine.layout import FEATURES, GROUPS
+from tests.support.rounds import round_of
 
 MODEL = ModelRef("windturbine", 3)
 THRESHOLDS = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
@@ -146,7 +147,7 @@ def test_past_max_states_the_least_recently_decided_is_forgotten_and_counted():
 
     b = binding(Recorder(), debounce=5)
     b.tracker.max_states = 2
-    b.on_decisions([bad(f"t{i}") for i in range(5)], FEATURES, THRESHOLDS)
+    b.on_round(round_of([bad(f"t{i}") for i in range(5)], FEATURES, THRESHOLDS))
     assert b.counters.get("alarm_states_forgotten", actuator="rec") == 3
 
 
@@ -231,7 +232,7 @@ async def test_events_are_filtered_by_kind():
     actuator = Recorder()
     b = binding(actuator, events=["alarm", "sensor_stale"], debounce=1, clear_after=1,
                 cooldown_s=0)
-    b.on_decisions([decision("t0", "voltage"), decision("t0")], FEATURES, THRESHOLDS)
+    b.on_round(round_of([decision("t0", "voltage"), decision("t0")], FEATURES, THRESHOLDS))
     b.on_event(sensor("sensor_stale"))
     b.on_event(sensor("sensor_recovered"))
     assert len(b.queue) == 2
@@ -279,7 +280,7 @@ def test_queue_overflow_is_counted_as_events_dropped():
 
 def test_binding_applies_its_config_to_the_tracker():
     b = binding(Recorder(), debounce=3, clear_after=2, cooldown_s=0)
-    b.on_decisions([decision("t0", "rotation")] * 2, FEATURES, THRESHOLDS)
+    b.on_round(round_of([decision("t0", "rotation")] * 2, FEATURES, THRESHOLDS))
     assert len(b.queue) == 0
-    b.on_decisions([decision("t0", "rotation")], FEATURES, THRESHOLDS)
+    b.on_round(round_of([decision("t0", "rotation")], FEATURES, THRESHOLDS))
     assert [e.kind for e in b.queue._items] == ["alarm"]

@@ -13,7 +13,7 @@ from edged.builtin.onnx import OnnxBackend, OnnxConfig
 from edged.builtin.windturbine import WindTurbineConfig, WindTurbineStage, params_for
 from edged.config import PipelineSpec
 from edged.plugin.components import Readings
-from edged.plugin.events import Decision, Event
+from edged.plugin.events import Decision, Event, Round
 from edged.runtime.pipeline import Pipeline
 from edged.windturbine import layout
 from edged.windturbine.simulator import WindFarm
@@ -28,10 +28,13 @@ class Subscriber:
         self.decisions: list[Decision] = []
         self.events: list[Event] = []
 
-    def on_decisions(self, decisions, features, thresholds) -> None:
-        assert tuple(features) == layout.FEATURES
-        assert len(thresholds) == len(layout.FEATURES)
-        self.decisions.extend(decisions)
+    def on_round(self, round: Round) -> None:
+        assert tuple(round.features) == layout.FEATURES
+        assert len(round.thresholds) == len(layout.FEATURES)
+        # One object per round: its decisions, and the history behind each, row by row.
+        assert {(d.pipeline, d.time) for d in round.decisions} == {(round.pipeline, round.time)}
+        assert round.window is not None and len(round.window) == len(round.decisions)
+        self.decisions.extend(round.decisions)
 
     def on_event(self, event: Event) -> None:
         self.events.append(event)

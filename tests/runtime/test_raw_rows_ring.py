@@ -11,6 +11,7 @@ from edged.builtin.onnx import OnnxBackend, OnnxConfig
 from edged.builtin.windturbine import WindTurbineConfig, WindTurbineStage, params_for
 from edged.config import PipelineSpec
 from edged.plugin.components import Readings
+from edged.plugin.events import Round
 from edged.runtime.buffers import TurbineBuffers
 from edged.runtime.pipeline import Pipeline
 from edged.windturbine import layout
@@ -66,9 +67,10 @@ class Rounds:
         self.pipeline = pipeline
         self.rounds: list[tuple[list, np.ndarray | None, np.ndarray | None]] = []
 
-    def on_decisions(self, decisions, features, thresholds) -> None:
-        raw, window = self.pipeline.round_raw, self.pipeline.round_window
-        self.rounds.append((list(decisions), None if raw is None else raw.copy(),
+    def on_round(self, round: Round) -> None:
+        assert round.inputs == (layout.INPUTS if round.raw is not None else ())
+        raw, window = round.raw, round.window
+        self.rounds.append((list(round.decisions), None if raw is None else raw.copy(),
                             None if window is None else window.copy()))
 
     def on_event(self, event) -> None:
@@ -111,7 +113,6 @@ async def test_a_round_hands_over_the_source_rows_behind_each_decision():
             assert await pipeline.decide_once()
         assert pipeline.counters.get("rows_rejected", pipeline="turbines",
                                      reason="too_many_turbines") == 2
-    assert pipeline.round_raw is None and pipeline.round_monotonic is None
     assert len(rounds.rounds) == 2
     for decisions, raw, window in rounds.rounds:
         assert raw.shape == (len(decisions), history, len(layout.INPUTS))

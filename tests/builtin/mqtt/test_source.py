@@ -304,7 +304,7 @@ async def test_a_turbine_silent_on_the_bus_is_reported_with_its_gap(mosquitto, t
     pipeline = Pipeline("turbines", spec, stage, backend, counters)
     events = []
     pipeline.subscribers.append(type("Events", (), {
-        "on_decisions": lambda self, *a: None,
+        "on_round": lambda self, round: None,
         "on_event": lambda self, event: events.append(event)})())
     lines = [",".join(r) for r in farm_records(ticks=500, turbines=1)]
     record = lines[-1]

@@ -21,6 +21,7 @@ from edged.app.assembly import build_graph
 from edged.base.errors import ConfigError
 from edged.config import load_config
 from edged.model.bundle import key_id
+from edged.plugin.events import Round
 from edged.plugin.manager import make_plugin_manager
 from edged.runtime.graph import Graph
 from edged.testing import eventually, running_graph
@@ -38,8 +39,8 @@ class Recorder:
     def __init__(self) -> None:
         self.decisions: list[tuple[str, int, float]] = []
 
-    def on_decisions(self, decisions, features, thresholds) -> None:
-        self.decisions += [(d.turbine, d.model.version, d.time) for d in decisions]
+    def on_round(self, round: Round) -> None:
+        self.decisions += [(d.turbine, d.model.version, d.time) for d in round.decisions]
 
     def on_event(self, event) -> None:
         pass
