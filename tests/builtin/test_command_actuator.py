@@ -11,7 +11,7 @@ import pytest
 import structlog.testing
 
 from edged.base.metrics import Counters
-from edged.builtin.command import CommandActuator, CommandConfig
+from edged.builtin.command_actuator import CommandActuator, CommandConfig
 from edged.plugin.components import BuildContext
 from edged.plugin.events import Event, ModelRef
 
