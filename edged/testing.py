@@ -31,10 +31,11 @@ from edged.plugin.registry import Kind, Registry
 
 def build_component(kind: Kind, config: dict[str, Any], state_dir: Path, *,
                     name: str = "test", inputs: tuple[str, ...] = (),
-                    registry: Registry | None = None, **factory_args: Any) -> Any:
+                    registry: Registry | None = None,
+                    manifest: dict[str, Any] | None = None) -> Any:
     """The component that ``config`` (a YAML section as a dict, ``type`` included)
     describes, built but not started. ``inputs``: the raw columns a source is asked for;
-    ``factory_args``: more arguments (a preprocessor's ``manifest``)."""
+    ``manifest``: the model manifest a preprocessor is built for (required for one)."""
     if registry is None:
         from edged.plugin.manager import make_plugin_manager
 
@@ -45,7 +46,7 @@ def build_component(kind: Kind, config: dict[str, Any], state_dir: Path, *,
     validated = component_type.config.model_validate(config)
     ctx = BuildContext(name=name, device_id="test-device", state_dir=Path(state_dir),
                        inputs=inputs)
-    return component_type.factory(validated, ctx, **factory_args)
+    return component_type.build(validated, ctx, manifest=manifest)
 
 
 async def collect_readings(source: Any, *, rows: int | None = None,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from edged.base.errors import ConfigError
+from edged.base.errors import ConfigError, PluginError
 from edged.base.metrics import Counters
 from edged.capture.pipeline_capture import PipelineCapture
 from edged.cloud.budget import build_budget
@@ -20,8 +20,8 @@ from edged.cloud.link import build_cloud, thing_name
 from edged.config import EdgedConfig
 from edged.health.prometheus import MetricsServer
 from edged.health.report import Health
-from edged.plugin.components import BuildContext
-from edged.plugin.registry import Registry
+from edged.plugin.components import BuildContext, SwappableBackend
+from edged.plugin.registry import ComponentType, Kind, Registry
 from edged.runtime.actuation import ActuatorBinding
 from edged.runtime.graph import Graph, SourceNode
 from edged.runtime.pipeline import Pipeline
@@ -45,6 +45,16 @@ def _build_captures(config: EdgedConfig, pipelines: dict[str, Pipeline],
     return captures
 
 
+def _keeps_its_word(ctype: ComponentType, component: Any) -> Any:
+    """``component``, if it is what its type declares: check-config trusts ``hot_swap``
+    (jobs may replace a ``store:`` model), so a backend that cannot is refused here, not
+    at its first job."""
+    if ctype.hot_swap and not isinstance(component, SwappableBackend):
+        raise PluginError(f"inference type '{ctype.name}' declares hot_swap, but its backend "
+                          "lacks for_model, load or directory")
+    return component
+
+
 def build_graph(config: EdgedConfig, registry: Registry,
                 counters: Counters | None = None) -> Graph:
     """Instantiate every component; raise :class:`ConfigError` if any cannot be built.
@@ -52,11 +62,13 @@ def build_graph(config: EdgedConfig, registry: Registry,
     counters = counters or Counters()
     problems: list[str] = []
 
-    def build(name: str, label: str, kind, cfg, *extra, inputs: tuple[str, ...] = ()) -> Any:
+    def build(name: str, label: str, kind: Kind, cfg: Any, *, inputs: tuple[str, ...] = (),
+              manifest: dict[str, Any] | None = None) -> Any:
         ctx = BuildContext(name=name, device_id=config.raw.device.id,
                            state_dir=config.state_dir, counters=counters, inputs=inputs)
         try:
-            return registry.component(kind, cfg.type).factory(cfg, ctx, *extra)
+            ctype = registry.component(kind, cfg.type)
+            return _keeps_its_word(ctype, ctype.build(cfg, ctx, manifest=manifest))
         except Exception as exc:  # a factory's error is a config problem, named as such
             problems.append(f"Cannot build '{label}' from {config.path}: {exc}")
             return None
@@ -67,7 +79,7 @@ def build_graph(config: EdgedConfig, registry: Registry,
         if backend is None:
             continue
         pre = build(name, f"pipelines.{name}.preprocessor", "preprocessor", pc.preprocessor,
-                    backend.manifest)
+                    manifest=backend.manifest)
         if pre is not None:
             pipelines[name] = Pipeline(name, pc.spec, pre, backend, counters)
 

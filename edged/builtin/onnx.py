@@ -116,5 +116,6 @@ def _build(config: OnnxConfig, ctx: BuildContext) -> OnnxBackend:
 
 @hookimpl
 def edged_component_types() -> list[ComponentType]:
-    return [ComponentType("inference", "onnx", OnnxConfig, _build,
-                          "ONNX Runtime on the CPU, batching all turbines into one call")]
+    return [ComponentType.inference("onnx", OnnxConfig, _build,
+                                    "ONNX Runtime on the CPU, batching all turbines into one "
+                                    "call", hot_swap=True)]

@@ -68,13 +68,13 @@ def params_for(config: WindTurbineConfig, manifest: dict[str, Any]) -> WindTurbi
     return WindTurbineParams.from_manifest(preprocessing)
 
 
-def _build(config: WindTurbineConfig, ctx: BuildContext,
+def _build(config: WindTurbineConfig, ctx: BuildContext, /, *,
            manifest: dict[str, Any]) -> WindTurbineStage:
     return WindTurbineStage(params_for(config, manifest))
 
 
 @hookimpl
 def edged_component_types() -> list[ComponentType]:
-    return [ComponentType("preprocessor", "windturbine", WindTurbineConfig, _build,
-                          "quaternion to Euler, db6 denoise, normalise, windows; "
-                          "reconstruction-error rule per feature and group")]
+    return [ComponentType.preprocessor("windturbine", WindTurbineConfig, _build,
+                                       "quaternion to Euler, db6 denoise, normalise, windows; "
+                                       "reconstruction-error rule per feature and group")]

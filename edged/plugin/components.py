@@ -91,6 +91,22 @@ class InferenceBackend(Protocol):
 
 
 @runtime_checkable
+class SwappableBackend(InferenceBackend, Protocol):
+    """A backend that can stage another model beside itself, for a hot swap (the
+    ``onnx`` backend can): the swap builds the new backend through the serving one,
+    never naming a plugin. Its component type says so with ``hot_swap=True``, which
+    ``check-config`` requires of a pipeline whose ``store:`` model jobs may replace."""
+
+    directory: Path
+
+    def for_model(self, directory: Path) -> SwappableBackend:
+        """A backend configured like this one for ``directory``, not loaded. Blocking."""
+
+    def load(self) -> None:
+        """Load the model. Blocking."""
+
+
+@runtime_checkable
 class Actuator(Protocol):
     async def __aenter__(self) -> Any: ...
     async def __aexit__(self, *exc: object) -> None: ...

@@ -3,13 +3,11 @@
 A plugin is a module (or object) registered under the ``edged.plugins`` entry-point
 group. It implements any of the hooks below, decorated with ``edged.hookimpl``::
 
-    from edged import hookimpl
-    from edged.plugin.registry import ComponentType
+    from edged.plugin import ComponentType, hookimpl
 
     @hookimpl
     def edged_component_types():
-        return [ComponentType(kind="actuator", name="jsonl", config=JsonlConfig,
-                              factory=JsonlActuator)]
+        return [ComponentType.actuator("jsonl", JsonlConfig, JsonlActuator)]
 
 Hooks *register* things (component types, CLI commands) and *observe* the lifecycle.
 No sensor reading, model input or decision ever flows through a hook: the per-reading
@@ -43,7 +41,10 @@ def edged_component_types() -> list[ComponentType]:
     :class:`edged.plugin.registry.ComponentType`, each naming its ``kind`` (``"source"``,
     ``"preprocessor"``, ``"inference"`` or ``"actuator"``), its ``name`` (the ``type:``
     key that selects it in YAML), its pydantic config model and a factory that builds the
-    component from a validated config.
+    component from a validated config, typed per kind (``SourceFactory``, a preprocessor's
+    ``PreprocessorFactory`` with the model's ``manifest`` by keyword, ...); a backend
+    that can hot-swap models declares ``hot_swap=True``. ``ComponentType.source(...)``
+    and its siblings build one with the factory typed for its kind.
 
     All results are collected; two plugins registering the same kind and name is an
     error that names both plugins.

@@ -5,14 +5,36 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 import pydantic
 
 from edged.base.errors import PluginError
+from edged.plugin.components import Actuator, BuildContext, InferenceBackend, Preprocessor, Source
 
 Kind = Literal["source", "preprocessor", "inference", "actuator"]
 KINDS: tuple[Kind, ...] = ("source", "preprocessor", "inference", "actuator")
+
+#: A kind's config model; a factory takes its own (``SourceFactory[MyConfig]``).
+ConfigT_contra = TypeVar("ConfigT_contra", bound=pydantic.BaseModel, contravariant=True)
+
+# What each kind's factory is called with and returns. A factory builds and must not start
+# anything: starting happens when the runtime enters the component (async with).
+SourceFactory = Callable[[ConfigT_contra, BuildContext], Source]
+InferenceFactory = Callable[[ConfigT_contra, BuildContext], InferenceBackend]
+ActuatorFactory = Callable[[ConfigT_contra, BuildContext], Actuator]
+
+
+class PreprocessorFactory(Protocol[ConfigT_contra]):
+    """A preprocessor's factory: its parameters come from the model it serves, so it is
+    handed that model's manifest (a dict) as the keyword ``manifest``."""
+
+    def __call__(self, config: ConfigT_contra, ctx: BuildContext, /, *,
+                 manifest: dict[str, Any]) -> Preprocessor: ...
+
+
+Factory = (SourceFactory[Any] | PreprocessorFactory[Any] | InferenceFactory[Any]
+           | ActuatorFactory[Any])
 
 
 @dataclass(frozen=True)
@@ -20,15 +42,50 @@ class ComponentType:
     """A component type a plugin offers, selected in YAML by ``type: <name>``.
 
     ``factory`` is called with the validated config (an instance of ``config``) and a
-    :class:`BuildContext`; it must not start anything: starting happens when the runtime
-    enters the component as an async context manager.
+    :class:`BuildContext`, and a preprocessor's also with ``manifest=`` (see the kind's
+    ``*Factory`` alias); it must not start anything. ``hot_swap`` (inference only): the
+    backend is a :class:`~edged.plugin.components.SwappableBackend`, so IoT Jobs may
+    replace its ``store:`` model in a running pipeline. The constructors named after the
+    kinds (``ComponentType.source(...)``) type the factory for its kind.
     """
 
     kind: Kind
     name: str
     config: type[pydantic.BaseModel]
-    factory: Callable[..., Any]
+    factory: Factory
     description: str = ""
+    hot_swap: bool = False
+
+    def build(self, config: pydantic.BaseModel, ctx: BuildContext, *,
+              manifest: dict[str, Any] | None = None) -> Any:
+        """The component, from ``factory`` called as its kind's alias says: a preprocessor
+        is built for a model (``manifest`` required), the other kinds without one."""
+        if self.kind != "preprocessor":
+            return self.factory(config, ctx)  # type: ignore[call-arg]
+        if manifest is None:
+            raise TypeError(f"preprocessor {self.name!r} is built for a model: pass manifest=")
+        return self.factory(config, ctx, manifest=manifest)  # type: ignore[call-arg]
+
+    @classmethod
+    def source(cls, name: str, config: type[pydantic.BaseModel],
+               factory: SourceFactory[Any], description: str = "") -> ComponentType:
+        return cls("source", name, config, factory, description)
+
+    @classmethod
+    def preprocessor(cls, name: str, config: type[pydantic.BaseModel],
+                     factory: PreprocessorFactory[Any], description: str = "") -> ComponentType:
+        return cls("preprocessor", name, config, factory, description)
+
+    @classmethod
+    def inference(cls, name: str, config: type[pydantic.BaseModel],
+                  factory: InferenceFactory[Any], description: str = "", *,
+                  hot_swap: bool = False) -> ComponentType:
+        return cls("inference", name, config, factory, description, hot_swap)
+
+    @classmethod
+    def actuator(cls, name: str, config: type[pydantic.BaseModel],
+                 factory: ActuatorFactory[Any], description: str = "") -> ComponentType:
+        return cls("actuator", name, config, factory, description)
 
 
 @dataclass(frozen=True)
@@ -68,6 +125,9 @@ class Registry:
                 f"plugin {plugin!r} registers {component.name!r} of unknown kind "
                 f"{component.kind!r} (known: {', '.join(KINDS)})"
             )
+        if component.hot_swap and component.kind != "inference":
+            raise PluginError(f"plugin {plugin!r} declares {component.kind} "
+                              f"{component.name!r} hot_swap: only a backend swaps models")
         key = (component.kind, component.name)
         if key in self.components:
             raise PluginError(

@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal
 
 import structlog
 
@@ -23,14 +23,15 @@ from edged.base.errors import GoldenError
 from edged.model import golden
 from edged.model.errors import SwapError
 from edged.model.store import ModelStore, Slot
-from edged.plugin.components import InferenceBackend, Preprocessor
+from edged.plugin.components import BuildContext, InferenceBackend, Preprocessor, SwappableBackend
 from edged.plugin.events import ModelRef
 from edged.runtime.pipeline import Pipeline
 
 log = structlog.get_logger("edged.model")
 
-#: Builds the preprocessor for a new model from its manifest (a dict).
-PreprocessorFactory = Callable[[dict[str, Any]], Preprocessor]
+#: Builds the preprocessor for a new model from its manifest (a dict), with the
+#: pipeline's configured options (the plugin's factory, bound by ``preprocessor_factory``).
+BuildPreprocessor = Callable[[dict[str, Any]], Preprocessor]
 
 
 @dataclass(frozen=True)
@@ -39,20 +40,6 @@ class SwapResult:
     old: ModelRef
     new: ModelRef
     preprocessor_rebuilt: bool
-
-
-@runtime_checkable
-class SwappableBackend(InferenceBackend, Protocol):
-    """A backend that can stage another model beside itself (the ``onnx`` backend can):
-    the swap builds the new backend through the serving one, never naming a plugin."""
-
-    directory: Path
-
-    def for_model(self, directory: Path) -> SwappableBackend:
-        """A backend configured like this one for ``directory``, not loaded. Blocking."""
-
-    def load(self) -> None:
-        """Load the model. Blocking."""
 
 
 def check_golden(backend: Any) -> int:
@@ -70,14 +57,12 @@ def check_golden(backend: Any) -> int:
 
 
 def preprocessor_factory(registry: Any, config: Any, pipeline: str,
-                         state_dir: Path) -> PreprocessorFactory:
+                         state_dir: Path) -> BuildPreprocessor:
     """The factory a running graph's pipeline uses, with its configured options."""
-    from edged.plugin.components import BuildContext
-
     cfg = config.pipelines[pipeline].preprocessor
-    factory = registry.component("preprocessor", cfg.type).factory
+    ctype = registry.component("preprocessor", cfg.type)
     ctx = BuildContext(name=pipeline, device_id=config.raw.device.id, state_dir=state_dir)
-    return lambda manifest: factory(cfg, ctx, manifest)
+    return lambda manifest: ctype.build(cfg, ctx, manifest=manifest)
 
 
 def _compatible(old: Preprocessor, new: Preprocessor) -> None:
@@ -120,7 +105,7 @@ class Candidate:
 
 
 async def prepare_swap(pipeline: Pipeline, model_dir: Path, store: ModelStore, *,
-                       build_preprocessor: PreprocessorFactory | None = None) -> Candidate:
+                       build_preprocessor: BuildPreprocessor | None = None) -> Candidate:
     """Install ``model_dir`` (extracted and verified) into a new slot of ``store``, load
     it and run its golden pairs; build a new preprocessor if its ``preprocessing``
     differs from the serving model's. Nothing serves it yet and the store's current slot
@@ -176,7 +161,7 @@ async def commit_swap(pipeline: Pipeline, candidate: Candidate,
 
 
 async def swap_model(pipeline: Pipeline, model_dir: Path, store: ModelStore, *,
-                     build_preprocessor: PreprocessorFactory | None = None) -> SwapResult:
+                     build_preprocessor: BuildPreprocessor | None = None) -> SwapResult:
     """Install ``model_dir`` (extracted and verified) into ``store`` and swap it into
     ``pipeline``: ``prepare_swap`` then ``commit_swap``. The previous slot stays as
     last-known-good."""

@@ -184,6 +184,28 @@ def test_unknown_kind_is_rejected():
         make_plugin_manager(extra=[("odd", odd)])
 
 
+def test_only_a_backend_may_declare_hot_swap():
+    odd = plugin(edged_component_types=lambda: [
+        ComponentType("source", "swapper", EchoConfig, lambda config, ctx: None,
+                      hot_swap=True)])
+    with pytest.raises(PluginError, match=r"'odd' declares source 'swapper' hot_swap: only "
+                       "a backend swaps models"):
+        make_plugin_manager(extra=[("odd", odd)])
+
+
+def test_typed_constructors_name_the_kind():
+    def build(config, ctx, *, manifest):
+        return manifest
+
+    made = ComponentType.preprocessor("echo", EchoConfig, build, "says its manifest")
+    assert (made.kind, made.name, made.factory, made.hot_swap) == ("preprocessor", "echo",
+                                                                   build, False)
+    assert ComponentType.inference("b", EchoConfig, build, hot_swap=True).hot_swap
+    assert made.build(EchoConfig(), None, manifest={"a": 1}) == {"a": 1}
+    with pytest.raises(TypeError, match="built for a model: pass manifest="):
+        made.build(EchoConfig(), None)
+
+
 @pytest.mark.parametrize("name", sorted(CORE_COMMANDS))
 def test_command_clashing_with_a_core_command(name):
     rogue = plugin(edged_cli_commands=lambda: [_command(name)])

@@ -68,7 +68,7 @@ from edged.model.shadow import ShadowLimits, ShadowReport, ShadowTrial
 from edged.model.store import ModelStore
 from edged.mqtt.link import BrokerLink
 from edged.runtime.pipeline import Pipeline
-from edged.runtime.swap import Candidate, PreprocessorFactory, commit_swap, prepare_swap
+from edged.runtime.swap import BuildPreprocessor, Candidate, commit_swap, prepare_swap
 
 log = structlog.get_logger("edged.cloud.jobs")
 
@@ -115,7 +115,7 @@ class JobsExecutor:
     new model's preprocessing is built with; ``on_phase`` (tests) see :data:`PhaseHook`."""
 
     def __init__(self, config: Any, *, link: BrokerLink, thing: str,
-                 pipelines: dict[Pipeline, PreprocessorFactory], stores: dict[str, str],
+                 pipelines: dict[Pipeline, BuildPreprocessor], stores: dict[str, str],
                  state_dir: Path, trust: TrustStore, counters: Counters,
                  on_phase: PhaseHook | None = None) -> None:
         self.config = config  # edged.cloud.link.JobsConfig

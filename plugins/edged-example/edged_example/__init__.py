@@ -87,8 +87,8 @@ def _alarms(args: argparse.Namespace) -> int:
 
 @hookimpl
 def edged_component_types() -> list[ComponentType]:
-    return [ComponentType("actuator", "jsonl", JsonlConfig, JsonlActuator,
-                          "append events to a JSON-lines file")]
+    return [ComponentType.actuator("jsonl", JsonlConfig, JsonlActuator,
+                                   "append events to a JSON-lines file")]
 
 
 @hookimpl

@@ -96,5 +96,5 @@ def _header(path: Path) -> list[str]:
 
 @hookimpl
 def edged_component_types() -> list[ComponentType]:
-    return [ComponentType("source", "csv_rows", CsvRowsConfig, CsvRowsSource,
-                          "turbine rows from a CSV file with a header")]
+    return [ComponentType.source("csv_rows", CsvRowsConfig, CsvRowsSource,
+                                 "turbine rows from a CSV file with a header")]
