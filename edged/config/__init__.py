@@ -348,7 +348,7 @@ def validate_config(loaded: tuple[Any, dict[Location, int]], filename: str,
                            problems))
 
     _check_wiring(data, actuators, problems)
-    cloud = _cloud(data, steps, problems)
+    cloud = _cloud(data, steps, registry, problems)
     if raw is not None:
         _check_presigned(raw, problems)
     if problems.items or raw is None:
@@ -365,8 +365,10 @@ def validate_config(loaded: tuple[Any, dict[Location, int]], filename: str,
     )
 
 
-def _cloud(data: dict, steps: dict[Any, tuple[Any, Any]], problems: _Problems) -> Any:
-    """The ``cloud`` section, validated; jobs may only replace models kept in a store."""
+def _cloud(data: dict, steps: dict[Any, tuple[Any, Any]], registry: Registry,
+           problems: _Problems) -> Any:
+    """The ``cloud`` section, validated; jobs may only replace models kept in a store,
+    served by a backend that can hot-swap."""
     body = data.get("cloud")
     if not isinstance(body, dict):
         return None  # absent, or the first pass has said what is wrong with it
@@ -378,19 +380,43 @@ def _cloud(data: dict, steps: dict[Any, tuple[Any, Any]], problems: _Problems) -
         problems.add_validation(("cloud",), exc, CloudConfig)
         return None
     if cloud.jobs is not None and cloud.jobs.enabled:
-        names = _section(data, "pipelines")
-        for index, name in enumerate(cloud.jobs.pipelines or ()):
-            inference = steps.get(name, (None, None))[1]
-            if name not in names:
-                problems.add(("cloud", "jobs", "pipelines", index),
-                             f"no pipeline named '{name}' (pipelines: "
-                             f"{', '.join(map(str, names))})")
-            elif inference is not None and not _store_of(inference):
-                problems.add(("cloud", "jobs", "pipelines", index),
-                             f"pipeline '{name}' does not run a store:NAME model, so a "
-                             "job cannot replace it (set its inference model to "
-                             "store:NAME)")
+        if cloud.jobs.pipelines is None:  # every pipeline that runs a store model
+            for name, (_, inference) in steps.items():
+                if inference is not None and _store_of(inference):
+                    _check_hot_swap(registry, name, inference,
+                                    ("pipelines", name, "inference", "model"), problems)
+        else:
+            _check_jobs_pipelines(cloud.jobs.pipelines, data, steps, registry, problems)
     return cloud
+
+
+def _check_jobs_pipelines(names: list[str], data: dict, steps: dict[Any, tuple[Any, Any]],
+                          registry: Registry, problems: _Problems) -> None:
+    """Each pipeline listed in ``cloud.jobs.pipelines`` exists and can take a job."""
+    known = _section(data, "pipelines")
+    for index, name in enumerate(names):
+        loc = ("cloud", "jobs", "pipelines", index)
+        inference = steps.get(name, (None, None))[1]
+        if name not in known:
+            problems.add(loc, f"no pipeline named '{name}' (pipelines: "
+                         f"{', '.join(map(str, known))})")
+        elif inference is not None and not _store_of(inference):
+            problems.add(loc, f"pipeline '{name}' does not run a store:NAME model, so a "
+                         "job cannot replace it (set its inference model to store:NAME)")
+        elif inference is not None:
+            _check_hot_swap(registry, name, inference, loc, problems)
+
+
+def _check_hot_swap(registry: Registry, name: str, inference: InferenceConfig,
+                    loc: Location, problems: _Problems) -> None:
+    """A job swaps the new model into the running pipeline through its backend: one
+    whose type does not declare ``hot_swap`` would take the job and fail it."""
+    ctype = registry.component("inference", inference.type)
+    if ctype is not None and not ctype.hot_swap:
+        problems.add(loc, f"pipeline '{name}' runs inference type '{inference.type}', "
+                     "which cannot hot-swap models, so a job cannot replace its "
+                     f"store:{_store_of(inference)} model (use a backend that can, like "
+                     "onnx, or leave the pipeline out of cloud.jobs.pipelines)")
 
 
 def _check_presigned(raw: RawConfig, problems: _Problems) -> None:
