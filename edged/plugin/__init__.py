@@ -4,8 +4,9 @@ What a plugin registers (:class:`ComponentType`, :class:`CliCommand`, through th
 ``edged_*`` hooks marked with :data:`hookimpl`), what its components are (the protocols
 ``Source``, ``Preprocessor``, ``InferenceBackend``, ``Actuator`` and the ``Component``
 base), what it is built with (:class:`BuildContext`, its config model on a kind's base),
-and what flows through them (``Readings``, ``Scores``, ``Decision``, ``Event``). The
-hook reference is :mod:`edged.plugin.hookspecs`; docs/plugins.md tells the rest.
+and what flows through them (``Readings``, ``Scores``, ``Decision``, ``Round``,
+``Event``). The hook reference is :mod:`edged.plugin.hookspecs`; docs/plugins.md tells
+the rest.
 """
 
 from edged import hookimpl
@@ -33,13 +34,13 @@ from edged.plugin.config import (
     StartPolicy,
     Strict,
 )
-from edged.plugin.events import Decision, Event, EventKind, ModelRef
+from edged.plugin.events import Decision, Event, EventKind, ModelRef, Round
 from edged.plugin.registry import CliCommand, ComponentType, Kind
 
 __all__ = [
     "Actuator", "ActuatorConfig", "BuildContext", "CliCommand", "Component",
     "ComponentConfig", "ComponentType", "Decision", "Emit", "EnvSecret", "Event", "EventKind",
     "InferenceBackend", "InferenceConfig", "Kind", "ModelError", "ModelRef", "Preprocessor",
-    "PreprocessorConfig", "QueueConfig", "Readings", "RowError", "Scores", "Source",
+    "PreprocessorConfig", "QueueConfig", "Readings", "Round", "RowError", "Scores", "Source",
     "SourceConfig", "StartPolicy", "Strict", "alarm_payload", "hookimpl",
 ]
