@@ -11,27 +11,64 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
 from edged.base.metrics import Counters
 from edged.base.tasks import cancel_all
 from edged.config import EdgedConfig
-from edged.plugin.components import Readings
+from edged.plugin.components import Readings, Source
 from edged.plugin.config import SourceConfig, StartPolicy
 from edged.runtime.actuation import ActuatorBinding
-from edged.runtime.pipeline import Pipeline
+from edged.runtime.pipeline import Pipeline, Subscriber
 from edged.runtime.startup import backoff_delay, start_component
 
 log = structlog.get_logger("edged.graph")
+
+
+# What the graph runs beside the components, as the graph sees it: the parts themselves
+# (health, the cloud link, captures) live on the floors above and are handed in by
+# edged.app.assembly, so the engine names only what it calls on them.
+
+
+class Service(Protocol):
+    """Entered on the graph's exit stack at start (a failure disables it, never the
+    daemon) and left at shutdown: the health report, the /metrics endpoint."""
+
+    async def __aenter__(self) -> Any: ...
+    async def __aexit__(self, *exc: object) -> None: ...
+
+
+class LoopService(Service, Protocol):
+    """A service with a loop of its own in the graph's task group: the data budget."""
+
+    async def run(self) -> None: ...
+
+
+class CloudLink(LoopService, Protocol):
+    """The fleet link (``edged.cloud.link.Cloud``): stopped first at shutdown, so a job
+    never swaps a model while the pipelines go away."""
+
+    #: Every pipeline's alarms go here too, when the cloud section asks for them.
+    alarms: Subscriber | None
+
+
+class Capture(Service, Subscriber, Protocol):
+    """One pipeline's capture (``edged.capture.pipeline_capture.PipelineCapture``): a
+    subscriber of its pipeline, with a spool writer and an uploader loop."""
+
+    pipeline: str  # the name of the pipeline it records
+
+    async def write_loop(self) -> None: ...
+    async def upload_loop(self) -> None: ...
 
 
 @dataclass
 class SourceNode:
     name: str
     config: SourceConfig
-    component: Any
+    component: Source
     targets: list[Pipeline] = field(default_factory=list)
 
     async def emit(self, readings: Readings) -> None:
@@ -42,9 +79,10 @@ class SourceNode:
 class Graph:
     def __init__(self, config: EdgedConfig, sources: dict[str, SourceNode],
                  pipelines: dict[str, Pipeline], actuators: dict[str, ActuatorBinding],
-                 counters: Counters, cloud: Any = None, health: Any = None,
-                 metrics: Any = None, captures: dict[str, Any] | None = None,
-                 budget: Any = None) -> None:
+                 counters: Counters, cloud: CloudLink | None = None,
+                 health: Service | None = None, metrics: Service | None = None,
+                 captures: dict[str, Capture] | None = None,
+                 budget: LoopService | None = None) -> None:
         self.config = config
         self.sources = sources
         self.pipelines = pipelines
@@ -59,8 +97,7 @@ class Graph:
         self._stop = asyncio.Event()
         self.stop_reason = "shutdown"
         self.running: dict[str, list[asyncio.Task]] = {}
-        # pipeline name -> edged.capture.pipeline_capture.PipelineCapture
-        self.captures: dict[str, Any] = {} if captures is None else captures
+        self.captures: dict[str, Capture] = {} if captures is None else captures  # by pipeline
 
     def stop(self, reason: str = "shutdown") -> None:
         self.stop_reason = reason
