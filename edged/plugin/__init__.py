@@ -3,8 +3,9 @@
 What a plugin registers (:class:`ComponentType`, :class:`CliCommand`, through the
 ``edged_*`` hooks marked with :data:`hookimpl`), what its components are (the protocols
 ``Source``, ``Preprocessor``, ``InferenceBackend``, ``Actuator`` and the ``Component``
-base), what it is built with (:class:`BuildContext`, its config model on a kind's base),
-and what flows through them (``Readings``, ``Scores``, ``Decision``, ``Round``,
+base; ``SwappableBackend``, a backend that hot-swaps), what it is built with (its kind's
+typed factory, like ``SourceFactory``; :class:`BuildContext`; its config model on a kind's
+base), and what flows through them (``Readings``, ``Scores``, ``Decision``, ``Round``,
 ``Event``). The hook reference is :mod:`edged.plugin.hookspecs`; docs/plugins.md tells
 the rest.
 """
@@ -22,6 +23,7 @@ from edged.plugin.components import (
     Readings,
     Scores,
     Source,
+    SwappableBackend,
 )
 from edged.plugin.config import (
     ActuatorConfig,
@@ -35,12 +37,21 @@ from edged.plugin.config import (
     Strict,
 )
 from edged.plugin.events import Decision, Event, EventKind, ModelRef, Round
-from edged.plugin.registry import CliCommand, ComponentType, Kind
+from edged.plugin.registry import (
+    ActuatorFactory,
+    CliCommand,
+    ComponentType,
+    InferenceFactory,
+    Kind,
+    PreprocessorFactory,
+    SourceFactory,
+)
 
 __all__ = [
-    "Actuator", "ActuatorConfig", "BuildContext", "CliCommand", "Component",
+    "Actuator", "ActuatorConfig", "ActuatorFactory", "BuildContext", "CliCommand", "Component",
     "ComponentConfig", "ComponentType", "Decision", "Emit", "EnvSecret", "Event", "EventKind",
-    "InferenceBackend", "InferenceConfig", "Kind", "ModelError", "ModelRef", "Preprocessor",
-    "PreprocessorConfig", "QueueConfig", "Readings", "Round", "RowError", "Scores", "Source",
-    "SourceConfig", "StartPolicy", "Strict", "alarm_payload", "hookimpl",
+    "InferenceBackend", "InferenceConfig", "InferenceFactory", "Kind", "ModelError", "ModelRef",
+    "Preprocessor", "PreprocessorConfig", "PreprocessorFactory", "QueueConfig", "Readings", "Round",
+    "RowError", "Scores", "Source", "SourceConfig", "SourceFactory", "StartPolicy", "Strict",
+    "SwappableBackend", "alarm_payload", "hookimpl",
 ]
