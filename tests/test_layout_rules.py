@@ -230,3 +230,19 @@ def test_the_drawing_of_the_floors_is_current():
                              "--check"], capture_output=True, text=True, timeout=120,
                             check=False)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_device_without_cloud_or_metrics_does_not_load_them():
+    # The assembly imports what a config asks for, no more: 12 MB of RSS on a device
+    # that has no cloud section, no /metrics and no capture.
+    code = ("import sys\n"
+            "from edged.app.assembly import build_graph\n"
+            "from edged.config import load_config\n"
+            "from edged.plugin.manager import make_plugin_manager\n"
+            "_, registry = make_plugin_manager()\n"
+            "build_graph(load_config('configs/demo.yaml', registry), registry)\n"
+            "print(sorted(m for m in ('cryptography', 'prometheus_client', 'edged.cloud.link',"
+            " 'edged.capture.pipeline_capture') if m in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
