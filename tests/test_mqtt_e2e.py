@@ -59,46 +59,27 @@ def simulate(broker: str, *args: str) -> subprocess.Popen:
 
 
 async def test_a_fault_on_the_bus_raises_an_alarm_and_a_command(mosquitto, tmp_path):
-    config = tmp_path / "edged.yaml"
-    config.write_text(CONFIG.format(port=mosquitto.port))
-    seen: list[tuple[str, dict]] = []
-    async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier="e2e-turbines") as sub:
-        await sub.subscribe([("edged/#", 1), ("turbines/+/command", 1)])
+    async with daemon_on_bus(mosquitto, tmp_path, CONFIG.format(port=mosquitto.port),
+                             "e2e-turbines") as (daemon, bus):
+        seen = bus.seen
+        started = time.monotonic()
+        # 25 s of history fills the 500-row buffers at once; the fault starts 3 s in.
+        simulator = simulate(mosquitto.address, "--turbines", "5", "--rate", "20",
+                             "--seed", "3", "--history", "25",
+                             "--faults", "2:vibration@3-60", "--duration", "30")
 
-        async def receive() -> None:
-            async for message in sub.messages:
-                seen.append((message.topic.value, json.loads(message.payload)))
+        def commanded() -> bool:
+            return any(topic == f"turbines/{FAULTY}/command" for topic, _ in seen)
 
-        receiver = asyncio.create_task(receive())
-        daemon = EdgedProcess(config, cwd=ROOT)
-        simulator = None
         try:
-            await eventually(lambda: daemon.events("graph_started")
-                             or daemon.proc.poll() is not None, 30)
-            assert daemon.proc.poll() is None, daemon.lines
-            started = time.monotonic()
-            # 25 s of history fills the 500-row buffers at once; the fault starts 3 s in.
-            simulator = simulate(mosquitto.address, "--turbines", "5", "--rate", "20",
-                                 "--seed", "3", "--history", "25",
-                                 "--faults", "2:vibration@3-60", "--duration", "30")
-
-            def commanded() -> bool:
-                return any(topic == f"turbines/{FAULTY}/command" for topic, _ in seen)
-
             await eventually(commanded, 25)
             alarm_after = time.monotonic() - started
             await asyncio.sleep(2.0)  # room for a wrong alarm on a healthy turbine
         finally:
-            if simulator is not None:
-                simulator.send_signal(signal.SIGTERM)
-                sim_out, sim_err = await asyncio.to_thread(simulator.communicate, None, 20)
-            code = await asyncio.to_thread(daemon.stop)
-            receiver.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await receiver
+            simulator.send_signal(signal.SIGTERM)
+            sim_out, sim_err = await asyncio.to_thread(simulator.communicate, None, 20)
 
     assert simulator.returncode == 0, sim_err
-    assert code == 0, daemon.lines[-20:]
     alarms = [(t, m) for t, m in seen if t.startswith("edged/")]
     commands = [(t, m) for t, m in seen if t.endswith("/command")]
     # The faulty turbine: an alarm naming vibration, then the brake command for it.
@@ -168,13 +149,14 @@ def counter(daemon: EdgedProcess, name: str) -> int:
 
 
 @contextlib.asynccontextmanager
-async def abused_daemon(mosquitto, tmp_path, max_turbines: int = 10_000):
-    """A running `edged run` and a client on the bus that records what the daemon
-    publishes (``bus.seen``) and publishes the abuse (``bus.client``)."""
+async def daemon_on_bus(mosquitto, tmp_path, config_text: str, identifier: str):
+    """A running `edged run` of ``config_text`` and a client on the bus that records what
+    the daemon publishes (``bus.seen``) and publishes what a test sends (``bus``); the
+    daemon must exit 0 when stopped."""
     config = tmp_path / "edged.yaml"
-    config.write_text(ABUSE_CONFIG.format(port=mosquitto.port, max_turbines=max_turbines))
+    config.write_text(config_text)
     seen: list[tuple[str, dict]] = []
-    async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier="e2e-abuse") as bus:
+    async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier=identifier) as bus:
         await bus.subscribe([("edged/#", 1), ("turbines/+/command", 1)])
 
         async def receive() -> None:
@@ -195,6 +177,12 @@ async def abused_daemon(mosquitto, tmp_path, max_turbines: int = 10_000):
             with contextlib.suppress(asyncio.CancelledError):
                 await receiver
     assert code == 0, daemon.lines[-20:]
+
+
+def abused_daemon(mosquitto, tmp_path, max_turbines: int = 10_000):
+    """The abuse tests' daemon (ABUSE_CONFIG) on the bus: see :func:`daemon_on_bus`."""
+    return daemon_on_bus(mosquitto, tmp_path, ABUSE_CONFIG.format(
+        port=mosquitto.port, max_turbines=max_turbines), "e2e-abuse")
 
 
 @contextlib.asynccontextmanager
