@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from edged.base.durable import read_at_most
 from edged.base.errors import ConfigError
 
 Location = tuple[str | int, ...]
@@ -209,9 +210,8 @@ def read_config_text(path: Path | str) -> str:
     :class:`ConfigFileError` (unreadable, too_large, not_utf8) otherwise."""
     path = Path(path)
     try:
-        with path.open("rb") as file:
-            # At most one byte over the bound: a 50 MB file (or /dev/zero) costs 1 MiB.
-            data = file.read(MAX_BYTES + 1)
+        # At most one byte over the bound: a 50 MB file (or /dev/zero) costs 1 MiB.
+        data = read_at_most(path, MAX_BYTES)
     except OSError as exc:
         raise ConfigFileError("unreadable", [
             f"Cannot read config {path}: {exc.strerror or exc}"]) from None

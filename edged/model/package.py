@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from edged.base.durable import read_at_most
 from edged.base.errors import ModelError
 from edged.base.strict_json import JsonError
 from edged.base.strict_json import loads as strict_loads
@@ -82,13 +83,17 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def manifest_of(data: bytes) -> ModelManifest:
+    """A manifest from its bytes (a file's, read with at most one byte over the cap):
+    JsonError or ValidationError when it is not one."""
+    return ModelManifest.model_validate(strict_loads(data, max_bytes=MAX_MANIFEST_BYTES))
+
+
 def parse_manifest(path: Path) -> ModelManifest:
     """Read and validate one manifest file (no file checks). Repeated keys are refused:
     a manifest that lists a file twice must not mean whichever entry a reader keeps."""
     try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_MANIFEST_BYTES + 1)
-        return ModelManifest.model_validate(strict_loads(data, max_bytes=MAX_MANIFEST_BYTES))
+        return manifest_of(read_at_most(path, MAX_MANIFEST_BYTES))
     except FileNotFoundError:
         raise ModelError(f"{path}: no such manifest") from None
     except (OSError, JsonError) as exc:

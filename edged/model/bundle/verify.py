@@ -28,6 +28,7 @@ import numpy as np
 from cryptography.exceptions import InvalidSignature
 from pydantic import ValidationError
 
+from edged.base.durable import read_at_most
 from edged.base.errors import GoldenError
 from edged.base.strict_json import JsonError
 from edged.base.strict_json import loads as strict_loads
@@ -40,6 +41,7 @@ from edged.model.package import (
     MAX_MANIFEST_BYTES,
     ModelManifest,
     TensorSpec,
+    manifest_of,
     sha256_file,
 )
 from edged.model.session import open_session
@@ -286,8 +288,7 @@ def verify_bundle(directory: Path, trust: TrustStore, *, installed_version: int 
     try:
         # Repeated keys refused: with the last entry winning, a manifest listing a file
         # twice would read one way to a reviewer and another to the device.
-        manifest = ModelManifest.model_validate(strict_loads(data,
-                                                             max_bytes=MAX_MANIFEST_BYTES))
+        manifest = manifest_of(data)
     except (ValueError, ValidationError) as exc:
         raise BundleError("malformed", f"{MANIFEST}: {_first_error(exc)}") from None
     _check_files(directory, manifest)
@@ -302,8 +303,7 @@ def verify_bundle(directory: Path, trust: TrustStore, *, installed_version: int 
 
 def _read_capped(path: Path, limit: int) -> bytes:
     """The file's bytes, or ``too_large`` without reading more than ``limit`` of them."""
-    with path.open("rb") as handle:
-        data = handle.read(limit + 1)
+    data = read_at_most(path, limit)
     if len(data) > limit:
         raise BundleError("too_large", f"{path.name} is over the {limit}-byte cap")
     return data
