@@ -11,18 +11,11 @@ from edged.plugin.config import ActuatorConfig
 from edged.plugin.events import Decision, Event, ModelRef
 from edged.runtime.actuation import ActuatorBinding, AlarmTracker
 from edged.windturbine.layout import FEATURES, GROUPS
+from tests.support.clock import FakeClock
 from tests.support.rounds import round_of
 
 MODEL = ModelRef("windturbine", 3)
 THRESHOLDS = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def decision(turbine: str = "t0", *flagged: str, primary: str | None = None,

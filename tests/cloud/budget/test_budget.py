@@ -12,20 +12,13 @@ import pytest
 from edged.base.metrics import Counters
 from edged.cloud.budget import DataBudget
 from edged.config.cloud import DataBudgetConfig
+from tests.support.clock import FakeClock
 
 #: 2026-11-25 23:59:00 UTC: a minute before a UTC midnight.
 LATE = datetime(2026, 11, 25, 23, 59, tzinfo=UTC).timestamp()
 
 
-class Clock:
-    def __init__(self, now: float = LATE) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def budget(tmp_path: Path, clock: Clock, counters: Counters | None = None,
+def budget(tmp_path: Path, clock: FakeClock, counters: Counters | None = None,
            **config: float) -> DataBudget:
     # 10,000 bytes a day: captures until 7,000 used, heartbeats until 9,000.
     return DataBudget(DataBudgetConfig(**{"daily_mb": 0.01, **config}), tmp_path,
@@ -34,7 +27,7 @@ def budget(tmp_path: Path, clock: Clock, counters: Counters | None = None,
 
 def test_lower_priorities_stop_at_their_ceiling_while_critical_goes_over(tmp_path: Path):
     counters = Counters()
-    b = budget(tmp_path, Clock(), counters)
+    b = budget(tmp_path, FakeClock(LATE), counters)
     assert b.ceilings == {"critical": None, "heartbeat": 9000, "capture": 7000}
     assert b.allows("capture", 7000) and not b.allows("capture", 7001)
     b.charge("capture", 6500)
@@ -58,7 +51,7 @@ def test_lower_priorities_stop_at_their_ceiling_while_critical_goes_over(tmp_pat
 
 
 def test_past_the_heartbeat_ceiling_one_heartbeat_per_period_goes_out(tmp_path: Path):
-    clock = Clock(LATE - 20_000)
+    clock = FakeClock(LATE - 20_000)
     b = budget(tmp_path, clock, over_budget_heartbeat_s=3600)
     b.charge("critical", 9500)
     b.charge("heartbeat", 100)
@@ -75,7 +68,7 @@ def test_past_the_heartbeat_ceiling_one_heartbeat_per_period_goes_out(tmp_path: 
 
 
 def test_usage_starts_again_at_the_utc_midnight(tmp_path: Path):
-    clock = Clock()
+    clock = FakeClock(LATE)
     b = budget(tmp_path, clock)
     assert b.seconds_until_reset() == 60
     b.charge("capture", 7000)
@@ -90,7 +83,7 @@ def test_usage_starts_again_at_the_utc_midnight(tmp_path: Path):
 
 
 async def test_usage_survives_a_restart_on_the_same_day_only(tmp_path: Path):
-    clock = Clock(LATE - 3600)
+    clock = FakeClock(LATE - 3600)
     async with budget(tmp_path, clock) as first:
         first.charge("heartbeat", 1234)
         first.charge("critical", 10)
@@ -116,13 +109,13 @@ async def test_a_corrupt_usage_file_is_counted_and_the_day_starts_from_zero(tmp_
     (tmp_path / "budget").mkdir()
     (tmp_path / "budget" / "usage.json").write_text('{"day": "2026-11-25", "used": 7')
     counters = Counters()
-    async with budget(tmp_path, Clock(), counters) as b:
+    async with budget(tmp_path, FakeClock(LATE), counters) as b:
         assert b.usage()["used_bytes"]["total"] == 0
     assert counters.get("budget_usage_corrupt") == 1
 
 
 def test_an_unknown_priority_is_an_error(tmp_path: Path):
-    b = budget(tmp_path, Clock())
+    b = budget(tmp_path, FakeClock(LATE))
     with pytest.raises(ValueError, match="unknown data budget priority 'bulk'"):
         b.allows("bulk", 1)
     with pytest.raises(ValueError, match="unknown data budget priority"):
