@@ -175,11 +175,9 @@ def verdict(result: dict, tail_s: float) -> list[str]:
     return lines
 
 
-def _demo_config_text(path: Path, turbines: int | None) -> str:
-    text = read_config_text(path)  # under the config bounds, as every config file is
-    if turbines is None:
-        return text
-    data, _ = load_yaml(text, str(path))
+def _demo_config_text(path: Path, turbines: int) -> str:
+    """The demo config with ``turbines`` simulated turbines."""
+    data, _ = load_yaml(read_config_text(path), str(path))
     for source in data.get("sources", {}).values():
         if isinstance(source, dict) and source.get("type") == "simulator":
             source["turbines"] = turbines
@@ -190,8 +188,10 @@ def run_demo(args: argparse.Namespace) -> int:
     path = Path(args.config) if args.config else default_config()
     args.config = str(path)
     try:
-        pm, registry, _ = load(args, path)
-        config = parse_config(_demo_config_text(path, args.turbines), str(path), registry)
+        pm, registry, config = load(args, path)
+        if args.turbines is not None:
+            config = parse_config(_demo_config_text(path, args.turbines), str(path),
+                                  registry)
     except (ConfigError, OSError) as exc:
         if isinstance(exc, OSError):
             print(f"edged demo: cannot read {path}: {exc}", file=sys.stderr)
