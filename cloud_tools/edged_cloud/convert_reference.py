@@ -19,15 +19,15 @@ import sys
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-try:
+if TYPE_CHECKING:
     import torch
-except ImportError as exc:  # the device install has no torch; say how to get it
-    raise SystemExit("convert_reference needs torch: pip install 'edged-cloud[torch]'") from exc
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SOURCE = REPO_ROOT.parent / "shared" / "reference" / "windturbine" / "original"
@@ -60,14 +60,27 @@ GOLDEN_SEED = 2021
 GOLDEN_MIX = (("normal", 8), ("normal_x10", 5), ("normal_x100", 5), ("constant", 6))
 
 
+def _torch() -> ModuleType:
+    """torch, imported when the conversion needs it: `--help` and a mistyped argument
+    work without it (the device install and edged-cloud without [torch] have none)."""
+    try:
+        import torch
+    except ImportError as exc:
+        raise SystemExit("convert_reference needs torch: pip install 'edged-cloud[torch]'"
+                         ) from exc
+    return torch
+
+
 def load_model(path: Path) -> torch.nn.Module:
     # The workshop pickled the whole nn.Sequential, not a state_dict, so weights_only
     # loading cannot rebuild it; the file is a vetted local input.
+    torch = _torch()
     model = torch.load(path, map_location="cpu", weights_only=False)
     return model.eval()  # Dropout must be the identity at inference
 
 
 def export_onnx(model: torch.nn.Module) -> onnx.ModelProto:
+    torch = _torch()
     example = torch.zeros((2, *WINDOW_SHAPE), dtype=torch.float32)
     program = torch.onnx.export(
         model,
@@ -116,6 +129,7 @@ def sample_windows(rng: np.random.Generator, kind: str, count: int) -> np.ndarra
 
 
 def torch_outputs(model: torch.nn.Module, windows: np.ndarray) -> np.ndarray:
+    torch = _torch()
     with torch.inference_mode():
         return model(torch.from_numpy(np.ascontiguousarray(windows))).numpy()
 
@@ -239,6 +253,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    torch = _torch()
     # Without torchvision installed the exporter warns about its ops on every run; they
     # are irrelevant here and would bury the report.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
