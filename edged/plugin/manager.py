@@ -71,7 +71,7 @@ def make_plugin_manager(
     pm.check_pending()
 
     if os.environ.get(TRACE_ENV) == "1":
-        pm.trace.root.setwriter(lambda message: log.debug("hook_trace", message=message.rstrip()))
+        pm.trace.root.setwriter(lambda message: log.info("hook_trace", message=message.rstrip()))
         pm.enable_tracing()
 
     return pm, _collect(pm, infos, blocked_names)

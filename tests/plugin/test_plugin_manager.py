@@ -311,13 +311,31 @@ def test_plugin_guide_names_no_hook_that_does_not_exist():
     assert mentioned <= set(_hookspecs()), mentioned - set(_hookspecs())
 
 
+def _traced(*args: str, trace: str | None = "1") -> list[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("EDGED_TRACE_HOOKS", BLOCK_ENV)}
+    if trace is not None:
+        env["EDGED_TRACE_HOOKS"] = trace
+    done = subprocess.run([sys.executable, "-m", "edged", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120, check=True)
+    return [line for line in done.stderr.splitlines() if "hook_trace" in line]
+
+
 def test_hook_tracing_shows_the_registration_hooks_too():
     # Registration hooks are called one plugin at a time (for attribution), through the
-    # manager's executor: EDGED_TRACE_HOOKS must show them, as it shows every other hook.
-    done = subprocess.run(
-        [sys.executable, "-m", "edged", "--log-level", "debug", "--log-format", "json",
-         "plugins", "--json"], capture_output=True, text=True, check=True,
-        env={**os.environ, "EDGED_TRACE_HOOKS": "1"})
-    traced = [line for line in done.stderr.splitlines() if "hook_trace" in line]
+    # manager's executor: EDGED_TRACE_HOOKS must show them, as it shows every other hook,
+    # and at the default log level (info): no --log-level needed.
+    traced = _traced("--log-format", "json", "plugins", "--json")
     assert any("edged_component_types" in line and "simulator" in line for line in traced)
     assert any("edged_cli_commands" in line for line in traced)
+    assert all('"level": "info"' in line for line in traced), traced[:3]
+
+
+def test_hook_tracing_at_the_default_level_in_check_config():
+    traced = _traced("check-config", "configs/demo.yaml")
+    assert any("edged_component_types" in line for line in traced), traced[:3]
+    assert any("finish edged_component_types" in line for line in traced)
+
+
+@pytest.mark.parametrize("trace", [None, "0"])
+def test_no_hook_trace_unless_asked(trace):
+    assert _traced("check-config", "configs/demo.yaml", trace=trace) == []
