@@ -2,14 +2,23 @@
 
 Logs go to stderr, so that a command's own output (``edged demo --json``,
 ``edged plugins --json``) stays clean on stdout; journald records both streams.
+
+When stderr is the journal, each line starts with its syslog priority (``<4>`` for a
+warning, sd-daemon(3)): journald strips the prefix and files the line under it, so
+``journalctl -p warning`` shows warnings and errors only. systemd says stderr is the
+journal by ``$JOURNAL_STREAM`` (``device:inode`` of the stream it connected), which a
+process compares with its own stderr: the variable is inherited, and a child whose
+stderr was redirected to a file must not prefix its lines.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TextIO
 
 import structlog
 
@@ -17,13 +26,42 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
            "error": logging.ERROR}
 
 
+#: sd-daemon(3)'s SD_* prefixes by structlog level name (``exception`` logs an error).
+PRIORITIES = {"critical": 2, "error": 3, "exception": 3, "warning": 4, "warn": 4,
+              "info": 6, "debug": 7}
+
+
+def stream_is_journal(stream: TextIO, environ: dict[str, str] | None = None) -> bool:
+    """Whether ``stream`` is the journal stream systemd connected (``$JOURNAL_STREAM``)."""
+    value = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
+    device, _, inode = value.partition(":")
+    try:
+        stat = os.fstat(stream.fileno())
+        return (int(device), int(inode)) == (stat.st_dev, stat.st_ino)
+    except (ValueError, OSError):  # unset or malformed, or a stream without a descriptor
+        return False
+
+
+class JournalPriority:
+    """Wraps a renderer: its line, prefixed with the event's syslog priority."""
+
+    def __init__(self, renderer: Callable[..., str]) -> None:
+        self.renderer = renderer
+
+    def __call__(self, logger: Any, method: str, event_dict: dict[str, Any]) -> str:
+        priority = PRIORITIES.get(event_dict.get("level", method), 6)
+        return f"<{priority}>{self.renderer(logger, method, event_dict)}"
+
+
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
-    renderer = (
+    renderer: Callable[..., str] = (
         structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
         if use_console
         else structlog.processors.JSONRenderer()
     )
+    if stream_is_journal(sys.stderr):
+        renderer = JournalPriority(renderer)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
