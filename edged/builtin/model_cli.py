@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from edged import hookimpl
+from edged.config.locate import CONFIG_ENV, DEFAULT_CONFIG, config_path, state_dir_of
 from edged.plugin.registry import CliCommand
 
 EX_OK, EX_FAILURE, EX_CONFIG = 0, 1, 78
@@ -47,21 +48,25 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     for sub in (listing, install, rollback):
         where = sub.add_mutually_exclusive_group()
         where.add_argument("-c", "--config", metavar="FILE",
-                           help="the daemon's config (its state_dir holds the store)")
+                           help="the daemon's config, whose state_dir holds the store "
+                           f"(default: ${CONFIG_ENV} if set, else {DEFAULT_CONFIG})")
         where.add_argument("--state-dir", metavar="DIR", type=Path,
-                           help="the state directory (default: $STATE_DIRECTORY, or ./state)")
+                           help="the state directory itself, instead of a config's")
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
+    """``--state-dir``, else the ``state_dir`` of the config (``-c``, ``$EDGED_CONFIG``,
+    ``/etc/edged/edged.yaml``): the directory the daemon serves its models from."""
     if args.state_dir is not None:
         return args.state_dir
-    if args.config:
-        from edged.config import blocked_plugins, load_config
-        from edged.plugin.manager import make_plugin_manager
-
-        _, registry = make_plugin_manager(blocked=blocked_plugins(args.config))
-        return load_config(args.config, registry).state_dir
-    return Path(os.environ.get("STATE_DIRECTORY", "state"))
+    config = config_path(args.config, how="-c FILE or --state-dir DIR")
+    state_dir, named = state_dir_of(config)
+    if not named and not os.environ.get("STATE_DIRECTORY"):
+        # The daemon under systemd gets $STATE_DIRECTORY; this shell has none.
+        _say(f"edged: warning: {config} sets no state_dir, so this command uses "
+             f"{state_dir} and the service its $STATE_DIRECTORY (/var/lib/edged under "
+             "systemd/edged.service): set state_dir in the config", error=True)
+    return state_dir
 
 
 def _when(timestamp: float) -> str:

@@ -11,7 +11,6 @@ misspelt key or plugin type.
 from __future__ import annotations
 
 import difflib
-import os
 import re
 import socket
 import types
@@ -24,6 +23,7 @@ from pydantic_core import PydanticCustomError
 
 from edged.base.errors import ConfigError
 from edged.config.capture import PipelineCaptureSpec
+from edged.config.locate import default_state_dir
 from edged.config.yamlfile import Location, line_of, load_yaml, read_yaml
 from edged.plugin.config import (  # noqa: F401 - re-exported: the config's own names
     NAME_PATTERN,
@@ -174,8 +174,8 @@ class EdgedConfig:
     def state_dir(self) -> Path:
         if self.raw.state_dir is not None:
             return self.raw.state_dir
-        # systemd's StateDirectory= sets this; elsewhere keep state beside the user.
-        return Path(os.environ.get("STATE_DIRECTORY", "state"))
+        # systemd's StateDirectory= sets $STATE_DIRECTORY; elsewhere, beside the user.
+        return default_state_dir()
 
 
 _KIND_BASES: dict[Kind, type[ComponentConfig]] = {
@@ -284,8 +284,8 @@ def _component(
     ctype = registry.component(kind, str(type_name))
     if ctype is None:
         known = ", ".join(names) or "none installed"
-        hint = " (blocked)" if str(type_name) in registry.blocked else \
-            did_you_mean(type_name, names)
+        # Blocked, or a broken plugin may be the one that provides it (the registry says).
+        hint = registry.unavailable(kind, str(type_name)) or did_you_mean(type_name, names)
         problems.add((*loc, "type"), f"unknown {kind} type '{type_name}'{hint}; known: {known}")
         return None
     try:

@@ -62,5 +62,5 @@ pipelines:
     done = edged("model", "list", "--json", "-c", str(config))
     assert done.returncode == 0, done.stderr
     assert [r["state"] for r in json.loads(done.stdout)["slots"]] == ["current"]
-    config.write_text("sources: []\n")
+    config.write_text("state_dir: [1]\n")
     assert edged("model", "list", "-c", str(config)).returncode == 78
