@@ -88,8 +88,8 @@ async def test_a_fault_on_the_bus_raises_an_alarm_and_a_command(mosquitto, tmp_p
     assert alarm["event"] == "alarm" and alarm["turbine"] == FAULTY
     assert alarm["primary"] == "vibration"
     assert commands == [(f"turbines/{FAULTY}/command", {
-        "command": "brake", "device": "e2e-gateway", "turbine": FAULTY,
-        "reason": ["vibration"], "time": alarm["time"], "alarm_id": alarm["id"]})]
+        **alarm, "id": alarm["id"] + ":brake", "event": "command", "command": "brake",
+        "reason": ["vibration"], "cause": "alarm", "alarm_id": alarm["id"]})]
     # 3 s into the live rows, plus two anomalous decisions half a second apart.
     assert 3.0 < alarm_after < 15.0
     # Healthy turbines: decided on, never alarmed; nothing on the bus was malformed.

@@ -1,4 +1,11 @@
-"""Actuator ``log``: writes each event to the daemon's log (and so to the journal)."""
+"""Actuator ``log``: writes each event to the daemon's log (and so to the journal).
+
+The line is named for the event (``turbine_alarm``, ``turbine_clear``,
+``turbine_sensor_stale``, ``turbine_sensor_recovered``) and carries the alarm payload
+(:mod:`edged.plugin.alarm_payload`) under ``payload``: the document the MQTT, webhook and
+command actuators send, so ``jq .payload`` on a log line gives what they give. The
+pipeline and the turbine are repeated beside it, for a reader of the console.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ import structlog
 from pydantic import Field
 
 from edged import hookimpl
+from edged.plugin.alarm_payload import alarm_payload
 from edged.plugin.components import BuildContext, Component
 from edged.plugin.config import ActuatorConfig
 from edged.plugin.events import Event
@@ -24,15 +32,16 @@ class LogActuatorConfig(ActuatorConfig):
 class LogActuator(Component):
     def __init__(self, config: LogActuatorConfig, ctx: BuildContext) -> None:
         self.level = config.level
+        self.device_id = ctx.device_id
         self.log = structlog.get_logger("edged.actuator").bind(actuator=ctx.name)
         self.handled = 0
 
     async def handle(self, event: Event) -> None:
         self.handled += 1
         level = self.level if event.kind in ("alarm", "sensor_stale") else "info"
-        fields = event.to_dict()
-        del fields["kind"]  # the event name says it: turbine_alarm, turbine_clear, ...
-        await getattr(self.log, f"a{level}")(f"turbine_{event.kind}", **fields)
+        await getattr(self.log, f"a{level}")(
+            f"turbine_{event.kind}", pipeline=event.pipeline, turbine=event.turbine,
+            payload=alarm_payload(event, self.device_id))
 
 
 @hookimpl

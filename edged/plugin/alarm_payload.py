@@ -1,11 +1,15 @@
-"""The alarm payload: the one JSON document every actuator sends for an event.
+"""The alarm payload: the one JSON document every actuator sends for an event, and the
+command document built on it.
 
-The MQTT, webhook and command actuators all send this document, so a consumer written
-for one of them reads the others. Its keys are stable; new keys may be added, none is
-removed or renamed. Every key is always present (empty or null when the event kind does
-not use it)::
+The log, MQTT, webhook and command actuators, the cloud alarms and ``edged watch`` all
+carry this document, so a consumer written for one of them reads the others. It is
+described by a versioned JSON Schema, ``docs/schema/alarm-v1.json`` (docs/payloads.md);
+``schema`` says which version a document follows. Within a version keys may be added,
+none is removed or renamed, and none changes meaning. Every key is always present (empty
+or null when the event kind does not use it)::
 
     {
+      "schema": 1,
       "id": "gw-7:turbines:turbine-02:1718000000123:alarm",
       "event": "alarm",                 # alarm | clear | sensor_stale | sensor_recovered
       "device": "gw-7",                 # the device id (config `device.id`)
@@ -18,11 +22,15 @@ not use it)::
       "model": {"name": "windturbine", "version": 1},   # or null
       "time": "2024-06-10T06:13:20.123Z",      # ISO-8601, UTC
       "timestamp": 1718000000.123,             # the same instant, seconds since the epoch
-      "detail": {"consecutive": 2}             # kind-specific extras, e.g. silent_s
+      "detail": {"consecutive": 2, "rows": 1234}   # kind-specific extras
     }
 
 ``id`` is derived from the event, not random: the same event always has the same id, so
 a receiver can drop the duplicates that QoS 1 and webhook retries may deliver.
+
+A command (the MQTT actuator's ``command_topic``) is the payload of the event that sent
+it with ``event: "command"``, its own ``id``, and ``command``, ``reason`` (the groups
+that called for it), ``cause`` (the event's kind) and ``alarm_id`` (the event's id).
 """
 
 from __future__ import annotations
@@ -34,9 +42,15 @@ from typing import Any
 
 from edged.plugin.events import Event
 
+#: The version of the payload's JSON Schema (docs/schema/alarm-v1.json): it changes when
+#: a key goes away or changes meaning, never for a key added.
+SCHEMA = 1
+
 #: The payload's keys, in the order they are written.
-KEYS = ("id", "event", "device", "pipeline", "turbine", "groups", "primary", "values",
-        "thresholds", "model", "time", "timestamp", "detail")
+KEYS = ("schema", "id", "event", "device", "pipeline", "turbine", "groups", "primary",
+        "values", "thresholds", "model", "time", "timestamp", "detail")
+#: What a command adds to the payload of the event that sent it.
+COMMAND_KEYS = ("command", "reason", "cause", "alarm_id")
 
 
 def _number(value: float) -> float | None:
@@ -60,6 +74,7 @@ def alarm_payload(event: Event, device: str) -> dict[str, Any]:
     detail = dict(event.detail or {})
     primary = detail.pop("primary", None)
     return {
+        "schema": SCHEMA,
         "id": event_id(event, device),
         "event": event.kind,
         "device": device,
@@ -75,6 +90,15 @@ def alarm_payload(event: Event, device: str) -> dict[str, Any]:
         "timestamp": round(event.time, 3),
         "detail": detail,
     }
+
+
+def command_payload(payload: dict[str, Any], command: str,
+                    reason: list[str]) -> dict[str, Any]:
+    """The command ``command`` sent for the event of ``payload`` (an alarm, or a clear),
+    because of the groups in ``reason``."""
+    return {**payload, "id": f"{payload['id']}:{command}", "event": "command",
+            "command": command, "reason": list(reason), "cause": payload["event"],
+            "alarm_id": payload["id"]}
 
 
 def dumps(payload: dict[str, Any]) -> bytes:

@@ -14,6 +14,7 @@ from edged.base.metrics import Counters
 from edged.builtin.command_actuator import CommandActuator, CommandConfig
 from edged.plugin.components import BuildContext
 from edged.plugin.events import Event, ModelRef
+from tests.support.payloads import assert_valid, tracked_events
 
 
 def alarm() -> Event:
@@ -47,6 +48,23 @@ async def test_the_program_gets_the_alarm_json_on_stdin_with_env_and_cwd(tmp_pat
     assert payload["turbine"] == "turbine-03"
     assert payload["primary"] == "rotation"
     assert payload["time"] == "2024-06-10T06:13:20.500Z"
+
+
+async def test_every_event_on_stdin_follows_the_published_schema(tmp_path):
+    """docs/schema/alarm-v1.json, for events raised as the runtime raises them: one line
+    of JSON per run of the program."""
+    out = tmp_path / "got.jsonl"
+    code = ("import sys; open(sys.argv[1], 'a').write(sys.stdin.read())")
+    events = tracked_events()
+    async with make([*python(code), str(out)]) as actuator:
+        for event in events:
+            await actuator.handle(event)
+    lines = out.read_text().splitlines()
+    assert len(lines) == len(events)
+    for line, event in zip(lines, events, strict=True):
+        payload = json.loads(line)
+        assert_valid(payload)
+        assert payload["event"] == event.kind
 
 
 async def test_a_non_zero_exit_is_counted_and_its_output_logged():

@@ -20,6 +20,7 @@ from edged.plugin.components import BuildContext
 from edged.plugin.events import Event, ModelRef
 from edged.plugin.manager import make_plugin_manager
 from tests.support import free_port
+from tests.support.payloads import assert_valid, tracked_events
 
 
 @dataclass
@@ -108,7 +109,7 @@ async def test_posts_the_alarm_payload_with_a_bearer_token_from_the_environment(
     assert request.headers["X-Key"] == "s3cret"
     assert request.headers["Idempotency-Key"] == request.body["id"]
     assert request.body == {
-        "id": "gw-7:turbines:turbine-02:1718000000125:alarm",
+        "schema": 1, "id": "gw-7:turbines:turbine-02:1718000000125:alarm",
         "event": "alarm", "device": "gw-7", "pipeline": "turbines", "turbine": "turbine-02",
         "groups": ["vibration", "rotation"], "primary": "vibration",
         "values": {"roll_std": 0.5, "rps": 0.1}, "thresholds": {"roll_std": 0.2, "rps": 0.3},
@@ -116,6 +117,19 @@ async def test_posts_the_alarm_payload_with_a_bearer_token_from_the_environment(
         "time": "2024-06-10T06:13:20.125Z", "timestamp": 1718000000.125,
         "detail": {"consecutive": 2},
     }
+
+
+async def test_every_event_is_posted_as_the_published_schema(receiver):
+    """docs/schema/alarm-v1.json, for events raised as the runtime raises them."""
+    events = tracked_events()
+    async with make(receiver.url) as actuator:
+        for event in events:
+            await actuator.handle(event)
+    bodies = [request.body for request in receiver.script.received]
+    for body in bodies:
+        assert_valid(body)
+    assert [body["event"] for body in bodies] == [event.kind for event in events]
+    assert bodies[0]["detail"] == {"consecutive": 2, "rows": 610}
 
 
 async def test_retries_5xx_and_429_then_succeeds(receiver):

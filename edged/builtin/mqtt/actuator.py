@@ -4,7 +4,9 @@ Every event is published as the alarm payload (:mod:`edged.plugin.alarm_payload`
 ``alarm_topic``.
 An alarm also publishes, on ``command_topic``, the command configured for its primary
 group (every group's when the decision named no primary), e.g. ``brake`` for vibration;
-a clear may publish ``clear_command``. All with QoS 1 by default.
+a clear may publish ``clear_command``. A command message is the command payload (the
+event's payload with the command, :func:`~edged.plugin.alarm_payload.command_payload`).
+All with QoS 1 by default.
 
 The connection is the shared :class:`~edged.mqtt.link.BrokerLink`, kept up
 by a task this actuator owns. While the broker is away, :meth:`MqttActuator.handle` waits
@@ -17,7 +19,6 @@ the link dropped is sent again after the reconnect, so a receiver may see an ala
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import string
 from typing import Annotated, Literal
@@ -30,7 +31,7 @@ from edged.base.log import RateLimit
 from edged.base.retry import Backoff
 from edged.base.tasks import cancel_and_wait
 from edged.mqtt.link import BrokerConfig, BrokerLink
-from edged.plugin.alarm_payload import alarm_payload, dumps
+from edged.plugin.alarm_payload import alarm_payload, command_payload, dumps
 from edged.plugin.components import BuildContext, Component
 from edged.plugin.config import NAME_PATTERN, ActuatorConfig
 from edged.plugin.events import Event
@@ -154,9 +155,7 @@ class MqttActuator(Component):
             commands[self.config.clear_command] = []
         topic = self.topic(self.config.command_topic, event)
         for command, reason in commands.items():
-            body = {"command": command, "device": self.device_id, "turbine": event.turbine,
-                    "reason": reason, "time": payload["time"], "alarm_id": payload["id"]}
-            out.append((topic, json.dumps(body, separators=(",", ":")).encode(), False))
+            out.append((topic, dumps(command_payload(payload, command, reason)), False))
         return out
 
     async def handle(self, event: Event) -> None:

@@ -23,6 +23,7 @@ from edged.plugin.components import BuildContext
 from edged.plugin.events import Event, ModelRef
 from edged.plugin.manager import make_plugin_manager
 from edged.runtime.supervisor import Supervisor
+from tests.support.payloads import assert_valid, tracked_events
 
 
 @dataclass
@@ -109,7 +110,7 @@ async def test_an_alarm_publishes_the_payload_and_the_command_with_qos_1(mosquit
     assert (alarm_msg.topic, alarm_msg.qos, alarm_msg.retain) == (
         "edged/gw-7/alarms/turbine-2", 1, False)
     assert alarm_msg.body == {
-        "id": "gw-7:turbines:turbine-2:1718000000125:alarm",
+        "schema": 1, "id": "gw-7:turbines:turbine-2:1718000000125:alarm",
         "event": "alarm", "device": "gw-7", "pipeline": "turbines", "turbine": "turbine-2",
         "groups": ["vibration", "rotation"], "primary": "vibration",
         "values": {"roll_std": 0.5}, "thresholds": {"roll_std": 0.2},
@@ -118,9 +119,32 @@ async def test_an_alarm_publishes_the_payload_and_the_command_with_qos_1(mosquit
         "detail": {"consecutive": 2},
     }
     assert (command_msg.topic, command_msg.qos) == ("turbines/turbine-2/command", 1)
+    # The command message: the alarm's payload, as a command (schema 1, docs/payloads.md).
     assert command_msg.body == {
-        "command": "brake", "device": "gw-7", "turbine": "turbine-2", "reason": ["vibration"],
-        "time": "2024-06-10T06:13:20.125Z", "alarm_id": alarm_msg.body["id"]}
+        **alarm_msg.body, "id": alarm_msg.body["id"] + ":brake", "event": "command",
+        "command": "brake", "reason": ["vibration"], "cause": "alarm",
+        "alarm_id": alarm_msg.body["id"]}
+
+
+async def test_every_message_follows_the_published_schema(mosquitto):
+    """docs/schema/alarm-v1.json: alarm, clear, sensor events and commands alike, from
+    events raised as the runtime raises them."""
+    events = tracked_events()
+    async with subscribed(mosquitto) as sub, make(mosquitto, clear_command="resume") as actuator:
+        for event in events:
+            await actuator.handle(event)
+        # alarm + 1 command (vibration and rotation both brake), clear + resume, 3 sensor
+        await sub.wait(7)
+    kinds = []
+    for message in sub.messages:
+        assert_valid(message.body)
+        kinds.append((message.body["event"], message.body.get("command")))
+    assert kinds == [("alarm", None), ("command", "brake"), ("clear", None),
+                     ("command", "resume"), ("sensor_stale", None),
+                     ("sensor_recovered", None), ("sensor_stale", None)]
+    alarm_body, brake = sub.messages[0].body, sub.messages[1].body
+    assert alarm_body["detail"] == {"consecutive": 2, "rows": 610}
+    assert brake["detail"] == alarm_body["detail"] and brake["cause"] == "alarm"
 
 
 async def test_without_a_primary_every_group_commands_once_per_command(mosquitto):
