@@ -140,11 +140,11 @@ def _install(state_dir: Path, args: argparse.Namespace) -> int:
         extract_bundle,
         verify_bundle,
     )
-    from edged.model.store import ModelStore
+    from edged.model.store import ModelStore, make_dirs, state_owner
 
     trust = TrustStore.from_config(TrustConfig(keys_dir=args.trust, revoked=args.revoked))
     models = state_dir / "models"
-    models.mkdir(parents=True, exist_ok=True)
+    make_dirs(models, state_owner(state_dir))  # root's (sudo's) for the service's user
     # Unpacked beside the stores (same file system), so the slot is a rename, not a copy.
     # A hidden name is never a store (ModelStore.for_model refuses it).
     incoming = Path(tempfile.mkdtemp(prefix=".incoming-", dir=models))

@@ -9,6 +9,12 @@ Layout, under ``<state_dir>/models/<model name>/``::
     slots/.tmp-*            a slot being written (removed on the next open)
     slots/.trash-*          a slot being removed (removed on the next open)
 
+Ownership: ``edged model`` run as root (sudo) creates files in a store that the
+service's user (``edged``) must be able to replace and remove. Every file and directory
+a store creates is given the owner of the state directory when the process runs as
+root and that owner is another user (:func:`state_owner`), before it is renamed into
+place, so a slot or a state file appears with its final owner or not at all.
+
 Crash safety rests on two renames. A slot is written under ``.tmp-*``, fsynced, marked
 complete by ``.slot.json`` and only then renamed to its final name, so a slot name that
 exists is complete. ``state.json`` is replaced by rename after its new text is fsynced:
@@ -34,7 +40,7 @@ from typing import Any
 
 import structlog
 
-from edged.base.durable import fsync_dir
+from edged.base.durable import fsync_dir, makedirs_durably
 from edged.base.errors import ModelError
 from edged.model.errors import StoreError
 from edged.model.package import (
@@ -69,6 +75,10 @@ class Slot:
         return parse_manifest(self.path / MANIFEST)
 
 
+#: (uid, gid) that files created in a store are given (see :func:`state_owner`).
+Owner = tuple[int, int]
+
+
 def _fsync_tree(path: Path) -> None:
     for directory, _, names in os.walk(path):
         for name in names:
@@ -77,11 +87,52 @@ def _fsync_tree(path: Path) -> None:
         fsync_dir(Path(directory))
 
 
-def _write_synced(path: Path, text: str) -> None:
+def _write_synced(path: Path, text: str, owner: Owner | None = None) -> None:
     with open(path, "w", encoding="utf-8") as handle:
+        if owner is not None:
+            os.fchown(handle.fileno(), *owner)
         handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def state_owner(state_dir: Path) -> Owner | None:
+    """The owner to give what this process creates under ``state_dir``: the state
+    directory's own, when this process runs as root and the directory belongs to
+    another user (the service's); None (leave files as created) otherwise, or when
+    ``state_dir`` does not exist yet."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        info = os.stat(state_dir)
+    except OSError:
+        return None
+    owner = (info.st_uid, info.st_gid)
+    return None if owner == (os.geteuid(), os.getegid()) else owner
+
+
+def give(path: Path, owner: Owner | None) -> None:
+    """Give ``path`` (not a link's target) to ``owner``; nothing if None."""
+    if owner is not None:
+        os.chown(path, *owner, follow_symlinks=False)
+
+
+def give_tree(path: Path, owner: Owner | None) -> None:
+    """Give ``path`` and everything under it to ``owner``; nothing if None."""
+    if owner is None:
+        return
+    give(path, owner)
+    for directory, names, files in os.walk(path):
+        for name in (*names, *files):
+            give(Path(directory) / name, owner)
+
+
+def make_dirs(path: Path, owner: Owner | None) -> None:
+    """``mkdir -p`` whose new directories are given to ``owner``."""
+    missing = [p for p in (path, *path.parents) if not p.is_dir()]
+    makedirs_durably(path, fsync=False)
+    for directory in missing:
+        give(directory, owner)
 
 
 def _now_iso() -> str:
@@ -95,19 +146,26 @@ class ModelStore:
     change holds an exclusive flock on ``root/.lock``, so ``edged model rollback`` and a
     running daemon never interleave. ``fault`` is a test hook called with the name of
     each crash point (``copied``, ``marked``, ``renamed``, ``state_written``,
-    ``state_renamed``, ``trashed``); raising there simulates a crash."""
+    ``state_renamed``, ``trashed``); raising there simulates a crash. ``owner``: the
+    (uid, gid) given to everything the store creates (see :func:`state_owner`; None
+    leaves files to the process's own user)."""
 
-    def __init__(self, root: Path, *, fault: Callable[[str], None] | None = None) -> None:
+    def __init__(self, root: Path, *, fault: Callable[[str], None] | None = None,
+                 owner: Owner | None = None) -> None:
         self.root = Path(root)
         self.name = self.root.name
         self.slots_dir = self.root / "slots"
+        self.owner = owner
         self._fault = fault or (lambda point: None)
         self.recover()
 
     @classmethod
     def for_model(cls, state_dir: Path, name: str, **kwargs: Any) -> ModelStore:
+        """The store of model ``name`` under ``state_dir``; what it creates is given to
+        the state directory's owner when run as root (``owner=`` overrides)."""
         if not name or Path(name).name != name or name.startswith("."):
             raise StoreError(f"not a model name: {name!r}")
+        kwargs.setdefault("owner", state_owner(Path(state_dir)))
         return cls(Path(state_dir) / "models" / name, **kwargs)
 
     # -- reading ------------------------------------------------------------------------
@@ -178,9 +236,11 @@ class ModelStore:
 
     @contextlib.contextmanager
     def _locked(self, wait: bool = True) -> Iterator[bool]:
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.root, self.owner)
         fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
+            if self.owner is not None:
+                os.fchown(fd, *self.owner)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             except BlockingIOError:
@@ -229,7 +289,7 @@ class ModelStore:
         digest = hashlib.sha256((model_dir / MANIFEST).read_bytes()).hexdigest()[:8]
         final = self.slots_dir / f"{manifest.version}-{digest}"
         with self._locked():
-            self.slots_dir.mkdir(exist_ok=True)
+            make_dirs(self.slots_dir, self.owner)
             existing = self._slot_at(final)
             if existing is not None:
                 return existing
@@ -243,6 +303,7 @@ class ModelStore:
                 meta = {"model": manifest.name, "version": manifest.version, "id": digest,
                         "installed_at": time.time(), "source": str(model_dir)}
                 _write_synced(tmp / SLOT_META, json.dumps(meta, indent=2) + "\n")
+                give_tree(tmp, self.owner)  # before the rename: it appears as it stays
                 _fsync_tree(tmp)
                 self._fault("marked")
                 os.rename(tmp, final)
@@ -308,7 +369,7 @@ class ModelStore:
         state = {"current": current, "previous": previous,
                  "history": history[-HISTORY_KEPT:]}
         tmp = self.root / f"{STATE}.tmp"
-        _write_synced(tmp, json.dumps(state, indent=2) + "\n")
+        _write_synced(tmp, json.dumps(state, indent=2) + "\n", self.owner)
         self._fault("state_written")
         os.replace(tmp, self.root / STATE)  # the commit point
         self._fault("state_renamed")
@@ -356,7 +417,8 @@ def stores(state_dir: Path) -> list[ModelStore]:
     root = Path(state_dir) / "models"
     if not root.is_dir():
         return []
-    return [ModelStore(p) for p in sorted(root.iterdir())
+    owner = state_owner(Path(state_dir))
+    return [ModelStore(p, owner=owner) for p in sorted(root.iterdir())
             if p.is_dir() and ((p / STATE).is_file() or (p / "slots").is_dir())]
 
 
