@@ -26,6 +26,7 @@ from typing import Any, Protocol, TypeVar
 import grpc
 import structlog
 
+from edged.agent.captures import CapturePlan, plan_capture
 from edged.agent.config import AgentConfig
 from edged.agent.errors import (
     AgentError,
@@ -48,23 +49,18 @@ from edged.agent.proto import agent_pb2_grpc
 from edged.agent.tensors import (
     PredictPlan,
     SharedMemoryReader,
-    aux_bytes,
-    declared_bytes,
     output_tensors,
     plan_predict,
-    read_tensor,
 )
 from edged.base.errors import ModelError
 from edged.base.log import RateLimit
 from edged.base.metrics import Counters
 from edged.capture.store import (
-    AuxData,
     BufferFull,
     CaptureError,
     CaptureRecord,
     CaptureStore,
     DuplicateCaptureId,
-    TensorData,
 )
 from edged.model.package import MANIFEST, read_manifest
 
@@ -233,18 +229,24 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         if not request.model_name:
             raise InvalidArgument("model_name is empty")
         check_name(request.model_name)
-        nbytes = sum(declared_bytes(item, "capture data") for item in (
-            *request.input_tensors, *request.output_tensors, *request.inputs,
-            *request.outputs))
-        with self.budget.hold(CAPTURE_COPIES * nbytes, f"CaptureData of {nbytes} bytes"):
-            await self._capture(store, request)
+        try:
+            model = self.models.get(request.model_name)
+        except AgentError:
+            model = None  # capturing for a model that is not loaded here is allowed
+        # Checked against the model, and the call's memory estimated, before a byte of
+        # shared memory is read.
+        plan = plan_capture(request, model)
+        with self.budget.hold(CAPTURE_COPIES * plan.nbytes,
+                              f"CaptureData of {plan.nbytes} bytes"):
+            await self._capture(store, plan, model)
         self.counters.inc("agent_captures")
         return pb.CaptureDataResponse()
 
-    async def _capture(self, store: CaptureSink, request: pb.CaptureDataRequest) -> None:
+    async def _capture(self, store: CaptureSink, plan: CapturePlan,
+                       model: LoadedModel | None) -> None:
         # Shared-memory tensors are copied now: the client may reuse its segment as soon
         # as the call returns, while the record waits for its batch.
-        record = await asyncio.to_thread(self._record, request)
+        record = await asyncio.to_thread(self._record, plan, model)
         try:
             await store.submit(record)
         except BufferFull as exc:
@@ -256,36 +258,8 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         except CaptureError as exc:
             raise Unavailable(f"the capture store cannot take the record: {exc}") from None
 
-    def _record(self, request: pb.CaptureDataRequest) -> CaptureRecord:
-        try:
-            model = self.models.get(request.model_name)
-        except AgentError:
-            model = None  # capturing for a model that is not loaded here is allowed
-
-        def tensors(items, infos, what):
-            out = []
-            for index, tensor in enumerate(items):
-                default = infos[index] if infos is not None and index < len(infos) else None
-                raw = read_tensor(tensor, default, what, self.shm)
-                out.append(TensorData(raw.name, raw.dtype.name, list(raw.shape), raw.data))
-            return out
-
-        def aux(items):
-            return [AuxData(*aux_bytes(item, self.shm)) for item in items]
-
-        ts = request.inference_timestamp
-        return CaptureRecord(
-            model_name=request.model_name,
-            model_version=_model_version(model),
-            capture_id=request.capture_id,
-            inference_timestamp=(ts.seconds, ts.nanos),
-            input_tensors=tensors(request.input_tensors, model and model.inputs,
-                                  "input tensor"),
-            output_tensors=tensors(request.output_tensors, model and model.outputs,
-                                   "output tensor"),
-            inputs=aux(request.inputs),
-            outputs=aux(request.outputs),
-        )
+    def _record(self, plan: CapturePlan, model: LoadedModel | None) -> CaptureRecord:
+        return plan.record(self.shm, _model_version(model))  # reads files: in a thread
 
     @_rpc
     async def GetCaptureDataStatus(self, request: pb.GetCaptureDataStatusRequest,

@@ -18,6 +18,7 @@ from google.protobuf.message import DecodeError
 from hypothesis import given
 from hypothesis import strategies as st
 
+from edged.agent.captures import plan_capture
 from edged.agent.config import AgentConfig
 from edged.agent.errors import AgentError
 from edged.agent.memory import MemoryBudget
@@ -39,8 +40,9 @@ SIZES = st.one_of(st.integers(0, 5000), UINT64)
 INFOS = (TensorInfo("input", np.dtype("float32"), (-1, 6, 10, 10)),
          TensorInfo("ids", np.dtype("int64"), (-1, -1)),
          TensorInfo("scalar", np.dtype("uint8"), ()))
-MODELS = [LoadedModel("m", "m", Path("/nowhere"), Path("/nowhere/m.onnx"), inputs, (), None)
-          for inputs in (INFOS[:1], INFOS)]
+MODELS = [LoadedModel("m", "m", Path("/nowhere"), Path("/nowhere/m.onnx"), inputs, outputs,
+                      None)
+          for inputs, outputs in ((INFOS[:1], ()), (INFOS, INFOS[:2]))]
 
 handles = st.builds(pb.SharedMemoryHandle, segment_id=st.one_of(st.just(SEGMENT), UINT64),
                     offset=SIZES, size=SIZES)
@@ -133,15 +135,17 @@ def servicer(tmp_path_factory, reader):
 
 
 @given(st.lists(tensors(), max_size=3), st.lists(tensors(), max_size=2),
-       st.lists(auxiliary, max_size=2), st.text(max_size=10), st.text(max_size=10))
-def test_capture_requests_are_records_or_rejections(servicer, inputs, outputs, aux, model,
-                                                    capture_id):
-    request = pb.CaptureDataRequest(model_name=model, capture_id=capture_id,
+       st.lists(auxiliary, max_size=2), st.text(max_size=10), st.text(max_size=10),
+       st.sampled_from((None, *MODELS)))
+def test_capture_requests_are_records_or_rejections(reader, inputs, outputs, aux, name,
+                                                    capture_id, model):
+    request = pb.CaptureDataRequest(model_name=name, capture_id=capture_id,
                                     input_tensors=inputs, output_tensors=outputs,
                                     inputs=aux)
     with typed_and_quick():
-        record = servicer._record(request)
+        record = plan_capture(request, model).record(reader, None)
         assert len(record.input_tensors) == len(inputs)
+        assert all(min(t.shape, default=0) >= 0 for t in record.output_tensors)
 
 
 @given(auxiliary)

@@ -126,7 +126,7 @@ def test_capture_statuses_and_errors(start_agent, monkeypatch):
                         (request(str(uuid.uuid4()), inputs=[pb.AuxilaryData(
                             name="a", encoding=9, byte_data=b"x")]), "unknown encoding 9"),
                         (request(str(uuid.uuid4()), output_tensors=[pb.Tensor(
-                            tensor_metadata=pb.TensorMetadata(name="o", data_type=77,
+                            tensor_metadata=pb.TensorMetadata(name="output", data_type=77,
                                                               shape=[1]),
                             byte_data=b"x")]), "unknown data type 77")]:
         code, details = code_of(stub, bad)

@@ -72,10 +72,13 @@ def test_handle_outside_its_segment(stub, segment):
     shm.buf[:x.nbytes] = x.tobytes()
     # Sizes of whole windows: a size that is not one is refused before the segment is
     # opened (the shape is checked before any byte is read).
-    for offset, size in [(4, x.nbytes), (0, 2 * x.nbytes), (x.nbytes + 1, 0),
-                         (2**64 - 1, x.nbytes)]:
+    # Size 0 with the whole shape: the size is inferred, and checked like any other.
+    meta = pb.TensorMetadata(name="input", data_type=pb.FLOAT32, shape=list(x.shape))
+    for offset, size, with_meta in [(4, x.nbytes, None), (0, 2 * x.nbytes, None),
+                                    (x.nbytes + 1, 0, meta), (4, 0, meta),
+                                    (2**64 - 1, x.nbytes, None)]:
         code, details = code_of(stub, pb.PredictRequest(name="windturbine", tensors=[
-            handle_tensor(segment_id, offset, size)]))
+            handle_tensor(segment_id, offset, size, with_meta)]))
         assert code == grpc.StatusCode.INVALID_ARGUMENT, details
         assert "outside segment" in details
     reply = stub.Predict(pb.PredictRequest(name="windturbine", tensors=[
