@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -24,6 +26,7 @@ from edged.base.errors import ComponentStartError, ConfigError, PluginError
 from edged.base.log import configure_logging
 from edged.config.locate import CONFIG_ENV, DEFAULT_CONFIG, config_path
 from edged.plugin.manager import make_plugin_manager
+from edged.plugin.registry import how_to_block
 
 log = structlog.get_logger("edged.app.cli")
 
@@ -71,23 +74,32 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    _, registry = make_plugin_manager(blocked=blocked_plugins(args))
+    """Every plugin, broken ones too (listed, not logged): exit 1 if one is broken, so
+    that a plugin's CI or an install script notices."""
+    _, registry = make_plugin_manager(blocked=blocked_plugins(args), warn_broken=False)
     rows = [{"name": p.name, "version": p.version, "distribution": p.distribution,
              "module": p.module, "registers": list(p.registers)} for p in registry.plugins]
+    broken = [{"name": p.name, "version": p.version, "distribution": p.distribution,
+               "module": p.module, "error": p.error} for p in registry.broken]
+    status = EX_FAILURE if broken else EX_OK
     if args.json:
-        print(json.dumps({"plugins": rows, "blocked": list(registry.blocked)}, indent=2))
-        return EX_OK
+        print(json.dumps({"plugins": rows, "broken": broken,
+                          "blocked": list(registry.blocked)}, indent=2))
+        return status
     headers = ("NAME", "VERSION", "DISTRIBUTION", "REGISTERS")
-    table = [(r["name"], r["version"], r["distribution"], ", ".join(r["registers"]) or "-")
-             for r in rows]
+    table = sorted([(r["name"], r["version"], r["distribution"],
+                     ", ".join(r["registers"]) or "-") for r in rows]
+                   + [(b["name"], b["version"], b["distribution"], "BROKEN") for b in broken])
     widths = [max(len(str(row[i])) for row in [headers, *table]) for i in range(3)]
     for row in [headers, *table]:
         print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths,
                                                                          strict=False))
               + "  " + row[3])
+    for info in registry.broken:
+        print(f"\nbroken: {info.describe()}, left out: {info.error}\n  {how_to_block(info.name)}")
     if registry.blocked:
         print(f"\nblocked: {', '.join(registry.blocked)}")
-    return EX_OK
+    return status
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -139,17 +151,37 @@ def build_parser(commands: Sequence = ()) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        status = _main(list(sys.argv[1:] if argv is None else argv))
+        sys.stdout.flush()  # buffered output meets a closed pipe here, if not before
+    except (BrokenPipeError, BaseExceptionGroup) as exc:
+        # An asyncio command (the demo) raises it inside a group.
+        if isinstance(exc, BaseExceptionGroup) and exc.split(BrokenPipeError)[1] is not None:
+            raise
+        return _stdout_closed()
+    return status
+
+
+def _main(argv: list[str]) -> int:
     configure_logging("info", "auto")
     try:
-        # Plugin commands must be known before parsing; blocks given with -p apply.
-        pre = argparse.Namespace(plugin_blocks=[a.removeprefix("no:") for a in
-                                                _values_of(argv, "-p")], config=None)
-        _, registry = make_plugin_manager(blocked=blocked_plugins(pre))
+        # Plugin commands must be known before parsing; blocks given with -p apply. A
+        # broken plugin is left out silently here: the commands that read a config report
+        # it (after the config's own blocks), `edged plugins` lists it.
+        pre = argparse.Namespace(plugin_blocks=_blocks_in(argv), config=None)
+        _, registry = make_plugin_manager(blocked=blocked_plugins(pre), warn_broken=False)
     except PluginError as exc:
         print(f"edged: {exc}", file=sys.stderr)
         return EX_FAILURE
-    args = build_parser(list(registry.commands.values())).parse_args(argv)
+    parser = build_parser(list(registry.commands.values()))
+    command = _command_in(argv)
+    if registry.broken and command and command not in _commands_of(parser):
+        # Maybe the command of a broken plugin: say so before argparse's "invalid choice".
+        for info in registry.broken:
+            print(f"edged: plugin {info.describe()} is broken and was left out, with any "
+                  f"command it registers: {info.error}; {how_to_block(info.name)}",
+                  file=sys.stderr)
+    args = parser.parse_args(argv)
     if args.command not in ("run", "demo"):
         configure_logs(args, None)
     try:
@@ -161,8 +193,55 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _values_of(argv: list[str], flag: str) -> list[str]:
-    return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == flag]
+#: Where stdout's reader went away: 128 + SIGPIPE, what a shell reports for a program
+#: that SIGPIPE killed (`set -o pipefail` sees the same as for `cat`).
+EX_BROKEN_PIPE = 128 + signal.SIGPIPE
+
+
+def _stdout_closed() -> int:
+    """stdout's reader is gone (`edged plugins --json | head -1`): exit quietly, the way
+    the Python docs' "Note on SIGPIPE" does. Python ignores SIGPIPE, so writing raises
+    BrokenPipeError; stdout pointed at /dev/null keeps the interpreter's last flush from
+    raising it again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EX_BROKEN_PIPE
+
+
+#: The options before the command that take a value.
+_VALUE_OPTIONS = ("-p", "--log-level", "--log-format")
+
+
+def _blocks_in(argv: list[str]) -> list[str]:
+    """The plugins ``-p no:NAME`` (or ``-pno:NAME``) blocks, before argparse runs: only
+    before the command, whose own options are its own."""
+    before = argv[:_command_at(argv)]
+    blocks = [before[i + 1] for i, arg in enumerate(before[:-1]) if arg == "-p"]
+    blocks += [arg[2:] for arg in before if arg.startswith("-p") and len(arg) > 2]
+    return [spec.removeprefix("no:") for spec in blocks]
+
+
+def _command_at(argv: list[str]) -> int:
+    """The index of the command word: the first argument that is no option or value."""
+    skip = False
+    for index, arg in enumerate(argv):
+        if skip:
+            skip = False
+        elif arg in _VALUE_OPTIONS:
+            skip = True
+        elif not arg.startswith("-"):
+            return index
+    return len(argv)
+
+
+def _command_in(argv: list[str]) -> str | None:
+    at = _command_at(argv)
+    return argv[at] if at < len(argv) else None
+
+
+def _commands_of(parser: argparse.ArgumentParser) -> set[str]:
+    return {name for action in parser._actions
+            if isinstance(action, argparse._SubParsersAction) for name in action.choices}
 
 
 if __name__ == "__main__":

@@ -100,13 +100,25 @@ class CliCommand:
 
 @dataclass(frozen=True)
 class PluginInfo:
-    """One loaded plugin, as `edged plugins` shows it."""
+    """One plugin, as `edged plugins` shows it; ``error`` says what went wrong with a
+    broken one (left out: it registers nothing)."""
 
     name: str
     version: str
     distribution: str
     module: str
     registers: tuple[str, ...] = ()
+    error: str = ""
+
+    def describe(self) -> str:
+        """``'NAME' from DISTRIBUTION VERSION``, for messages."""
+        return f"{self.name!r} from {self.distribution} {self.version}"
+
+
+def how_to_block(name: str) -> str:
+    """What an operator writes to leave plugin ``name`` out, for error messages."""
+    return (f"block it with `edged -p no:{name} ...`, EDGED_BLOCK_PLUGINS={name} or "
+            f"`plugins: {{block: [{name}]}}` in the config")
 
 
 @dataclass
@@ -117,9 +129,18 @@ class Registry:
     commands: dict[str, CliCommand] = field(default_factory=dict)
     plugins: list[PluginInfo] = field(default_factory=list)
     blocked: tuple[str, ...] = ()
+    #: Plugins that failed to import, whose registration hook raised or registered
+    #: something no plugin may: left out, each with its ``error``.
+    broken: list[PluginInfo] = field(default_factory=list)
     _owner: dict[str, str] = field(default_factory=dict)
 
-    def add_component(self, plugin: str, component: ComponentType) -> None:
+    @staticmethod
+    def check_component(plugin: str, component: object) -> None:
+        """PluginError unless ``component`` is one a plugin may register (whoever else
+        registers what)."""
+        if not isinstance(component, ComponentType):
+            raise PluginError(f"plugin {plugin!r} registers {component!r}, not a "
+                              f"ComponentType")
         if component.kind not in KINDS:
             raise PluginError(
                 f"plugin {plugin!r} registers {component.name!r} of unknown kind "
@@ -128,24 +149,50 @@ class Registry:
         if component.hot_swap and component.kind != "inference":
             raise PluginError(f"plugin {plugin!r} declares {component.kind} "
                               f"{component.name!r} hot_swap: only a backend swaps models")
+
+    @staticmethod
+    def check_command(plugin: str, command: object, reserved: set[str]) -> None:
+        """PluginError unless ``command`` is one a plugin may register: not a name of
+        edged's own (``reserved``)."""
+        if not isinstance(command, CliCommand):
+            raise PluginError(f"plugin {plugin!r} registers {command!r}, not a CliCommand")
+        if command.name in reserved:
+            raise PluginError(f"command {command.name!r} from plugin {plugin!r} is already "
+                              f"provided by 'edged'")
+
+    def add_component(self, plugin: str, component: ComponentType) -> None:
+        self.check_component(plugin, component)
         key = (component.kind, component.name)
         if key in self.components:
             raise PluginError(
                 f"{component.kind} type {component.name!r} is registered by both "
-                f"{self._owner[f'{key}']!r} and {plugin!r}"
+                f"{self._owner[f'{key}']!r} and {plugin!r}: {how_to_block(plugin)}"
             )
         self.components[key] = component
         self._owner[f"{key}"] = plugin
 
     def add_command(self, plugin: str, command: CliCommand, reserved: set[str]) -> None:
-        if command.name in reserved or command.name in self.commands:
-            owner = self._owner.get(f"cli:{command.name}", "edged")
+        self.check_command(plugin, command, reserved)
+        if command.name in self.commands:
             raise PluginError(
                 f"command {command.name!r} from plugin {plugin!r} is already provided by "
-                f"{owner!r}"
+                f"{self._owner[f'cli:{command.name}']!r}: {how_to_block(plugin)}"
             )
         self.commands[command.name] = command
         self._owner[f"cli:{command.name}"] = plugin
+
+    def unavailable(self, kind: Kind, name: str) -> str:
+        """Why no ``kind`` type ``name`` is registered, for the config's error: it is
+        blocked, or a broken plugin may be the one that provides it; "" if neither."""
+        if name in self.blocked:
+            return " (blocked)"
+        # A plugin that failed to import registered nothing, so which types it offers is
+        # unknown: its entry point's name is the usual guess (jsonl registers jsonl).
+        suspects = [p for p in self.broken if p.name == name] or self.broken
+        if not suspects:
+            return ""
+        return " (" + "; ".join(f"plugin {p.describe()}, which may provide it, is broken: "
+                                f"{p.error}" for p in suspects) + ")"
 
     def component(self, kind: Kind, name: str) -> ComponentType | None:
         return self.components.get((kind, name))

@@ -11,12 +11,11 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import pluggy
 import pytest
+import structlog
 from pydantic import Field
 
 from edged import hookimpl
-from edged.base.errors import PluginError
 from edged.plugin import hookspecs
 from edged.plugin.config import SourceConfig
 from edged.plugin.manager import BLOCK_ENV, CORE_COMMANDS, ENTRY_POINT_GROUP, make_plugin_manager
@@ -158,39 +157,102 @@ def test_module_like_plugin_object():
     assert registry.component("source", "echo2") is not None
 
 
-# -- clashes and mistakes -----------------------------------------------------------------
+# -- clashes and mistakes: the plugin at fault is left out, the others load --------------
 
 
-def test_two_plugins_registering_the_same_type_name_both():
+def _broken(registry, name: str) -> str:
+    """The error of broken plugin ``name``, after checking it registers nothing."""
+    (info,) = [info for info in registry.broken if info.name == name]
+    assert name not in {p.name for p in registry.plugins}
+    assert info.registers == ()
+    return info.error
+
+
+def test_a_plugin_taking_a_builtins_type_name_is_left_out():
     clash = plugin(edged_component_types=lambda: [
-        ComponentType("source", "simulator", EchoConfig, lambda config, ctx: None)])
-    with pytest.raises(PluginError) as info:
-        make_plugin_manager(extra=[("impostor", clash)])
-    message = str(info.value)
-    assert "source type 'simulator'" in message
-    assert "'impostor'" in message
-    assert "'simulator'" in message.split("by both", 1)[1]
+        ComponentType("source", "simulator", EchoConfig, lambda config, ctx: None),
+        ComponentType("source", "echo", EchoConfig, lambda config, ctx: None)])
+    pm, registry = make_plugin_manager(extra=[("impostor", clash)])
+    assert _broken(registry, "impostor") == (
+        "registers source:simulator, which the built-in plugin 'simulator' registers "
+        "(a built-in keeps its names)")
+    # The built-in keeps its type; nothing of the impostor is registered, not even echo.
+    assert registry.component("source", "simulator").config is not EchoConfig
+    assert registry.component("source", "echo") is None
+    assert pm.get_plugin("impostor") is None
 
 
-def test_two_extra_plugins_clash():
-    with pytest.raises(PluginError, match=r"registered by both '(one|two)' and '(one|two)'"):
-        make_plugin_manager(extra=[("one", EchoPlugin()), ("two", EchoPlugin())])
+def test_two_extra_plugins_clash_and_both_are_left_out():
+    _, registry = make_plugin_manager(extra=[("one", EchoPlugin()), ("two", EchoPlugin())])
+    assert _broken(registry, "one").startswith("registers source:echo, which 'two' also "
+                                               "registers: all of them are left out")
+    assert "'one'" in _broken(registry, "two")
+    assert registry.component("source", "echo") is None
+    assert "echo" not in registry.commands
+    assert registry.component("source", "simulator") is not None
 
 
 def test_unknown_kind_is_rejected():
     odd = plugin(edged_component_types=lambda: [
         ComponentType("sink", "void", EchoConfig, lambda config, ctx: None)])  # type: ignore[arg-type]
-    with pytest.raises(PluginError, match=r"'odd' registers 'void' of unknown kind 'sink'"):
-        make_plugin_manager(extra=[("odd", odd)])
+    _, registry = make_plugin_manager(extra=[("odd", odd)])
+    assert _broken(registry, "odd") == (
+        "plugin 'odd' registers 'void' of unknown kind 'sink' (known: source, "
+        "preprocessor, inference, actuator)")
+
+
+def test_something_else_than_a_component_type_is_rejected():
+    odd = plugin(edged_component_types=lambda: ["jsonl"])
+    _, registry = make_plugin_manager(extra=[("odd", odd)])
+    assert _broken(registry, "odd") == "plugin 'odd' registers 'jsonl', not a ComponentType"
 
 
 def test_only_a_backend_may_declare_hot_swap():
     odd = plugin(edged_component_types=lambda: [
         ComponentType("source", "swapper", EchoConfig, lambda config, ctx: None,
                       hot_swap=True)])
-    with pytest.raises(PluginError, match=r"'odd' declares source 'swapper' hot_swap: only "
-                       "a backend swaps models"):
-        make_plugin_manager(extra=[("odd", odd)])
+    _, registry = make_plugin_manager(extra=[("odd", odd)])
+    assert _broken(registry, "odd") == (
+        "plugin 'odd' declares source 'swapper' hot_swap: only a backend swaps models")
+
+
+def test_a_registration_hook_that_raises_leaves_its_plugin_out():
+    def explode():
+        raise RuntimeError("no config dir")
+
+    bad = plugin(edged_component_types=explode, edged_cli_commands=lambda: [_command("bad")])
+    _, registry = make_plugin_manager(extra=[("bad", bad), ("myplugin", EchoPlugin())])
+    error = _broken(registry, "bad")
+    assert error.startswith("edged_component_types() raised RuntimeError: no config dir (")
+    assert __file__ in error  # where it raised
+    # Its other hook's command is not registered either; the other plugin is.
+    assert "bad" not in registry.commands
+    assert registry.component("source", "echo") is not None
+
+
+def test_a_broken_plugin_runs_no_lifecycle_hook():
+    calls = []
+    bad = plugin(edged_component_types=lambda: 1 / 0,
+                 edged_stopping=lambda graph, reason: calls.append(reason))
+    pm, registry = make_plugin_manager(extra=[("bad", bad)])
+    assert "ZeroDivisionError" in _broken(registry, "bad")
+    pm.hook.edged_stopping(graph=None, reason="shutdown")
+    assert calls == []
+
+
+def test_broken_plugins_are_logged_with_how_to_block_them():
+    bad = plugin(edged_component_types=lambda: 1 / 0)
+    with structlog.testing.capture_logs() as logged:
+        make_plugin_manager(extra=[("bad", bad)])
+    (entry,) = [e for e in logged if e["event"] == "plugin_broken"]
+    assert entry["log_level"] == "warning"
+    assert entry["plugin"] == "bad" and entry["distribution"] == "-"
+    assert entry["error"].startswith("edged_component_types() raised ZeroDivisionError")
+    assert entry["fix"] == ("block it with `edged -p no:bad ...`, EDGED_BLOCK_PLUGINS=bad or "
+                            "`plugins: {block: [bad]}` in the config")
+    with structlog.testing.capture_logs() as logged:
+        make_plugin_manager(extra=[("bad", bad)], warn_broken=False)
+    assert [e for e in logged if e["event"] == "plugin_broken"] == []
 
 
 def test_typed_constructors_name_the_kind():
@@ -208,12 +270,20 @@ def test_typed_constructors_name_the_kind():
 
 @pytest.mark.parametrize("name", sorted(CORE_COMMANDS))
 def test_command_clashing_with_a_core_command(name):
-    rogue = plugin(edged_cli_commands=lambda: [_command(name)])
-    with pytest.raises(PluginError) as info:
-        make_plugin_manager(extra=[("rogue", rogue)])
-    assert str(info.value) == (
-        f"command {name!r} from plugin 'rogue' is already provided by 'edged'"
-    )
+    rogue = plugin(edged_cli_commands=lambda: [_command(name), _command("fine")])
+    _, registry = make_plugin_manager(extra=[("rogue", rogue)])
+    assert _broken(registry, "rogue") == (
+        f"command {name!r} from plugin 'rogue' is already provided by 'edged'")
+    assert "fine" not in registry.commands
+
+
+def test_command_clashing_with_a_builtin_plugins_command():
+    rogue = plugin(edged_cli_commands=lambda: [_command("model")])
+    _, registry = make_plugin_manager(extra=[("rogue", rogue)])
+    assert _broken(registry, "rogue") == (
+        "registers command:model, which the built-in plugin 'model' registers (a built-in "
+        "keeps its names)")
+    assert registry.commands["model"] is not None
 
 
 def test_core_commands_are_the_clis():
@@ -226,14 +296,25 @@ def test_core_commands_are_the_clis():
 
 def test_misspelled_hook_is_rejected():
     typo = plugin(edged_component_typs=lambda: [])
-    with pytest.raises(pluggy.PluginValidationError, match="edged_component_typs"):
-        make_plugin_manager(extra=[("typo", typo)])
+    pm, registry = make_plugin_manager(extra=[("typo", typo)])
+    assert _broken(registry, "typo") == (
+        "implements edged_component_typs, which edged does not call (a misspelled hook?)")
+    assert pm.get_plugin("typo") is None
+    pm.check_pending()
+
+
+def test_an_optional_hook_that_does_not_exist_is_allowed():
+    later = SimpleNamespace(edged_future_hook=hookimpl(optionalhook=True)(lambda: None))
+    _, registry = make_plugin_manager(extra=[("later", later)])
+    assert "later" in {p.name for p in registry.plugins}
+    assert registry.broken == []
 
 
 def test_hookimpl_with_wrong_arguments_is_rejected():
     wrong = plugin(edged_stopping=lambda graph, reason, extra: None)
-    with pytest.raises(pluggy.PluginValidationError):
-        make_plugin_manager(extra=[("wrong", wrong)])
+    _, registry = make_plugin_manager(extra=[("wrong", wrong)])
+    assert "edged_stopping" in _broken(registry, "wrong")
+    assert "extra" in _broken(registry, "wrong")
 
 
 # -- a factory, nothing at import time ----------------------------------------------------
