@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import http.client
-import os
 import re
 import ssl
 import urllib.parse
@@ -29,6 +28,7 @@ from edged import __version__, hookimpl
 from edged.base import retry
 from edged.base.http import Reply, request, tls_context
 from edged.base.log import RateLimit
+from edged.base.secrets import SECRET_REFERENCE, SecretError, resolve_secret
 from edged.plugin.alarm_payload import alarm_payload, dumps
 from edged.plugin.components import BuildContext, Component
 from edged.plugin.config import ActuatorConfig, EnvSecret
@@ -37,21 +37,20 @@ from edged.plugin.registry import ComponentType
 
 log = structlog.get_logger("edged.actuator.webhook")
 
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110)
 
 
 def _header_value(value: Any) -> Any:
-    """A header value: literal text, or ``${ENV_NAME}`` read from the environment."""
+    """A header value: literal text, or ``${NAME}``, a secret (edged.base.secrets)."""
     if not isinstance(value, str):
         return value
-    match = _ENV_REF.fullmatch(value)
+    match = SECRET_REFERENCE.fullmatch(value)
     if match is None:
         return SecretStr(value)
-    if match.group(1) not in os.environ:
-        raise PydanticCustomError("env_secret",
-                                  f"environment variable {match.group(1)} is not set")
-    return SecretStr(os.environ[match.group(1)])
+    try:
+        return SecretStr(resolve_secret(match.group(1)))
+    except SecretError as exc:
+        raise PydanticCustomError("env_secret", str(exc)) from None
 
 
 #: Header values are kept as secrets either way, so that none is ever logged.

@@ -7,15 +7,14 @@ A plugin's config model subclasses its kind's base (``SourceConfig``, ...) with
 
 from __future__ import annotations
 
-import os
-import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
 from pydantic_core import PydanticCustomError
 
+from edged.base.secrets import SECRET_REFERENCE, SecretError, resolve_secret
+
 NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class Strict(BaseModel):
@@ -27,7 +26,7 @@ class Strict(BaseModel):
 def _secret_from_env(value: Any) -> Any:
     if isinstance(value, SecretStr):
         return value
-    match = _ENV_REF.fullmatch(value) if isinstance(value, str) else None
+    match = SECRET_REFERENCE.fullmatch(value) if isinstance(value, str) else None
     # A custom error type, so that located messages never echo the value: a secret
     # written in the file must not be copied into logs too.
     if match is None:
@@ -36,13 +35,14 @@ def _secret_from_env(value: Any) -> Any:
             "a secret must reference an environment variable, like ${EDGED_TOKEN}, "
             "not be written in the file",
         )
-    name = match.group(1)
-    if name not in os.environ:
-        raise PydanticCustomError("env_secret", f"environment variable {name} is not set")
-    return SecretStr(os.environ[name])
+    try:  # a systemd credential $CREDENTIALS_DIRECTORY/NAME, else the environment
+        return SecretStr(resolve_secret(match.group(1)))
+    except SecretError as exc:
+        raise PydanticCustomError("env_secret", str(exc)) from None
 
 
-#: A secret field: written in YAML as ``${ENV_NAME}``, read from the environment.
+#: A secret field: written in YAML as ``${NAME}``, read from the systemd credential
+#: ``$CREDENTIALS_DIRECTORY/NAME`` or else the environment (edged.base.secrets).
 EnvSecret = Annotated[SecretStr, BeforeValidator(_secret_from_env)]
 
 

@@ -541,9 +541,11 @@ def test_secret_written_in_the_file_is_rejected_without_echoing_it(token_registr
 
 def test_secret_from_an_unset_variable_is_named(token_registry, monkeypatch):
     monkeypatch.delenv("EDGED_TEST_MISSING", raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     message = only(with_token("${EDGED_TEST_MISSING}"), token_registry)
     assert message == located("actuators.pager.token", 15) + (
-        "environment variable EDGED_TEST_MISSING is not set"
+        "environment variable EDGED_TEST_MISSING is not set (nor a systemd credential: "
+        "no $CREDENTIALS_DIRECTORY)"
     )
 
 
