@@ -28,6 +28,7 @@ from edged.base.strict_json import loads as strict_loads
 from edged.capture.store import CapturePolicy, CaptureSettings
 from edged.config import DeviceSpec, LogSpec, _Problems, load_config_yaml
 from edged.config.capture import IotCredentialsSpec, split_iot_endpoint
+from edged.config.locate import default_state_dir
 from edged.config.yamlfile import MAX_BYTES, MAX_DEPTH, Location, read_config_text
 from edged.plugin.config import Strict
 
@@ -35,8 +36,9 @@ MIB = 1 << 20
 
 
 def _state_dir() -> Path:
-    # systemd's StateDirectory= sets this (as for `edged run`); elsewhere, beside the user.
-    return Path(os.environ.get("STATE_DIRECTORY", "state"))
+    # systemd's StateDirectory= sets this (as for `edged run`); elsewhere ./state, which a
+    # loaded config resolves like any relative path it holds.
+    return default_state_dir()
 
 
 class CaptureSection(CapturePolicy):
@@ -86,11 +88,22 @@ class AgentConfig(Strict):
         description="segment_id N names the POSIX shared-memory object /<prefix>N.")
     verify_models: bool = Field(
         True, description="Check the SHA-256 of every file a model's manifest lists.")
+    restore_models: bool = Field(
+        False, description="Remember the loaded models (name, url) in "
+        "<capture disk_path>/.loaded-models.json and load them again at start, so that a "
+        "client that loaded its model once finds it after the agent restarts. Off: a "
+        "restart starts with no model loaded, as the old agent did.")
     capture: CaptureSection = Field(default_factory=CaptureSection)
     credentials: IotCredentialsSpec | None = Field(
         None, description="S3 credentials for the Cloud destination from the AWS IoT "
         "credentials provider, for the device's certificate (docs/credentials.md); the "
         "thing name defaults to device_name. Absent: the standard AWS chain.")
+
+    @property
+    def loaded_models_file(self) -> Path:
+        """Where ``restore_models`` keeps the loaded set: beside the capture spool (both
+        are the agent's state, and the spool's lock keeps a second agent off both)."""
+        return self.capture_settings().disk_path / ".loaded-models.json"
 
     def capture_settings(self) -> CaptureSettings:
         c = self.capture
@@ -121,6 +134,24 @@ class LoadedAgentConfig:
     log: LogSpec
     #: (key, note) for each key that meant something to the old agent only.
     ignored: list[tuple[str, str]] = field(default_factory=list)
+    #: The directory relative paths were resolved against: the working directory at
+    #: start for the old agent's JSON (as the old agent did), the config file's own
+    #: directory for edged YAML.
+    relative_to: Path = Path("/")
+
+    def paths(self) -> dict[str, str | list[str]]:
+        """Every path the config names, absolute, for the agent to log once at start."""
+        config = self.config
+        paths: dict[str, str | list[str]] = {
+            "model_roots": [str(root) for root in config.model_roots],
+            "capture_disk_path": str(config.capture_settings().disk_path)}
+        if config.credentials is not None:
+            for name in ("cert_file", "key_file", "ca_file"):
+                if (value := getattr(config.credentials, name)) is not None:
+                    paths[name] = str(value)
+        if config.restore_models:
+            paths["loaded_models_file"] = str(config.loaded_models_file)
+        return paths
 
 
 # -- the agent JSON -------------------------------------------------------------------------
@@ -164,6 +195,7 @@ JSON_KEYS: dict[str, Location] = {
     "edged_session_threads": ("session_threads",),
     "edged_shm_prefix": ("shm_prefix",),
     "edged_verify_models": ("verify_models",),
+    "edged_restore_models": ("restore_models",),
     "edged_s3_endpoint_url": ("capture", "s3_endpoint_url"),
     "edged_capture_fsync": ("capture", "fsync"),
 }
@@ -229,7 +261,7 @@ def _read_json(text: str) -> Any:
     return strict_loads(text, max_bytes=MAX_BYTES, max_depth=MAX_DEPTH)
 
 
-def _parse_json(text: str, filename: str) -> LoadedAgentConfig:
+def _parse_json(text: str, filename: str, cwd: Path) -> LoadedAgentConfig:
     try:
         data = _read_json(text)
     except JsonError as exc:
@@ -279,11 +311,18 @@ def _parse_json(text: str, filename: str) -> LoadedAgentConfig:
             "(it is 'None')")
     if isinstance(shaped.get("model_roots"), str):
         shaped["model_roots"] = [shaped["model_roots"]]
+    if "model_roots" not in shaped and cwd != Path(cwd.anchor):
+        # The old agent loaded a url like agent/model/0/NAME/1.0 from its working
+        # directory. Never the file system's root, though (a service without
+        # WorkingDirectory= runs in /): every path would be under it.
+        shaped["model_roots"] = [str(cwd)]
 
-    config = _validate(shaped, (), problems, Path(filename))
+    # The old agent opened ./agent/certificates/... and ./agent/capture from where it was
+    # started; a device's file and start script were written for that.
+    config = _validate(shaped, (), problems, cwd)
     if problems.items or config is None:
         raise ConfigError(problems.items)
-    return LoadedAgentConfig(config, Path(filename), "json", log, ignored)
+    return LoadedAgentConfig(config, Path(filename), "json", log, ignored, cwd)
 
 
 def _credentials(data: dict[str, Any], shaped: dict[str, Any],
@@ -336,17 +375,20 @@ def _parse_yaml(text: str, filename: str) -> LoadedAgentConfig:
         # Meaningful in earlier releases: a file written for them must still load.
         body["capture"] = {k: v for k, v in capture.items() if k != "base64_embed_limit"}
         ignored.append(("agent.capture.base64_embed_limit", _EMBED_NOTE))
-    config = _validate(body, ("agent",), problems, Path(filename))
+    # Relative paths are relative to the config file, wherever the agent was started.
+    base = Path(filename).resolve().parent
+    config = _validate(body, ("agent",), problems, base)
     if problems.items or config is None:
         raise ConfigError(problems.items)
-    return LoadedAgentConfig(config, Path(filename), "yaml", top.log, ignored)
+    return LoadedAgentConfig(config, Path(filename), "yaml", top.log, ignored, base)
 
 
 # -- both -------------------------------------------------------------------------------------
 
 
 def _validate(body: dict[str, Any], prefix: Location, problems: _Problems,
-              path: Path) -> AgentConfig | None:
+              base: Path) -> AgentConfig | None:
+    """The config, every relative path in it resolved against ``base``."""
     try:
         config = AgentConfig.model_validate(body)
     except ValidationError as exc:
@@ -360,8 +402,6 @@ def _validate(body: dict[str, Any], prefix: Location, problems: _Problems,
     if capture.destination == "Cloud" and not capture.s3_bucket:
         problems.add((*prefix, "capture", "s3_bucket"),
                      "the Cloud destination needs an S3 bucket")
-    # Relative paths are relative to the config file, wherever the agent was started.
-    base = path.resolve().parent
     updates: dict[str, Any] = {
         "model_roots": [base / root if not root.is_absolute() else root
                         for root in config.model_roots]}
@@ -370,8 +410,10 @@ def _validate(body: dict[str, Any], prefix: Location, problems: _Problems,
         updates["credentials"] = c.model_copy(update={
             name: base / path for name in ("cert_file", "key_file", "ca_file")
             if (path := getattr(c, name)) is not None and not path.is_absolute()})
-    if capture.disk_path is not None and not capture.disk_path.is_absolute():
-        updates["capture"] = capture.model_copy(update={"disk_path": base / capture.disk_path})
+    disk_path = capture.disk_path if capture.disk_path is not None else (
+        _state_dir() / "capture")
+    if not disk_path.is_absolute():
+        updates["capture"] = capture.model_copy(update={"disk_path": base / disk_path})
     config = config.model_copy(update=updates)
     # The capture store's own checks (folder_prefix, ...) belong to the config check too,
     # not to a failed start.
@@ -388,11 +430,13 @@ def _validate(body: dict[str, Any], prefix: Location, problems: _Problems,
     return config
 
 
-def parse_agent_config(text: str, filename: str) -> LoadedAgentConfig:
+def parse_agent_config(text: str, filename: str, *,
+                       cwd: Path | None = None) -> LoadedAgentConfig:
     """Validate ``text`` (agent JSON or edged YAML); raise :class:`ConfigError` listing
-    every mistake, each located."""
+    every mistake, each located. ``cwd``: the working directory the old agent's JSON is
+    relative to (default: this process's)."""
     if text.lstrip().startswith("{") and not _edged_shape(text):
-        return _parse_json(text, filename)
+        return _parse_json(text, filename, cwd or Path.cwd())
     return _parse_yaml(text, filename)
 
 
@@ -406,6 +450,6 @@ def _edged_shape(text: str) -> bool:
         str(key).startswith("sagemaker_edge_") for key in data)
 
 
-def load_agent_config(path: Path | str) -> LoadedAgentConfig:
+def load_agent_config(path: Path | str, *, cwd: Path | None = None) -> LoadedAgentConfig:
     path = Path(path)
-    return parse_agent_config(read_config_text(path), str(path))
+    return parse_agent_config(read_config_text(path), str(path), cwd=cwd)

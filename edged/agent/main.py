@@ -13,6 +13,7 @@ import asyncio
 import signal
 import sys
 from contextlib import AsyncExitStack, suppress
+from pathlib import Path
 
 import structlog
 
@@ -31,7 +32,9 @@ log = structlog.get_logger("edged.agent")
 
 def run(args: argparse.Namespace) -> int:
     try:
-        loaded = load_agent_config(args.config)
+        # Absolute: every message about the file, a missing one included, names where
+        # it was looked for.
+        loaded = load_agent_config(Path(args.config).absolute())
     except ConfigError as exc:
         for problem in exc.problems:
             sys.stderr.write(problem + "\n")
@@ -50,6 +53,25 @@ def log_ignored(loaded: LoadedAgentConfig) -> None:
         log.warning("config_key_ignored", key=key, note=note, config=str(loaded.path))
 
 
+_PATH_RULES = {
+    "json": "relative paths in the old agent's JSON are relative to the working directory "
+            "the agent started in, as the old agent's were",
+    "yaml": "relative paths in edged YAML are relative to the config file's directory",
+}
+
+
+def log_paths(loaded: LoadedAgentConfig) -> None:
+    """Where every path of the config leads, once: a file written for the old agent's
+    working directory is read from this agent's."""
+    paths = loaded.paths()
+    log.info("config_paths", config=str(loaded.path), format=loaded.format,
+             relative_to=str(loaded.relative_to), rule=_PATH_RULES[loaded.format], **paths)
+    for root in loaded.config.model_roots:
+        if not root.is_dir():
+            log.warning("model_root_missing", path=str(root),
+                        note="LoadModel finds nothing under it until it is created")
+
+
 async def serve(loaded: LoadedAgentConfig, address: str, *,
                 stop: asyncio.Event | None = None, notifier: Notifier | None = None,
                 capture: CaptureSink | None = None, grace_s: float = 5.0) -> int:
@@ -64,6 +86,7 @@ async def serve(loaded: LoadedAgentConfig, address: str, *,
         for signum in signals:
             loop.add_signal_handler(signum, stop.set)
     log_ignored(loaded)
+    log_paths(loaded)
     try:
         async with AsyncExitStack() as stack:
             try:

@@ -18,6 +18,7 @@ the Predict calls already running on it finish (they hold a reference).
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import threading
@@ -41,6 +42,9 @@ from edged.model.session import open_session
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
 MAX_NAME = 255
+#: Longest model url: Linux's PATH_MAX (a longer one names no directory, and the calls
+#: that look it up fail with ENAMETOOLONG).
+MAX_URL = 4096
 
 #: The API's DataType enum values, by numpy dtype name (FLOAT16 included).
 DATA_TYPES: dict[str, int] = {"uint8": 0, "int16": 1, "int32": 2, "int64": 3,
@@ -118,14 +122,27 @@ class ModelRegistry:
         raw = url.removeprefix("file://")
         if not raw.strip():
             raise InvalidArgument("model url is empty")
+        if len(raw) > MAX_URL:
+            raise InvalidArgument(f"model url of {len(raw)} characters is longer than a "
+                                  f"path may be ({MAX_URL})")
         if "\0" in raw:
             raise InvalidArgument("model url contains a NUL byte")
         if ".." in PurePosixPath(raw).parts:
             raise InvalidArgument(f"model url {url!r}: '..' is not allowed")
         path = Path(raw) if raw.startswith("/") else self.roots[0] / raw
         real = self._inside_roots(path, f"model url {url!r}")
+        try:
+            os.stat(real)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+                # A name over NAME_MAX, a directory the agent may not search, ...
+                raise InvalidArgument(f"model url {url[:200]!r}: cannot look up {real}: "
+                                      f"{exc.strerror}") from None
         if not real.is_dir():
-            raise InvalidArgument(f"model url {url!r}: no such directory")
+            raise InvalidArgument(f"model url {url!r}: no such directory {real}"
+                                  + ("" if raw.startswith("/") else
+                                     f" (a relative url is looked up under the first model "
+                                     f"root, {self.roots[0]})"))
         self._check_entries(real)
         return real
 

@@ -80,12 +80,14 @@ def test_verbose_logging_and_edged_extensions(tmp_path):
             "edged_model_roots": ["models", "/opt/models"], "edged_predict_threads": 3,
             "edged_max_request_bytes": 1 << 20, "edged_shm_prefix": "cam-",
             "sagemaker_edge_core_capture_data_disk_path": "capture"}
-    loaded = load_agent_config(write(tmp_path, data))
+    work = tmp_path / "work"
+    loaded = load_agent_config(write(tmp_path, data), cwd=work)
     assert loaded.log.level == "debug"
     config = loaded.config
-    # Relative paths are relative to the config file.
-    assert config.model_roots == [tmp_path / "models", Path("/opt/models")]
-    assert config.capture.disk_path == tmp_path / "capture"
+    # Relative paths are relative to the working directory, as the old agent's were.
+    assert config.model_roots == [work / "models", Path("/opt/models")]
+    assert config.capture.disk_path == work / "capture"
+    assert loaded.relative_to == work
     assert (config.predict_threads, config.max_request_bytes, config.shm_prefix) == (
         3, 1 << 20, "cam-")
 
@@ -208,6 +210,44 @@ def test_yaml_errors_are_located(tmp_path):
     assert "required key 'agent' is missing" in problem
     [problem] = problems(tmp_path, "agent: {}\nsources: {}\n", "agent.yaml")
     assert "unknown key 'sources'" in problem
+
+
+def test_json_paths_follow_the_working_directory_and_yaml_the_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    old = {"sagemaker_edge_core_device_name": "d",
+           "sagemaker_edge_core_capture_data_disk_path": "./agent/capture",
+           "sagemaker_edge_provider_aws_iot_cred_endpoint":
+               "https://x.credentials.iot.eu-west-1.amazonaws.com/role-aliases/a/credentials",
+           "sagemaker_edge_provider_aws_cert_file": "./agent/certificates/iot/cert.pem",
+           "sagemaker_edge_provider_aws_cert_pk_file": "./agent/certificates/iot/key.pem",
+           "sagemaker_edge_provider_aws_ca_cert_file": "/etc/ssl/AmazonRootCA1.pem"}
+    work = tmp_path / "device"
+    (tmp_path / "etc").mkdir()
+    loaded = load_agent_config(write(tmp_path / "etc", old), cwd=work)
+    config = loaded.config
+    # Without edged_model_roots the working directory is the model root: a url like
+    # agent/model/0/NAME/1.0 is found where the old agent found it.
+    assert config.model_roots == [work]
+    assert config.capture.disk_path == work / "agent/capture"
+    assert config.credentials is not None
+    assert config.credentials.cert_file == work / "agent/certificates/iot/cert.pem"
+    assert config.credentials.ca_file == Path("/etc/ssl/AmazonRootCA1.pem")
+    assert loaded.paths()["key_file"] == str(work / "agent/certificates/iot/key.pem")
+    # Never the file system's root (a service started without WorkingDirectory=).
+    rooted = load_agent_config(tmp_path / "etc" / "agent.json", cwd=Path("/")).config
+    assert rooted.model_roots == [Path("/state/models")]
+    # edged YAML: relative to the file, wherever the agent starts; so are the defaults.
+    yaml = tmp_path / "conf" / "agent.yaml"
+    yaml.parent.mkdir()
+    yaml.write_text("agent:\n  device_name: d\n  capture: {disk_path: cap}\n")
+    monkeypatch.chdir(tmp_path)
+    loaded = load_agent_config(yaml)
+    assert (loaded.config.model_roots, loaded.config.capture.disk_path) == (
+        [yaml.parent / "state/models"], yaml.parent / "cap")
+    assert loaded.relative_to == yaml.parent
+    yaml.write_text("agent: {device_name: d}\n")
+    assert load_agent_config(yaml).config.capture_settings().disk_path == \
+        yaml.parent / "state/capture"
 
 
 def test_default_roots_follow_the_state_directory(tmp_path, monkeypatch):

@@ -482,11 +482,13 @@ def agent_problems(tmp_path: Path, data: dict | str, name: str = "agent.json") -
     return info.value.problems
 
 
-def test_the_old_agents_credential_keys_make_the_provider(tmp_path):
+def test_the_old_agents_credential_keys_make_the_provider(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     loaded = agent_config(tmp_path, OLD_AGENT)
     creds = loaded.config.credentials
     assert creds is not None and creds.provider == "iot"
-    # Relative paths are relative to the config file; the keys are used, not ignored.
+    # Relative paths are relative to the working directory, as the old agent's were
+    # (docs/agent.md); the keys are used, not ignored.
     assert creds.cert_file == tmp_path / "iot/device.pem.crt"
     assert creds.key_file == Path("/etc/edged/iot/private.pem.key")
     assert creds.ca_file == tmp_path / "iot/AmazonRootCA1.pem"
