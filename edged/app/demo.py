@@ -1,15 +1,17 @@
 """``edged demo``: a simulated wind farm watched by edged, with a live view and a
-summary of what was injected and what was detected."""
+summary of what was injected and what was detected; its exit status says whether every
+fault was found and nothing else was (README, "The two commands")."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib.resources import files
 from pathlib import Path
 
@@ -31,10 +33,25 @@ from edged.config.yamlfile import load_yaml, read_config_text
 from edged.plugin.events import Event, Round
 from edged.runtime.graph import Graph
 from edged.runtime.supervisor import Supervisor
+from edged.windturbine.simulator import parse_schedule
 
 #: Detections closer together than this are one interval in the summary.
 MERGE_GAP_S = 2.0
 REFRESH_S = 2.0
+#: A fault that started less than this before the end is too recent to judge: it is
+#: found about a second after it starts (the next decision, over windows that now hold
+#: it), and the end-to-end test allows three.
+JUDGE_AFTER_S = 3.0
+
+#: Exit statuses beside EX_OK, EX_FAILURE (a component failed to start) and EX_CONFIG;
+#: both at once add up (12).
+EX_NOT_DETECTED = 4  # a fault that started in time to be judged was not detected
+EX_UNEXPECTED = 8  # a detection no fault explains: a healthy turbine, or the wrong group
+
+# ANSI: cursor home; clear to the end of the line; clear to the end of the screen. Each
+# frame overwrites the last in place, without the flicker of clearing the screen first.
+_HOME, _CLEAR_LINE, _CLEAR_DOWN = "\x1b[H", "\x1b[K", "\x1b[J"
+GROUPS = ("vibration", "rotation", "voltage")
 
 
 def default_config() -> Path:
@@ -52,6 +69,7 @@ class Interval:
 class TurbineView:
     state: str = "warming up"
     groups: dict[str, bool] = field(default_factory=dict)
+    primary: str | None = None  # the diagnosis: the group furthest over its threshold
     model: str = "-"
     # Per group: intervals in which the group was the primary anomaly (the diagnosis).
     detected: dict[str, list[Interval]] = field(default_factory=dict)
@@ -81,6 +99,7 @@ class DemoObserver:
             view = self.turbines.setdefault(decision.turbine, TurbineView())
             at = decision.time - self.t0
             view.groups = decision.groups
+            view.primary = decision.primary
             view.model = f"{decision.model.name} v{decision.model.version}"
             view.state = "ANOMALY" if decision.is_anomalous else "ok"
             if decision.primary is not None:
@@ -115,22 +134,40 @@ class AlarmWatch:
             binding.on_event = watched
 
 
-def _render(observer: DemoObserver, simulator: SimulatorSource | None, out) -> None:
+def frame(observer: DemoObserver, simulator: SimulatorSource | None) -> list[str]:
+    """The live view's lines: per turbine its state, the reference rule's flag per
+    group, the diagnosis (the primary group), the model, the fault injected now and the
+    last action."""
     now = time.time() - observer.t0
-    print(f"\n--- edged demo, t = {now:5.1f} s ---", file=out)
-    print(f"{'turbine':<11}{'state':<12}{'vibration':<11}{'rotation':<10}{'voltage':<9}"
-          f"{'model':<17}{'injected':<11}action", file=out)
+    lines = [f"--- edged demo, t = {now:5.1f} s ---",
+             f"{'turbine':<11}{'state':<12}{'vibration':<11}{'rotation':<10}{'voltage':<9}"
+             f"{'diagnosis':<11}{'model':<17}{'injected':<11}action"]
     for index, (turbine, view) in enumerate(sorted(observer.turbines.items())):
         flags = [("ANOMALY" if view.groups.get(g) else "ok") if view.groups else "-"
-                 for g in ("vibration", "rotation", "voltage")]
+                 for g in GROUPS]
         injected = ",".join(sorted(simulator.farm.active_faults(index))) if simulator else ""
-        print(f"{turbine:<11}{view.state:<12}{flags[0]:<11}{flags[1]:<10}{flags[2]:<9}"
-              f"{view.model:<17}{injected or '-':<11}{view.alarm or '-'}", file=out)
+        lines.append(f"{turbine:<11}{view.state:<12}{flags[0]:<11}{flags[1]:<10}"
+                     f"{flags[2]:<9}{view.primary or '-':<11}{view.model:<17}"
+                     f"{injected or '-':<11}{view.alarm or '-'}")
+    return lines
+
+
+def _render(lines: list[str], out, in_place: bool) -> None:
+    """One frame: redrawn over the last on a terminal, appended as plain lines to a file
+    or a pipe (where escape codes would be noise)."""
+    if in_place:
+        out.write(_HOME + "".join(f"{line}{_CLEAR_LINE}\n" for line in lines) + _CLEAR_DOWN)
+    else:
+        out.write("\n" + "".join(f"{line}\n" for line in lines))
     out.flush()
 
 
-def summary(observer: DemoObserver, simulator: SimulatorSource | None) -> dict:
-    injections = simulator.injections() if simulator else []
+def summary(observer: DemoObserver, simulator: SimulatorSource | None,
+            now: float | None = None) -> dict:
+    """What was injected (faults that started by ``now``, a wall-clock time) and what
+    was detected and flagged, per turbine, in seconds since the demo started."""
+    now = time.time() if now is None else now
+    injections = [i for i in (simulator.injections() if simulator else []) if i.start <= now]
     turbines = []
     names = simulator.farm.turbine_ids if simulator else sorted(observer.turbines)
     for turbine in names:
@@ -144,7 +181,7 @@ def summary(observer: DemoObserver, simulator: SimulatorSource | None) -> dict:
         turbines.append({
             "id": turbine,
             "injected": [{"kind": i.kind, "start": round(i.start - observer.t0, 2),
-                          "end": round(min(i.end, time.time()) - observer.t0, 2)}
+                          "end": round(min(i.end, now) - observer.t0, 2)}
                          for i in injections if i.turbine == turbine],
             "detected": spans(view.detected),
             "flagged": spans(view.flagged),
@@ -152,46 +189,100 @@ def summary(observer: DemoObserver, simulator: SimulatorSource | None) -> dict:
     return {"turbines": turbines}
 
 
-def verdict(result: dict, tail_s: float) -> list[str]:
-    """Human-readable check: every injected fault detected in its group, and nothing
-    detected that no fault explains. A fault's effect outlasts it by up to the
-    buffer's length (``tail_s``): the denoise runs over the whole 500-row history."""
-    lines = []
+@dataclass
+class Verdict:
+    """The summary's check: a line per fault and per unexplained detection, and what
+    went wrong, counted."""
+
+    lines: list[str] = field(default_factory=list)
+    not_detected: int = 0
+    unexpected: int = 0
+
+    @property
+    def status(self) -> int:
+        return ((EX_NOT_DETECTED if self.not_detected else EX_OK)
+                | (EX_UNEXPECTED if self.unexpected else EX_OK))
+
+    def outcome(self) -> str:
+        wrong = [f"{count} {what}" for count, what in (
+            (self.not_detected, "fault(s) not detected"),
+            (self.unexpected, "unexpected detection(s)")) if count]
+        return (f"FAILED: {' and '.join(wrong)} (exit {self.status})" if wrong
+                else "OK: every fault detected in its own group, nothing else (exit 0)")
+
+
+def verdict(result: dict, tail_s: float, ended: float,
+            not_started: list[tuple[str, str, float]] = ()) -> Verdict:
+    """Every injected fault detected in its group, and nothing detected that no fault
+    explains. A fault's effect outlasts it by up to the buffer's length (``tail_s``):
+    the denoise runs over the whole 500-row history. ``ended``: when the demo ended;
+    a fault that started less than JUDGE_AFTER_S before is not judged. ``not_started``:
+    (turbine, kind, start) of faults scheduled after the end."""
+    check = Verdict()
     for turbine in result["turbines"]:
         for fault in turbine["injected"]:
             hits = [d for d in turbine["detected"] if d["group"] == fault["kind"]
                     and fault["start"] <= d["first"] <= fault["end"] + tail_s]
-            lines.append(
-                f"{turbine['id']}: {fault['kind']} fault at {fault['start']:.1f} s detected "
-                f"after {hits[0]['first'] - fault['start']:.1f} s" if hits else
-                f"{turbine['id']}: {fault['kind']} fault at {fault['start']:.1f} s NOT detected")
+            what = f"{turbine['id']}: {fault['kind']} fault at {fault['start']:.1f} s"
+            if hits:
+                check.lines.append(f"{what} detected after "
+                                   f"{hits[0]['first'] - fault['start']:.1f} s")
+            elif ended - fault["start"] < JUDGE_AFTER_S:
+                check.lines.append(f"{what} not detected yet: it started "
+                                   f"{ended - fault['start']:.1f} s before the end "
+                                   f"(not judged under {JUDGE_AFTER_S:g} s)")
+            else:
+                check.not_detected += 1
+                check.lines.append(f"{what} NOT detected")
         for found in turbine["detected"]:
             explained = any(f["kind"] == found["group"]
                             and f["start"] <= found["first"] <= f["end"] + tail_s
                             for f in turbine["injected"])
             if not explained:
-                lines.append(f"{turbine['id']}: UNEXPECTED {found['group']} detection at "
-                             f"{found['first']:.1f} s")
-    return lines
+                check.unexpected += 1
+                check.lines.append(f"{turbine['id']}: UNEXPECTED {found['group']} detection "
+                                   f"at {found['first']:.1f} s")
+    for turbine, kind, start in not_started:
+        check.lines.append(f"{turbine}: {kind} fault at {start:.1f} s not started: the demo "
+                           f"ended at {ended:.1f} s")
+    return check
 
 
-def _demo_config_text(path: Path, turbines: int) -> str:
-    """The demo config with ``turbines`` simulated turbines."""
+def _demo_config_text(path: Path, turbines: int) -> tuple[str, list[str]]:
+    """The demo config with ``turbines`` simulated turbines, and a note for each
+    scheduled fault left out because its turbine is no longer there."""
     data, _ = load_yaml(read_config_text(path), str(path))
+    notes = []
     for source in data.get("sources", {}).values():
         if isinstance(source, dict) and source.get("type") == "simulator":
             source["turbines"] = turbines
-    return yaml.safe_dump(data, sort_keys=False)
+            faults = source.get("faults", [])
+            with contextlib.suppress(ValueError):  # a bad schedule: validation says why
+                faults = [asdict(f) for f in parse_schedule(faults)] \
+                    if isinstance(faults, str) else faults
+            if not isinstance(faults, list):
+                continue
+            kept = []
+            for fault in faults:
+                turbine = fault.get("turbine") if isinstance(fault, dict) else None
+                if isinstance(turbine, int) and turbine >= turbines:
+                    notes.append(f"turbine-{turbine}: {fault.get('kind')} fault left out: "
+                                 f"--turbines {turbines} has no turbine {turbine}")
+                else:
+                    kept.append(fault)
+            source["faults"] = kept
+    return yaml.safe_dump(data, sort_keys=False), notes
 
 
 def run_demo(args: argparse.Namespace) -> int:
     path = Path(args.config) if args.config else default_config()
     args.config = str(path)
+    notes: list[str] = []
     try:
         pm, registry, config = load(args, path)
         if args.turbines is not None:
-            config = parse_config(_demo_config_text(path, args.turbines), str(path),
-                                  registry)
+            text, notes = _demo_config_text(path, args.turbines)
+            config = parse_config(text, str(path), registry)
     except (ConfigError, OSError) as exc:
         if isinstance(exc, OSError):
             print(f"edged demo: cannot read {path}: {exc}", file=sys.stderr)
@@ -201,7 +292,7 @@ def run_demo(args: argparse.Namespace) -> int:
     view_out = sys.stderr if args.json else sys.stdout
     show_view = not args.json or sys.stderr.isatty()
     return asyncio.run(_demo(config, registry, pm, args.duration, args.json, view_out,
-                             show_view))
+                             show_view, notes))
 
 
 class Demo:
@@ -213,6 +304,9 @@ class Demo:
         self.duration = duration
         self.out = out
         self.show_view = show_view
+        # Redrawn in place only on a terminal: a file or a pipe gets plain frames.
+        self.in_place = show_view and out.isatty()
+        self.ended: float | None = None  # wall clock
         self.stop = asyncio.Event()
         self.graph_seen = asyncio.Event()
         self.graphs: list[Graph] = []
@@ -233,6 +327,14 @@ class Demo:
                 return node.component
         return None
 
+    def tail_s(self) -> float:
+        """How long a fault's effect can outlast it: a pipeline's history, in seconds of
+        the simulator's rows (25 s: 500 rows at 20 Hz)."""
+        sim = self.simulator()
+        rows = max((p.preprocessor.history for p in self.graphs[-1].pipelines.values()),
+                   default=500) if self.graphs else 500
+        return rows / (sim.config.rate_hz if sim else 20.0)
+
     async def _clock(self) -> None:
         # The demo clock starts when the simulator goes live (after its history).
         await self.graph_seen.wait()
@@ -245,7 +347,8 @@ class Demo:
         while time.time() < deadline and not self.stop.is_set():
             await asyncio.sleep(min(REFRESH_S, max(0.0, deadline - time.time())))
             if self.show_view:
-                _render(self.observer, sim, self.out)
+                _render(frame(self.observer, sim), self.out, self.in_place)
+        self.ended = time.time()
         self.stop.set()
 
     async def run(self) -> None:
@@ -261,17 +364,18 @@ class Demo:
                 loop.remove_signal_handler(sig)
 
 
-def _print_verdict(result: dict, tail_s: float) -> None:
+def _print_verdict(result: dict, check: Verdict, notes: list[str]) -> None:
     print("\nSummary (seconds since the demo started):")
-    for line in verdict(result, tail_s) or ["no faults were injected"]:
+    for line in check.lines + notes or ["no faults were injected"]:
         print(f"  {line}")
     healthy = [t for t in result["turbines"] if not t["injected"]]
     quiet = [t for t in healthy if not t["detected"]]
     print(f"  healthy turbines without any detection: {len(quiet)} of {len(healthy)}")
+    print(check.outcome())
 
 
 async def _demo(config, registry, pm, duration: float, as_json: bool, out,
-                show_view: bool) -> int:
+                show_view: bool, notes: list[str] = ()) -> int:
     try:
         demo = Demo(config, registry, pm, duration, out, show_view)
     except ConfigError as exc:
@@ -285,9 +389,13 @@ async def _demo(config, registry, pm, duration: float, as_json: bool, out,
         print(f"edged demo: {failure.exceptions[0]}", file=sys.stderr)
         return EX_FAILURE
     sim = demo.simulator()
-    result = summary(demo.observer, sim)
+    ended = demo.ended or time.time()  # stopped early (a signal): judged as it stands
+    result = summary(demo.observer, sim, ended)
+    not_started = [(i.turbine, i.kind, i.start - demo.observer.t0)
+                   for i in (sim.injections() if sim else []) if i.start > ended]
+    check = verdict(result, demo.tail_s(), ended - demo.observer.t0, not_started)
     if as_json:
         print(json.dumps(result))
     else:
-        _print_verdict(result, sim.config.history_s if sim else 25.0)
-    return EX_OK
+        _print_verdict(result, check, list(notes))
+    return check.status

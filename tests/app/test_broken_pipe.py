@@ -38,7 +38,7 @@ def run_into_a_closed_pipe(*args: str) -> subprocess.CompletedProcess[str]:
     ["plugins", "--json"],
     ["plugins"],
     ["check-config", "configs/demo.yaml"],
-    ["demo", "--duration", "3"],
+    ["demo", "--duration", "3", "--turbines", "2"],
 ], ids=" ".join)
 def test_a_closed_stdout_ends_the_command_quietly(args):
     done = run_into_a_closed_pipe(*args)
