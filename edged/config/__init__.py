@@ -169,6 +169,8 @@ class EdgedConfig:
     actuators: dict[str, ActuatorConfig]
     warnings: list[str] = field(default_factory=list)
     cloud: Any = None  # edged.cloud.link.CloudConfig, or None without a cloud section
+    #: The line of each key path, for errors found after validation (located()).
+    lines: dict[Location, int] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def state_dir(self) -> Path:
@@ -362,7 +364,16 @@ def validate_config(loaded: tuple[Any, dict[Location, int]], filename: str,
         actuators=actuators,  # type: ignore[arg-type]
         warnings=_unused_sources(raw),
         cloud=cloud,
+        lines=lines,
     )
+
+
+def located(config: EdgedConfig, loc: Location, message: str) -> str:
+    """``message`` about key ``loc`` of a validated config, located as validation
+    locates its own (``Invalid config for 'KEY' at FILE, line N: ...``)."""
+    problems = _Problems(str(config.path), config.lines)
+    problems.add(loc, message)
+    return problems.items[0]
 
 
 def _cloud(data: dict, steps: dict[Any, tuple[Any, Any]], registry: Registry,
