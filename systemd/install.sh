@@ -6,6 +6,7 @@
 #   systemd/install.sh                  # install this checkout
 #   systemd/install.sh edged-0.1.0-py3-none-any.whl    # or a wheel, a path, a requirement
 #   systemd/install.sh --dry-run        # print the steps, change nothing
+#   systemd/install.sh --agent          # also edged agent (the SageMaker Edge Agent API)
 #   PYTHON=/usr/bin/python3.12 systemd/install.sh      # another interpreter (>= 3.11)
 #
 # What goes where (systemd/edged.service expects the same paths):
@@ -15,6 +16,10 @@
 #   /etc/edged/edged.env            secrets for ${NAME} references, 0600 (if absent)
 #   /etc/systemd/system/edged.service
 #   user and group edged            the service's system user, no home, no shell
+# With --agent, also:
+#   /etc/edged/agent.json           the agent's config (from configs/agent.json if absent)
+#   /etc/edged/agent.env            AWS credentials for S3 capture, 0600 (if absent)
+#   /etc/systemd/system/edged-agent.service
 set -euo pipefail
 
 PREFIX=/opt/edged
@@ -31,15 +36,17 @@ HERE=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 CHECKOUT=$(dirname -- "$HERE")
 
 DRY_RUN=0
+AGENT=0
 PACKAGE=""
 
 usage() {
-    sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 while (($#)); do
     case $1 in
         --dry-run | -n) DRY_RUN=1 ;;
+        --agent) AGENT=1 ;;
         -h | --help) usage; exit 0 ;;
         -*) echo "install.sh: unknown option $1" >&2; usage >&2; exit 64 ;;
         *)
@@ -130,20 +137,47 @@ say "unit $UNIT_DIR/edged.service"
 # The unit is ours and replaced on upgrade; local changes go in a drop-in
 # (systemctl edit edged), which survives.
 run install -m 0644 "$HERE/edged.service" "$UNIT_DIR/edged.service"
+UNITS=(edged)
+
+if ((AGENT)); then
+    say "agent: config in $CONF_DIR, unit $UNIT_DIR/edged-agent.service"
+    run install -D -m 0644 "$CHECKOUT/docs/agent.md" "$DOC_DIR/agent.md"
+    if [[ -e $CONF_DIR/agent.json ]]; then
+        echo "$CONF_DIR/agent.json exists: kept as it is"
+    else
+        run install -m 0640 -o root -g "$SERVICE_USER" "$CHECKOUT/configs/agent.json" \
+            "$CONF_DIR/agent.json"
+    fi
+    if [[ -e $CONF_DIR/agent.env ]]; then
+        echo "$CONF_DIR/agent.env exists: kept as it is"
+    elif ((DRY_RUN)); then
+        echo "+ create $CONF_DIR/agent.env (0600, root; AWS credentials for S3 capture)"
+    else
+        (
+            umask 077
+            printf '%s\n' "# AWS credentials for the agent's Cloud (S3) capture, read by systemd as root." \
+                "# AWS_ACCESS_KEY_ID=..." "# AWS_SECRET_ACCESS_KEY=..." >"$CONF_DIR/agent.env"
+        )
+    fi
+    run install -m 0644 "$HERE/edged-agent.service" "$UNIT_DIR/edged-agent.service"
+    UNITS+=(edged-agent)
+fi
 
 if [[ -d /run/systemd/system ]]; then
-    say "systemd: enable and start"
-    was_active=0
-    if systemctl is-active --quiet edged; then
-        was_active=1
-    fi
+    say "systemd: enable and start ${UNITS[*]}"
+    was_active=()
+    for unit in "${UNITS[@]}"; do
+        if systemctl is-active --quiet "$unit"; then
+            was_active+=("$unit")
+        fi
+    done
     run systemctl daemon-reload
-    run systemctl enable --now edged
-    if ((was_active)); then
-        run systemctl try-restart edged # pick up the new code
+    run systemctl enable --now "${UNITS[@]}"
+    if ((${#was_active[@]})); then
+        run systemctl try-restart "${was_active[@]}" # pick up the new code
     fi
-    echo "status: systemctl status edged; logs: journalctl -u edged -f"
+    echo "status: systemctl status ${UNITS[*]}; logs: journalctl -u edged -f"
 else
     say "systemd is not running here (no /run/systemd/system): nothing started"
-    echo "on the device, run: systemctl daemon-reload && systemctl enable --now edged"
+    echo "on the device, run: systemctl daemon-reload && systemctl enable --now ${UNITS[*]}"
 fi

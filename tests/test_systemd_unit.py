@@ -170,6 +170,54 @@ def test_install_dry_run_prints_the_steps_and_changes_nothing(tmp_path):
                for line in out.splitlines()), out
 
 
+def test_install_without_agent_leaves_the_agent_out(tmp_path):
+    result = subprocess.run(["bash", str(INSTALL), "--dry-run"], capture_output=True,
+                            text=True, timeout=60, check=False, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "agent" not in result.stdout
+
+
+def test_install_agent_dry_run_adds_the_agent_unit_and_its_config(tmp_path):
+    result = subprocess.run(["bash", str(INSTALL), "--dry-run", "--agent"],
+                            capture_output=True, text=True, timeout=60, check=False,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for step in [
+        f"install -m 0644 {ROOT}/systemd/edged.service /etc/systemd/system/edged.service",
+        f"install -D -m 0644 {ROOT}/docs/agent.md /opt/edged/share/doc/edged/agent.md",
+        f"install -m 0644 {ROOT}/systemd/edged-agent.service "
+        "/etc/systemd/system/edged-agent.service",
+    ]:
+        assert step in out, (step, out)
+    if Path("/etc/edged/agent.json").exists():
+        assert "/etc/edged/agent.json exists: kept as it is" in out
+    else:
+        assert (f"install -m 0640 -o root -g edged {ROOT}/configs/agent.json "
+                "/etc/edged/agent.json") in out
+    if Path("/run/systemd/system").is_dir():
+        assert "systemctl enable --now edged edged-agent" in out
+    else:
+        assert "systemctl daemon-reload && systemctl enable --now edged edged-agent" in out
+    # The agent's steps come after the daemon's, each printed, none run.
+    assert out.index("edged.service") < out.index("edged-agent.service")
+    assert all(line.startswith(("==> ", "+ ", "on the device", "user edged exists",
+                                "/etc/edged/edged.", "/etc/edged/agent."))
+               for line in out.splitlines()), out
+
+
+def test_the_installed_agent_config_is_what_the_agent_unit_reads():
+    from edged.agent.config import load_agent_config
+
+    agent_unit = ROOT / "systemd" / "edged-agent.service"
+    assert "-c /etc/edged/agent.json" in unit_directive(agent_unit, "ExecStart")
+    loaded = load_agent_config(ROOT / "configs" / "agent.json")
+    state = Path("/var/lib") / unit_directive(agent_unit, "StateDirectory")
+    assert loaded.format == "json" and loaded.ignored == []
+    assert loaded.config.model_roots == [state / "models"]
+    assert loaded.config.capture_settings().disk_path == state / "capture"
+
+
 def test_install_needs_root_or_dry_run():
     command = ["bash", str(INSTALL)]
     if os.geteuid() == 0:  # as root a real install would run: drop to nobody first
@@ -359,7 +407,7 @@ def test_daemon_runs_inside_the_units_seccomp_filters(launcher, tmp_path):
     """numpy, ONNX Runtime and the supervisor under SystemCallFilter=@system-service
     ~@privileged @resources, MemoryDenyWriteExecute=yes and the unit's address families:
     READY=1, decisions, a reload and a clean stop."""
-    from test_sdnotify import CONFIG, FakeSystemd, is_, socket_path  # tests/ is on the path
+    from tests.base.test_sdnotify import CONFIG, FakeSystemd, is_, socket_path
 
     config = tmp_path / "edged.yaml"
     config.write_text(CONFIG)
