@@ -1,42 +1,54 @@
 # The two commands: `make demo` and `make test`. Both (re)build .venv when it is
-# missing or older than the files that define it.
+# missing or older than the files that define what they install.
+#
+# Two sets, each with its stamp file, rebuilt when its inputs change:
+# - the device package alone (`pip install -e .`): all `make demo` needs, so the demo
+#   runs as a device would, without pytest, moto or any dev tool;
+# - the development set on top of it: the dev extras, the example plugin and
+#   cloud_tools, for `make test`, `fuzz`, `bench` and `lint`.
+# `make venv` builds the development set (what working on edged needs) and runs nothing.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+DEVICE_STAMP := $(VENV)/.installed-device
+DEV_STAMP := $(VENV)/.installed-dev
 DEMO_ARGS ?= --duration 60
 
 .PHONY: venv demo test fuzz bench lint clean
 
-venv: $(STAMP)
+venv: $(DEV_STAMP)
 
-$(STAMP): pyproject.toml plugins/edged-example/pyproject.toml cloud_tools/pyproject.toml Makefile
+$(DEVICE_STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(DEVICE_STAMP)
+
+$(DEV_STAMP): $(DEVICE_STAMP) plugins/edged-example/pyproject.toml cloud_tools/pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]' -e plugins/edged-example \
 		-e cloud_tools
-	touch $(STAMP)
+	touch $(DEV_STAMP)
 
-demo: venv
+demo: $(DEVICE_STAMP)
 	$(BIN)/edged demo -c configs/demo.yaml $(DEMO_ARGS)
 
-test: venv
+test: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 # The property-based tests of every decoder of untrusted input, with many more examples
 # than `make test` runs (HYPOTHESIS_PROFILE=fuzz; see tests/conftest.py).
-fuzz: venv
+fuzz: $(DEV_STAMP)
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -m fuzz -p no:cacheprovider
 
-bench: venv
+bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/capture.py
 	$(BIN)/python benchmarks/mqtt_e2e.py
 	$(BIN)/python benchmarks/agent.py
 	$(BIN)/python benchmarks/swap.py
 
-lint: venv
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 
 clean:
