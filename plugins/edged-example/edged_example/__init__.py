@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -72,17 +74,63 @@ def _alarms_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", type=Path, help="a file written by the jsonl actuator")
 
 
-def _alarms(args: argparse.Namespace) -> int:
+#: A line longer than this is not one of the actuator's events (they are well under
+#: 4 KiB): skipped unread rather than parsed.
+MAX_LINE_CHARS = 64 * 1024
+
+
+def event_line(line: str) -> str:
+    """One event of the file as a table row: UTC time, kind, turbine, groups. ValueError
+    says why a line is not an event (the file may be cut short by a power loss, or
+    edited by hand)."""
+    if len(line) > MAX_LINE_CHARS:
+        raise ValueError(f"longer than {MAX_LINE_CHARS} characters")
     try:
-        lines = args.file.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        print(f"edged alarms: {exc}")  # noqa: T201 - a command's output
-        return 1
-    for line in lines:
         event = json.loads(line)
-        groups = ",".join(event.get("groups", [])) or "-"
-        print(f"{event['time']:.1f}  {event['kind']:<16} {event['turbine']:<12} {groups}")  # noqa: T201
-    return 0
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc.msg} (column {exc.colno})") from None
+    except ValueError as exc:  # an integer of more digits than int() takes
+        raise ValueError(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError("not JSON: nested too deep") from None
+    if not isinstance(event, dict):
+        raise ValueError("not a JSON object")
+    kind, turbine, at = event.get("kind"), event.get("turbine"), event.get("time")
+    groups = event.get("groups", [])
+    if not (isinstance(kind, str) and isinstance(turbine, str)
+            and isinstance(at, int | float) and not isinstance(at, bool)
+            and isinstance(groups, list) and all(isinstance(g, str) for g in groups)):
+        raise ValueError("not an event (kind, turbine, time, groups)")
+    try:
+        when = datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (ValueError, OverflowError, OSError):
+        raise ValueError(f"time {at!r} is not a date") from None
+    return f"{when}  {kind:<16} {turbine:<12} {','.join(groups) or '-'}"
+
+
+def _alarms(args: argparse.Namespace) -> int:
+    """Prints the file's events; a line that is not one is named on stderr and skipped,
+    and the exit status is 1 if any was (0 otherwise)."""
+    skipped = 0
+    try:
+        with args.file.open(encoding="utf-8", errors="replace") as file:
+            for number, line in enumerate(file, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = event_line(line.rstrip("\r\n"))
+                except ValueError as exc:
+                    skipped += 1
+                    print(f"edged alarms: {args.file}, line {number}: {exc}; skipped",  # noqa: T201
+                          file=sys.stderr)
+                    continue
+                print(row)  # noqa: T201 - a command's output
+    except OSError as exc:
+        print(f"edged alarms: cannot read {args.file}: {exc.strerror}", file=sys.stderr)  # noqa: T201
+        return 1
+    if skipped:
+        print(f"edged alarms: {skipped} line(s) skipped", file=sys.stderr)  # noqa: T201
+    return 1 if skipped else 0
 
 
 @hookimpl

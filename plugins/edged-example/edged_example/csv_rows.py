@@ -3,9 +3,11 @@
 The file has a header: a ``turbine`` column and one column per raw input, named as the
 pipeline's preprocessor names them (for wind turbines, ``edged.windturbine.layout.INPUTS``);
 extra columns are ignored. Each row goes to the pipeline as one reading, ``interval_s``
-apart. A row whose values are not numbers is skipped and counted
-(``rows_rejected{source=NAME,reason=not_a_number}``). The source ends at the end of the
-file, or starts again with ``loop: true``.
+apart. A row that is not one is skipped and counted as the built-in sources count it,
+by the reason edged's row decoder (``edged.plugin.rows.RowDecoder``) gives
+(``rows_rejected{source=NAME,reason=not_a_number}``, ``wrong_width``, ``missing_field``,
+``not_finite``, ``no_turbine``...). The source ends at the end of the file, or starts
+again with ``loop: true``.
 
 A source is the simplest component: ``run(emit)`` hands ``Readings`` to ``emit`` until it
 is cancelled or has nothing more; ``emit`` applies the pipeline queue's overflow policy.
@@ -28,9 +30,11 @@ from edged.plugin import (
     ComponentType,
     Emit,
     Readings,
+    RowError,
     SourceConfig,
     hookimpl,
 )
+from edged.plugin.rows import RowDecoder
 
 TURBINE = "turbine"
 
@@ -59,8 +63,9 @@ class CsvRowsSource(Component):
         self.config = config
         self.name = ctx.name
         self.counters = ctx.counters
-        self.columns = [header.index(name) for name in inputs]
-        self.turbine_column = header.index(TURBINE)
+        # Picks the inputs out of a row laid out as the header says, and names the reason
+        # a row is refused (the counter label), as the replay and mqtt sources do.
+        self.decoder = RowDecoder(header, inputs, turbine_column=TURBINE)
 
     async def run(self, emit: Emit) -> None:
         while True:
@@ -81,9 +86,9 @@ class CsvRowsSource(Component):
             next(reader, None)  # the header
             for fields in reader:
                 try:
-                    yield fields[self.turbine_column], [float(fields[i]) for i in self.columns]
-                except (ValueError, IndexError):
-                    self.counters.inc("rows_rejected", source=self.name, reason="not_a_number")
+                    yield self.decoder.turbine(fields), self.decoder.from_fields(fields)
+                except RowError as exc:
+                    self.counters.inc("rows_rejected", source=self.name, reason=exc.reason)
 
 
 def _header(path: Path) -> list[str]:

@@ -54,6 +54,17 @@ async def test_skips_and_counts_a_row_that_is_not_numbers(tmp_path):
     assert source.counters.get("rows_rejected", source="test", reason="not_a_number") == 1
 
 
+async def test_counts_each_bad_row_by_its_reason(tmp_path):
+    path = write_rows(tmp_path / "rows.csv", [["t-1", "1"], ["", "1", "2"], ["t-1", "nan", "2"],
+                                              ["t-1", "", "2"], ["t-2", "3", "4"]])
+    source = build_component("source", {"type": "csv_rows", "path": str(path)}, tmp_path)
+    readings = await collect_readings(source)
+    assert [r.turbines for r in readings] == [("t-2",)]
+    counted = {reason: source.counters.get("rows_rejected", source="test", reason=reason)
+               for reason in ("wrong_width", "no_turbine", "not_finite", "missing_field")}
+    assert counted == {"wrong_width": 1, "no_turbine": 1, "not_finite": 1, "missing_field": 1}
+
+
 async def test_loops_until_stopped(tmp_path):
     path = write_rows(tmp_path / "rows.csv", [["t-1", "1", "2"]])
     source = build_component("source", {"type": "csv_rows", "path": str(path), "loop": True},
