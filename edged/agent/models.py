@@ -170,8 +170,10 @@ class ModelRegistry:
 
     # -- loading ----------------------------------------------------------------------------
 
-    def load(self, url: str, name: str) -> LoadedModel:
-        """Load the model at ``url`` as ``name`` (blocking: call from a worker thread)."""
+    def load(self, url: str, name: str, *, shown_url: str | None = None) -> LoadedModel:
+        """Load the model at ``url`` as ``name`` (blocking: call from a worker thread).
+        ``shown_url``: the url ListModels gives back, if not ``url`` (a model restored
+        from its directory keeps the url its client sent)."""
         check_name(name)
         with self._lock:
             if name in self._models or name in self._loading:
@@ -182,7 +184,7 @@ class ModelRegistry:
                     "first")
             self._loading.add(name)
         try:
-            model = self._load(url, name)
+            model = self._load(url, name, shown_url or url)
             with self._lock:
                 self._models[name] = model
             return model
@@ -190,7 +192,7 @@ class ModelRegistry:
             with self._lock:
                 self._loading.discard(name)
 
-    def _load(self, url: str, name: str) -> LoadedModel:
+    def _load(self, url: str, name: str, shown_url: str) -> LoadedModel:
         directory = self.resolve(url)
         file, declared = self._model_file(directory)
         file = self._inside_roots(file, f"model file {file}")  # as ONNX Runtime will open it
@@ -209,7 +211,8 @@ class ModelRegistry:
                     f"model {url!r}: the manifest's inputs {names} do not match the "
                     f"model's {[i.name for i in inputs]}")
         footprint = measure_footprint(file, inputs, self.session_threads)
-        return LoadedModel(name, url, directory, file, inputs, outputs, session, footprint)
+        return LoadedModel(name, shown_url, directory, file, inputs, outputs, session,
+                           footprint)
 
     def _model_file(self, directory: Path) -> tuple[Path, list | None]:
         if (directory / MANIFEST).is_file():

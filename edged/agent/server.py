@@ -46,6 +46,7 @@ from edged.agent.memory import (
 from edged.agent.models import LoadedModel, ModelRegistry, check_name
 from edged.agent.proto import agent_pb2 as pb
 from edged.agent.proto import agent_pb2_grpc
+from edged.agent.restore import LoadedModelsFile, restore
 from edged.agent.tensors import (
     PredictPlan,
     SharedMemoryReader,
@@ -126,9 +127,12 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
     """The seven rpcs. Built by :class:`AgentServer`; usable on its own in tests."""
 
     def __init__(self, config: AgentConfig, models: ModelRegistry, pool: ThreadPoolExecutor,
-                 capture: CaptureSink | None, counters: Counters) -> None:
+                 capture: CaptureSink | None, counters: Counters, *,
+                 saved: LoadedModelsFile | None = None) -> None:
         self.config = config
         self.models = models
+        #: Where the loaded set is remembered (``restore_models``), or None.
+        self.saved = saved
         self.pool = pool
         self.capture = capture
         self.counters = counters
@@ -193,6 +197,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         model = await asyncio.to_thread(self.models.load, request.url, request.name)
         log.info("model_loaded", model=model.name, url=model.url, file=str(model.file),
                  seconds=round(time.monotonic() - started, 3))
+        await self._remember()
         return pb.LoadModelResponse(model=_model_message(model))
 
     @_rpc
@@ -201,7 +206,12 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         check_name(request.name)
         self.models.unload(request.name)
         log.info("model_unloaded", model=request.name)
+        await self._remember()
         return pb.UnLoadModelResponse()
+
+    async def _remember(self) -> None:
+        if self.saved is not None:
+            await asyncio.to_thread(self.saved.save, self.models)
 
     @_rpc
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
@@ -360,9 +370,20 @@ class AgentServer:
                                session_threads=config.session_threads,
                                verify=config.verify_models)
         self._stack.callback(models.clear)
-        self.servicer = AgentServicer(config, models, pool, capture, self.counters)
+        _prepare_socket(self.path)  # before restoring: not for an agent that cannot serve
+        saved: LoadedModelsFile | None = LoadedModelsFile(
+            config.loaded_models_file, fsync=config.capture.fsync, counters=self.counters)
+        restored = 0
+        if config.restore_models:
+            # Before the socket accepts a call: a client that cached "loaded" finds its
+            # model on its first call after the restart.
+            restored = await asyncio.to_thread(restore, models, saved)
+        else:
+            await asyncio.to_thread(saved.discard)
+            saved = None
+        self.servicer = AgentServicer(config, models, pool, capture, self.counters,
+                                      saved=saved)
 
-        _prepare_socket(self.path)
         # Beyond max_concurrent_rpcs gRPC answers RESOURCE_EXHAUSTED itself, before it
         # reads the request: each call may hold up to max_request_bytes.
         server = grpc.aio.server(
@@ -381,7 +402,7 @@ class AgentServer:
         os.chmod(self.path, SOCKET_MODE)
         log.info("agent_listening", socket=str(self.path), roots=[str(r) for r in
                                                                   config.model_roots],
-                 predict_threads=config.predict_threads)
+                 predict_threads=config.predict_threads, models_restored=restored)
 
     async def _stop_server(self) -> None:
         assert self.server is not None

@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +16,7 @@ import numpy as np
 from edged.agent.config import AgentConfig, CaptureSection
 from edged.agent.proto import agent_pb2 as pb
 from edged.agent.proto import agent_pb2_grpc
-from edged.agent.server import AgentServer
+from edged.agent.server import AgentServer, CaptureSink
 from edged.capture.store import BufferFull, CaptureRecord, DuplicateCaptureId
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,6 +64,45 @@ class RunningAgent:
         channel = grpc.insecure_channel(self.target, options=list(options.items()))
         self.channels.append(channel)
         return agent_pb2_grpc.AgentStub(channel)
+
+
+@contextlib.contextmanager
+def agent_in_thread(config: AgentConfig, socket: Path,
+                    sink: CaptureSink | None) -> Iterator[RunningAgent]:
+    """An in-process agent (grpc.aio on its own event loop in a thread, so that tests can
+    use blocking grpcio stubs), stopped on leaving: a restart is leaving and entering
+    again. ``sink``: a capture sink, or None for the real store from the config."""
+    ready = threading.Event()
+    box: dict = {}
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        try:
+            async with AgentServer(config, str(socket), capture=sink,
+                                   grace_s=1.0) as server:
+                box["agent"] = RunningAgent(server, socket, asyncio.get_running_loop())
+                box["stop"] = stop
+                ready.set()
+                await stop.wait()
+        except BaseException as exc:
+            box["error"] = exc
+            ready.set()
+            raise
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    thread.start()
+    assert ready.wait(30), "the agent did not start"
+    if "error" in box:
+        raise box["error"]
+    agent = box["agent"]
+    try:
+        yield agent
+    finally:
+        for channel in agent.channels:
+            channel.close()
+        agent.loop.call_soon_threadsafe(box["stop"].set)
+        thread.join(30)
+        assert not thread.is_alive(), "the agent did not stop"
 
 
 def code_of(call, *args, **kwargs) -> tuple[grpc.StatusCode, str]:
