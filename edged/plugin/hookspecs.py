@@ -46,8 +46,11 @@ def edged_component_types() -> list[ComponentType]:
     that can hot-swap models declares ``hot_swap=True``. ``ComponentType.source(...)``
     and its siblings build one with the factory typed for its kind.
 
-    All results are collected; two plugins registering the same kind and name is an
-    error that names both plugins.
+    All results are collected. A plugin whose implementation raises, or registers an
+    unknown kind, ``hot_swap`` on another kind than inference, or a kind and name that
+    another plugin registers too, is left out whole with a warning that says why (a
+    built-in keeps its names; of two others, both are left out): docs/plugins.md,
+    "Broken plugins".
     """
 
 
@@ -59,8 +62,9 @@ def edged_cli_commands() -> list[CliCommand]:
     (name, help text, a function that adds arguments to an ``argparse`` parser and a
     function that runs the command and returns the exit status).
 
-    All results are collected; a name already taken by edged or another plugin is an
-    error.
+    All results are collected; a plugin registering a reserved name (edged's own
+    commands, a built-in plugin's) or one another plugin registers too is left out, as
+    for ``edged_component_types``.
     """
 
 
