@@ -10,6 +10,12 @@ The JSON is translated key by key into the YAML's shape and validated by the sam
 so a wrong value is reported under the JSON key the operator wrote. Keys that meant
 something only to the old agent are accepted and listed in
 :attr:`LoadedAgentConfig.ignored`, each with a note, for the command to log once.
+
+Relative paths follow each format's own reader: the old agent resolved its JSON's against
+the working directory it was started in (``./agent/capture``), and without
+``edged_model_roots`` that directory is the model root (urls like
+``agent/model/0/NAME/1.0``), unless it is ``/``; edged YAML's are relative to the file.
+:attr:`LoadedAgentConfig.relative_to` says which directory it was, for the log.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ edged maps it to the POSIX shared-memory object ``/<shm_prefix><segment_id>`` (d
 prefix ``edged-``: segment 42 is ``/edged-42``, the file ``/dev/shm/edged-42`` on Linux),
 which a C client creates with ``shm_open("/edged-42", O_CREAT | O_RDWR, 0660)`` and a
 Python one with ``SharedMemory(name="edged-42", create=True, size=...)``. The agent opens
-it read-only, checks that ``offset + size`` lies inside it, copies those bytes and closes
-it again: the client owns the segment and may reuse it as soon as the call returns.
+it read-only, checks that ``offset + size`` lies inside it (a size of 0: the tensor's
+shape says it), copies those bytes and closes it again: the client owns the segment and
+may reuse it as soon as the call returns.
 
 The segment is opened with ``shm_open`` + ``mmap`` rather than through
 ``multiprocessing.shared_memory.SharedMemory``: on Python < 3.13 attaching that way
@@ -16,6 +17,10 @@ when the agent exits.
 **Sizes and types.** Bytes are the tensor's elements in row-major order and the machine's
 byte order; their count must be exactly ``prod(shape) * itemsize`` of the declared
 ``data_type``. Outputs are always sent inline (``byte_data``).
+
+**What old clients leave out.** They copy a model's shape from DescribeModel, where a
+dynamic dimension is -1, and often leave a shared-memory handle's ``size`` 0: one -1 is
+inferred from the byte count, a size of 0 from the shape; not both at once.
 """
 
 from __future__ import annotations
