@@ -327,7 +327,8 @@ class AgentServer:
                  capture: CaptureSink | None = None, counters: Counters | None = None,
                  grace_s: float = 5.0) -> None:
         self.config = config
-        self.path = Path(address.removeprefix("unix://"))
+        # Absolute: every message about the socket names where it is.
+        self.path = Path(address.removeprefix("unix://")).absolute()
         self.counters = counters if counters is not None else Counters()
         self.grace_s = grace_s
         self._capture = capture
@@ -338,7 +339,7 @@ class AgentServer:
     @property
     def target(self) -> str:
         """What a client dials."""
-        return f"unix://{self.path.absolute()}"
+        return f"unix://{self.path}"
 
     async def __aenter__(self) -> AgentServer:
         try:
@@ -392,7 +393,7 @@ class AgentServer:
                      ("grpc.max_send_message_length", -1)])
         agent_pb2_grpc.add_AgentServicer_to_server(self.servicer, server)
         try:
-            server.add_insecure_port(f"unix://{self.path.absolute()}")
+            server.add_insecure_port(f"unix://{self.path}")
         except RuntimeError as exc:
             raise AgentStartError(f"cannot listen on {self.path}: {exc}") from None
         await server.start()
