@@ -1,9 +1,10 @@
 """Plugin ``model``: registers the ``edged model`` command (list slots, install a signed
 bundle, roll back).
 
-All act on the model store on disk. A running daemon serves the store's current slot
-from its next reload on: ``systemctl reload edged`` (SIGHUP) after an install or a
-rollback.
+All act on the model store on disk. A running daemon follows the store's current slot
+within a second or two (``edged.runtime.store_watch``); install and rollback wait for it
+to say so in ``<state_dir>/serving.json`` and report what it serves, or that it refused
+the swap and kept its model, or that no running daemon confirmed the change.
 """
 
 from __future__ import annotations
@@ -14,14 +15,22 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edged import hookimpl
 from edged.config.locate import CONFIG_ENV, DEFAULT_CONFIG, config_path, state_dir_of
 from edged.plugin.registry import CliCommand
 
+if TYPE_CHECKING:
+    from edged.model.store import Slot
+
 EX_OK, EX_FAILURE, EX_CONFIG = 0, 1, 78
+#: How long install and rollback wait for a running daemon to serve the new slot: it
+#: looks every second, then loads the model and runs its golden pairs.
+DEFAULT_WAIT_S = 10.0
 
 
 def _say(text: str, *, error: bool = False) -> None:
@@ -45,6 +54,11 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
                          help="make the new slot current (default); --no-activate only "
                          "stages it")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
+    for sub in (install, rollback):
+        sub.add_argument("--wait", metavar="SECONDS", type=float, default=DEFAULT_WAIT_S,
+                         help="how long to wait for a running daemon to confirm that it "
+                         f"serves the new slot (default: {DEFAULT_WAIT_S:g}; 0: do not "
+                         "wait)")
     for sub in (listing, install, rollback):
         where = sub.add_mutually_exclusive_group()
         where.add_argument("-c", "--config", metavar="FILE",
@@ -99,17 +113,71 @@ def _list(state_dir: Path, as_json: bool) -> int:
     return EX_OK
 
 
-def _rollback(state_dir: Path, name: str) -> int:
+def _rollback(state_dir: Path, name: str, wait_s: float) -> int:
     from edged.model.store import ModelStore
 
     store = ModelStore.for_model(state_dir, name)
     if store.current() is None:
         _say(f"edged: no model {name!r} in {state_dir / 'models'}", error=True)
         return EX_FAILURE
+    since = time.time()
     slot = store.rollback()
-    _say(f"{name}: current slot is now {slot.name} (version {slot.version}); a running "
-          "daemon serves it after its next reload (SIGHUP, `systemctl reload edged`)")
-    return EX_OK
+    _say(f"{name}: current slot is now {slot.name} (version {slot.version})")
+    return _confirm(state_dir, slot, since, wait_s)
+
+
+def _confirm(state_dir: Path, slot: Slot, since: float, wait_s: float) -> int:
+    """Wait up to ``wait_s`` for the daemon serving ``state_dir`` to serve ``slot`` (a
+    Slot made current at ``since``) in every pipeline of its store, and say what came
+    of it: EX_FAILURE if it refused the swap, EX_OK otherwise."""
+    from edged.model.serving import daemon_alive, read_serving
+
+    model, deadline = slot.model, time.monotonic() + wait_s
+    if wait_s <= 0:
+        _say(f"a running daemon serves {model} slot {slot.name} within a few seconds "
+             "(not waited for)")
+        return EX_OK
+    while True:
+        record = read_serving(state_dir)
+        if record is None or not daemon_alive(record):
+            _say(f"no running daemon serves {state_dir}: edged serves {model} slot "
+                 f"{slot.name} from its next start")
+            return EX_OK
+        pid = record["pid"]
+        mine = {n: p for n, p in record["pipelines"].items() if p.get("store") == model}
+        if not mine:
+            _say(f"the running daemon (pid {pid}) serves no pipeline from the store of "
+                 f"{model}: its config does not name store:{model}")
+            return EX_OK
+        serving = {n for n, p in mine.items() if p.get("slot") == slot.name}
+        refused = {n: p for n, p in mine.items() if n not in serving
+                   and isinstance(p.get("refused"), dict)
+                   and p["refused"].get("slot") == slot.name
+                   and isinstance(p["refused"].get("at"), int | float)
+                   and p["refused"]["at"] >= since}
+        where = f" (pipelines {', '.join(sorted(mine))})" if len(mine) > 1 else ""
+        if serving == set(mine):
+            _say(f"the running daemon (pid {pid}) now serves {model} slot {slot.name} "
+                 f"(version {slot.version}){where}")
+            return EX_OK
+        if refused and len(serving) + len(refused) == len(mine):
+            for name, pipeline in sorted(refused.items()):
+                _say(f"edged: the running daemon (pid {pid}) refused to swap {model} slot "
+                     f"{slot.name} into pipeline {name}: {pipeline['refused'].get('reason')}"
+                     f"; it keeps serving slot {pipeline.get('slot')} (version "
+                     f"{pipeline.get('version')})", error=True)
+            _say(f"edged: the store's current slot is {slot.name} all the same: the daemon "
+                 "serves it after a reload (`systemctl reload edged`) or its next start; "
+                 f"`edged model rollback {model}` makes the store agree with what serves",
+                 error=True)
+            return EX_FAILURE
+        if time.monotonic() >= deadline:
+            now = ", ".join(f"{n}: slot {p.get('slot')}" for n, p in sorted(mine.items()))
+            _say(f"edged: no running daemon confirmed {model} slot {slot.name} within "
+                 f"{wait_s:g} s (pid {pid} serves {now}); it serves it after a reload or "
+                 "its next start", error=True)
+            return EX_OK
+        time.sleep(0.1)
 
 
 def _peek_name(directory: Path) -> str | None:
@@ -170,15 +238,14 @@ def _install(state_dir: Path, args: argparse.Namespace) -> int:
                  "current: the store still serves "
                  f"{current.name if current else 'nothing'}")
             return EX_OK
+        since = time.time()
         store.activate(slot, action="install")
     finally:
         shutil.rmtree(incoming, ignore_errors=True)
     previous = f"; previous (last-known-good): {current.name}" if current else ""
-    _say(f"installed {slot.model} version {slot.version} (slot {slot.name}){previous}")
-    _say("a running daemon serves it after its next reload (SIGHUP, "
-         "`systemctl reload edged`); undo with `edged model rollback "
-         f"{slot.model}`")
-    return EX_OK
+    _say(f"installed {slot.model} version {slot.version} (slot {slot.name}){previous}; "
+         f"undo with `edged model rollback {slot.model}`")
+    return _confirm(state_dir, slot, since, args.wait)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -190,7 +257,7 @@ def _run(args: argparse.Namespace) -> int:
             return _list(state_dir, args.json)
         if args.action == "install":
             return _install(state_dir, args)
-        return _rollback(state_dir, args.name)
+        return _rollback(state_dir, args.name, args.wait)
     except ConfigError as exc:
         for problem in exc.problems:
             _say(problem, error=True)

@@ -286,7 +286,7 @@ class ModelStore:
         if manifest.name != self.name:
             raise StoreError(f"{model_dir}: model {manifest.name!r} does not belong in the "
                              f"store of {self.name!r}")
-        digest = hashlib.sha256((model_dir / MANIFEST).read_bytes()).hexdigest()[:8]
+        digest = slot_id(model_dir)
         final = self.slots_dir / f"{manifest.version}-{digest}"
         with self._locked():
             make_dirs(self.slots_dir, self.owner)
@@ -410,6 +410,14 @@ class ModelStore:
                 log.info("model_store_seeded", model=self.name, slot=slot.name)
                 return slot
         return current
+
+
+def slot_id(model_dir: Path) -> str:
+    """The id of the slot a model directory is (or would be) installed as: the first 8
+    hex digits of its manifest's SHA-256. The slot's name is ``<version>-<id>``, so a
+    backend's model directory, a slot or its built-in original, names the slot it
+    serves."""
+    return hashlib.sha256((Path(model_dir) / MANIFEST).read_bytes()).hexdigest()[:8]
 
 
 def stores(state_dir: Path) -> list[ModelStore]:

@@ -7,6 +7,10 @@ signals by default, plain events in tests.
 A reload reads, validates and builds the new config in a worker thread under a time
 bound (``reload.timeout_s``): a file is read while decisions, /metrics and systemd's
 watchdog go on, and whatever it holds, the worst it can do is a refused reload.
+
+Beside each running graph whose pipelines serve ``store:NAME`` models, a store watch
+(``edged.runtime.store_watch``) swaps in what ``edged model install`` or ``rollback``
+made current, without a reload, and records what serves in ``serving.json``.
 """
 
 from __future__ import annotations
@@ -23,9 +27,12 @@ from edged.base.errors import ComponentStartError, ConfigError
 from edged.base.log import RateLimit
 from edged.base.metrics import Counters
 from edged.base.sdnotify import Notifier
+from edged.base.tasks import cancel_all
 from edged.config import EdgedConfig, load_config
 from edged.plugin.registry import Registry
 from edged.runtime.graph import Graph
+from edged.runtime.store_watch import StoreWatch
+from edged.runtime.swap import preprocessor_factory
 
 log = structlog.get_logger("edged.supervisor")
 
@@ -52,6 +59,7 @@ class Supervisor:
         self.on_graph = on_graph  # lets the demo observe every graph it runs
         self.reloads = 0
         self._building: asyncio.Future | None = None  # the last reload's worker-thread build
+        self._watch: asyncio.Task | None = None  # the running graph's store watch
         self._refusals = RateLimit()
         # systemd's notify socket and watchdog; a no-op outside systemd.
         self.notifier = notifier or Notifier.from_environ()
@@ -78,8 +86,9 @@ class Supervisor:
                 try:
                     failure = await self._serve(tg)
                 finally:
-                    if watchdog is not None:
-                        watchdog.cancel()
+                    for task in (watchdog, self._watch):
+                        if task is not None:
+                            task.cancel()
         finally:
             if self._use_signals:
                 self._remove_signals()
@@ -145,7 +154,16 @@ class Supervisor:
         ready_task.cancel()
         if ready.is_set():
             self.pm.hook.edged_started(graph=graph, config=graph.config)
+            self._watch_stores(tg, graph)
         return graph_task
+
+    def _watch_stores(self, tg: asyncio.TaskGroup, graph: Graph) -> None:
+        """Follow the model stores of ``graph``'s pipelines while it runs."""
+        config = graph.config
+        watch = StoreWatch(config, graph.pipelines, lambda name: preprocessor_factory(
+            self.registry, config, name, config.state_dir), self.counters)
+        if watch.needed:
+            self._watch = tg.create_task(watch.run(), name="edged[supervisor].model_stores")
 
     def _ready(self, graph_task: asyncio.Task, status: str) -> None:
         """READY=1 once every component has started (``_start`` returned with the graph
@@ -223,6 +241,9 @@ class Supervisor:
                       problems=problems, suppressed_since_last=suppressed)
 
     async def _stop(self, graph: Graph, task: asyncio.Task, reason: str) -> None:
+        if self._watch is not None:  # first: no swap while the pipelines go away
+            await cancel_all([self._watch])
+            self._watch = None
         self.pm.hook.edged_stopping(graph=graph, reason=reason)
         graph.stop(reason)
         await task

@@ -41,14 +41,20 @@ def signed_bundle(directory: Path, version: int, keys: Path, name: str = "bundle
     also a trust directory)."""
     if not (keys / "signing.key.pem").exists():
         generate_keypair(keys)
-    model_dir = directory / f"{name}-model"
-    shutil.copytree(BUILTIN, model_dir)
-    manifest = json.loads((model_dir / "manifest.json").read_text())
-    manifest["version"] = version
-    manifest["preprocessing"].update(preprocessing)
-    (model_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    model_dir = relabelled_model(directory / f"{name}-model", version, **preprocessing)
     return build_bundle(model_dir, directory / f"{name}.tar.gz",
                         load_private_key(keys / "signing.key.pem"))
+
+
+def relabelled_model(target: Path, version: int, **preprocessing: object) -> Path:
+    """windturbine-v1 copied to ``target``, its manifest saying ``version`` (and
+    ``preprocessing`` keys changed): a model directory, not signed."""
+    shutil.copytree(BUILTIN, target)
+    manifest = json.loads((target / "manifest.json").read_text())
+    manifest["version"] = version
+    manifest["preprocessing"].update(preprocessing)
+    (target / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return target
 
 
 def store_config(state_dir: Path, *, turbines: int = 2, extra: str = "") -> str:
