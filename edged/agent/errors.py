@@ -27,7 +27,8 @@ class InvalidArgument(AgentError):
 
 
 class NotFound(AgentError):
-    """No model of that name is loaded."""
+    """No model of that name is loaded, or none at the url LoadModel was given (as the
+    published agent.proto answers it)."""
 
     code = "NOT_FOUND"
 

@@ -139,10 +139,11 @@ class ModelRegistry:
                 raise InvalidArgument(f"model url {url[:200]!r}: cannot look up {real}: "
                                       f"{exc.strerror}") from None
         if not real.is_dir():
-            raise InvalidArgument(f"model url {url!r}: no such directory {real}"
-                                  + ("" if raw.startswith("/") else
-                                     f" (a relative url is looked up under the first model "
-                                     f"root, {self.roots[0]})"))
+            # The published agent.proto answers "model doesn't exist at the url" NOT_FOUND.
+            raise NotFound(f"model url {url!r}: no such directory {real}"
+                           + ("" if raw.startswith("/") else
+                              f" (a relative url is looked up under the first model "
+                              f"root, {self.roots[0]})"), reason="no_model_at_url")
         self._check_entries(real)
         return real
 
@@ -225,8 +226,8 @@ class ModelRegistry:
         if len(candidates) == 1:
             return candidates[0], None
         if not candidates:
-            raise InvalidArgument(f"{directory} holds no model: neither {MANIFEST} nor an "
-                                  "*.onnx file")
+            raise NotFound(f"{directory} holds no model: neither {MANIFEST} nor an "
+                           "*.onnx file", reason="no_model_at_url")
         raise InvalidArgument(f"{directory} holds {len(candidates)} *.onnx files and no "
                               f"{MANIFEST} to say which is the model")
 

@@ -92,7 +92,7 @@ def test_a_model_that_cannot_be_restored_is_counted_and_forgotten(restart, tmp_p
         assert models_of(stub) == {"ok": "windturbine-v1"}
         predicts(stub, "ok")
         counters = agent.server.counters
-        assert counters.get("agent_models_restore_failed", reason="invalid_argument") == 1
+        assert counters.get("agent_models_restore_failed", reason="no_model_at_url") == 1
         assert counters.get("agent_models_restore_failed",
                             reason="outside_model_roots") == 1
     # The file holds what is loaded.

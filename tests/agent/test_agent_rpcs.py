@@ -198,10 +198,12 @@ def test_directory_without_a_model(stub, model_root):
     two.mkdir()
     for name in ("a.onnx", "b.onnx"):
         shutil.copy(BUILTIN_MODEL / "model.onnx", two / name)
-    for url, expect in [("empty", "holds no model"), ("two", "2 *.onnx files"),
-                        ("missing", "no such directory")]:
+    for url, expected, expect in [
+            ("empty", grpc.StatusCode.NOT_FOUND, "holds no model"),
+            ("two", grpc.StatusCode.INVALID_ARGUMENT, "2 *.onnx files"),
+            ("missing", grpc.StatusCode.NOT_FOUND, "no such directory")]:
         code, details = code_of(stub.LoadModel, pb.LoadModelRequest(url=url, name="x"))
-        assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+        assert code == expected, details
         assert expect in details
     still_serving(stub)
 
