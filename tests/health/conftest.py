@@ -30,17 +30,34 @@ def write_config(tmp: Path, extra: str = "", turbines: int = 4) -> Path:
 
 
 
+def merge_reported(document: dict, reported: dict) -> dict:
+    """A shadow's reported state after an update reporting ``reported``, as AWS merges
+    it: keys set, nested objects merged, a key reported ``null`` deleted."""
+    merged = dict(document)
+    for key, value in reported.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_reported(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 class ShadowService(MqttPeer):
     """Plays the Device Shadow service for named shadows: answers every
     ``$aws/things/<thing>/shadow/name/<shadow>/update`` on ``.../accepted`` (or, with
-    ``reject`` set, ``.../rejected`` with ``{"code": 400, "message": ...}``), and records
-    every heartbeat published on ``heartbeats``."""
+    ``reject`` set, ``.../rejected`` with ``{"code": 400, "message": ...}``), to every
+    subscriber as AWS does, keeps each shadow's reported state as AWS merges it
+    (``documents``, by update topic), and records every heartbeat published on
+    ``heartbeats``."""
 
     def __init__(self, host: str, port: int, heartbeats: str = "edged/+/health") -> None:
         super().__init__(host, port, ["$aws/things/+/shadow/name/+/update", heartbeats],
                          identifier="shadow-service")
         self.updates: list[tuple[str, dict]] = []
         self.beats: list[tuple[str, dict]] = []
+        self.documents: dict[str, dict] = {}
         self.reject = False
 
     async def handle(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
@@ -54,6 +71,8 @@ class ShadowService(MqttPeer):
                      "clientToken": body.get("clientToken")}
             await client.publish(f"{topic}/rejected", json.dumps(reply), qos=1)
         else:
+            self.documents[topic] = merge_reported(self.documents.get(topic, {}),
+                                                   body["state"]["reported"])
             reply = {"state": body["state"], "version": len(self.updates),
                      "clientToken": body.get("clientToken"),
                      "timestamp": int(time.time())}
