@@ -395,7 +395,9 @@ def analyse(seen: Observed, jobs: TimedJobsService, tap: LogTap, args: argparse.
         return None if t is None else t - t0
 
     timeline = {
-        "start-next received": since(jobs.first(t0, "start-next")),
+        # The device reads its pending list on notify, then describes the job.
+        "pending list read": since(jobs.first(t0, "get")),
+        "describe received": since(jobs.first(t0, "describe")),
         "job_started (log)": since(tap.first("job_started")),
         **{f"{phase} reported": since(jobs.first(t0, "update", "IN_PROGRESS", phase))
            for phase in PHASES},

@@ -8,12 +8,30 @@ MQTT broker, so the executor can be tested against a mosquitto broker without AW
         ...  # the device under test talks to $aws/things/turbine-7/jobs/...
 
 It keeps jobs per thing in memory, answers start-next, describe ($next too), get and
-update, echoes ``clientToken``, enforces ``expectedVersion`` and the statusDetails limits,
-and publishes notify-next and notify when the pending list changes. ``presign`` replaces
-``${aws:iot:s3-presigned-url[-v2]:...}`` placeholders each time a document is sent, as the
-service does; with ``presign=None`` they go out unresolved.
+update, echoes ``clientToken``, and publishes notify-next and notify when the pending list
+changes. It is as strict as AWS IoT Core where the device can tell
+(/work/shared/reference/iot-jobs.md):
 
-It is a test double, not a jobs service: no rollouts, retries, timers or abort criteria.
+- ``expectedVersion`` (``VersionMismatch`` with the current state); an update of an ended
+  execution is ``InvalidStateTransition``, describing one ``TerminalStateReached``, and a
+  deleted one (``delete``) is ``ResourceNotFound``;
+- statusDetails keys 1-128 of ``[a-zA-Z0-9:_-]``, values 1-1,024 characters (UTF-16 code
+  units) of ``[^\\p{C}]+``, clientToken 1-64 printable ASCII characters, step timers 1 to
+  10,080 minutes: anything else is ``InvalidRequest``;
+- step timers (``stepTimeoutInMinutes`` of start-next or an IN_PROGRESS update, renewed
+  only by another one) and a job's in-progress timeout run on ``clock``, a minute lasting
+  ``minute_s`` of it: when one runs out the execution becomes TIMED_OUT;
+- ``refuse(code, ...)`` answers matching requests ``RequestThrottled`` or
+  ``InternalError`` (or any code) on demand, as a busy service does;
+- a pre-signed URL placeholder is accepted only in AWS's forms (``queue_job`` refuses
+  another, as CreateJob does): ``${aws:iot:s3-presigned-url-v2:https://s3.<region>.
+  amazonaws.com/<bucket>/<key>}`` and the older ``${aws:iot:s3-presigned-url:https://
+  s3.amazonaws.com/<bucket>/<key>}``, the key encoded as the S3 SDK encodes it (``%XX``
+  for all but ``A-Za-z0-9-_.~/``). ``presign`` replaces them each time a document is
+  sent, as the service does; with ``presign=None`` they go out unresolved.
+
+It is a test double, not a jobs service: no rollouts, retry configuration or abort
+criteria.
 """
 
 from __future__ import annotations
@@ -23,6 +41,7 @@ import itertools
 import json
 import re
 import time
+import unicodedata
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +54,58 @@ from edged.cloud.jobs import protocol
 from edged.cloud.jobs.protocol import DEVICE_STATUSES, TERMINAL_STATUSES, JobsProtocolError
 
 _PLACEHOLDER = re.compile(r"\$\{aws:iot:s3-presigned-url(-v2)?:([^}]*)\}")
+#: A key as the S3 SDK writes it in a URL: unreserved characters and '/', the rest %XX.
+_S3_KEY = r"(?:[A-Za-z0-9\-_.~/]|%[0-9A-F]{2})+"
+_BUCKET = r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"
+_V2_URL = re.compile(rf"https://s3\.[a-z]{{2}}(?:-[a-z]+)+-\d\.amazonaws\.com/{_BUCKET}/"
+                     rf"{_S3_KEY}")
+_V1_URL = re.compile(rf"https://s3\.amazonaws\.com/{_BUCKET}/{_S3_KEY}")
+MINUTES = (1, 10_080)  # step timers and in-progress timeouts
+#: The MQTT rejection codes: AWS's whole list.
+CODES = frozenset({"InvalidTopic", "InvalidJson", "InvalidRequest", "InvalidStateTransition",
+                   "ResourceNotFound", "VersionMismatch", "InternalError", "RequestThrottled",
+                   "TerminalStateReached"})
+# AWS's own rules, written here from its API reference rather than taken from the device
+# code under test (edged.cloud.jobs.protocol), so that a mistake there cannot pass here.
+_DETAIL_KEY = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
+_CLIENT_TOKEN = re.compile(r"[\x21-\x7e]{1,64}")
+
+
+def status_details_problem(details: Any) -> str | None:
+    """Why AWS refuses ``details`` as statusDetails (InvalidRequest), or None: a map of
+    keys ``[a-zA-Z0-9:_-]{1,128}`` to values of 1-1,024 UTF-16 code units matching
+    ``[^\\p{C}]+`` (Java's length and Unicode category C)."""
+    if not isinstance(details, dict):
+        return "statusDetails must be an object"
+    for key, value in details.items():
+        if not _DETAIL_KEY.fullmatch(key):
+            return f"statusDetails key {key!r} does not match [a-zA-Z0-9:_-]{{1,128}}"
+        if not isinstance(value, str):
+            return f"statusDetails[{key!r}] is not a string"
+        units = len(value.encode("utf-16-le", "surrogatepass")) // 2
+        if not 1 <= units <= 1024:
+            return f"statusDetails[{key!r}] has {units} characters, not 1-1024"
+        for char in value:
+            if unicodedata.category(char).startswith("C"):
+                return (f"statusDetails[{key!r}] does not match [^\\p{{C}}]+: "
+                        f"U+{ord(char):04X}")
+    return None
+
+
+def placeholder_url(text: str) -> str:
+    """The S3 URL of one ``${aws:iot:s3-presigned-url[-v2]:...}`` placeholder if it is
+    in AWS's form, else ValueError saying what AWS expects."""
+    found = _PLACEHOLDER.fullmatch(text)
+    if found is None:
+        raise ValueError(f"not a pre-signed URL placeholder: {text!r}")
+    url = found.group(2)
+    if found.group(1) and not _V2_URL.fullmatch(url):
+        raise ValueError(f"the v2 placeholder takes https://s3.<region>.amazonaws.com/"
+                         f"<bucket>/<key>, only the key URL-encoded, not {url!r}")
+    if not found.group(1) and not _V1_URL.fullmatch(url):
+        raise ValueError(f"the v1 placeholder takes https://s3.amazonaws.com/<bucket>/"
+                         f"<key>, only the key URL-encoded, not {url!r}")
+    return url
 
 
 @dataclass
@@ -52,6 +123,11 @@ class Execution:
     version_number: int = 1
     execution_number: int = 1
     step_timeout_minutes: int | None = None
+    #: The job's in-progress timeout (its timeoutConfig), started by IN_PROGRESS.
+    in_progress_timeout_minutes: int | None = None
+    #: When (on the service's clock) the step timer and the in-progress timer run out.
+    step_deadline: float | None = None
+    in_progress_deadline: float | None = None
     order: int = 0
     #: The document as queued, sent as it is (a key it repeats included), as the
     #: service stores and sends the text a job was created with.
@@ -72,9 +148,11 @@ class Execution:
 
 
 class Presigner:
-    """Signs placeholder S3 URLs as ``base_url``/<key>?X-Edged-Expires=<epoch>&X-Edged-Id=<n>
-    and remembers them, so that a test's HTTP server can refuse expired ones
-    (``valid(url)``) and a test can expire every URL issued so far (``expire_all()``)::
+    """Signs placeholder S3 URLs as ``base_url``/<bucket>/<key>?X-Edged-Expires=<epoch>&
+    X-Edged-Id=<n> and remembers them, so that a test's HTTP server can refuse expired
+    ones (``valid(url)``) and a test can expire every URL issued so far
+    (``expire_all()``). The key is decoded from the placeholder's URL and encoded again
+    in the signed one, so a server that decodes paths serves the object by its key::
 
         presigner = Presigner("http://127.0.0.1:8080", expires_s=60)
         async with JobsService(host, port, presign=presigner) as jobs: ...
@@ -91,12 +169,16 @@ class Presigner:
         self._revoked: set[str] = set()
         self._ids = itertools.count(1)
 
+    @staticmethod
+    def object_of(s3_url: str) -> str:
+        """``<bucket>/<key>`` of a path-style S3 URL, the key decoded."""
+        return unquote(urlsplit(s3_url).path.lstrip("/"))
+
     def __call__(self, s3_url: str) -> str:
-        key = urlsplit(s3_url).path.lstrip("/")
         ident = str(next(self._ids))
         self.issued[ident] = s3_url
         expires = int(self.clock()) + self.expires_s
-        return (f"{self.base_url}/{quote(key)}?X-Edged-Expires={expires}"
+        return (f"{self.base_url}/{quote(self.object_of(s3_url))}?X-Edged-Expires={expires}"
                 f"&X-Edged-Id={ident}")
 
     def valid(self, url: str) -> bool:
@@ -117,6 +199,25 @@ class Presigner:
     def revoke(self, url: str) -> None:
         """``url`` stops working (one this presigner issued)."""
         self._revoked.update(parse_qs(urlsplit(url).query).get("X-Edged-Id", []))
+
+
+@dataclass
+class Refusal:
+    """Requests the service answers with ``code`` on demand (``JobsService.refuse``):
+    those of ``operation`` (start-next, describe, get, update), ``status`` (an update's)
+    and ``job_id`` where given, ``times`` more times (None: until ``times`` is set)."""
+
+    code: str
+    times: int | None = 1
+    operation: str | None = None
+    status: str | None = None
+    job_id: str | None = None
+
+    def matches(self, parsed: protocol.Topic, request: dict[str, Any]) -> bool:
+        return (self.times is None or self.times > 0) and \
+            self.operation in (None, parsed.operation) and \
+            self.status in (None, request.get("status")) and \
+            self.job_id in (None, parsed.job_id)
 
 
 class _Verbatim:
@@ -153,22 +254,35 @@ class _Refused(Exception):
 
 
 class JobsService:
-    """An in-memory IoT Jobs service on an MQTT broker, started as an async context."""
+    """An in-memory IoT Jobs service on an MQTT broker, started as an async context.
+
+    ``clock`` is the service's clock (timestamps, timers); ``minute_s`` how long a minute
+    of a step timer or an in-progress timeout lasts on it (60; a test compresses time
+    with less, and the device under test must be told the same)."""
 
     def __init__(self, host: str, port: int, *,
                  presign: Callable[[str], str] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, minute_s: float = 60.0) -> None:
         self.host = host
         self.port = port
-        #: S3 URL (decoded) -> pre-signed URL; None leaves placeholders unresolved.
+        #: S3 URL (as the placeholder holds it) -> pre-signed URL; None leaves
+        #: placeholders unresolved.
         self.presign = presign
         self.clock = clock
+        self.minute_s = minute_s
         self.jobs: dict[str, dict[str, Execution]] = {}
         #: Every request seen, in order: (topic, payload) for tests to inspect.
         self.requests: list[tuple[str, dict[str, Any] | None]] = []
+        #: The on-demand refusals in force (``refuse``), and each one sent:
+        #: (topic, request, code).
+        self.refusals: list[Refusal] = []
+        self.refused: list[tuple[str, dict[str, Any] | None, str]] = []
+        #: Fields added to every execution and summary sent (what a newer service might
+        #: send: a test checks the device reads the rest).
+        self.execution_extras: dict[str, Any] = {}
         self._order = itertools.count()
         self._client: aiomqtt.Client | None = None
-        self._task: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
         self._identifier = f"edged-jobs-peer-{uuid.uuid4().hex[:8]}"
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -182,34 +296,42 @@ class JobsService:
             await client.__aexit__(None, None, None)
             raise
         self._client = client
-        self._task = asyncio.create_task(self._serve(), name="edged-jobs-peer.serve")
+        self._tasks = [asyncio.create_task(self._serve(), name="edged-jobs-peer.serve"),
+                       asyncio.create_task(self._run_timers(), name="edged-jobs-peer.timers")]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            from edged.testing import stop_task
+        from edged.testing import stop_task
 
-            await stop_task(self._task)
-            self._task = None
+        for task in self._tasks:
+            await stop_task(task)
+        self._tasks = []
         if self._client is not None:
             client, self._client = self._client, None
             await client.__aexit__(None, None, None)
 
     # -- what a test does ----------------------------------------------------------------
 
-    async def queue_job(self, thing: str, job_id: str,
-                        document: dict[str, Any] | str) -> Execution:
-        """Queue ``job_id`` for ``thing``; notify-next goes out if the next one changed."""
+    async def queue_job(self, thing: str, job_id: str, document: dict[str, Any] | str, *,
+                        in_progress_timeout_minutes: int | None = None) -> Execution:
+        """Queue ``job_id`` for ``thing`` (CreateJob's checks: the document's size and
+        placeholders, the timeout's range); notify-next goes out if the next one changed."""
         protocol.check_job_id(job_id)
         text = document if isinstance(document, str) else json.dumps(document)
         if len(text) > 32_768:
             raise ValueError("a job document holds at most 32,768 characters")
+        for found in _PLACEHOLDER.finditer(text):
+            placeholder_url(found.group(0))
+        if in_progress_timeout_minutes is not None and \
+                not MINUTES[0] <= in_progress_timeout_minutes <= MINUTES[1]:
+            raise ValueError(f"inProgressTimeoutInMinutes is {MINUTES[0]}-{MINUTES[1]}")
         executions = self.jobs.setdefault(thing, {})
         if job_id in executions:
             raise ValueError(f"job {job_id} is already queued for {thing}")
         before = self._snapshot(thing)
         execution = Execution(job_id, thing, json.loads(text), int(self.clock()),
-                              order=next(self._order), text=text)
+                              order=next(self._order), text=text,
+                              in_progress_timeout_minutes=in_progress_timeout_minutes)
         executions[job_id] = execution
         await self._notify(thing, before)
         return execution
@@ -222,8 +344,30 @@ class JobsService:
             self._set(execution, "CANCELED")
         await self._notify(thing, before)
 
+    async def delete(self, thing: str, job_id: str) -> None:
+        """Delete the execution (DeleteJobExecution, forced): from now on it is
+        ResourceNotFound to the device."""
+        before = self._snapshot(thing)
+        del self.jobs[thing][job_id]
+        await self._notify(thing, before)
+
+    def refuse(self, code: str, *, times: int | None = 1, operation: str | None = None,
+               status: str | None = None, job_id: str | None = None) -> Refusal:
+        """Answer matching requests ``code`` (``RequestThrottled``, ``InternalError``...)
+        ``times`` more times (None: until the returned Refusal's ``times`` is set to 0)."""
+        if code not in CODES:
+            raise ValueError(f"AWS never answers {code!r}: one of {sorted(CODES)}")
+        refusal = Refusal(code, times, operation, status, job_id)
+        self.refusals.append(refusal)
+        return refusal
+
     def execution(self, thing: str, job_id: str) -> Execution:
         return self.jobs[thing][job_id]
+
+    async def expire_timers(self) -> None:
+        """Run out the timers due on ``clock`` now (a test that steps a fake clock)."""
+        for thing in list(self.jobs):
+            await self._expire(thing)
 
     # -- the service ---------------------------------------------------------------------
 
@@ -237,25 +381,47 @@ class JobsService:
         return (in_progress or queued or [None])[0]
 
     def _set(self, execution: Execution, status: str) -> None:
-        now = int(self.clock())
+        now = self.clock()
         if status == "IN_PROGRESS" and execution.started_at is None:
-            execution.started_at = now
+            execution.started_at = int(now)
+            if execution.in_progress_timeout_minutes is not None:
+                execution.in_progress_deadline = \
+                    now + execution.in_progress_timeout_minutes * self.minute_s
+        if status in TERMINAL_STATUSES:
+            execution.step_deadline = execution.in_progress_deadline = None
         execution.status = status
-        execution.last_updated_at = now
+        execution.last_updated_at = int(now)
         execution.version_number += 1
+
+    def _start_step_timer(self, execution: Execution, minutes: int | None) -> None:
+        if minutes is not None and execution.status == "IN_PROGRESS":
+            execution.step_timeout_minutes = minutes
+            execution.step_deadline = self.clock() + minutes * self.minute_s
+
+    async def _expire(self, thing: str) -> None:
+        """TIMED_OUT for each execution of ``thing`` whose step timer or in-progress
+        timeout has run out."""
+        now = self.clock()
+        before = self._snapshot(thing)
+        for execution in self.jobs.get(thing, {}).values():
+            deadlines = [d for d in (execution.step_deadline, execution.in_progress_deadline)
+                         if d is not None]
+            if execution.status == "IN_PROGRESS" and deadlines and now >= min(deadlines):
+                self._set(execution, "TIMED_OUT")
+        await self._notify(thing, before)
+
+    async def _run_timers(self) -> None:
+        while True:
+            await asyncio.sleep(0.02)
+            await self.expire_timers()
 
     def _document(self, execution: Execution) -> _Verbatim:
         text = execution.text or json.dumps(execution.document)
         if self.presign is None:
             return _Verbatim(text)
         presign = self.presign
-
-        def signed(match: re.Match[str]) -> str:
-            inner = match.group(2)
-            # The v2 form holds a URL-encoded S3 URL; the old one holds it as is.
-            return presign(unquote(inner) if match.group(1) else inner)
-
-        return _Verbatim(_PLACEHOLDER.sub(signed, text))
+        return _Verbatim(_PLACEHOLDER.sub(lambda m: presign(placeholder_url(m.group(0))),
+                                          text))
 
     def _execution(self, execution: Execution, include_document: bool = True) -> dict:
         found = {"jobId": execution.job_id, "thingName": execution.thing,
@@ -263,7 +429,7 @@ class JobsService:
                  "queuedAt": execution.queued_at,
                  "lastUpdatedAt": execution.last_updated_at or execution.queued_at,
                  "versionNumber": execution.version_number,
-                 "executionNumber": execution.execution_number}
+                 "executionNumber": execution.execution_number, **self.execution_extras}
         if execution.started_at is not None:
             found["startedAt"] = execution.started_at
         if include_document:
@@ -308,6 +474,7 @@ class JobsService:
             await self._answer(topic, parsed, bytes(message.payload))
 
     async def _answer(self, topic: str, parsed: protocol.Topic, raw: bytes) -> None:
+        await self._expire(parsed.thing)  # a timer due now has run out before this request
         try:
             request = json.loads(raw) if raw else {}
         except ValueError:
@@ -316,10 +483,20 @@ class JobsService:
         token = request.get("clientToken") if isinstance(request, dict) else None
         before = self._snapshot(parsed.thing)
         try:
+            if request is None:
+                raise _Refused("InvalidJson", "the payload is not JSON")
             if not isinstance(request, dict):
                 raise _Refused("InvalidRequest", "the payload must be a JSON object")
-            if token is not None and not isinstance(token, str):
-                raise _Refused("InvalidRequest", "clientToken must be a string")
+            if token is not None and (not isinstance(token, str)
+                                      or not _CLIENT_TOKEN.fullmatch(token)):
+                token = None  # not echoed: it is not one
+                raise _Refused("InvalidRequest", "clientToken must be 1-64 of [\\x21-\\x7E]")
+            for refusal in self.refusals:
+                if refusal.matches(parsed, request):
+                    if refusal.times is not None:
+                        refusal.times -= 1
+                    self.refused.append((topic, request, refusal.code))
+                    raise _Refused(refusal.code, "refused on demand")
             handler = {"start-next": self._start_next, "describe": self._describe,
                        "get": self._get_pending, "update": self._update}[parsed.operation]
             reply = handler(parsed, request)
@@ -341,15 +518,15 @@ class JobsService:
         details = request.get("statusDetails")
         if details is None:
             return None
-        try:
-            return dict(protocol.check_status_details(details))
-        except JobsProtocolError as exc:
-            raise _Refused("InvalidRequest", str(exc)) from None
+        problem = status_details_problem(details)
+        if problem is not None:
+            raise _Refused("InvalidRequest", problem)
+        return dict(details)
 
     @staticmethod
     def _step_timeout(request: dict[str, Any]) -> int | None:
         minutes = request.get("stepTimeoutInMinutes")
-        low, high = protocol.STEP_TIMEOUT_MINUTES
+        low, high = MINUTES
         if minutes is not None and (type(minutes) is not int or not low <= minutes <= high):
             raise _Refused("InvalidRequest", f"stepTimeoutInMinutes must be {low}-{high}")
         return minutes
@@ -364,32 +541,38 @@ class JobsService:
             self._set(execution, "IN_PROGRESS")
             if details is not None:
                 execution.status_details = details
-        if minutes is not None:
-            execution.step_timeout_minutes = minutes
+        self._start_step_timer(execution, minutes)
         return {"execution": self._execution(execution)}
 
     def _find(self, thing: str, job_id: str) -> Execution:
-        execution = self._next(thing) if job_id == protocol.NEXT else \
-            self.jobs.get(thing, {}).get(job_id)
+        execution = self.jobs.get(thing, {}).get(job_id)
         if execution is None:
             raise _Refused("ResourceNotFound", f"no execution of {job_id} for {thing}")
         return execution
 
     def _describe(self, parsed: protocol.Topic, request: dict[str, Any]) -> dict:
         assert parsed.job_id is not None
-        execution = self._find(parsed.thing, parsed.job_id)
-        number = request.get("executionNumber")
-        if number is not None and number != execution.execution_number:
-            raise _Refused("ResourceNotFound", f"no execution number {number}")
         include = request.get("includeJobDocument", True)
         if not isinstance(include, bool):
             raise _Refused("InvalidRequest", "includeJobDocument must be a boolean")
+        if parsed.job_id == protocol.NEXT:
+            execution = self._next(parsed.thing)
+            if execution is None:
+                return {}  # nothing pending: the timestamp alone
+        else:
+            execution = self._find(parsed.thing, parsed.job_id)
+        number = request.get("executionNumber")
+        if number is not None and number != execution.execution_number:
+            raise _Refused("ResourceNotFound", f"no execution number {number}")
+        if execution.status in TERMINAL_STATUSES:
+            raise _Refused("TerminalStateReached",
+                           f"the execution of {execution.job_id} is {execution.status}")
         return {"execution": self._execution(execution, include)}
 
     def _get_pending(self, parsed: protocol.Topic, request: dict[str, Any]) -> dict:
         in_progress, queued = self._pending(parsed.thing)
-        return {"inProgressJobs": [e.summary() for e in in_progress],
-                "queuedJobs": [e.summary() for e in queued]}
+        return {"inProgressJobs": [e.summary() | self.execution_extras for e in in_progress],
+                "queuedJobs": [e.summary() | self.execution_extras for e in queued]}
 
     def _update(self, parsed: protocol.Topic, request: dict[str, Any]) -> dict:
         assert parsed.job_id is not None
@@ -413,8 +596,7 @@ class JobsService:
         self._set(execution, status)
         if details is not None:
             execution.status_details = details
-        if minutes is not None:
-            execution.step_timeout_minutes = minutes
+        self._start_step_timer(execution, minutes)
         reply: dict[str, Any] = {}
         if request.get("includeJobExecutionState", False) is True:
             reply["executionState"] = execution.state()

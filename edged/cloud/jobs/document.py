@@ -7,7 +7,9 @@
      "model": {"name": "windturbine", "version": 7},
      "options": {"shadow_decisions": 0, "activate": true}}
 
-A document that does not parse is bad for good: the executor reports it REJECTED
+A job whose document is not an object with ``"operation": "edged.deploy-model"`` is not
+edged's (``is_ours``): the executor leaves it alone for the software it is meant for. One
+of ours that does not parse is bad for good: the executor reports it REJECTED
 (``JobDocumentError``, reason ``malformed`` or ``too_large``). The bundle URL must be https;
 ``options.allow_http`` lets a lab or a test serve bundles over plain http, and nothing
 else does. The bundle's own hash and signature are checked later by ``edged.model.bundle``.
@@ -34,6 +36,11 @@ OPERATION = "edged.deploy-model"
 # The service substitutes these when the device fetches the document; one still present
 # means the URL was never signed (or the document was read some other way).
 _PLACEHOLDER = re.compile(r"\$\{aws:iot:s3-presigned-url(?:-v2)?:[^}]*\}")
+
+
+def is_ours(document: Any) -> bool:
+    """True if a job with ``document`` is edged's to run (its ``operation`` says so)."""
+    return isinstance(document, dict) and document.get("operation") == OPERATION
 
 
 def needs_fresh_url(url: str) -> bool:

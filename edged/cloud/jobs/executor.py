@@ -1,8 +1,11 @@
 """The IoT Jobs executor: model updates from the fleet service, one execution at a time.
 
-On every connection and every ``notify-next`` it asks for the next execution
-(``start-next``, with a step timer) and runs it through the phases of
-:data:`edged.cloud.jobs.journal.PHASES`::
+On every connection and every push (``notify``, ``notify-next``) it reads the thing's
+pending list (``get``), describes each execution it has not seen to read its document,
+leaves alone those that are not edged's (another program's jobs on the same thing: never
+started, never answered), and runs the first of its own: a QUEUED one is moved to
+IN_PROGRESS (an update with a step timer and ``expectedVersion``), then it goes through
+the phases of :data:`edged.cloud.jobs.journal.PHASES`::
 
     received     the job document is parsed (a bad one is REJECTED at once)
     downloading  the bundle streams to disk, resumable, size-capped, hash-checked;
@@ -16,9 +19,18 @@ On every connection and every ``notify-next`` it asks for the next execution
     reporting    the outcome is decided; send it until the service acknowledges it
 
 Each phase is saved in the journal before its side effects, and a progress update
-(statusDetails: phase, model, bytes, time per phase) goes out as it starts. On restart
-the execution is resumed where it stopped; the model store, whose commit is one rename,
-guarantees the old model or the new one is served meanwhile, never none.
+(statusDetails: phase, model, bytes, time per phase) goes out as it starts; while the
+phases run, the step timer is renewed every third of its length, so a long step (a shadow
+trial of an hour) never lets the service time the execution out. On restart a decided
+outcome is reported first and never decided again; an execution cut short is resumed
+where it stopped; the model store, whose commit is one rename, guarantees the old model
+or the new one is served meanwhile, never none.
+
+Every request the service refuses as ``RequestThrottled`` or ``InternalError``, or leaves
+unanswered, is asked again after a pause drawn by :mod:`edged.base.retry` (AWS's own
+device client's policy: 10 s doubling to 640 s, full jitter). An execution the service
+says is gone (``InvalidStateTransition``, ``TerminalStateReached``, ``ResourceNotFound``)
+stops the work at once.
 
 Outcomes: SUCCEEDED; REJECTED for what retrying cannot fix (a refused bundle or
 document); FAILED for what may work later (network, S3, disk, a shadow trial that did
@@ -28,13 +40,13 @@ not pass, which the job's abort criteria can count to stop a rollout).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import shutil
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiomqtt
 import structlog
@@ -46,15 +58,24 @@ from edged.base.tasks import cancel_and_wait
 from edged.cloud.jobs import protocol
 from edged.cloud.jobs.client import JobsClient, JobsRejected
 from edged.cloud.jobs.document import (
+    OPERATION,
     JobDocument,
     document_of,
+    is_ours,
     needs_fresh_url,
     parse_document,
     terminal_status,
 )
 from edged.cloud.jobs.download import DownloadError, ExpiredUrl, fetch_bundle
 from edged.cloud.jobs.journal import JobRecord, Journal
-from edged.cloud.jobs.protocol import JobDocumentError, JobExecution, JobsProtocolError
+from edged.cloud.jobs.protocol import (
+    GONE_CODES,
+    TRANSIENT_CODES,
+    ExecutionState,
+    JobDocumentError,
+    JobExecution,
+    JobsProtocolError,
+)
 from edged.model.bundle import (
     BundleError,
     ModelExpectation,
@@ -72,9 +93,32 @@ from edged.runtime.swap import BuildPreprocessor, Candidate, commit_swap, prepar
 
 log = structlog.get_logger("edged.cloud.jobs")
 
-#: Retry delays (edged.base.retry): asking the service for work, and sending a report.
-SERVICE_BACKOFF = (2.0, 300.0)
-REPORT_BACKOFF = (2.0, 60.0)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How long the executor waits. AWS's own figures by default; a test compresses
+    them, telling its jobs service the same (``tests/support/jobs_peer.py``)."""
+
+    #: The backoff of every request asked again (edged.base.retry, full jitter): AWS's
+    #: device client's, from 10 s doubling to 640 s.
+    backoff_s: tuple[float, float] = (10.0, 640.0)
+    #: How long a minute of a step timer lasts.
+    minute_s: float = 60.0
+    #: How a backoff is waited (a test records the delays drawn).
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
+
+    def renew_every_s(self, step_timeout_minutes: int) -> float:
+        """How often the step timer of a running execution is renewed: every third of
+        it, so that a renewal lost or throttled still leaves time for another."""
+        return step_timeout_minutes * self.minute_s / 3
+
+
+#: The timing of every executor built without one (the daemon's).
+TIMING = Timing()
+#: Jobs that are not edged's, remembered (by id) so each is described and counted once.
+LEFT_ALONE_REMEMBERED = 1024
 
 #: Awaited with the phase's name right after each phase is saved in the journal, before
 #: its first side effect: a test pauses there to kill the process at that phase.
@@ -84,7 +128,14 @@ URL_REFRESHES = 3
 
 
 class JobGone(EdgedError):
-    """The execution is no longer ours to run (cancelled, removed, timed out)."""
+    """The execution is no longer ours to run (cancelled, removed, timed out, deleted):
+    ``code`` is the service's refusal that said so, ``state`` the state it sent."""
+
+    def __init__(self, reason: str, code: str | None = None,
+                 state: ExecutionState | None = None) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.state = state
 
 
 class ShadowFailed(EdgedError):
@@ -106,18 +157,21 @@ class _Run:
     candidates: list[tuple[Pipeline, Candidate]] = field(default_factory=list)
     work: asyncio.Task | None = None  # the phases, cancelled if the execution is gone
     gone: str | None = None  # why the execution is no longer ours
+    renewed: float = field(default_factory=time.monotonic)  # the step timer's last start
+    updating: asyncio.Lock = field(default_factory=asyncio.Lock)  # one update at a time
 
 
 class JobsExecutor:
     """Runs deploy-model executions for the pipelines that serve a store model.
 
     ``pipelines`` maps each pipeline that jobs may update to the preprocessor factory a
-    new model's preprocessing is built with; ``on_phase`` (tests) see :data:`PhaseHook`."""
+    new model's preprocessing is built with; ``on_phase`` (tests) see :data:`PhaseHook`;
+    ``timing`` (tests) see :class:`Timing`."""
 
     def __init__(self, config: Any, *, link: BrokerLink, thing: str,
                  pipelines: dict[Pipeline, BuildPreprocessor], stores: dict[str, str],
                  state_dir: Path, trust: TrustStore, counters: Counters,
-                 on_phase: PhaseHook | None = None) -> None:
+                 on_phase: PhaseHook | None = None, timing: Timing | None = None) -> None:
         self.config = config  # edged.cloud.link.JobsConfig
         self.thing = thing
         self.pipelines = pipelines
@@ -125,32 +179,35 @@ class JobsExecutor:
         self.state_dir = Path(state_dir)
         self.trust = trust
         self.counters = counters
+        self.timing = timing or TIMING
         self.client = JobsClient(link, thing, counters, timeout_s=config.request_timeout_s)
         self.journal = Journal(self.state_dir / "jobs")
         self.work_root = self.state_dir / "jobs" / "work"
         self._wake = asyncio.Event()
-        self._announced = asyncio.Event()  # notify-next arrived while a job runs
+        self._announced = asyncio.Event()  # a push leaves out the job that runs
+        self._connected = asyncio.Event()  # set by every new connection
         self._running: _Run | None = None
+        self._left_alone: OrderedDict[str, None] = OrderedDict()
         self._on_phase = on_phase
 
     # -- the cloud link's service interface ------------------------------------------
 
     async def subscribe(self, client: aiomqtt.Client) -> None:
         await self.client.subscribe(client)
-        self._wake.set()  # start-next on every connection: jobs queued while we were away
+        self._connected.set()
+        self._wake.set()  # read the pending list on every connection: jobs queued while away
 
     def dispatch(self, message: aiomqtt.Message) -> None:
-        announced = self.client.dispatch(message)
-        if announced is JobsClient.NO_NOTIFICATION:
+        named = self.client.dispatch(message)
+        if named is None:
             return
         self._wake.set()
         running = self._running
-        if running is not None and (announced is None
-                                    or announced.job_id != running.record.job_id):
-            self._announced.set()  # the next job is another one: is ours still on?
+        if running is not None and running.record.job_id not in named:
+            self._announced.set()  # a push that leaves our job out: is it still on?
 
     async def run(self) -> None:
-        backoff = Backoff(*SERVICE_BACKOFF)
+        backoff = Backoff(*self.timing.backoff_s)
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -160,33 +217,109 @@ class JobsExecutor:
                 backoff.reset()
             except (TimeoutError, JobsProtocolError, JobsRejected) as exc:
                 _raise_if_cancelled()
-                # The service is unreachable or answered nonsense: ask again later.
+                # Refused for good, or nonsense: ask again later, never at once.
                 delay = backoff.next_delay()
                 log.warning("jobs_service_unavailable", error=repr(exc),
                             retry_in_s=round(delay, 1))
-                await asyncio.sleep(delay)
+                await self._pause(delay)
                 self._wake.set()
+
+    # -- asking the service ----------------------------------------------------------
+
+    async def _ask(self, request: str, job: str | None,
+                   call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``, asked again while the service answers ``RequestThrottled`` or
+        ``InternalError``, answers nonsense or nothing at all, after the backoff's pause
+        (10 s doubling to 640 s, full jitter). Any other refusal is raised."""
+        backoff = Backoff(*self.timing.backoff_s)
+        while True:
+            try:
+                return await call()
+            except JobsRejected as exc:
+                if exc.code not in TRANSIENT_CODES:
+                    raise
+                error: Exception = exc
+                code = exc.code
+            except (TimeoutError, JobsProtocolError) as exc:
+                _raise_if_cancelled()
+                error, code = exc, type(exc).__name__
+            delay = backoff.next_delay()
+            self.counters.inc("jobs_requests_retried", request=request, code=code)
+            log.warning("jobs_request_retry", request=request, job=job, error=str(error),
+                        attempt=backoff.failures, retry_in_s=round(delay, 1))
+            await self._pause(delay)
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait ``seconds``, or less if the link connects anew meanwhile (a device back
+        online asks at once rather than at the end of a long backoff)."""
+        self._connected.clear()
+        sleep = asyncio.ensure_future(self.timing.sleep(seconds))
+        connected = asyncio.ensure_future(self._connected.wait())
+        try:
+            await asyncio.wait((sleep, connected), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleep, connected):
+                await cancel_and_wait(task)
+
+    async def _describe(self, job_id: str) -> JobExecution:
+        """The execution, its document freshly signed; JobGone if the service says it
+        has ended or was deleted."""
+        try:
+            return await self._ask("describe", job_id, lambda: self.client.describe(job_id))
+        except JobsRejected as exc:
+            if exc.code in GONE_CODES:
+                raise JobGone(str(exc), exc.code, exc.state) from None
+            raise
 
     # -- one execution ------------------------------------------------------------------
 
     async def _next(self) -> bool:
-        """Start (or resume) the next execution and run it; False if none is pending."""
+        """Do the next thing there is: report a decided outcome, resume the execution
+        of the journal, or start the first pending one of ours. False when nothing is
+        left to do until the next push or connection."""
         record = self.journal.load()
-        execution = await self.client.start_next(self.config.step_timeout_minutes)
-        if record is not None and (execution is None or execution.job_id != record.job_id):
-            await self._abandon(record)
-        elif record is not None:
-            record.resumed += 1
-            self.counters.inc("jobs_resumed")
-            log.info("job_resumed", job=record.job_id, phase=record.phase,
-                     resumed=record.resumed)
-        if execution is None:
-            self._clean_work()
+        if record is not None and record.outcome is not None and record.refused is None:
+            # Decided, not yet accepted: say it before anything else, never decide again.
+            await self._report(_Run(record, None))
+            return True
+        pending = await self._ask("get", None, self.client.pending)
+        if record is not None and record.job_id not in {e.job_id for e in pending}:
+            self._abandon(record)  # it ended (timed out, cancelled) while we were away
+            record = None
+        if record is not None and record.refused is not None:
+            # Its report was refused for good: it is never run again, and it holds back
+            # the next until the service ends it (its step timer runs out).
             return False
-        record = record if record is not None and record.job_id == execution.job_id \
-            else None
-        await self._execute(execution, record)
-        return True
+        if record is not None:  # the journal's execution first
+            pending.sort(key=lambda execution: execution.job_id != record.job_id)
+        for summary in pending:
+            if summary.job_id in self._left_alone:
+                continue
+            try:
+                execution = await self._describe(summary.job_id)
+            except JobGone:
+                continue  # ended since the list was read
+            if not is_ours(execution.job_document):
+                self._leave_alone(execution)
+                continue
+            resumed = record if record is not None and record.job_id == execution.job_id \
+                else None
+            await self._execute(execution, resumed)
+            return True
+        if record is None:
+            self._clean_work()
+        return False
+
+    def _leave_alone(self, execution: JobExecution) -> None:
+        """Another program's job on this thing: never started, never answered."""
+        if len(self._left_alone) >= LEFT_ALONE_REMEMBERED:
+            self._left_alone.popitem(last=False)
+        self._left_alone[execution.job_id] = None
+        document = execution.job_document
+        operation = document.get("operation") if isinstance(document, dict) else None
+        self.counters.inc("jobs_left_alone")
+        log.info("job_left_alone", job=execution.job_id, operation=repr(operation)[:80],
+                 reason=f"not an {OPERATION} job")
 
     async def _execute(self, execution: JobExecution, record: JobRecord | None) -> None:
         if record is None:
@@ -195,13 +328,22 @@ class JobsExecutor:
             log.info("job_started", job=record.job_id, model=record.model,
                      version=record.version)
             await self._phase_hook("received")
+        else:
+            record.resumed += 1
+            self.counters.inc("jobs_resumed")
+            log.info("job_resumed", job=record.job_id, phase=record.phase,
+                     resumed=record.resumed)
         run = _Run(record, execution.version_number)
         if record.outcome is None:
             self._running = run
             try:
+                if execution.status == "QUEUED":  # ours now: IN_PROGRESS, a step timer
+                    await self._ask("update", record.job_id, lambda: self._update(
+                        run, "IN_PROGRESS", self._details(record)))
                 details = await self._guarded(run)
                 record.outcome = {"status": "SUCCEEDED", "details": details}
             except JobGone as exc:
+                self.counters.inc("jobs_gone")
                 log.warning("job_gone", job=record.job_id, phase=record.phase,
                             reason=str(exc))
                 self._finish()
@@ -220,10 +362,13 @@ class JobsExecutor:
 
     async def _guarded(self, run: _Run) -> dict[str, str]:
         """Run the phases as a task that stops as soon as the execution is found gone
-        (cancelled, removed, timed out): by a rejected progress update, or by describing
-        it when notify-next announces another job. Raises JobGone then."""
+        (cancelled, removed, timed out, deleted): by a rejected update, or by describing
+        it when a push leaves it out. Meanwhile the step timer is renewed. Raises
+        JobGone then."""
+        self._announced.clear()  # a push from before this job began says nothing of it
         run.work = asyncio.create_task(self._work(run), name="edged[jobs].work")
-        watcher = asyncio.create_task(self._watch(run), name="edged[jobs].watch")
+        helpers = [asyncio.create_task(self._watch(run), name="edged[jobs].watch"),
+                   asyncio.create_task(self._keep_alive(run), name="edged[jobs].renew")]
         try:
             return await run.work
         except asyncio.CancelledError:
@@ -232,22 +377,51 @@ class JobsExecutor:
                 raise  # the daemon is stopping: the journal resumes the job
             raise JobGone(run.gone) from None
         finally:
-            for task in (run.work, watcher):
+            for task in (run.work, *helpers):
                 await cancel_and_wait(task)
 
     async def _watch(self, run: _Run) -> None:
+        """Describe the execution once each time a push leaves it out: gone (ended or
+        deleted) stops the work; busy or unanswered waits the backoff (inside _ask)."""
         while True:
             await self._announced.wait()
             self._announced.clear()
             try:
-                execution = await self.client.describe(run.record.job_id)
-            except (TimeoutError, JobsRejected, JobsProtocolError):
-                _raise_if_cancelled()
-                self._announced.set()  # the question stands: ask again shortly
-                await asyncio.sleep(1.0)
+                execution = await self._describe(run.record.job_id)
+            except JobGone as exc:
+                self._gone(run, str(exc))
+                return
+            except JobsRejected as exc:  # refused for good: the next update will tell
+                log.warning("job_describe_refused", job=run.record.job_id, error=str(exc))
                 continue
             if execution.status in protocol.TERMINAL_STATUSES:
                 self._gone(run, f"the execution is {execution.status}")
+                return
+
+    async def _keep_alive(self, run: _Run) -> None:
+        """Renew the step timer while the phases run: an IN_PROGRESS update whenever
+        none has started it for a third of its length (a long download, a shadow trial
+        of an hour), so the service never times a working device out."""
+        every = self.timing.renew_every_s(self.config.step_timeout_minutes)
+        backoff = Backoff(*self.timing.backoff_s)
+        while True:
+            wait = run.renewed + every - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            try:
+                await self._update(run, "IN_PROGRESS", self._details(run.record))
+                backoff.reset()
+            except JobGone as exc:
+                self._gone(run, str(exc))
+                return
+            except (TimeoutError, JobsRejected, JobsProtocolError) as exc:
+                _raise_if_cancelled()
+                # Again before the timer runs out, however long the backoff has grown.
+                delay = min(backoff.next_delay(), every)
+                log.warning("job_step_timer_not_renewed", job=run.record.job_id,
+                            error=str(exc), retry_in_s=round(delay, 1))
+                await self._pause(delay)
 
     def _gone(self, run: _Run, reason: str) -> None:
         """Stop the work for an execution that is no longer ours. Once the commit
@@ -359,7 +533,7 @@ class JobsExecutor:
 
     async def _fresh_document(self, run: _Run, old: JobDocument) -> JobDocument:
         """Describe the execution again: the service signs the bundle URL anew."""
-        execution = await self.client.describe(run.record.job_id)
+        execution = await self._describe(run.record.job_id)
         document = parse_document(document_of(execution))
         if (document.bundle.sha256, document.bundle.size, document.model) != \
                 (old.bundle.sha256, old.bundle.size, old.model):
@@ -461,70 +635,92 @@ class JobsExecutor:
         return {key: str(value) for key, value in details.items()}
 
     async def _progress(self, run: _Run, **extra: Any) -> None:
-        """An IN_PROGRESS update with a fresh step timer. A lost reply is not fatal (the
-        next update corrects the version); a job that is gone stops the work."""
+        """An IN_PROGRESS update with a fresh step timer. One not sent is not fatal (the
+        step timer's renewal tries again, the next update corrects the version); a job
+        that is gone stops the work."""
         try:
             await self._update(run, "IN_PROGRESS", self._details(run.record, **extra))
-        except (TimeoutError, JobsRejected) as exc:  # Throttling, say: report again later
+        except (TimeoutError, JobsRejected, JobsProtocolError) as exc:
             _raise_if_cancelled()
             log.warning("job_progress_not_sent", job=run.record.job_id, error=str(exc))
 
     async def _update(self, run: _Run, status: str, details: dict[str, str]) -> None:
+        """One update of the execution (IN_PROGRESS ones start the step timer anew).
+        JobGone if the service says the execution has ended or was deleted; a
+        ``VersionMismatch`` whose state shows our own update (its reply was lost) counts
+        as done, another one is tried again on the current version."""
         clamped = protocol.clamp_status_details(details)
-        if clamped.truncated or clamped.dropped or clamped.cleaned:
+        if clamped.changed:
             self.counters.inc("jobs_status_details_clamped")
-        for _ in range(3):
-            try:
-                state = await self.client.update(
-                    run.record.job_id, status, clamped.details, run.version,
-                    self.config.step_timeout_minutes if status == "IN_PROGRESS" else None)
-                run.version = state.version_number if state else None
-                return
-            except JobsRejected as exc:
-                state = exc.state
-                if exc.code in ("InvalidStateTransition", "ResourceNotFound"):
-                    raise JobGone(str(exc)) from None
-                if exc.code != "VersionMismatch" or state is None:
-                    raise
-                if state.status in protocol.TERMINAL_STATUSES:
-                    raise JobGone(f"the execution is {state.status}") from None
-                if state.status == status and state.status_details == clamped.details:
-                    run.version = state.version_number  # our own update; its reply was lost
+        async with run.updating:
+            for _ in range(3):
+                try:
+                    state = await self.client.update(
+                        run.record.job_id, status, clamped.details, run.version,
+                        self.config.step_timeout_minutes if status == "IN_PROGRESS" else None)
+                    run.version = state.version_number if state else None
+                    if status == "IN_PROGRESS":
+                        run.renewed = time.monotonic()
                     return
-                run.version = state.version_number  # someone else's change: go again
+                except JobsRejected as exc:
+                    state = exc.state
+                    if exc.code in GONE_CODES:
+                        raise JobGone(str(exc), exc.code, state) from None
+                    if exc.code != "VersionMismatch" or state is None:
+                        raise
+                    if state.status in protocol.TERMINAL_STATUSES:
+                        raise JobGone(f"the execution is {state.status}", exc.code,
+                                      state) from None
+                    run.version = state.version_number
+                    if state.status == status and state.status_details == clamped.details:
+                        return  # our own update; its reply was lost
         raise JobsRejected("VersionMismatch", "the version kept moving", None)
 
     async def _report(self, run: _Run) -> None:
-        """Send the decided outcome until the service acknowledges it."""
+        """Send the decided outcome until the service accepts it (asked again while it
+        is busy or silent, however long that takes: the outcome stays in the journal).
+        A refusal for good is counted and logged: an execution gone meanwhile is
+        forgotten; one whose report the service will not take (InvalidRequest...) is
+        sent once more with only its phase and reason, then kept in the journal as
+        refused, never run again."""
         record = run.record
         outcome = record.outcome or {}
         status, details = outcome["status"], outcome["details"]
-        backoff = Backoff(*REPORT_BACKOFF)
-        while True:
+        essential = {k: v for k, v in details.items() if k in ("phase", "reason")}
+        for attempt in (details, essential):
             try:
-                await self._update(run, status, details)
-                break
+                await self._ask("update", record.job_id,
+                                lambda attempt=attempt: self._update(run, status, attempt))
             except JobGone as exc:
-                # Terminal already: our own report whose reply was lost, or the job was
-                # cancelled meanwhile. Either way nothing is left to say.
-                log.info("job_report_superseded", job=record.job_id, reason=str(exc))
-                break
+                if exc.state is not None and exc.state.status == status:
+                    break  # our own report, whose reply was lost: it was taken
+                self._refused(record, exc.code or "gone", str(exc), keep=False)
+                return
             except JobsRejected as exc:
-                if exc.code not in ("Throttling", "InternalError", "ServiceUnavailable"):
-                    # The service will never take this report; keeping it would block
-                    # every later job. Say so loudly and move on.
-                    log.error("job_report_refused", job=record.job_id, error=str(exc))
-                    break
-                await backoff.sleep()
-            except TimeoutError as exc:
-                _raise_if_cancelled()
-                delay = backoff.next_delay()
-                log.warning("job_report_not_sent", job=record.job_id, error=str(exc),
-                            retry_in_s=round(delay, 1))
-                await asyncio.sleep(delay)
+                if attempt is details and essential != details:
+                    log.warning("job_report_refused_retrying_essentials",
+                                job=record.job_id, error=str(exc))
+                    continue
+                self._refused(record, exc.code, str(exc), keep=True)
+                return
+            break
         self.counters.inc("jobs_finished", status=status)
         log.info("job_finished", job=record.job_id, status=status, **details)
         self._finish()
+
+    def _refused(self, record: JobRecord, code: str, error: str, *, keep: bool) -> None:
+        """The service will never take this report. Never run the job again: forget it
+        if it is gone, else keep it in the journal as refused until the service ends
+        it."""
+        self.counters.inc("jobs_reports_refused", code=code)
+        log.error("job_report_refused", job=record.job_id, code=code, error=error,
+                  status=(record.outcome or {}).get("status"),
+                  kept_until_it_ends=keep)
+        if keep:
+            record.refused = code
+            self.journal.save(record)
+        else:
+            self._finish()
 
     def _success(self, run: _Run, previous: int | None, *, activated: bool = True,
                  committed_before: bool = False) -> dict[str, str]:
@@ -549,15 +745,12 @@ class JobsExecutor:
                   reason=reason, error=str(exc))
         return {"status": status, "details": details}
 
-    async def _abandon(self, record: JobRecord) -> None:
-        """The journal's execution is not the service's next one: it was finished (our
-        terminal report's reply was lost), cancelled, or timed out."""
-        if record.phase == "reporting" and record.outcome is not None:
-            with contextlib.suppress(JobGone, JobsRejected, TimeoutError):
-                await self._update(_Run(record, None), record.outcome["status"],
-                                   record.outcome["details"])
-            _raise_if_cancelled()
-        log.warning("job_abandoned", job=record.job_id, phase=record.phase)
+    def _abandon(self, record: JobRecord) -> None:
+        """The journal's execution is no longer pending: it ended (its step timer ran
+        out, it was cancelled or deleted) while the device was away or its report
+        refused."""
+        log.warning("job_abandoned", job=record.job_id, phase=record.phase,
+                    refused=record.refused)
         self._finish()
 
     def _finish(self) -> None:

@@ -24,7 +24,8 @@ from edged.base.durable import fsync_dir, makedirs_durably, write_durably
 log = structlog.get_logger("edged.cloud.jobs")
 
 #: The phases of one execution, in order. ``reporting`` holds a decided outcome that the
-#: service has not acknowledged yet.
+#: service has not acknowledged yet: it is kept until the service accepts it, and after a
+#: restart it is reported before anything else, never decided again.
 PHASES = ("received", "downloading", "verifying", "staging", "shadow", "activating",
           "reporting")
 
@@ -45,6 +46,10 @@ class JobRecord:
     shadow: dict[str, str] | None = None  # the shadow trial's figures, once run
     outcome: dict[str, Any] | None = None  # {"status": ..., "details": {...}} once decided
     resumed: int = 0  # restarts this execution has survived
+    #: The code the service refused the outcome's report with for good (InvalidRequest,
+    #: say): the execution is never run again, and the record is dropped once the
+    #: service no longer lists it (its step timer ends it).
+    refused: str | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> JobRecord:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,8 +22,14 @@ from edged.config.cloud import STEP_TIMEOUT_MINUTES
 
 JOB_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 STATUS_KEY = re.compile(r"^[a-zA-Z0-9:_-]{1,128}$")
-STATUS_VALUE_MAX = 1024
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+STATUS_VALUE_MAX = 1024  # in UTF-16 code units, as the service counts them
+#: What an empty statusDetails value becomes: the service takes 1 to 1,024 characters.
+EMPTY_VALUE = "-"
+#: What a character of Unicode category C other than a control becomes (a format
+#: character such as a zero-width space, a lone surrogate, private use, unassigned).
+REPLACEMENT = "\ufffd"
+#: clientToken: 1-64 of the printable ASCII characters but space.
+_TOKEN = re.compile(r"[\x21-\x7e]{1,64}")
 #: ``$next`` names the next pending execution in describe requests.
 NEXT = "$next"
 
@@ -31,6 +38,15 @@ DEVICE_STATUSES = frozenset({"IN_PROGRESS", "SUCCEEDED", "FAILED", "REJECTED"})
 TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "TIMED_OUT", "REJECTED", "REMOVED",
                                "CANCELED"})
 STATUSES = frozenset({"QUEUED", "IN_PROGRESS"}) | TERMINAL_STATUSES
+#: The codes of a rejected reply over MQTT: AWS's whole list.
+CODES = frozenset({"InvalidTopic", "InvalidJson", "InvalidRequest", "InvalidStateTransition",
+                   "ResourceNotFound", "VersionMismatch", "InternalError", "RequestThrottled",
+                   "TerminalStateReached"})
+#: Refusals to ask again after a pause: the service is busy, the request is not wrong.
+TRANSIENT_CODES = frozenset({"RequestThrottled", "InternalError"})
+#: Refusals that say the execution is no longer the device's: it ended (a terminal
+#: status cannot change; describing one answers TerminalStateReached) or was deleted.
+GONE_CODES = frozenset({"InvalidStateTransition", "TerminalStateReached", "ResourceNotFound"})
 #: Largest reply read: AWS IoT's own cap on an MQTT message (a job document is at most
 #: 32,768 characters of it).
 MAX_REPLY_BYTES = 128 * 1024
@@ -153,17 +169,40 @@ def parse_topic(topic: str, thing: str | None = None) -> Topic:
 
 # -- requests ----------------------------------------------------------------------------
 
+def utf16_length(value: str) -> int:
+    """``value``'s length as the service counts it: UTF-16 code units (a character
+    outside the Basic Multilingual Plane, an emoji say, counts twice)."""
+    return len(value.encode("utf-16-le", "surrogatepass")) // 2
+
+
+def invisible(value: str) -> int | None:
+    """The index of the first character of Unicode category C (``\\p{C}``: control,
+    format, surrogate, private use, unassigned) in ``value``, or None. AWS refuses a
+    statusDetails value holding one (``[^\\p{C}]+``)."""
+    if value.isprintable():
+        return None  # the fast path: printable text holds no character of category C
+    for index, char in enumerate(value):
+        if unicodedata.category(char)[0] == "C":
+            return index
+    return None
+
+
 def check_status_details(details: dict[str, str]) -> dict[str, str]:
-    """``details`` if every key and value fits the contract, else an error naming it."""
+    """``details`` if every key and value fits the contract, else an error naming it:
+    keys 1-128 of ``[a-zA-Z0-9:_-]``, values 1-1,024 characters (UTF-16 code units)
+    matching ``[^\\p{C}]+``."""
     if not isinstance(details, dict):
         raise JobsProtocolError("statusDetails must be an object of strings")
     for key, value in details.items():
         if not isinstance(key, str) or not STATUS_KEY.fullmatch(key):
             raise JobsProtocolError(f"statusDetails key {key!r}: 1-128 of [a-zA-Z0-9:_-]")
-        if not isinstance(value, str) or not 1 <= len(value) <= STATUS_VALUE_MAX:
+        if not isinstance(value, str) or not 1 <= utf16_length(value) <= STATUS_VALUE_MAX:
             raise JobsProtocolError(f"statusDetails[{key!r}]: a string of 1-1024 characters")
-        if _CONTROL.search(value):
-            raise JobsProtocolError(f"statusDetails[{key!r}] holds control characters")
+        at = invisible(value)
+        if at is not None:
+            raise JobsProtocolError(
+                f"statusDetails[{key!r}] holds U+{ord(value[at]):04X} at {at} (category "
+                f"{unicodedata.category(value[at])}): values match [^\\p{{C}}]+")
     return details
 
 
@@ -181,10 +220,35 @@ class Clamped:
         return self.truncated + self.dropped + self.cleaned
 
 
+def _visible(value: str) -> str:
+    """``value`` without a character of category C: a control (a line break, a tab in an
+    exception's text) becomes a space, any other (zero-width space, BOM, soft hyphen, a
+    lone surrogate, private use, unassigned) U+FFFD, which shows that something was
+    there."""
+    return "".join(
+        char if unicodedata.category(char)[0] != "C" else
+        " " if unicodedata.category(char) == "Cc" else REPLACEMENT
+        for char in value)
+
+
+def _first_units(value: str, units: int) -> str:
+    """The longest start of ``value`` of at most ``units`` UTF-16 code units."""
+    if utf16_length(value) <= units:
+        return value
+    kept, used = [], 0
+    for char in value:
+        used += 2 if ord(char) > 0xFFFF else 1
+        if used > units:
+            break
+        kept.append(char)
+    return "".join(kept)
+
+
 def clamp_status_details(details: dict[str, Any]) -> Clamped:
-    """Make progress details fit the limits, so that an update is never rejected for them:
-    invalid keys are dropped, values become strings, control characters become spaces,
-    long values are truncated and empty ones dropped. Each change is counted."""
+    """Make progress details fit the limits, so that an update is never refused for
+    them: invalid keys and None values are dropped, values become strings, characters of
+    category C are replaced (see ``_visible``), long values are cut to 1,024 UTF-16 code
+    units and an empty value becomes ``EMPTY_VALUE``. Each change is counted."""
     kept: dict[str, str] = {}
     truncated = dropped = cleaned = 0
     for key, raw in details.items():
@@ -192,14 +256,15 @@ def clamp_status_details(details: dict[str, Any]) -> Clamped:
             dropped += 1
             continue
         value = raw if isinstance(raw, str) else str(raw)
-        value, n = _CONTROL.subn(" ", value)
-        cleaned += bool(n)
-        if len(value) > STATUS_VALUE_MAX:
-            value = value[:STATUS_VALUE_MAX]
+        if invisible(value) is not None:
+            value = _visible(value)
+            cleaned += 1
+        if utf16_length(value) > STATUS_VALUE_MAX:
+            value = _first_units(value, STATUS_VALUE_MAX)
             truncated += 1
         if not value:
-            dropped += 1
-            continue
+            value = EMPTY_VALUE
+            cleaned += 1
         kept[key] = value
     return Clamped(kept, truncated, dropped, cleaned)
 
@@ -211,12 +276,14 @@ def _step_timeout(minutes: int | None) -> int | None:
     return minutes
 
 
-def _token(client_token: str) -> str:
-    # The service limits clientToken to 64 printable characters.
-    if not isinstance(client_token, str) or not 1 <= len(client_token) <= 64 or \
-            _CONTROL.search(client_token):
-        raise JobsProtocolError(f"clientToken {client_token!r}: 1-64 printable characters")
+def check_client_token(client_token: str) -> str:
+    """``client_token`` if the service takes it: 1-64 printable ASCII characters, no
+    space."""
+    if not isinstance(client_token, str) or not _TOKEN.fullmatch(client_token):
+        raise JobsProtocolError(f"clientToken {client_token!r}: 1-64 printable ASCII "
+                                "characters")
     return client_token
+
 
 
 def _encode(payload: dict[str, Any]) -> bytes:
@@ -226,7 +293,7 @@ def _encode(payload: dict[str, Any]) -> bytes:
 def start_next(client_token: str, status_details: dict[str, str] | None = None,
                step_timeout_minutes: int | None = None) -> bytes:
     """The payload of a start-next request."""
-    payload: dict[str, Any] = {"clientToken": _token(client_token)}
+    payload: dict[str, Any] = {"clientToken": check_client_token(client_token)}
     if status_details is not None:
         payload["statusDetails"] = check_status_details(status_details)
     if _step_timeout(step_timeout_minutes) is not None:
@@ -234,11 +301,17 @@ def start_next(client_token: str, status_details: dict[str, str] | None = None,
     return _encode(payload)
 
 
+def get_pending(client_token: str) -> bytes:
+    """The payload of a request for the pending list (publish it to
+    ``get_pending_topic(thing)``)."""
+    return _encode({"clientToken": check_client_token(client_token)})
+
+
 def describe(job_id: str, client_token: str, include_document: bool = True,
              execution_number: int | None = None) -> bytes:
     """The payload of a describe request (publish it to ``describe_topic(thing, job_id)``)."""
     check_job_id(job_id, allow_next=True)
-    payload: dict[str, Any] = {"clientToken": _token(client_token),
+    payload: dict[str, Any] = {"clientToken": check_client_token(client_token),
                                "includeJobDocument": bool(include_document)}
     if execution_number is not None:
         if type(execution_number) is not int or execution_number < 1:
@@ -255,7 +328,7 @@ def update(job_id: str, status: str, client_token: str, status_details: dict[str
     if status not in DEVICE_STATUSES:
         raise JobsProtocolError(f"a device may not set status {status!r}: "
                                 f"one of {sorted(DEVICE_STATUSES)}")
-    payload: dict[str, Any] = {"status": status, "clientToken": _token(client_token),
+    payload: dict[str, Any] = {"status": status, "clientToken": check_client_token(client_token),
                                "statusDetails": check_status_details(status_details),
                                "includeJobExecutionState": bool(include_state)}
     if expected_version is not None:
@@ -269,34 +342,53 @@ def update(job_id: str, status: str, client_token: str, status_details: dict[str
 
 # -- replies -----------------------------------------------------------------------------
 
-def _field(data: dict[str, Any], key: str, kind: type | tuple[type, ...],
-           required: bool = False) -> Any:
-    value = data.get(key)
-    if value is None:
-        if required:
-            raise JobsProtocolError(f"reply lacks {key!r}")
-        return None
-    # bool is an int in Python; the contract's numbers never are booleans.
-    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in (
-            kind if isinstance(kind, tuple) else (kind,))):
-        raise JobsProtocolError(f"reply field {key!r} has the wrong type: {value!r}")
-    return value
+class _Fields:
+    """Reads one object of a reply field by field. A field whose value is not of the
+    contract's type (a string version, a float time, a boolean number) is left unread,
+    its path noted in ``unread``, instead of refusing the whole reply: what matters is
+    read, and one odd value (a field AWS adds or changes) does not make the device wait
+    for a reply that never comes."""
+
+    def __init__(self, data: dict[str, Any], where: str, unread: list[str]) -> None:
+        self.data = data
+        self.where = where
+        self.unread = unread
+
+    def get(self, key: str, kind: type) -> Any:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        # bool is an int in Python; the contract's numbers never are booleans.
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            self.unread.append(f"{self.where}.{key}")
+            return None
+        return value
+
+    def details(self) -> dict[str, str]:
+        """``statusDetails``: its string-to-string entries (any other is left unread)."""
+        details = self.get("statusDetails", dict) or {}
+        kept = {k: v for k, v in details.items() if isinstance(k, str) and isinstance(v, str)}
+        if len(kept) != len(details):
+            self.unread.append(f"{self.where}.statusDetails")
+        return kept
+
+    def object(self, key: str) -> dict[str, Any] | None:
+        return self.get(key, dict)
 
 
-def _status_and_details(data: dict) -> tuple[str | None, dict[str, str]]:
-    """An execution's ``status`` and ``statusDetails``, checked."""
-    status = _field(data, "status", str)
-    if status is not None and status not in STATUSES:
-        raise JobsProtocolError(f"unknown execution status {status!r}")
-    details = _field(data, "statusDetails", dict) or {}
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in details.items()):
-        raise JobsProtocolError("statusDetails must map strings to strings")
-    return status, dict(details)
+#: The fields of an execution that are read; the others are kept as they came (``extra``).
+_EXECUTION_FIELDS = frozenset({
+    "jobId", "thingName", "status", "statusDetails", "queuedAt", "startedAt",
+    "lastUpdatedAt", "versionNumber", "executionNumber", "jobDocument"})
 
 
 @dataclass(frozen=True)
 class JobExecution:
-    """One job execution as the service reports it."""
+    """One job execution as the service reports it (or its summary in a pending list).
+
+    ``status`` is the service's word as sent: one this contract does not list is kept
+    and counts as not terminal. ``unread`` names fields whose values were not of the
+    contract's type (read as None); ``extra`` keeps the fields not read, as they came."""
 
     job_id: str
     thing_name: str | None = None
@@ -311,24 +403,41 @@ class JobExecution:
     #: Why the document cannot be trusted as parsed: the reply that carried it repeats a
     #: key. The executor reports such an execution REJECTED and runs none of it.
     document_error: str | None = None
+    unread: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_json(cls, data: Any, document_error: str | None = None) -> JobExecution:
+    def from_json(cls, data: Any, document_error: str | None = None, *,
+                  where: str = "execution", unread: list[str] | None = None
+                  ) -> JobExecution:
+        """The execution in ``data``; JobsProtocolError only if it is no object or has
+        no valid ``jobId`` (without one nothing can be done with it)."""
         if not isinstance(data, dict):
-            raise JobsProtocolError("an execution must be an object")
-        status, details = _status_and_details(data)
-        return cls(
+            raise JobsProtocolError(f"{where} must be an object")
+        job_id = data.get("jobId")
+        if job_id is None:
+            raise JobsProtocolError(f"{where} lacks 'jobId'")
+        check_job_id(job_id)
+        own: list[str] = []
+        fields = _Fields(data, where, own)
+        execution = cls(
             document_error=document_error,
-            job_id=check_job_id(_field(data, "jobId", str, required=True)),
-            thing_name=_field(data, "thingName", str), status=status,
-            status_details=details,
-            queued_at=_field(data, "queuedAt", int),
-            started_at=_field(data, "startedAt", int),
-            last_updated_at=_field(data, "lastUpdatedAt", int),
-            version_number=_field(data, "versionNumber", int),
-            execution_number=_field(data, "executionNumber", int),
-            job_document=_field(data, "jobDocument", dict),
+            job_id=job_id,
+            thing_name=fields.get("thingName", str), status=fields.get("status", str),
+            status_details=fields.details(),
+            queued_at=fields.get("queuedAt", int),
+            started_at=fields.get("startedAt", int),
+            last_updated_at=fields.get("lastUpdatedAt", int),
+            version_number=fields.get("versionNumber", int),
+            execution_number=fields.get("executionNumber", int),
+            job_document=fields.object("jobDocument"),
+            unread=tuple(own),
+            extra={k: v for k, v in data.items()
+                   if k not in _EXECUTION_FIELDS or f"{where}.{k}" in own},
         )
+        if unread is not None:
+            unread.extend(own)
+        return execution
 
 
 @dataclass(frozen=True)
@@ -340,23 +449,29 @@ class ExecutionState:
     version_number: int | None = None
 
     @classmethod
-    def from_json(cls, data: Any) -> ExecutionState:
+    def from_json(cls, data: Any, unread: list[str] | None = None) -> ExecutionState:
         if not isinstance(data, dict):
             raise JobsProtocolError("executionState must be an object")
-        status, details = _status_and_details(data)
-        return cls(status, details, _field(data, "versionNumber", int))
+        fields = _Fields(data, "executionState", [] if unread is None else unread)
+        return cls(fields.get("status", str), fields.details(),
+                   fields.get("versionNumber", int))
 
 
 @dataclass(frozen=True)
 class Accepted:
-    """An accepted reply: ``execution`` (start-next, describe; None when nothing is
-    pending), ``execution_state`` and ``job_document`` (update)."""
+    """An accepted reply: ``execution`` (describe, start-next; None when nothing is
+    pending), ``execution_state`` and ``job_document`` (update), ``in_progress`` and
+    ``queued`` (the pending list's summaries); ``unread`` names the fields left unread
+    (see ``_Fields``)."""
 
     client_token: str | None = None
     timestamp: int | None = None
     execution: JobExecution | None = None
     execution_state: ExecutionState | None = None
     job_document: dict[str, Any] | None = None
+    in_progress: tuple[JobExecution, ...] = ()
+    queued: tuple[JobExecution, ...] = ()
+    unread: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -368,6 +483,7 @@ class Rejected:
     client_token: str | None = None
     timestamp: int | None = None
     execution_state: ExecutionState | None = None
+    unread: tuple[str, ...] = ()
 
 
 def _load(payload: bytes | str | dict[str, Any]) -> tuple[dict[str, Any], str | None]:
@@ -399,31 +515,56 @@ def _no_repeats(repeated: str | None) -> None:
         raise JobsProtocolError(f"reply refused: {repeated}")
 
 
+def _summaries(fields: _Fields, key: str) -> tuple[JobExecution, ...]:
+    """A pending list's summaries; one without a valid jobId is left unread."""
+    entries = fields.get(key, list) or []
+    found = []
+    for index, entry in enumerate(entries):
+        try:
+            found.append(JobExecution.from_json(entry, where=f"{key}[{index}]",
+                                                unread=fields.unread))
+        except JobsProtocolError:
+            fields.unread.append(f"{key}[{index}]")
+    return tuple(found)
+
+
 def parse_accepted(payload: bytes | str | dict[str, Any]) -> Accepted:
     data, repeated = _load(payload)
     execution = data.get("execution")
-    state = data.get("executionState")
     if execution is None:
         _no_repeats(repeated)
+    unread: list[str] = []
+    fields = _Fields(data, "reply", unread)
+    state = fields.object("executionState")
     return Accepted(
-        client_token=_field(data, "clientToken", str),
-        timestamp=_field(data, "timestamp", int),
-        execution=None if execution is None else JobExecution.from_json(execution, repeated),
-        execution_state=None if state is None else ExecutionState.from_json(state),
-        job_document=_field(data, "jobDocument", dict),
+        client_token=fields.get("clientToken", str),
+        timestamp=fields.get("timestamp", int),
+        execution=None if execution is None else JobExecution.from_json(
+            execution, repeated, unread=unread),
+        execution_state=None if state is None else ExecutionState.from_json(state, unread),
+        job_document=fields.object("jobDocument"),
+        in_progress=_summaries(fields, "inProgressJobs"),
+        queued=_summaries(fields, "queuedJobs"),
+        unread=tuple(unread),
     )
 
 
 def parse_rejected(payload: bytes | str | dict[str, Any]) -> Rejected:
     data, repeated = _load(payload)
     _no_repeats(repeated)
-    state = data.get("executionState")
+    code = data.get("code")
+    if not isinstance(code, str):
+        raise JobsProtocolError(f"a rejected reply without its 'code' string: {code!r}")
+    unread: list[str] = []
+    fields = _Fields(data, "reply", unread)
+    state = fields.object("executionState")
     return Rejected(
-        code=_field(data, "code", str, required=True),
-        message=_field(data, "message", str),
-        client_token=_field(data, "clientToken", str),
-        timestamp=_field(data, "timestamp", int),
-        execution_state=None if state is None else ExecutionState.from_json(state),
+        code=code,
+        message=fields.get("message", str),
+        client_token=fields.get("clientToken", str),
+        timestamp=fields.get("timestamp", int),
+        execution_state=None if state is None else ExecutionState.from_json(state, unread),
+        unread=tuple(unread),
     )
 
 
@@ -435,6 +576,22 @@ def parse_notify_next(payload: bytes | str | dict[str, Any]) -> JobExecution | N
         _no_repeats(repeated)
         return None
     return JobExecution.from_json(execution, repeated)
+
+
+def parse_notify(payload: bytes | str | dict[str, Any]) -> frozenset[str]:
+    """The ids of the executions a notify push lists as pending (IN_PROGRESS and QUEUED);
+    an entry without a valid jobId is passed over."""
+    data, repeated = _load(payload)
+    _no_repeats(repeated)
+    jobs = data.get("jobs")
+    ids: set[str] = set()
+    for status in ("IN_PROGRESS", "QUEUED"):
+        entries = jobs.get(status) if isinstance(jobs, dict) else None
+        for entry in entries if isinstance(entries, list) else ():
+            job_id = entry.get("jobId") if isinstance(entry, dict) else None
+            if isinstance(job_id, str) and JOB_ID.fullmatch(job_id):
+                ids.add(job_id)
+    return frozenset(ids)
 
 
 def parse_reply(topic: str, payload: bytes | str, thing: str) -> tuple[Topic,

@@ -45,9 +45,9 @@ async def test_heartbeats_thin_out_past_their_ceiling_while_job_status_goes_out(
             sent = counters.get("health_heartbeats", result="sent")
             assert sent >= 2 and budget.usage()["deferred"]["heartbeat"] >= 3
 
-            # Critical traffic is never held back: a job is answered (REJECTED, its
-            # document is not one edged runs), over the heartbeats' ceiling.
-            await jobs.queue_job(THING, "bad-1", {"operation": "format-disk"})
+            # Critical traffic is never held back: a job is answered (REJECTED, an
+            # edged job whose document is malformed), over the heartbeats' ceiling.
+            await jobs.queue_job(THING, "bad-1", {"operation": "edged.deploy-model"})
             await eventually(lambda: jobs.execution(THING, "bad-1").status == "REJECTED")
             assert budget.usage()["used_bytes"]["critical"] > 0
             assert counters.get("health_heartbeats", result="sent") == sent

@@ -18,6 +18,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edged.cloud.jobs import executor
 from edged.cloud.jobs.protocol import TERMINAL_STATUSES
 from edged.model.bundle import build_bundle
 from edged.model.bundle.keys import public_pem
@@ -38,7 +39,7 @@ cloud:
     progress_interval_s: 0.2
     request_timeout_s: 5
     download_timeout_s: 5
-"""
+{jobs}"""
 
 
 @dataclass
@@ -82,12 +83,14 @@ class Fleet:
         return document(self.server.url(name), data, version, **options)
 
     def config(self, *, turbines: int = 4, broker: str | None = None,
-               trust: str | None = None, extra: str = "") -> Path:
-        """Write the daemon's config (``edged.yaml`` in the test's directory)."""
+               trust: str | None = None, extra: str = "", jobs: str = "") -> Path:
+        """Write the daemon's config (``edged.yaml`` in the test's directory); ``jobs``:
+        more lines of ``cloud.jobs``, indented four spaces."""
         path = self.tmp / "edged.yaml"
         broker = broker or (f"{{host: 127.0.0.1, port: {self.broker.port}, "
                             "reconnect_min_s: 0.1, reconnect_max_s: 0.5}")
-        cloud = CLOUD.format(broker=broker, trust=trust or f"{{keys_dir: {self.keys_dir}}}")
+        cloud = CLOUD.format(broker=broker, trust=trust or f"{{keys_dir: {self.keys_dir}}}",
+                             jobs=jobs)
         path.write_text(farm_config(THING, self.state_dir, turbines=turbines,
                                     model=f"store:{MODEL}", interval_s=0.5,
                                     extra=cloud + extra))
@@ -129,6 +132,25 @@ def fleet(tmp_path: Path):
     trust_key(keys_dir, key, "release")
     with Mosquitto(tmp_path) as broker, BundleServer() as server:
         yield Fleet(broker, server, key, keys_dir, tmp_path / "state", tmp_path)
+
+
+def compress_time(monkeypatch: pytest.MonkeyPatch, *, minute_s: float = 60.0,
+                  backoff_s: tuple[float, float] = (0.05, 0.4),
+                  pause_s: float | None = None) -> list[float]:
+    """Have every executor built from now on wait less, as the jobs peer is told to
+    (``JobsService(minute_s=...)``): a minute of a step timer lasts ``minute_s``, the
+    backoff runs from ``backoff_s[0]`` doubling to ``backoff_s[1]``. Returns the list of
+    backoff delays it draws; with ``pause_s`` each is drawn as configured but waited only
+    that long (the real 10 s to 640 s policy, recorded without waiting it)."""
+    delays: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        delays.append(seconds)
+        await asyncio.sleep(seconds if pause_s is None else pause_s)
+
+    monkeypatch.setattr(executor, "TIMING", executor.Timing(
+        minute_s=minute_s, backoff_s=backoff_s, sleep=sleep))
+    return delays
 
 
 async def finished(jobs, job_id: str, seconds: float = 30.0, thing: str = THING):

@@ -79,3 +79,42 @@ async def test_killed_mid_download_resumes_where_it_stopped(fleet: Fleet):
     assert resumed and resumed[-1]["range"].startswith("bytes=")
     assert int(resumed[-1]["range"].removeprefix("bytes=").split("-")[0]) > 0
     assert fleet.serving() == 2
+
+
+async def test_killed_while_its_report_is_throttled_reports_the_outcome_never_reruns(
+        fleet: Fleet):
+    """AWS answers the final report RequestThrottled; the daemon is killed (SIGKILL)
+    before a retry is accepted. The outcome waits in the journal, and the next daemon
+    reports it before anything else: nothing is downloaded, verified or decided again
+    (a rerun would find the model already installed and report REJECTED not_newer)."""
+    doc = fleet.publish("v2", fleet.bundle(2), 2)
+    config = fleet.config()
+    journal = fleet.state_dir / "jobs" / "job.json"
+    async with JobsService(fleet.broker.host, fleet.broker.port) as jobs:
+        throttled = jobs.refuse("RequestThrottled", times=None, operation="update",
+                                status="SUCCEEDED")
+        await jobs.queue_job(THING, "deploy-2", doc)
+        with daemon(config) as first:
+            # Killed once it has decided what to do about the refusal (wait and ask
+            # again, or give the report up), in the backoff's pause.
+            await eventually(lambda: first.events("jobs_request_retry")
+                             or first.events("job_report_refused"), 60)
+            first.kill()
+        assert jobs.refused and fleet.serving() == 2
+        kept = json.loads(journal.read_text())
+        assert (kept["phase"], kept["outcome"]["status"]) == ("reporting", "SUCCEEDED")
+        assert jobs.execution(THING, "deploy-2").status == "IN_PROGRESS"
+        throttled.times = 0
+        downloads, asked = len(fleet.server.requests), len(jobs.requests)
+        with daemon(config) as second:
+            execution = await finished(jobs, "deploy-2", 60)
+            await eventually(lambda: second.events("job_finished"), 30)
+            assert not second.events("job_started") and not second.events("job_resumed")
+    assert execution.status == "SUCCEEDED", execution.status_details
+    assert execution.status_details == kept["outcome"]["details"]
+    after = [(topic, request) for topic, request in jobs.requests[asked:]
+             if topic.endswith("/deploy-2/update")]
+    # The first thing the second daemon said of the job was its outcome, once.
+    assert [request["status"] for _, request in after] == ["SUCCEEDED"]
+    assert len(fleet.server.requests) == downloads
+    assert fleet.serving() == 2 and not journal.exists()

@@ -87,13 +87,15 @@ def _reply_or_protocol_error(parse, payload) -> object | None:
                  JSONISH.map(json.dumps)))
 def test_every_reply_parser_gives_a_reply_or_a_protocol_error(payload):
     for parse in (protocol.parse_accepted, protocol.parse_rejected,
-                  protocol.parse_notify_next):
+                  protocol.parse_notify_next, protocol.parse_notify):
         _reply_or_protocol_error(parse, payload)
     for reply in ("accepted", "rejected"):
         topic = f"$aws/things/{THING}/jobs/start-next/{reply}"
         _reply_or_protocol_error(lambda p, t=topic: protocol.parse_reply(t, p, THING),
                                  payload)
     accepted = _reply_or_protocol_error(protocol.parse_accepted, payload)
+    for summary in getattr(accepted, "in_progress", ()) + getattr(accepted, "queued", ()):
+        protocol.check_job_id(summary.job_id)  # a listed execution always has a valid id
     execution = getattr(accepted, "execution", None)
     if execution is not None:
         # What the executor does with it: a document, or the job REJECTED.

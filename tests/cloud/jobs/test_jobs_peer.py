@@ -15,12 +15,14 @@ from tests.support.jobs_peer import JobsService, Presigner
 THING = "turbine-7"
 DOCUMENT = {
     "operation": "edged.deploy-model",
-    "bundle": {"url": "${aws:iot:s3-presigned-url-v2:https%3A%2F%2Fs3.amazonaws.com"
-                      "%2Fmodels%2Fwindturbine-7.tar}",
+    # AWS's form: a path-style regional S3 URL, only the key URL-encoded.
+    "bundle": {"url": "${aws:iot:s3-presigned-url-v2:https://s3.eu-west-1.amazonaws.com/"
+                      "models/windturbine%207%3Fv%3D2.tar}",
                "sha256": "b" * 64, "size": 4096},
     "model": {"name": "windturbine", "version": 7},
 }
-SIGNED = "https://s3.amazonaws.com/models/windturbine-7.tar?X-Amz-Signature=f00"
+S3_URL = "https://s3.eu-west-1.amazonaws.com/models/windturbine%207%3Fv%3D2.tar"
+SIGNED = S3_URL + "?X-Amz-Signature=f00"
 
 
 class Device:
@@ -152,10 +154,11 @@ async def test_a_job_from_queue_to_succeeded(mosquitto):
 
 async def test_describe_get_and_refusals(mosquitto):
     async with JobsService(mosquitto.host, mosquitto.port) as jobs, device(mosquitto) as dev:
+        # Nothing pending: $next answers the timestamp alone, as start-next does.
         outcome, raw = await dev.ask(protocol.describe_topic(THING, "$next"),
                                      protocol.describe("$next", "t0"))
-        assert (outcome, protocol.parse_rejected(raw).code) == ("rejected",
-                                                                "ResourceNotFound")
+        assert outcome == "accepted" and protocol.parse_accepted(raw).execution is None
+        assert set(raw) == {"timestamp", "clientToken"}
         await jobs.queue_job(THING, "first", DOCUMENT)
         await jobs.queue_job(THING, "second", {**DOCUMENT, "model": {"name": "windturbine",
                                                                        "version": 8}})
@@ -231,7 +234,7 @@ async def test_the_service_stops_cleanly(mosquitto):
     service = JobsService(mosquitto.host, mosquitto.port)
     async with service:
         pass
-    assert service._task is None
+    assert service._tasks == []
     with pytest.raises(ValueError, match="32,768"):
         await JobsService("127.0.0.1", 1).queue_job(THING, "big", "x" * 40_000)
 
@@ -245,9 +248,10 @@ async def test_presigned_urls_expire_and_a_fresh_describe_gets_a_new_one(mosquit
         await jobs.queue_job(THING, "deploy-7", {**DOCUMENT, "options": {"allow_http": True}})
         _, raw = await dev.ask(protocol.start_next_topic(THING), protocol.start_next("p1"))
         url = parse_document(protocol.parse_accepted(raw).execution.job_document).bundle.url
-        # The v2 placeholder's URL-encoded S3 URL reached the presigner decoded.
-        assert presigner.issued["1"] == "https://s3.amazonaws.com/models/windturbine-7.tar"
-        assert url.startswith("http://127.0.0.1:9/bundles/models/windturbine-7.tar?")
+        # The presigner got the placeholder's S3 URL; it signs the object by its key.
+        assert presigner.issued["1"] == S3_URL
+        assert Presigner.object_of(S3_URL) == "models/windturbine 7?v=2.tar"
+        assert url.startswith("http://127.0.0.1:9/bundles/models/windturbine%207%3Fv%3D2.tar?")
         assert presigner.valid(url)
         now[0] += 61
         assert not presigner.valid(url)
@@ -262,3 +266,134 @@ async def test_presigned_urls_expire_and_a_fresh_describe_gets_a_new_one(mosquit
     assert not presigner.valid("http://127.0.0.1:9/bundles/x?X-Edged-Id=1")
     with pytest.raises(ValueError):
         Presigner("http://h", expires_s=30)
+
+
+async def test_ended_and_deleted_executions_are_gone_as_aws_says(mosquitto):
+    async with JobsService(mosquitto.host, mosquitto.port) as jobs, device(mosquitto) as dev:
+        await jobs.queue_job(THING, "ended", DOCUMENT)
+        await jobs.queue_job(THING, "deleted", DOCUMENT)
+        await jobs.cancel(THING, "ended")
+        outcome, raw = await dev.ask(protocol.describe_topic(THING, "ended"),
+                                     protocol.describe("ended", "g1"))
+        assert (outcome, raw["code"]) == ("rejected", "TerminalStateReached")
+        outcome, raw = await dev.ask(protocol.update_topic(THING, "ended"),
+                                     protocol.update("ended", "IN_PROGRESS", "g2", {}, None))
+        assert (outcome, raw["code"]) == ("rejected", "InvalidStateTransition")
+        await jobs.delete(THING, "deleted")
+        for topic, payload in (
+                (protocol.describe_topic(THING, "deleted"), protocol.describe("deleted", "g3")),
+                (protocol.update_topic(THING, "deleted"),
+                 protocol.update("deleted", "SUCCEEDED", "g4", {}, None))):
+            outcome, raw = await dev.ask(topic, payload)
+            assert (outcome, raw["code"]) == ("rejected", "ResourceNotFound")
+
+
+async def test_throttling_and_internal_errors_on_demand(mosquitto):
+    async with JobsService(mosquitto.host, mosquitto.port) as jobs, device(mosquitto) as dev:
+        await jobs.queue_job(THING, "deploy-7", DOCUMENT)
+        jobs.refuse("RequestThrottled", times=2, operation="update", status="SUCCEEDED")
+        jobs.refuse("InternalError", operation="get")
+        with pytest.raises(ValueError, match="AWS never answers"):
+            jobs.refuse("Throttling")
+        topic = protocol.update_topic(THING, "deploy-7")
+        outcome, raw = await dev.ask(topic, protocol.update("deploy-7", "IN_PROGRESS", "u1",
+                                                            {}, None))
+        assert outcome == "accepted"  # another status: not refused
+        for token in ("u2", "u3"):
+            outcome, raw = await dev.ask(topic, protocol.update("deploy-7", "SUCCEEDED", token,
+                                                                {}, None))
+            assert (outcome, raw["code"], raw["clientToken"]) == (
+                "rejected", "RequestThrottled", token)
+        outcome, raw = await dev.ask(protocol.get_pending_topic(THING),
+                                     json.dumps({"clientToken": "u4"}).encode())
+        assert (outcome, raw["code"]) == ("rejected", "InternalError")
+        outcome, _ = await dev.ask(topic, protocol.update("deploy-7", "SUCCEEDED", "u5", {},
+                                                          None))
+        assert outcome == "accepted"
+        assert [code for _, _, code in jobs.refused] == [
+            "RequestThrottled", "RequestThrottled", "InternalError"]
+        assert jobs.execution(THING, "deploy-7").status == "SUCCEEDED"
+
+
+@pytest.mark.parametrize("value", [
+    "zero\u200bwidth", "\ufeffbom", "soft\u00adhyphen", "lone \ud800 surrogate",
+    "private \ue000 use", "unassigned \u0378", "line\nbreak", "bidi \u202e override",
+    "", "x" * 1025, "\U0001f600" * 513,  # 1,026 UTF-16 code units
+])
+async def test_status_details_values_must_match_not_p_c(mosquitto, value):
+    async with JobsService(mosquitto.host, mosquitto.port) as jobs, device(mosquitto) as dev:
+        await jobs.queue_job(THING, "deploy-7", DOCUMENT)
+        request = {"status": "IN_PROGRESS", "clientToken": "c1",
+                   "statusDetails": {"detail": value}}
+        outcome, raw = await dev.ask(protocol.update_topic(THING, "deploy-7"),
+                                     json.dumps(request).encode())
+        assert (outcome, raw["code"]) == ("rejected", "InvalidRequest"), raw
+        assert jobs.execution(THING, "deploy-7").status == "QUEUED"
+
+
+@pytest.mark.parametrize("token", ["with space", "x" * 65, "é", ""])
+async def test_client_tokens_beyond_the_limits_are_invalid_requests(mosquitto, token):
+    async with JobsService(mosquitto.host, mosquitto.port), device(mosquitto) as dev:
+        outcome, raw = await dev.ask(protocol.get_pending_topic(THING),
+                                     json.dumps({"clientToken": token}).encode())
+        assert (outcome, raw["code"]) == ("rejected", "InvalidRequest")
+        assert "clientToken" not in raw
+
+
+async def test_step_timers_and_in_progress_timeouts_end_in_timed_out(mosquitto):
+    now = [1_700_000_000.0]
+    async with JobsService(mosquitto.host, mosquitto.port, clock=lambda: now[0]) as jobs, \
+            device(mosquitto) as dev:
+        await jobs.queue_job(THING, "stepped", DOCUMENT)
+        await jobs.queue_job(THING, "bounded", DOCUMENT, in_progress_timeout_minutes=30)
+        _, raw = await dev.ask(protocol.start_next_topic(THING),
+                               protocol.start_next("s1", step_timeout_minutes=10))
+        assert protocol.parse_accepted(raw).execution.job_id == "stepped"
+        update = protocol.update_topic(THING, "stepped")
+        now[0] += 9 * 60
+        # An update without a step timer does not renew it; one with a timer does.
+        await dev.ask(update, protocol.update("stepped", "IN_PROGRESS", "s2", {}, None))
+        now[0] += 2 * 60
+        await jobs.expire_timers()
+        assert jobs.execution(THING, "stepped").status == "TIMED_OUT"
+        outcome, raw = await dev.ask(update, protocol.update("stepped", "SUCCEEDED", "s3",
+                                                             {}, None))
+        assert (outcome, raw["code"]) == ("rejected", "InvalidStateTransition")
+        assert raw["executionState"]["status"] == "TIMED_OUT"
+
+        # The in-progress timeout runs whatever the device renews.
+        update = protocol.update_topic(THING, "bounded")
+        for token in ("b1", "b2", "b3", "b4"):
+            outcome, _ = await dev.ask(update, protocol.update(
+                "bounded", "IN_PROGRESS", token, {}, None, step_timeout_minutes=10))
+            assert outcome == "accepted", token
+            now[0] += 8 * 60
+        await jobs.expire_timers()
+        assert jobs.execution(THING, "bounded").status == "TIMED_OUT"
+        outcome, raw = await dev.ask(protocol.describe_topic(THING, "bounded"),
+                                     protocol.describe("bounded", "b5"))
+        assert (outcome, raw["code"]) == ("rejected", "TerminalStateReached")
+    with pytest.raises(ValueError, match="inProgressTimeoutInMinutes"):
+        await JobsService("127.0.0.1", 1).queue_job(THING, "x", DOCUMENT,
+                                                     in_progress_timeout_minutes=0)
+
+
+@pytest.mark.parametrize("url", [
+    # The whole URL encoded (what docs/jobs.md once showed).
+    "${aws:iot:s3-presigned-url-v2:https%3A%2F%2Fs3.eu-west-1.amazonaws.com%2Fb%2Fk.tar}",
+    # v2 without a region, a virtual-hosted bucket, a raw space or '?' in the key.
+    "${aws:iot:s3-presigned-url-v2:https://s3.amazonaws.com/models/k.tar}",
+    "${aws:iot:s3-presigned-url-v2:https://models.s3.eu-west-1.amazonaws.com/k.tar}",
+    "${aws:iot:s3-presigned-url-v2:https://s3.eu-west-1.amazonaws.com/models/a b.tar}",
+    "${aws:iot:s3-presigned-url-v2:https://s3.eu-west-1.amazonaws.com/models/a?b.tar}",
+    "${aws:iot:s3-presigned-url-v2:https://s3.eu-west-1.amazonaws.com/models/a%3f.tar}",
+    "${aws:iot:s3-presigned-url-v2:http://s3.eu-west-1.amazonaws.com/models/k.tar}",
+    "${aws:iot:s3-presigned-url:https%3A%2F%2Fs3.amazonaws.com%2Fmodels%2Fk.tar}",
+    "${aws:iot:s3-presigned-url:https://example.com/models/k.tar}",
+])
+async def test_placeholders_only_in_aws_forms(url):
+    service = JobsService("127.0.0.1", 1)
+    with pytest.raises(ValueError, match="placeholder"):
+        await service.queue_job(THING, "p", {**DOCUMENT, "bundle": {**DOCUMENT["bundle"],
+                                                                    "url": url}})
+    assert service.jobs == {}

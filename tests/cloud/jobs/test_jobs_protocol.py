@@ -127,6 +127,13 @@ def test_update_refuses_statuses_the_device_may_not_set(status):
 @pytest.mark.parametrize("details", [
     {"": "x"}, {"a b": "x"}, {"k" * 129: "x"}, {"key": ""}, {"key": "x" * 1025},
     {"key": "line\nbreak"}, {"key": 7}, {"key": "\x00"},
+    # Every Unicode category C, not only controls: format (zero-width space, BOM, soft
+    # hyphen, a bidi override), surrogate, private use, unassigned.
+    {"key": "a\u200bb"}, {"key": "\ufeff"}, {"key": "soft\u00adhyphen"},
+    {"key": "\u202e"}, {"key": "\ud800"}, {"key": "\ue000"}, {"key": "\U000f0000"},
+    {"key": "\u0378"},
+    # 1,024 characters, 1,025 UTF-16 code units: AWS counts the latter.
+    {"key": "x" * 1023 + "\U0001f600"},
 ])
 def test_update_refuses_status_details_over_the_limits(details):
     with pytest.raises(JobsProtocolError, match="statusDetails"):
@@ -134,12 +141,13 @@ def test_update_refuses_status_details_over_the_limits(details):
 
 
 def test_status_details_at_the_limits_pass():
-    details = {"k" * 128: "v" * 1024, "a:b_c-d": "é ok"}
+    details = {"k" * 128: "v" * 1024, "a:b_c-d": "é ok", "emoji": "\U0001f600" * 512,
+               "spaces": "a\u00a0b\u2003c"}
     assert json.loads(protocol.update("j", "IN_PROGRESS", "t", details, 1))[
         "statusDetails"] == details
 
 
-@pytest.mark.parametrize("token", ["", "x" * 65, "a\nb", 5])
+@pytest.mark.parametrize("token", ["", "x" * 65, "a\nb", 5, "a b", "é"])
 def test_client_token_limits(token):
     with pytest.raises(JobsProtocolError, match="clientToken"):
         protocol.start_next(token)
@@ -150,8 +158,8 @@ def test_clamp_status_details():
         "step": "download", "bytes": 1024, "error": "x" * 2000, "bad key": "dropped",
         "": "dropped", "empty": "", "trace": "a\nb\tc", "none": None})
     assert clamped.details == {"step": "download", "bytes": "1024", "error": "x" * 1024,
-                               "trace": "a b c"}
-    assert (clamped.truncated, clamped.dropped, clamped.cleaned) == (1, 4, 1)
+                               "trace": "a b c", "empty": protocol.EMPTY_VALUE}
+    assert (clamped.truncated, clamped.dropped, clamped.cleaned) == (1, 3, 2)
     assert clamped.changed == 6
     # Whatever clamping leaves always passes the request's own checks.
     protocol.update("job-1", "IN_PROGRESS", "tok", clamped.details, 1)
@@ -184,18 +192,82 @@ def test_parse_accepted_tolerates_missing_optional_fields():
     assert update.execution_state == protocol.ExecutionState("SUCCEEDED", {}, 4)
 
 
+def test_clamp_replaces_every_character_of_category_c():
+    clamped = protocol.clamp_status_details({
+        "zwsp": "wind\u200bturbine", "bom": "\ufeffv2", "shy": "soft\u00adhyphen",
+        "lone": "a\ud800b", "private": "\ue000x", "unassigned": "\u0378",
+        "bidi": "\u202eevil", "controls": "a\r\nb\x85c", "fine": "é \u00a0ok"})
+    assert clamped.details == {
+        "zwsp": "wind\ufffdturbine", "bom": "\ufffdv2", "shy": "soft\ufffdhyphen",
+        "lone": "a\ufffdb", "private": "\ufffdx", "unassigned": "\ufffd",
+        "bidi": "\ufffdevil", "controls": "a  b c", "fine": "é \u00a0ok"}
+    assert clamped.cleaned == 8
+    protocol.update("job-1", "IN_PROGRESS", "tok", clamped.details, 1)
+
+
+def test_clamp_cuts_at_1024_utf16_code_units_never_inside_a_character():
+    clamped = protocol.clamp_status_details({"e": "x" + "\U0001f600" * 600})
+    value = clamped.details["e"]
+    assert value == "x" + "\U0001f600" * 511  # 1 + 1,022 code units; one more is 1,025
+    assert protocol.utf16_length(value) == 1023 and clamped.truncated == 1
+
+
 @pytest.mark.parametrize("payload", [
     b"not json", b"[]", {"execution": []}, {"execution": {}},
-    {"execution": {"jobId": 5}}, {"execution": {"jobId": "j", "versionNumber": "2"}},
-    {"execution": {"jobId": "j", "versionNumber": True}},
-    {"execution": {"jobId": "j", "status": "DONE"}},
-    {"execution": {"jobId": "j", "statusDetails": {"a": 1}}},
-    {"execution": {"jobId": "j", "jobDocument": "{}"}},
-    {"clientToken": 7},
+    {"execution": {"jobId": 5}}, {"execution": {"jobId": "a/b"}},
 ])
-def test_parse_accepted_is_strict_on_types(payload):
+def test_parse_accepted_refuses_a_reply_without_a_usable_execution(payload):
     with pytest.raises(JobsProtocolError):
         protocol.parse_accepted(payload)
+
+
+@pytest.mark.parametrize(("execution", "unread"), [
+    ({"versionNumber": "2"}, ["execution.versionNumber"]),
+    ({"versionNumber": True}, ["execution.versionNumber"]),
+    ({"queuedAt": 1.7e9}, ["execution.queuedAt"]),
+    ({"statusDetails": {"a": 1, "b": "kept"}}, ["execution.statusDetails"]),
+    ({"jobDocument": "{}"}, ["execution.jobDocument"]),
+    ({"thingName": ["t"]}, ["execution.thingName"]),
+])
+def test_one_odd_field_value_leaves_the_rest_of_the_reply_read(execution, unread):
+    reply = protocol.parse_accepted({"clientToken": "tok", "execution": {
+        "jobId": "j", "status": "IN_PROGRESS", "executionNumber": 3, **execution}})
+    assert reply.client_token == "tok" and reply.unread == tuple(unread)
+    found = reply.execution
+    assert (found.job_id, found.status, found.execution_number) == ("j", "IN_PROGRESS", 3)
+    assert found.unread == tuple(unread)
+    field = unread[0].split(".")[1]
+    assert found.extra[field] == execution[field]  # kept as it came
+    if field == "statusDetails":
+        assert found.status_details == {"b": "kept"}
+
+
+def test_a_status_this_contract_does_not_list_is_kept_and_not_terminal():
+    reply = protocol.parse_accepted({"execution": {"jobId": "j", "status": "PAUSED",
+                                                   "approximateSecondsBeforeTimedOut": 60}})
+    assert reply.execution.status == "PAUSED" and not reply.unread
+    assert reply.execution.status not in protocol.TERMINAL_STATUSES
+    assert reply.execution.extra == {"approximateSecondsBeforeTimedOut": 60}
+    odd = protocol.parse_accepted({"clientToken": 7, "timestamp": "now",
+                                   "executionState": []})
+    assert odd.client_token is None and odd.execution_state is None
+    assert sorted(odd.unread) == ["reply.clientToken", "reply.executionState",
+                                  "reply.timestamp"]
+
+
+def test_parse_pending_lists_and_notify():
+    reply = protocol.parse_accepted({
+        "clientToken": "t", "inProgressJobs": [{"jobId": "a", "versionNumber": 3}],
+        "queuedJobs": [{"jobId": "b"}, {"jobId": "bad/id"}, "junk", {"jobId": "c"}]})
+    assert [e.job_id for e in reply.in_progress] == ["a"]
+    assert reply.in_progress[0].version_number == 3
+    assert [e.job_id for e in reply.queued] == ["b", "c"]
+    assert reply.unread == ("queuedJobs[1]", "queuedJobs[2]")
+    assert json.loads(protocol.get_pending("tok")) == {"clientToken": "tok"}
+    assert protocol.parse_notify(json.dumps({"timestamp": 1, "jobs": {
+        "IN_PROGRESS": [{"jobId": "a"}], "QUEUED": [{"jobId": "b"}, {"jobId": 5}, 7]}})) \
+        == {"a", "b"}
+    assert protocol.parse_notify(b'{"timestamp": 1}') == frozenset()
 
 
 def test_parse_rejected():
@@ -207,7 +279,8 @@ def test_parse_rejected():
     assert reply == protocol.Rejected(
         code="VersionMismatch", message="stale", client_token="tok", timestamp=5,
         execution_state=protocol.ExecutionState("IN_PROGRESS", {"step": "x"}, 3))
-    assert protocol.parse_rejected({"code": "Throttling"}) == protocol.Rejected("Throttling")
+    assert protocol.parse_rejected({"code": "RequestThrottled"}) == \
+        protocol.Rejected("RequestThrottled")
     with pytest.raises(JobsProtocolError, match="code"):
         protocol.parse_rejected({"message": "no code"})
     with pytest.raises(JobsProtocolError):
@@ -245,7 +318,7 @@ def test_an_execution_whose_reply_repeats_a_key_is_refused_by_its_id(key):
 
 def test_a_reply_without_an_execution_that_repeats_a_key_is_refused():
     for payload in (b'{"clientToken": "a", "clientToken": "b"}',
-                    b'{"code": "Throttling", "code": "VersionMismatch"}'):
+                    b'{"code": "RequestThrottled", "code": "VersionMismatch"}'):
         for parse in (protocol.parse_accepted, protocol.parse_rejected,
                       protocol.parse_notify_next):
             with pytest.raises(JobsProtocolError, match="appears twice"):
