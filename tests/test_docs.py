@@ -27,8 +27,15 @@ def _model_config(text: str, filename: str) -> None:
     assert any(p.inference.model.startswith("store:") for p in config.pipelines.values())
 
 
+def _watch_config(text: str, filename: str) -> None:
+    # `edged watch` reads the daemon's config for its socket: the sample is a daemon
+    # config that sets the watch socket.
+    config = parse_config(text, filename, make_plugin_manager()[1])
+    assert config.raw.watch.socket is not None
+
+
 #: Built-in plugins that register a command, with the parser of its config file.
-COMMAND_CONFIGS = {"agent": _agent_config, "model": _model_config}
+COMMAND_CONFIGS = {"agent": _agent_config, "model": _model_config, "watch": _watch_config}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +50,7 @@ def builtin_plugins(registry):
 def test_every_builtin_plugin_has_a_page(registry):
     names = {p.name for p in builtin_plugins(registry)}
     assert names == {"simulator", "replay", "windturbine", "onnx", "log", "mqtt", "webhook",
-                     "command", "agent", "edge_agent", "model"}
+                     "command", "agent", "edge_agent", "model", "watch"}
     for name in names:
         assert (ROOT / "docs" / "plugins" / f"{name}.md").is_file(), name
 

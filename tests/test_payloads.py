@@ -1,5 +1,6 @@
-"""The alarm payload's JSON Schema (docs/schema/alarm-v1.json): what edged builds follows
-it, the examples in docs/payloads.md follow it, and it refuses what it should."""
+"""The published JSON Schemas (docs/schema/alarm-v1.json, watch-v1.json): what edged
+builds follows them, the examples in the docs follow them, and they refuse what they
+should."""
 
 from __future__ import annotations
 
@@ -47,6 +48,15 @@ def test_the_examples_in_the_docs_follow_the_schema():
     assert [e["event"] for e in examples] == ["alarm", "command"]
     for example in examples:
         assert_valid(example)
+
+
+def test_the_watch_records_in_the_docs_follow_their_schema():
+    examples = [json.loads(block) for block in
+                JSON_BLOCK.findall((ROOT / "docs" / "watch.md").read_text())]
+    records = [e for e in examples if "schema" in e]  # not the request, not a log line
+    assert [r["event"] for r in records] == ["hello", "decision", "error"]
+    for record in records:
+        assert_valid(record)
 
 
 def _broken(mutate) -> dict:

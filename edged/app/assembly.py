@@ -2,9 +2,9 @@
 
 The one place that knows every layer: the engine's components (sources, pipelines,
 actuators, built by their plugins' factories), then what watches and reports on them
-(the data budget, the health report and its /metrics endpoint, pipeline captures), then
-the cloud link. The engine (edged.runtime) imports none of these; it runs what this
-builds.
+(the data budget, the health report and its /metrics endpoint, pipeline captures, the
+decision log and the watch socket), then the cloud link. The engine (edged.runtime)
+imports none of these; it runs what this builds.
 """
 
 from __future__ import annotations
@@ -81,6 +81,32 @@ def _watchers(config: EdgedConfig, pipelines: dict[str, Pipeline],
     return budget, health, metrics
 
 
+def _watching(config: EdgedConfig, pipelines: dict[str, Pipeline],
+              actuators: dict[str, ActuatorBinding], counters: Counters) -> dict[str, Any]:
+    """The decision log (``log.decisions``) and the watch feed subscribed to every
+    pipeline and actuator; the watch socket (``watch``), to start with the graph."""
+    services: dict[str, Any] = {}
+    mode = config.raw.log.decisions
+    if mode != "none":
+        from edged.watch.decision_log import DecisionLog
+
+        for pipeline in pipelines.values():
+            pipeline.subscribers.append(DecisionLog(mode))
+    if config.raw.watch.enabled:
+        from edged.watch.feed import EventFeed
+        from edged.watch.protocol import socket_path
+        from edged.watch.server import WatchServer
+
+        feed = EventFeed(config.raw.device.id, counters, config.raw.watch.max_clients)
+        for pipeline in pipelines.values():
+            pipeline.subscribers.append(feed)
+        for binding in actuators.values():
+            binding.observers.append(feed.on_actuator_event)
+        services["watch"] = WatchServer(config.raw.watch, socket_path(config), feed,
+                                        counters)
+    return services
+
+
 def build_graph(config: EdgedConfig, registry: Registry,
                 counters: Counters | None = None) -> Graph:
     """Instantiate every component; raise :class:`ConfigError` if any cannot be built.
@@ -151,7 +177,7 @@ def build_graph(config: EdgedConfig, registry: Registry,
     if problems:
         raise ConfigError(problems)
     graph = Graph(config, sources, pipelines, actuators, counters, cloud, health, metrics,
-                  captures, budget)
+                  captures, budget, _watching(config, pipelines, actuators, counters))
     if health is not None and graph.captures:
         health.spool = functools.partial(spool_figures, list(graph.captures.values()))
     return graph

@@ -80,6 +80,10 @@ class LogSpec(Strict):
     stats_interval_s: float = Field(
         60.0, ge=0, description="Log every counter and queue this often (0: never)."
     )
+    decisions: Literal["none", "anomalies", "all"] = Field(
+        "anomalies", description="Decisions logged (`decision`, at info): every one, the "
+        "anomalous ones (at most 50 lines a second per pipeline), or none (docs/watch.md)."
+    )
 
 
 class PluginsSpec(Strict):
@@ -124,6 +128,19 @@ class MetricsSpec(Strict):
         "machine by default (0.0.0.0:9464 exposes it to the network).")
 
 
+class WatchSpec(Strict):
+    """The local event stream that `edged watch` follows (docs/watch.md)."""
+
+    enabled: bool = Field(True, description="Serve decisions and alarms on `socket`.")
+    socket: Path | None = Field(
+        None, description="The Unix socket (mode 0660); default: <state_dir>/watch.sock.")
+    max_clients: int = Field(8, ge=1, le=64, description="Watchers at once; more are "
+                             "refused (`watch_clients_refused{reason=too_many}`).")
+    queue: int = Field(
+        1000, ge=10, le=100_000, description="Lines a watcher may fall behind before it "
+        "is dropped (`watch_clients_dropped{reason=too_slow}`); detection never waits.")
+
+
 class RawConfig(Strict):
     """The first pass: the top level, with components still untyped."""
 
@@ -147,6 +164,8 @@ class RawConfig(Strict):
     )
     metrics: MetricsSpec | None = Field(
         None, description="Serve the health figures to Prometheus (absent: off).")
+    watch: WatchSpec = Field(
+        default_factory=WatchSpec, description="The event stream of `edged watch`.")
 
 
 @dataclass(frozen=True)

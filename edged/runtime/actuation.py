@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -135,6 +135,8 @@ class ActuatorBinding:
             f"actuator.{name}", config.queue.size, config.queue.overflow
         )
         self._kinds = frozenset(config.events)
+        #: Told each event this actuator is handed, as it is queued (the watch feed).
+        self.observers: list[Callable[[Event], None]] = []
 
     def on_round(self, round: Round) -> None:
         tracker, features, thresholds = self.tracker, round.features, round.thresholds
@@ -150,6 +152,8 @@ class ActuatorBinding:
     def on_event(self, event: Event) -> None:
         if event.kind not in self._kinds:
             return
+        for observe in self.observers:
+            observe(event)
         if not self.queue.put_nowait(event):
             self.counters.inc("events_dropped", actuator=self.name)
 

@@ -82,7 +82,8 @@ class Graph:
                  counters: Counters, cloud: CloudLink | None = None,
                  health: Service | None = None, metrics: Service | None = None,
                  captures: dict[str, Capture] | None = None,
-                 budget: LoopService | None = None) -> None:
+                 budget: LoopService | None = None,
+                 services: dict[str, Service] | None = None) -> None:
         self.config = config
         self.sources = sources
         self.pipelines = pipelines
@@ -98,6 +99,8 @@ class Graph:
         self.stop_reason = "shutdown"
         self.running: dict[str, list[asyncio.Task]] = {}
         self.captures: dict[str, Capture] = {} if captures is None else captures  # by pipeline
+        # More for watching, by name (the watch socket): started beside /metrics.
+        self.services: dict[str, Service] = {} if services is None else services
 
     def stop(self, reason: str = "shutdown") -> None:
         self.stop_reason = reason
@@ -138,6 +141,8 @@ class Graph:
             if self.metrics is not None:
                 await start_component(stack, "metrics", self.metrics,
                                       StartPolicy(policy="disable"))
+            for name, service in self.services.items():
+                await start_component(stack, name, service, StartPolicy(policy="disable"))
             # The cloud never holds the turbines hostage: it connects in the background,
             # and if it cannot even start (unreadable certificates) the daemon runs on.
             cloud = self.cloud is not None and await start_component(

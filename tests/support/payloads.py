@@ -28,15 +28,22 @@ def schema(name: str) -> dict[str, Any]:
     return document
 
 
-def assert_valid(document: Any, name: str = "alarm-v1") -> None:
-    """``document`` follows docs/schema/NAME.json, and carries no key the schema leaves
-    undocumented (the published schema lets keys be added; what edged sends today is all
+#: Records of the watch stream that are not alarm payloads (docs/schema/watch-v1.json).
+WATCH_RECORDS = ("hello", "decision", "error")
+
+
+def assert_valid(document: Any) -> None:
+    """``document`` follows its published schema (watch-v1.json for the watch stream's
+    own records, alarm-v1.json for the rest), and carries no key the schema leaves
+    undocumented (the published schemas let keys be added; what edged sends today is all
     described)."""
+    name = "watch-v1" if document.get("event") in WATCH_RECORDS else "alarm-v1"
     published = schema(name)
     jsonschema.Draft202012Validator(published).validate(document)
     defs = published["$defs"]
-    kind = defs.get(document.get("event"), {})
-    documented = set(defs["common"]["properties"]) | set(kind.get("properties", {}))
+    kind = defs.get(document["event"], {})
+    documented = set(defs.get("common", {}).get("properties", {})) | set(
+        kind.get("properties", {}))
     extra = set(document) - documented
     assert not extra, f"undocumented keys {sorted(extra)} in {document}"
     detail = kind.get("properties", {}).get("detail", {}).get("properties")
