@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import itertools
+from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 #: A counter's labels as data: ``(label, value)`` pairs sorted by label.
@@ -50,6 +51,22 @@ class Counters:
 
     def __init__(self) -> None:
         self._values: dict[tuple[str, Labels], int] = {}
+        # Counters known before they count: listed at 0 by samples() (so /metrics).
+        self._declared: dict[tuple[str, Labels], None] = {}
+
+    def declare(self, name: str, labels: Mapping[str, Iterable[str]] | None = None,
+                **fixed: str) -> None:
+        """Make ``name`` known before it is counted, at 0: with each combination of the
+        values ``labels`` lists (``{"reason": ROW_REASONS}``), each with the ``fixed``
+        labels. Prometheus' convention: a scrape tells a counter that is zero from one
+        that is not wired. Declare where the counter is counted, from the constants its
+        count sites use (a test holds every count site to its declaration). Only
+        :meth:`samples` lists declared counters; the reports' snapshot lists what was
+        counted."""
+        names = list((labels or {}).keys())
+        for values in itertools.product(*(list(v) for v in (labels or {}).values())):
+            key = (name, _labels({**fixed, **dict(zip(names, values, strict=True))}))
+            self._declared.setdefault(key, None)
 
     def inc(self, name: str, amount: int = 1, **labels: str) -> None:
         key = (name, _labels(labels))
@@ -67,8 +84,9 @@ class Counters:
 
     def samples(self, name: str | None = None) -> list[Sample]:
         """Every counter (of ``name``, if given) as data, in the order of
-        :meth:`snapshot`'s keys."""
-        return [Sample(n, dict(labels), value) for _, n, labels, value in self._sorted(name)]
+        :meth:`snapshot`'s keys; a declared counter not counted yet at 0."""
+        return [Sample(n, dict(labels), value)
+                for _, n, labels, value in self._sorted(name, declared=True)]
 
     def snapshot(self) -> dict[str, int]:
         """Every counter by its :func:`text_key`, sorted by that key."""
@@ -79,8 +97,12 @@ class Counters:
             texts[text] = texts.get(text, 0) + value
         return texts
 
-    def _sorted(self, only: str | None = None) -> list[tuple[str, str, Labels, int]]:
+    def _sorted(self, only: str | None = None, declared: bool = False
+                ) -> list[tuple[str, str, Labels, int]]:
         # Sorted by the text key, as the reports have always listed them.
+        values = self._values.copy()
+        if declared:
+            values = {**dict.fromkeys(self._declared.copy(), 0), **values}
         return sorted((text_key(name, labels), name, labels, value)
-                      for (name, labels), value in self._values.copy().items()
+                      for (name, labels), value in values.items()
                       if only is None or name == only)

@@ -32,6 +32,8 @@ from edged.plugin.registry import ComponentType
 log = structlog.get_logger("edged.actuator.command")
 
 _CHUNK = 65536
+#: Why a run failed: command_failures{actuator,reason}.
+FAILURE_REASONS = ("start", "timeout", "exit")
 
 
 class CommandConfig(ActuatorConfig):
@@ -75,6 +77,8 @@ class CommandActuator(Component):
         self.name = ctx.name
         self.device_id = ctx.device_id
         self.counters = ctx.counters
+        ctx.counters.declare("command_failures", {"reason": FAILURE_REASONS},
+                             actuator=ctx.name)
         self.log = log.bind(actuator=ctx.name, program=config.argv[0])
         self.rate_limit = RateLimit(interval=30.0)
         self._env = {**os.environ, **config.env} if config.env else None

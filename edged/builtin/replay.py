@@ -21,7 +21,7 @@ from edged.base.log import RateLimit
 from edged.plugin.components import BuildContext, Component, Emit, Readings
 from edged.plugin.config import SourceConfig
 from edged.plugin.registry import ComponentType
-from edged.plugin.rows import RowDecoder
+from edged.plugin.rows import ROW_REASONS, RowDecoder
 from edged.windturbine.layout import DATASET_COLUMNS
 
 log = structlog.get_logger("edged.replay")
@@ -50,6 +50,7 @@ class ReplaySource(Component):
         self.config = config
         self.name = ctx.name
         self.counters = ctx.counters
+        ctx.counters.declare("rows_rejected", {"reason": ROW_REASONS}, source=ctx.name)
         self.decoder = RowDecoder(DATASET_COLUMNS, ctx.inputs, turbine_column="turbineId")
         self._time_index = DATASET_COLUMNS.index("eventTime")
         self._rate_limit = RateLimit()

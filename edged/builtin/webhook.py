@@ -132,6 +132,8 @@ class WebhookActuator(Component):
         self.name = ctx.name
         self.device_id = ctx.device_id
         self.counters = ctx.counters
+        for counter in ("webhook_retries", "webhook_failures"):
+            ctx.counters.declare(counter, actuator=ctx.name)
         parts = urllib.parse.urlsplit(config.url)
         # The query may carry a token: logs name the endpoint without it.
         self.endpoint = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"

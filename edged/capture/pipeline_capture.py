@@ -47,6 +47,9 @@ log = structlog.get_logger("edged.capture.pipeline")
 REQUESTS_FILE = "on_demand.json"
 #: Its size at most: a request per turbine of 128 characters, for thousands of turbines.
 MAX_REQUESTS_BYTES = 4 * 1024 * 1024
+#: Why records never reach the spool: capture_dropped{pipeline,reason} (the spool's own
+#: reasons: edged.capture.uplink.DROP_REASONS).
+QUEUE_REASONS = ("queue_full",)
 
 
 def build_sampler(spec: PipelineCaptureSpec) -> Sampler:
@@ -96,6 +99,7 @@ class PipelineCapture:
         self.spec = spec
         self.device = device
         self.counters = counters
+        counters.declare("capture_dropped", {"reason": QUEUE_REASONS}, pipeline=pipeline)
         self.sampler = build_sampler(spec)
         self._source = source  # the Pipeline: its backend's manifest
         fsync = spec.spool.fsync != "never"

@@ -129,6 +129,12 @@ def _on_disk(lines: list[bytes], unit: int) -> int:
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
+#: Why records leave the spool unsent: capture_dropped{...labels, reason}. To make room
+#: (whole segments, oldest first; _anomaly: records kept longer), or refused a place.
+DROP_REASONS = ("budget", "budget_anomaly", "disk_space", "disk_space_anomaly",
+                "spool_full", "disk_full", "disk_error")
+
+
 def _disk_reason(error: OSError) -> str:
     return "disk_full" if error.errno in _FULL else "disk_error"
 
@@ -151,6 +157,7 @@ class CaptureUplink:
         self.device = device
         self.counters = counters
         self.labels = labels
+        counters.declare("capture_dropped", {"reason": DROP_REASONS}, **labels)
         self.budget = budget
         self.on_settled = on_settled
         self.spool = SegmentSpool(root, fsync=settings.fsync != "never")

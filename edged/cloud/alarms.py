@@ -40,6 +40,8 @@ PUBLISH_TIMEOUT_S = 5.0
 RETRY_S = 1.0
 
 EventKind = Literal["alarm", "clear", "sensor_stale", "sensor_recovered"]
+#: What became of each event: cloud_alarms{result}.
+RESULTS = ("sent", "retried", "dropped", "unencodable")
 
 
 class CloudAlarms:
@@ -51,6 +53,7 @@ class CloudAlarms:
         self.link = link
         self.device = device
         self.counters = counters
+        counters.declare("cloud_alarms", {"result": RESULTS})
         self.topic = config.topic.format(thing=thing)
         self._kinds = frozenset(config.events)
         self._trackers: dict[str, AlarmTracker] = {}  # per pipeline: turbine names may repeat

@@ -49,6 +49,12 @@ _PHASE_STEP = 0.6180339887498949
 MAX_SENSOR_EVENTS = 10
 SUMMARY_TURBINE = "*"
 
+#: Why the pipeline rejects rows: rows_rejected{pipeline,reason}.
+REJECT_REASONS = ("wrong_width", "wrong_length", "not_finite", "bad_turbine_id",
+                  "too_many_turbines")
+#: Why turbines lose their slots: turbines_evicted{pipeline,reason}.
+EVICT_REASONS = ("full", "silent")
+
 # What a row's slot is, when it has none.
 _UNKNOWN = -1  # a turbine without a slot (after a claim: no room for it)
 _NOT_FINITE = -2
@@ -77,6 +83,12 @@ class Pipeline:
         self._shadow: tuple[ShadowTrial, tuple[Preprocessor, InferenceBackend]] | None = None
         self._observing: set[asyncio.Future] = set()  # shadow observations queued
         self.counters = counters
+        # Listed at 0 from the start (/metrics): a zero apart from a counter not wired.
+        counters.declare("rows_rejected", {"reason": REJECT_REASONS}, pipeline=name)
+        counters.declare("turbines_evicted", {"reason": EVICT_REASONS}, pipeline=name)
+        for counter in ("rows_accepted", "batches_dropped", "rounds_failed", "sensor_stale",
+                        "sensor_recovered"):
+            counters.declare(counter, pipeline=name)
         self.queue: BoundedQueue[Readings] = BoundedQueue(
             f"pipeline.{name}", spec.queue.size, spec.queue.overflow
         )

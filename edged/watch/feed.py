@@ -98,6 +98,7 @@ class EventFeed:
     def __init__(self, device: str, counters: Counters, max_subscribers: int = 8) -> None:
         self.device = device
         self.counters = counters
+        counters.declare("watch_clients_dropped", {"reason": DROP_REASONS})
         self.max_subscribers = max_subscribers
         self._subscriptions: list[Subscription] = []
         self._recent: deque[str] = deque(maxlen=_RECENT_IDS)

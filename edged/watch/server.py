@@ -29,6 +29,7 @@ from edged.config import WatchSpec
 from edged.watch.feed import EventFeed, FeedFull, Overflowed, Subscription
 from edged.watch.protocol import (
     MAX_REQUEST_BYTES,
+    REQUEST_REASONS,
     REQUEST_TIMEOUT_S,
     RequestError,
     WatchRequest,
@@ -52,6 +53,7 @@ class WatchServer:
         self.path = Path(path)
         self.feed = feed
         self.counters = counters
+        counters.declare("watch_clients_refused", {"reason": REQUEST_REASONS})
         self._server: asyncio.AbstractServer | None = None
         self._clients: set[asyncio.Task] = set()
         self._rate_limit = RateLimit()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -104,3 +105,27 @@ async def test_the_data_budget_is_scraped_as_today_s_figures(tmp_path: Path):
     # Since the start, through the daemon's counters:
     assert value(text, 'edged_budget_bytes_total{priority="capture"}') == 1234
     assert value(text, 'edged_budget_deferred_total{priority="capture"}') == 1
+
+
+async def test_counters_with_known_labels_are_zero_from_the_start(tmp_path: Path):
+    """Prometheus' convention: a counter whose label values are known is exported at 0
+    before anything is counted, so a zero tells apart from a counter that is not wired;
+    the health report (and the heartbeat) list only what was counted."""
+    config = write_config(tmp_path, f'metrics: {{listen: "127.0.0.1:{free_port()}"}}\n'
+                          "actuators:\n  relay:\n    type: command\n    inputs: [turbines]\n"
+                          f"    argv: [{sys.executable}, -c, pass]\n")
+    async with daemon(config) as graph:
+        text = await asyncio.to_thread(scrape, graph.metrics.address)
+        report = graph.health.report()
+    for reason in ("wrong_width", "wrong_length", "not_finite", "bad_turbine_id",
+                   "too_many_turbines"):
+        assert value(text, f'edged_rows_rejected_total{{pipeline="turbines",'
+                           f'reason="{reason}"}}') == 0
+    assert value(text, 'edged_turbines_evicted_total{pipeline="turbines",reason="full"}') == 0
+    assert value(text, 'edged_command_failures_total{actuator="relay",reason="timeout"}') == 0
+    assert value(text, 'edged_watch_clients_dropped_total{reason="too_slow"}') == 0
+    assert value(text, 'edged_rounds_failed_total{pipeline="turbines"}') == 0
+    assert value(text, 'edged_rows_accepted_total{pipeline="turbines"}') > 0  # counted
+    # The format is otherwise as before: one HELP and TYPE per family.
+    assert text.count("# TYPE edged_rows_rejected_total counter") == 1
+    assert not any(key.startswith("rows_rejected") for key in report["counters"])

@@ -108,6 +108,8 @@ class MqttActuator(Component):
         self.name = ctx.name
         self.device_id = ctx.device_id
         self.counters = ctx.counters
+        for counter in ("mqtt_publish_retries", "mqtt_publish_failures"):
+            ctx.counters.declare(counter, actuator=ctx.name)
         self.link = BrokerLink(config.broker, name=ctx.name, device_id=ctx.device_id,
                                counters=ctx.counters, kind="actuator")
         self.log = log.bind(actuator=ctx.name)

@@ -37,7 +37,7 @@ from edged.builtin.mqtt.formats import (
 from edged.mqtt.link import BrokerConfig, BrokerLink
 from edged.plugin.components import BuildContext, Component, Emit, Readings
 from edged.plugin.config import SourceConfig
-from edged.plugin.rows import check_turbine_id
+from edged.plugin.rows import MESSAGE_REASONS, ROW_REASONS, check_turbine_id
 
 log = structlog.get_logger("edged.mqtt")
 
@@ -45,6 +45,8 @@ _TAKE = 256  # messages taken from the inbox at a time
 _LOG_EVENT = {"messages_rejected": "message_rejected", "rows_rejected": "row_rejected"}
 #: messages_rejected reason of a message the parser failed on unforeseen (a bug).
 DECODE_FAILED = "decode_failed"
+#: What messages_rejected{source,reason} counts under.
+REJECTED_MESSAGE_REASONS = (*MESSAGE_REASONS, DECODE_FAILED)
 
 
 class MqttSourceConfig(SourceConfig):
@@ -163,6 +165,10 @@ class MqttSource(Component):
         self.config = config
         self.name = ctx.name
         self.counters = ctx.counters
+        # Listed at 0 from the start (/metrics): a zero apart from a counter not wired.
+        ctx.counters.declare("rows_rejected", {"reason": ROW_REASONS}, source=ctx.name)
+        ctx.counters.declare("messages_rejected", {"reason": REJECTED_MESSAGE_REASONS},
+                             source=ctx.name)
         allowed = config.allowed_turbines
         decoder = make_decoder(config.layout, ctx.inputs, columns=config.columns,
                                keys=config.keys, turbine_field=config.turbine_field,

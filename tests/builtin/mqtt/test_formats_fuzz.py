@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from edged.base.errors import RowError
 from edged.builtin.mqtt.formats import MessageParser, TopicRouter, make_decoder
-from edged.plugin.rows import MAX_TURBINE_ID
+from edged.plugin.rows import MAX_TURBINE_ID, MESSAGE_REASONS, ROW_REASONS
 from edged.windturbine import layout
 
 INPUTS = layout.INPUTS
@@ -78,14 +78,17 @@ def test_parse_returns_rows_or_raises_row_error(parser, topic, payload):
     started = time.process_time()
     try:
         count = parser.parse(topic, payload, turbines, values, rejected)
-    except RowError:
-        pass
+    except RowError as exc:
+        # Counted as messages_rejected{reason}, declared from MESSAGE_REASONS.
+        assert exc.reason in MESSAGE_REASONS, exc
     else:
         assert count == len(values) == len(turbines)
         assert all(len(row) == len(INPUTS) and all(isinstance(v, float) for v in row)
                    for row in values)
         assert all(isinstance(t, str) and 0 < len(t) <= MAX_TURBINE_ID for t in turbines)
     assert all(isinstance(e, RowError) for e in rejected)
+    # Counted as rows_rejected{reason}, declared from ROW_REASONS.
+    assert all(e.reason in ROW_REASONS for e in rejected), rejected
     assert time.process_time() - started < 1.0  # bounded: a 4 KB message is milliseconds
 
 
