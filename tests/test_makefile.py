@@ -32,8 +32,12 @@ def tree(tmp_path) -> Path:
 
 
 def would_run(tree: Path, target: str) -> str:
-    done = subprocess.run(["make", "-n", target], cwd=tree, capture_output=True, text=True,
-                          timeout=60, check=True)
+    # Run as from a shell even under `make test`: a parent make's MAKELEVEL adds
+    # "Entering directory" lines and its MAKEFLAGS would pass its variables down.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "DEMO_ARGS")}
+    done = subprocess.run(["make", "--no-print-directory", "-n", target], cwd=tree, env=env,
+                          capture_output=True, text=True, timeout=60, check=True)
     return done.stdout
 
 
