@@ -47,6 +47,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/mqtt_e2e.py
 	$(BIN)/python benchmarks/agent.py
 	$(BIN)/python benchmarks/swap.py
+	$(BIN)/python benchmarks/watch.py
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .

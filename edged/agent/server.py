@@ -13,8 +13,6 @@ import asyncio
 import contextlib
 import functools
 import os
-import socket
-import stat
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -56,6 +54,7 @@ from edged.agent.tensors import (
 from edged.base.errors import ModelError
 from edged.base.log import RateLimit
 from edged.base.metrics import Counters
+from edged.base.unix_socket import claim_socket_path
 from edged.capture.store import (
     BufferFull,
     CaptureError,
@@ -295,24 +294,11 @@ def _model_version(model: LoadedModel | None) -> int | None:
 
 def _prepare_socket(path: Path) -> None:
     """Remove a stale socket file; refuse one another agent still serves on."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        mode = path.lstat().st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise AgentStartError(f"{path} exists and is not a socket; not removing it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(1.0)
-        probe.connect(str(path))
-    except OSError:
-        path.unlink(missing_ok=True)  # nobody listens: left by a crash
-        log.info("stale_socket_removed", path=str(path))
-        return
-    finally:
-        probe.close()
-    raise AgentStartError(f"another process is serving on {path}")
+        if claim_socket_path(path):
+            log.info("stale_socket_removed", path=str(path))
+    except (FileExistsError, ValueError) as exc:
+        raise AgentStartError(str(exc)) from None
 
 
 class AgentServer:
