@@ -153,9 +153,24 @@ class Supervisor:
         await asyncio.wait([graph_task, ready_task], return_when=asyncio.FIRST_COMPLETED)
         ready_task.cancel()
         if ready.is_set():
-            self.pm.hook.edged_started(graph=graph, config=graph.config)
+            self._notify("edged_started", graph=graph, config=graph.config)
             self._watch_stores(tg, graph)
         return graph_task
+
+    def _notify(self, hook: str, **kwargs) -> None:
+        """Call every plugin's ``hook`` on its own: one that raises is logged and counted
+        (``plugin_hook_failed{hook, plugin}``) and neither stops the daemon nor keeps the
+        other plugins from hearing it."""
+        impls = getattr(self.pm.hook, hook).get_hookimpls()
+        for impl in impls:
+            others = [other.plugin for other in impls if other is not impl]
+            try:
+                # Through pluggy, not impl.function: EDGED_TRACE_HOOKS still shows the call.
+                self.pm.subset_hook_caller(hook, remove_plugins=others)(**kwargs)
+            except Exception as exc:  # a plugin's bug, not the daemon's
+                self.counters.inc("plugin_hook_failed", hook=hook, plugin=impl.plugin_name)
+                log.exception("plugin_hook_failed", hook=hook, plugin=impl.plugin_name,
+                              error=str(exc))
 
     def _watch_stores(self, tg: asyncio.TaskGroup, graph: Graph) -> None:
         """Follow the model stores of ``graph``'s pipelines while it runs."""
@@ -244,7 +259,7 @@ class Supervisor:
         if self._watch is not None:  # first: no swap while the pipelines go away
             await cancel_all([self._watch])
             self._watch = None
-        self.pm.hook.edged_stopping(graph=graph, reason=reason)
+        self._notify("edged_stopping", graph=graph, reason=reason)
         graph.stop(reason)
         await task
 

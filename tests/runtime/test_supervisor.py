@@ -259,6 +259,36 @@ async def test_a_swallowed_cancellation_does_not_hold_the_shutdown(tmp_path, cle
     assert recorder.exited
 
 
+class FaultyLifecycle:
+    """A third-party plugin whose lifecycle hooks raise."""
+
+    @hookimpl
+    def edged_started(self, graph, config) -> None:
+        raise RuntimeError("started hook bug")
+
+    @hookimpl
+    def edged_stopping(self, graph, reason) -> None:
+        raise RuntimeError("stopping hook bug")
+
+
+async def test_a_raising_lifecycle_hook_is_counted_and_the_daemon_goes_on(tmp_path, cleanup):
+    h = Harness(tmp_path, config_text(tmp_path, recorder=rec_cfg()))
+    # Registered after the journal, so pluggy calls it first (LIFO): the journal must
+    # still hear both hooks although this one raised before it.
+    h.pm.register(FaultyLifecycle(), name="faulty")
+    cleanup(h)
+    h.start()
+    before = await h.wait_decisions()
+    await h.wait_decisions(more_than=before)  # still deciding after the hook raised
+    (graph,) = h.graphs
+    assert h.journal.started == [graph]
+    counters = h.supervisor.counters
+    assert counters.get("plugin_hook_failed", hook="edged_started", plugin="faulty") == 1
+    await h.shutdown()
+    assert h.journal.stopping == ["shutdown"]
+    assert counters.get("plugin_hook_failed", hook="edged_stopping", plugin="faulty") == 1
+
+
 # -- start-up failure policies --------------------------------------------------------------
 
 
