@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import shutil
 from collections.abc import Iterator
+from multiprocessing import shared_memory
 from pathlib import Path
 
+import numpy as np
 import pytest
 from agent_testkit import (
     BUILTIN_MODEL,
@@ -65,3 +68,27 @@ def agent(start_agent) -> RunningAgent:
 @pytest.fixture
 def stub(agent) -> agent_pb2_grpc.AgentStub:
     return agent.stub()
+
+
+_segment_ids = itertools.count(1)
+
+
+@pytest.fixture
+def segment():
+    """``segment(array)`` puts ``array``'s bytes in a new POSIX shared-memory object named
+    as a client names it for the agent (``edged-<segment_id>``) and returns the id; every
+    object is removed after the test."""
+    made: list[shared_memory.SharedMemory] = []
+
+    def create(x: np.ndarray) -> int:
+        segment_id = os.getpid() * 1000 + next(_segment_ids) % 1000
+        shm = shared_memory.SharedMemory(name=f"edged-{segment_id}", create=True,
+                                         size=x.nbytes)
+        shm.buf[:x.nbytes] = x.tobytes()
+        made.append(shm)
+        return segment_id
+
+    yield create
+    for shm in made:
+        shm.close()
+        shm.unlink()

@@ -5,9 +5,6 @@ why. Unit checks of the decoder, then the same through a real agent."""
 
 from __future__ import annotations
 
-import itertools
-import os
-from multiprocessing import shared_memory
 from pathlib import Path
 
 import grpc
@@ -114,25 +111,6 @@ def test_a_minus_one_and_no_size_cannot_be_inferred():
 
 # -- through a real agent ------------------------------------------------------------------
 
-_ids = itertools.count(1)
-
-
-@pytest.fixture
-def segment():
-    made: list[shared_memory.SharedMemory] = []
-
-    def create(x: np.ndarray) -> int:
-        segment_id = os.getpid() * 1000 + 700 + next(_ids)
-        shm = shared_memory.SharedMemory(name=f"edged-{segment_id}", create=True,
-                                         size=x.nbytes)
-        shm.buf[:x.nbytes] = x.tobytes()
-        made.append(shm)
-        return segment_id
-
-    yield create
-    for shm in made:
-        shm.close()
-        shm.unlink()
 
 
 def test_any_batch_a_dynamic_model_takes_up_to_max_batch(stub, segment):

@@ -23,7 +23,6 @@ import subprocess
 import sys
 import time
 import uuid
-from multiprocessing import shared_memory
 from pathlib import Path
 
 import grpc
@@ -88,24 +87,6 @@ def predict(stub, x: np.ndarray, meta: pb.TensorMetadata | None = None, **option
     reply = stub.Predict(pb.PredictRequest(name="turbine", tensors=[pb.Tensor(
         tensor_metadata=meta, byte_data=x.tobytes())]), timeout=60, **options)
     return output_array(reply.tensors[0])
-
-
-@pytest.fixture
-def segment():
-    made: list[shared_memory.SharedMemory] = []
-
-    def create(x: np.ndarray) -> int:
-        segment_id = os.getpid() * 1000 + 900 + len(made)
-        shm = shared_memory.SharedMemory(name=f"edged-{segment_id}", create=True,
-                                         size=x.nbytes)
-        shm.buf[:x.nbytes] = x.tobytes()
-        made.append(shm)
-        return segment_id
-
-    yield create
-    for shm in made:
-        shm.close()
-        shm.unlink()
 
 
 def test_an_old_device_directory_and_client_as_they_are(tmp_path, short_dir, segment):
