@@ -112,7 +112,6 @@ def test_a_minus_one_and_no_size_cannot_be_inferred():
 # -- through a real agent ------------------------------------------------------------------
 
 
-
 def test_any_batch_a_dynamic_model_takes_up_to_max_batch(stub, segment):
     load_windturbine(stub)
     described = stub.DescribeModel(pb.DescribeModelRequest(name="windturbine"),
