@@ -74,6 +74,33 @@ run() {
     fi
 }
 
+# Installs configs/NAME as $CONF_DIR/NAME, readable by the service, unless one is there:
+# an operator's config is never replaced.
+install_config() {
+    if [[ -e $CONF_DIR/$1 ]]; then
+        echo "$CONF_DIR/$1 exists: kept as it is"
+    else
+        run install -m 0640 -o root -g "$SERVICE_USER" "$CHECKOUT/configs/$1" "$CONF_DIR/$1"
+    fi
+}
+
+# Creates $CONF_DIR/NAME (0600, root) holding the comment lines given, unless one is
+# there: systemd reads it as root (EnvironmentFile=) for the secrets it holds.
+create_env_file() {
+    local name=$1 what=$2
+    shift 2
+    if [[ -e $CONF_DIR/$name ]]; then
+        echo "$CONF_DIR/$name exists: kept as it is"
+    elif ((DRY_RUN)); then
+        echo "+ create $CONF_DIR/$name (0600, root; $what)"
+    else
+        (
+            umask 077
+            printf '%s\n' "$@" >"$CONF_DIR/$name"
+        )
+    fi
+}
+
 if ((!DRY_RUN)) && ((EUID != 0)); then
     echo "install.sh: run as root (or with --dry-run to see the steps)" >&2
     exit 77
@@ -110,23 +137,10 @@ fi
 
 say "config in $CONF_DIR"
 run install -d -m 0755 "$CONF_DIR"
-if [[ -e $CONF_DIR/edged.yaml ]]; then
-    echo "$CONF_DIR/edged.yaml exists: kept as it is"
-else
-    run install -m 0640 -o root -g "$SERVICE_USER" "$CHECKOUT/configs/edged.yaml" \
-        "$CONF_DIR/edged.yaml"
-fi
-if [[ -e $CONF_DIR/edged.env ]]; then
-    echo "$CONF_DIR/edged.env exists: kept as it is"
-elif ((DRY_RUN)); then
-    echo "+ create $CONF_DIR/edged.env (0600, root; secrets for \${NAME} references)"
-else
-    (
-        umask 077
-        printf '%s\n' "# Secrets for \${NAME} references in edged.yaml, read by systemd as root." \
-            "# EDGED_MQTT_PASSWORD=..." >"$CONF_DIR/edged.env"
-    )
-fi
+install_config edged.yaml
+create_env_file edged.env "secrets for \${NAME} references" \
+    "# Secrets for \${NAME} references in edged.yaml, read by systemd as root." \
+    "# EDGED_MQTT_PASSWORD=..."
 if ((DRY_RUN)) || [[ ! -x $PREFIX/bin/edged ]]; then
     run "$PREFIX/bin/edged" check-config "$CONF_DIR/edged.yaml"
 elif ! "$PREFIX/bin/edged" check-config "$CONF_DIR/edged.yaml"; then
@@ -142,23 +156,10 @@ UNITS=(edged)
 if ((AGENT)); then
     say "agent: config in $CONF_DIR, unit $UNIT_DIR/edged-agent.service"
     run install -D -m 0644 "$CHECKOUT/docs/agent.md" "$DOC_DIR/agent.md"
-    if [[ -e $CONF_DIR/agent.json ]]; then
-        echo "$CONF_DIR/agent.json exists: kept as it is"
-    else
-        run install -m 0640 -o root -g "$SERVICE_USER" "$CHECKOUT/configs/agent.json" \
-            "$CONF_DIR/agent.json"
-    fi
-    if [[ -e $CONF_DIR/agent.env ]]; then
-        echo "$CONF_DIR/agent.env exists: kept as it is"
-    elif ((DRY_RUN)); then
-        echo "+ create $CONF_DIR/agent.env (0600, root; AWS credentials for S3 capture)"
-    else
-        (
-            umask 077
-            printf '%s\n' "# AWS credentials for the agent's Cloud (S3) capture, read by systemd as root." \
-                "# AWS_ACCESS_KEY_ID=..." "# AWS_SECRET_ACCESS_KEY=..." >"$CONF_DIR/agent.env"
-        )
-    fi
+    install_config agent.json
+    create_env_file agent.env "AWS credentials for S3 capture" \
+        "# AWS credentials for the agent's Cloud (S3) capture, read by systemd as root." \
+        "# AWS_ACCESS_KEY_ID=..." "# AWS_SECRET_ACCESS_KEY=..."
     run install -m 0644 "$HERE/edged-agent.service" "$UNIT_DIR/edged-agent.service"
     UNITS+=(edged-agent)
 fi
