@@ -1,4 +1,2 @@
-"""Cloud-side tools for edged.
-
-Model conversion now; training, packaging, signing, publishing and rollout later.
-"""
+"""Cloud-side tools for edged (never installed on devices): the ``edged-cloud`` command
+(edged_cloud.cli), the reference model's converter and the capture upload signer."""
