@@ -12,19 +12,26 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
-import logging
 import sys
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
 import onnxruntime as ort
+
+from edged_cloud.train.export import (
+    TOLERANCE,
+    WINDOW_SHAPE,
+    export_onnx,
+    npz_bytes,
+    scaled_error,
+    torch_outputs,
+    window_errors,
+)
+from edged_cloud.train.model import autoencoder
 
 if TYPE_CHECKING:
     import torch
@@ -33,23 +40,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SOURCE = REPO_ROOT.parent / "shared" / "reference" / "windturbine" / "original"
 DEFAULT_OUT = REPO_ROOT / "edged" / "model" / "builtin" / "windturbine-v1"
 
-WINDOW_SHAPE = (6, 10, 10)
 FEATURES = ["roll", "pitch", "yaw", "wind_speed_rps", "rps", "voltage"]
 STATISTICS = ("mean", "std", "raw_std", "thresholds")
 
-# Opset 18 is what torch's dynamo exporter emits natively, so no version converter runs
-# over the graph; every ONNX Runtime since 1.14 implements it.
-OPSET = 18
-# torch stamps IR 10, which ONNX Runtime 1.17 and older refuse to load (checked with
-# 1.17.3); the graph uses nothing newer than IR 8, the IR version of opset 18, so pinning
-# it lets older device runtimes load the model too.
-IR_VERSION = 8
-
-# ONNX Runtime and PyTorch sum convolutions in different orders, so their float32 results
-# differ by a few ulps of the window's largest output. A fixed absolute bound would fail
-# for large (anomalous) windows without any real disagreement, so the bound is 1e-4 at
-# unit scale and grows with the window's magnitude beyond that.
-TOLERANCE = 1e-4
 VERIFY_BATCH_SIZES = {1: 40, 2: 20, 7: 8, 64: 4, 256: 4}
 VERIFY_SEED = 17
 # Anomalies reach a few hundred after normalisation, hence the wide distributions.
@@ -62,11 +55,11 @@ GOLDEN_MIX = (("normal", 8), ("normal_x10", 5), ("normal_x100", 5), ("constant",
 
 def _torch() -> ModuleType:
     """torch, imported when the conversion needs it: `--help` and a mistyped argument
-    work without it (the device install and edged-cloud without [torch] have none)."""
+    work without it (the device install and edged-cloud without [train] have none)."""
     try:
         import torch
     except ImportError as exc:
-        raise SystemExit("convert_reference needs torch: pip install 'edged-cloud[torch]'"
+        raise SystemExit("convert_reference needs torch: pip install 'edged-cloud[train]'"
                          ) from exc
     return torch
 
@@ -75,45 +68,12 @@ def load_model(path: Path) -> torch.nn.Module:
     # The workshop pickled the whole nn.Sequential, not a state_dict, so weights_only
     # loading cannot rebuild it; the file is a vetted local input.
     torch = _torch()
-    model = torch.load(path, map_location="cpu", weights_only=False)
+    pickled = torch.load(path, map_location="cpu", weights_only=False)
+    # Its weights in the one definition of the architecture: a pickle that is not the
+    # reference autoencoder fails here, naming the layers that differ.
+    model = autoencoder()
+    model.load_state_dict(pickled.state_dict(), strict=True)
     return model.eval()  # Dropout must be the identity at inference
-
-
-def export_onnx(model: torch.nn.Module) -> onnx.ModelProto:
-    torch = _torch()
-    example = torch.zeros((2, *WINDOW_SHAPE), dtype=torch.float32)
-    program = torch.onnx.export(
-        model,
-        (example,),
-        None,
-        input_names=["input"],
-        output_names=["output"],
-        opset_version=OPSET,
-        dynamo=True,
-        dynamic_shapes=({0: torch.export.Dim("batch")},),
-        external_data=False,
-        verbose=False,
-    )
-    proto = program.model_proto
-    _make_portable(proto)
-    return proto
-
-
-def _make_portable(proto: onnx.ModelProto) -> None:
-    """Strip exporter debug metadata and pin the IR version, in place."""
-    # Node metadata carries stack traces with local paths: noise that changes the bytes
-    # from one machine to the next, and a field older IR versions do not have.
-    for node in proto.graph.node:
-        del node.metadata_props[:]
-    for value in (*proto.graph.input, *proto.graph.output, *proto.graph.value_info):
-        del value.metadata_props[:]
-    for tensor in proto.graph.initializer:
-        del tensor.metadata_props[:]
-        if tensor.data_location != onnx.TensorProto.DEFAULT:
-            raise RuntimeError(f"initializer {tensor.name} is stored outside the model")
-    del proto.metadata_props[:]
-    proto.ir_version = IR_VERSION
-    onnx.checker.check_model(proto, full_check=True)
 
 
 def sample_windows(rng: np.random.Generator, kind: str, count: int) -> np.ndarray:
@@ -126,12 +86,6 @@ def sample_windows(rng: np.random.Generator, kind: str, count: int) -> np.ndarra
         return np.broadcast_to(levels[:, None, None, None], shape).astype(np.float32)
     scale = {"normal": 1.0, "normal_x10": 10.0, "normal_x100": 100.0, "normal_x1000": 1000.0}
     return (rng.standard_normal(shape) * scale[kind]).astype(np.float32)
-
-
-def torch_outputs(model: torch.nn.Module, windows: np.ndarray) -> np.ndarray:
-    torch = _torch()
-    with torch.inference_mode():
-        return model(torch.from_numpy(np.ascontiguousarray(windows))).numpy()
 
 
 def verify(model: torch.nn.Module, session: ort.InferenceSession) -> dict[str, np.ndarray]:
@@ -150,13 +104,6 @@ def verify(model: torch.nn.Module, session: ort.InferenceSession) -> dict[str, n
     return errors
 
 
-def window_errors(expected: np.ndarray, actual: np.ndarray) -> np.ndarray:
-    axes = tuple(range(1, expected.ndim))
-    abs_diff = np.abs(actual.astype(np.float64) - expected).max(axis=axes)
-    magnitude = np.abs(expected.astype(np.float64)).max(axis=axes)
-    return np.stack([abs_diff, magnitude], axis=1)
-
-
 def report(errors: dict[str, np.ndarray]) -> float:
     """Print the differences per distribution; return the worst scaled difference."""
     print(f"{'inputs':<14}{'windows':>8}{'max abs diff':>15}{'max rel diff':>15}")
@@ -166,25 +113,12 @@ def report(errors: dict[str, np.ndarray]) -> float:
         # outputs that happen to sit near zero and say nothing about precision.
         rel = abs_diff / np.maximum(magnitude, np.finfo(np.float32).tiny)
         print(f"{kind:<14}{len(rows):>8}{abs_diff.max():>15.3e}{rel.max():>15.3e}")
-    rows = np.concatenate(list(errors.values()))
-    return float((rows[:, 0] / np.maximum(rows[:, 1], 1.0)).max())
+    return scaled_error(np.concatenate(list(errors.values())))
 
 
 def golden_windows() -> np.ndarray:
     rng = np.random.default_rng(GOLDEN_SEED)
     return np.concatenate([sample_windows(rng, kind, n) for kind, n in GOLDEN_MIX])
-
-
-def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    # np.savez stamps the current time into the zip entries; a fixed timestamp keeps the
-    # file, and so the manifest's hash, identical between runs.
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
-        for name, array in arrays.items():
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            with archive.open(info, "w", force_zip64=True) as entry:
-                np.lib.format.write_array(entry, np.ascontiguousarray(array), allow_pickle=False)
-    return buffer.getvalue()
 
 
 def load_statistics(source: Path) -> dict[str, list[float]]:
@@ -254,9 +188,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     torch = _torch()
-    # Without torchvision installed the exporter warns about its ops on every run; they
-    # are irrelevant here and would bury the report.
-    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     model = load_model(args.source / "model.pth")
     stats = load_statistics(args.source)
     model_bytes = export_onnx(model).SerializeToString()

@@ -66,5 +66,5 @@ def test_a_conversion_without_torch_says_how_to_get_it(tmp_path):
     done = converter(tmp_path, "--source", str(tmp_path / "in"), "--out", str(tmp_path / "out"))
     assert done.returncode == 1
     assert done.stderr.strip() == (
-        "convert_reference needs torch: pip install 'edged-cloud[torch]'")
+        "convert_reference needs torch: pip install 'edged-cloud[train]'")
     assert not (tmp_path / "out").exists()
