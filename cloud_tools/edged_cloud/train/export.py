@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import logging
+import warnings
 import zipfile
 from typing import TYPE_CHECKING
 
@@ -40,7 +41,17 @@ def export_onnx(model: torch.nn.Module) -> onnx.ModelProto:
     # are irrelevant here and would bury the output.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     example = torch.zeros((2, *WINDOW_SHAPE), dtype=torch.float32)
-    program = torch.onnx.export(
+    with warnings.catch_warnings():
+        # torch 2.13's exporter trips over its own pytree deprecation (FutureWarning).
+        warnings.simplefilter("ignore", FutureWarning)
+        program = _export(torch, model, example)
+    proto = program.model_proto
+    make_portable(proto)
+    return proto
+
+
+def _export(torch, model, example):
+    return torch.onnx.export(
         model,
         (example,),
         None,
@@ -52,9 +63,6 @@ def export_onnx(model: torch.nn.Module) -> onnx.ModelProto:
         external_data=False,
         verbose=False,
     )
-    proto = program.model_proto
-    make_portable(proto)
-    return proto
 
 
 def make_portable(proto: onnx.ModelProto) -> None:
