@@ -491,9 +491,9 @@ class JobsService:
         if execution is None:
             return {}
         if execution.status == "QUEUED":
-            self._set(execution, "IN_PROGRESS")
             if details is not None:
                 execution.status_details = details
+            self._set(execution, "IN_PROGRESS")
         self._start_step_timer(execution, minutes)
         return {"execution": self._execution(execution)}
 
@@ -546,9 +546,9 @@ class JobsService:
             raise _Refused("InvalidStateTransition",
                            f"{execution.status} is terminal, cannot become {status}",
                            execution.state())
-        self._set(execution, status)
-        if details is not None:
+        if details is not None:  # first: on_change hears the status with its details
             execution.status_details = details
+        self._set(execution, status)
         self._start_step_timer(execution, minutes)
         reply: dict[str, Any] = {}
         if request.get("includeJobExecutionState", False) is True:
