@@ -113,3 +113,21 @@ def test_users_mistakes_are_one_line_errors(argv, status, message, tmp_path, cap
     assert main(argv) == status
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_the_sagemaker_container_trains_from_sagemakers_paths(trained, tmp_path, monkeypatch):
+    """What the training image runs: the dataset in the train channel, the options as
+    SageMaker passes hyperparameters (JSON strings), OUTDIR in /opt/ml/model."""
+    from edged_cloud.train import container
+
+    channel = tmp_path / "input" / "data" / "train"
+    channel.mkdir(parents=True)
+    shutil.copy(trained.parent / "data" / "dataset.npz", channel)
+    (tmp_path / "input" / "config").mkdir()
+    (tmp_path / "input" / "config" / "hyperparameters.json").write_text(json.dumps(
+        {"epochs": "1", "seed": "1", "threads": "1", "version": "3", "denoise": '"reference"'}))
+    monkeypatch.setattr(container, "PREFIX", tmp_path)
+    assert container.main() == 0
+    report = json.loads((tmp_path / "model" / "report.json").read_text())
+    assert report["version"] == 3 and len(report["history"]["train_loss"]) == 1
+    assert (tmp_path / "model" / "model.onnx").is_file()
