@@ -114,12 +114,14 @@ def quantize_static(model: Path, out: Path, work: Path, calibration: np.ndarray)
 
 
 def _prepared(model: Path, work: Path) -> Path:
-    """The model with shapes inferred, as ONNX Runtime's quantiser wants it (once)."""
+    """The model with shapes inferred, as ONNX Runtime's quantiser wants it (once). ONNX's
+    own shape inference, not the symbolic one: that needs sympy, which edged-cloud does not
+    depend on, and a model of standard operators with one dynamic batch needs no more."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     prepared = work / "prepared.onnx"
     if not prepared.exists():
-        quant_pre_process(str(model), str(prepared))
+        quant_pre_process(str(model), str(prepared), skip_symbolic_shape=True)
     return prepared
 
 
