@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 
+import numpy as np
 import pytest
 
 from edged_cloud import cli
@@ -162,3 +163,32 @@ def test_the_progress_bar_reaches_the_whole_size():
     quiet = io.StringIO()
     Progress(10, "x", quiet, enabled=False)(10)
     assert quiet.getvalue() == ""
+
+
+def test_a_multipart_upload_is_read_back_to_check_it(env, tmp_path, capsys, monkeypatch):
+    """S3 keeps only a checksum of the parts' checksums for a multipart upload: the bytes
+    are read back and hashed instead."""
+    import shutil
+
+    from edged.model.bundle import build_bundle, load_private_key
+    from edged.model.package import builtin_root
+    from edged_cloud import publish as publishing
+
+    model = tmp_path / "model"
+    shutil.copytree(builtin_root() / "windturbine-v1", model)
+    (model / "extra.bin").write_bytes(np.random.default_rng(1).bytes(6 << 20))
+    keys = tmp_path / "keys"
+    assert cli.main(["keys", "create", "--dir", str(keys), "--json"]) == 0
+    kid = json.loads(capsys.readouterr().out)["created"]
+    bundle = build_bundle(model, tmp_path / "big.tar.gz",
+                          load_private_key(keys / f"{kid}.key.pem"))
+    monkeypatch.setattr(publishing, "PART_BYTES", 5 << 20)  # S3's smallest part
+    bucket = env.create_bucket()
+    code, result, err = publish(capsys, bundle, bucket)
+    assert code == 0, err
+    assert result["checked_by"] == "read back"
+    head = env.client("s3").head_object(Bucket=bucket, Key=result["key"], ChecksumMode="ENABLED")
+    assert head["ContentLength"] == bundle.stat().st_size > 5 << 20
+    # Why it is read back: S3's checksum here is of the parts, not of the file.
+    whole = base64.b64encode(hashlib.sha256(bundle.read_bytes()).digest()).decode()
+    assert head.get("ChecksumSHA256") != whole
