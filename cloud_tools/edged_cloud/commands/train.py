@@ -35,6 +35,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--denoise", choices=("reference", "textbook"), default="reference",
                         help="reference: threshold the wavelet approximation too (the "
                              "reference's quirk, default); textbook: leave it alone")
+    parser.add_argument("--thresholds", choices=("reference", "quantile"),
+                        default="reference",
+                        help="reference: the mean training error per feature, as the "
+                             "reference computes them (default; tight on data like the "
+                             "training set); quantile: --margin x the --quantile of the "
+                             "training errors, which healthy turbines stay under")
+    parser.add_argument("--quantile", type=float, default=0.999,
+                        help="with --thresholds quantile (default 0.999)")
+    parser.add_argument("--margin", type=float, default=2.0,
+                        help="with --thresholds quantile (default 2.0)")
     parser.add_argument("--json", action="store_true", help="print report.json")
     sm = parser.add_argument_group("SageMaker (--sagemaker)")
     sm.add_argument("--sagemaker", action="store_true",
@@ -61,6 +71,8 @@ def _options(args: argparse.Namespace):
                        "--patience 0 or more")
     if not 0 <= args.holdout < 1 or not 0 <= args.dropout < 1:
         raise BadInput("--holdout and --dropout must be in [0, 1)")
+    if not 0 < args.quantile <= 1 or not args.margin > 0:
+        raise BadInput("--quantile must be in (0, 1] and --margin positive")
     return FitOptions(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                       dropout=args.dropout, patience=args.patience, seed=args.seed,
                       threads=args.threads)
@@ -73,11 +85,14 @@ def _train(args: argparse.Namespace) -> int:
 
         summary = submit(args, options)
     else:
+        from edged_cloud.train.prepare import ThresholdRule
         from edged_cloud.train.run import train
 
         summary = train(args.data, args.out, options, holdout=args.holdout,
                         version=args.version,
-                        threshold_approximation=args.denoise == "reference")
+                        threshold_approximation=args.denoise == "reference",
+                        threshold_rule=ThresholdRule(args.thresholds, args.quantile,
+                                                     args.margin))
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0

@@ -10,10 +10,11 @@ from pathlib import Path
 
 from edged_cloud.errors import CloudToolError
 from edged_cloud.train.fit import FitOptions
+from edged_cloud.train.prepare import ThresholdRule
 from edged_cloud.train.run import train
 
 PREFIX = Path(os.environ.get("SM_PREFIX", "/opt/ml"))
-_RUN_KEYS = ("holdout", "version", "denoise")
+_RUN_KEYS = ("holdout", "version", "denoise", "thresholds", "quantile", "margin")
 
 
 def main() -> int:
@@ -25,6 +26,9 @@ def main() -> int:
         train(PREFIX / "input" / "data" / "train", PREFIX / "model", options,
               holdout=run.get("holdout", 0.2), version=run.get("version", 1),
               threshold_approximation=run.get("denoise", "reference") == "reference",
+              threshold_rule=ThresholdRule(run.get("thresholds", "reference"),
+                                           run.get("quantile", 0.999),
+                                           run.get("margin", 2.0)),
               show_progress=False)
     except CloudToolError as exc:
         # SageMaker shows this file's text as the job's FailureReason.

@@ -14,6 +14,8 @@ own preprocessor, so the statistics describe what the model sees on a device.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from edged.windturbine.features import WindTurbineParams, WindTurbinePreprocessor
@@ -115,7 +117,32 @@ def errors(x: np.ndarray, y: np.ndarray, params: WindTurbineParams) -> np.ndarra
     return WindTurbinePreprocessor(params).errors(x, y, len(x) // w)
 
 
-def thresholds(x: np.ndarray, y: np.ndarray, params: WindTurbineParams) -> np.ndarray:
-    """The reference's thresholds: the mean over the training windows of each window's
-    mean absolute error per feature."""
-    return errors(x, y, params).mean(axis=0)
+@dataclass(frozen=True)
+class ThresholdRule:
+    """How thresholds come from the training decisions' errors. ``reference``: their mean
+    per feature, as the reference computes them (loose on its own data, tight on data like
+    the training set: about half the healthy decisions exceed a mean). ``quantile``:
+    ``margin`` × the ``quantile`` of them per feature, for thresholds that a healthy
+    turbine stays under."""
+
+    kind: str = "reference"
+    quantile: float = 0.999
+    margin: float = 2.0
+
+    def describe(self) -> dict:
+        return ({"rule": "reference"} if self.kind == "reference" else
+                {"rule": "quantile", "quantile": self.quantile, "margin": self.margin})
+
+
+#: The reference's own rule.
+REFERENCE_RULE = ThresholdRule()
+
+
+def thresholds(x: np.ndarray, y: np.ndarray, params: WindTurbineParams,
+               rule: ThresholdRule = REFERENCE_RULE) -> np.ndarray:
+    """Per feature, the threshold ``rule`` gives on the training windows' errors (each
+    decision's mean absolute error per feature, as the device scores it)."""
+    per_decision = errors(x, y, params)
+    if rule.kind == "reference":
+        return per_decision.mean(axis=0)
+    return rule.margin * np.quantile(per_decision, rule.quantile, axis=0)

@@ -68,6 +68,7 @@ def _check_onnx(model, session, windows: np.ndarray) -> tuple[float, float, np.n
 
 def train(data: Path, out: Path, options: FitOptions, *, holdout: float = 0.2,
           version: int = 1, threshold_approximation: bool = True,
+          threshold_rule: prepare.ThresholdRule = prepare.REFERENCE_RULE,
           show_progress: bool | None = None) -> dict:
     """Train and write OUTDIR; the report (also report.json). Raises BadInput for data
     that cannot train, ExportMismatch when ONNX does not reproduce PyTorch."""
@@ -86,7 +87,8 @@ def train(data: Path, out: Path, options: FitOptions, *, holdout: float = 0.2,
     params = prepare.params_of(stats, threshold_approximation)
     x_train = prepare.windows(dataset, train_idx, params)
     model, history = fit(x_train, options, show_progress=show_progress)
-    thresholds = prepare.thresholds(x_train, export.torch_outputs(model, x_train), params)
+    thresholds = prepare.thresholds(x_train, export.torch_outputs(model, x_train), params,
+                                    threshold_rule)
     params = prepare.params_of(stats, threshold_approximation, thresholds)
 
     # Held out: the healthy decisions kept apart in time, and every faulty one (never
@@ -140,7 +142,8 @@ def train(data: Path, out: Path, options: FitOptions, *, holdout: float = 0.2,
                  "held_out_healthy": int(healthy.sum()),
                  "held_out_faulty": int((~healthy).sum())},
         "options": {**asdict(options), "holdout": holdout,
-                    "threshold_approximation": threshold_approximation},
+                    "threshold_approximation": threshold_approximation,
+                    "thresholds": threshold_rule.describe()},
         "history": {"train_loss": history.train_loss, "val_loss": history.val_loss,
                     "best_epoch": history.best_epoch, "stopped_early": history.stopped_early},
         "onnx_vs_torch_max_abs": max_abs,

@@ -33,7 +33,8 @@ MAX_ARTIFACT_BYTES = 1 << 30
 def hyperparameters(options: FitOptions, args: argparse.Namespace) -> dict[str, str]:
     """The options as SageMaker hyperparameters (strings), read back by the container."""
     values = {**asdict(options), "holdout": args.holdout, "version": args.version,
-              "denoise": args.denoise}
+              "denoise": args.denoise, "thresholds": args.thresholds,
+              "quantile": args.quantile, "margin": args.margin}
     return {k: json.dumps(v) for k, v in values.items() if v is not None}
 
 
