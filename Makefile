@@ -5,7 +5,8 @@
 # - the device package alone (`pip install -e .`): all `make demo` needs, so the demo
 #   runs as a device would, without pytest, moto or any dev tool;
 # - the development set on top of it: the dev extras, the example plugin and
-#   cloud_tools, for `make test`, `fuzz`, `bench` and `lint`.
+#   cloud_tools with its training extra (torch 2.13.0, CPU), for `make test`, `fuzz`,
+#   `bench` and `lint`.
 # `make venv` builds the development set (what working on edged needs) and runs nothing.
 PYTHON ?= python3
 VENV := .venv
@@ -26,7 +27,7 @@ $(DEVICE_STAMP): pyproject.toml Makefile
 
 $(DEV_STAMP): $(DEVICE_STAMP) plugins/edged-example/pyproject.toml cloud_tools/pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]' -e plugins/edged-example \
-		-e cloud_tools
+		-e 'cloud_tools[train]'
 	touch $(DEV_STAMP)
 
 demo: $(DEVICE_STAMP)

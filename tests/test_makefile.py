@@ -59,7 +59,7 @@ def test_demo_installs_the_device_package_alone(tree):
 @pytest.mark.parametrize("target", ["test", "venv", "lint", "fuzz"])
 def test_test_and_venv_install_the_development_set(tree, target):
     plan = would_run(tree, target)
-    assert DEVICE in plan and DEV in plan and "-e cloud_tools" in plan
+    assert DEVICE in plan and DEV in plan and "-e 'cloud_tools[train]'" in plan
     assert plan.index(DEVICE) < plan.index(DEV)
     if target == "venv":
         assert "pytest" not in plan and "ruff check" not in plan  # builds, runs nothing
