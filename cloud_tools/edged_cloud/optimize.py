@@ -301,12 +301,13 @@ def _write(source: ModelSource, out: Path, model: Path, report: dict[str, Any],
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(model, out / "model.onnx")
     (out / PREPROCESSING).write_text(json.dumps(source.preprocessing, indent=2) + "\n")
-    for name in (REPORT, VALIDATION, GOLDEN):
+    for name in (REPORT, VALIDATION):
         if (source.directory / name).is_file() and (source.directory / PREPROCESSING).is_file():
             shutil.copyfile(source.directory / name, out / name)
     if validation is not None:
         shutil.copyfile(validation, out / VALIDATION)
-    if not (out / GOLDEN).exists() and source.golden_inputs is not None:
+    if source.golden_inputs is not None:
+        # The golden outputs of the model now in OUT, not of the one it came from.
         inputs = source.golden_inputs.astype(np.float32)
         write_golden(out / GOLDEN, inputs, predict(out / "model.onnx", inputs))
     (out / OPTIMIZE_REPORT).write_text(json.dumps(report, indent=2) + "\n")

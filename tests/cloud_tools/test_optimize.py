@@ -80,6 +80,11 @@ def test_a_lower_gate_lets_int8_through(trained, tmp_path, capsys):
     assert report["quantization"] == "static" and report["min_agreement"] == 0.5
     model = onnx.load(tmp_path / "opt" / "model.onnx")
     assert "QLinearConv" in {n.op_type for n in model.graph.node}
+    # Its golden pairs are the int8 model's own, checked by the device's golden rule.
+    from edged.model import golden
+
+    assert golden.check(tmp_path / "opt" / "golden.npz",
+                        lambda x: predict(tmp_path / "opt" / "model.onnx", x)) == 24
 
 
 def test_too_few_windows_for_the_gate_are_refused(tmp_path, capsys):
