@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 
-from edged.model import golden
 from edged.model.session import open_session
 from edged.windturbine.features import WindTurbineParams
 from edged.windturbine.layout import FAULT_KINDS, FEATURES
@@ -114,8 +113,10 @@ def train(data: Path, out: Path, options: FitOptions, *, holdout: float = 0.2,
         _evenly(np.flatnonzero(labels == ds.HEALTHY), GOLDEN_HEALTHY),
         _evenly(np.flatnonzero(labels != ds.HEALTHY), GOLDEN_FAULTY)])
     golden_in = x_eval[golden_idx]
-    golden_out = export.torch_outputs(model, golden_in)
-    golden.compare(session.run(None, {export.INPUT_NAME: golden_in})[0], golden_out)
+    # The golden outputs are ONNX Runtime's, the runtime a device checks them with: PyTorch
+    # and ONNX Runtime may differ by more than the golden rule's 1e-4 (their agreement is
+    # checked above, against its own tolerance).
+    golden_out = session.run([export.OUTPUT_NAME], {export.INPUT_NAME: golden_in})[0]
     files = {
         "golden.npz": export.npz_bytes({"inputs": golden_in, "outputs": golden_out}),
         "validation.npz": export.npz_bytes({"inputs": x_eval, "labels": labels,
