@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import socket
 import tempfile
 import time
 import uuid
@@ -37,6 +38,9 @@ from edged_cloud import rollout
 from edged_cloud.fleet_demo.local_services import LocalAws, LocalBroker, raise_open_files
 from edged_cloud.local_jobs.service import LocalJobsService
 
+#: Small requests each waiting for the last: Nagle's algorithm would hold every one back
+#: for the peer's delayed ACK (40 ms), as the device's own MQTT link knows (edged.mqtt.link).
+NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 ROLE_POLICY = json.dumps({"Version": "2012-10-17", "Statement": []})
 GOOD_VERSION, BAD_VERSION = 2, 3
 
@@ -72,7 +76,8 @@ class LightExecutor:
         import aiomqtt
 
         client = aiomqtt.Client(self.host, self.port,
-                                identifier=f"light-{self.things[0]}-{uuid.uuid4().hex[:6]}")
+                                identifier=f"light-{self.things[0]}-{uuid.uuid4().hex[:6]}",
+                                socket_options=(NODELAY,))
         await client.__aenter__()
         for thing in self.things:
             base = protocol.prefix(thing)
@@ -136,6 +141,17 @@ def _minutes_timeline(log: DeviceLog, start: float, minute_s: float) -> list[int
     """How many devices were told of the job in each (compressed) minute."""
     counts = Counter(int((t - start) // minute_s) for t in log.notified.values())
     return [counts.get(m, 0) for m in range(max(counts, default=-1) + 1)]
+
+
+def _no_delay(jobs: LocalJobsService) -> None:
+    """TCP_NODELAY on the jobs service's connection: it sends two or three QoS 1
+    messages per request, each awaiting its PUBACK, and without it each waits 40 ms
+    (a 1,000-device rollout then runs at ~13 devices a second whatever its rate).
+    The service opens its client without the option; set it on the open socket."""
+    client = jobs.mqtt._client
+    sock = client._client.socket() if client is not None else None
+    if sock is not None:
+        sock.setsockopt(*NODELAY)
 
 
 def _spread(values: list[float]) -> dict[str, float]:
@@ -212,6 +228,7 @@ async def simulate(devices: int = 1000, minute_s: float = 1.0, device_s: float =
         try:
             async with LocalJobsService(iot, s3, broker.host, broker.port,
                                         minute_s=minute_s) as jobs:
+                _no_delay(jobs)
                 figures: dict[str, Any] = {}
                 for name, version in (("good", GOOD_VERSION), ("bad", BAD_VERSION)):
                     job_id = f"fleet-{name}-v{version}"
