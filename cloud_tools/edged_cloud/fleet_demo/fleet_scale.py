@@ -143,17 +143,6 @@ def _minutes_timeline(log: DeviceLog, start: float, minute_s: float) -> list[int
     return [counts.get(m, 0) for m in range(max(counts, default=-1) + 1)]
 
 
-def _no_delay(jobs: LocalJobsService) -> None:
-    """TCP_NODELAY on the jobs service's connection: it sends two or three QoS 1
-    messages per request, each awaiting its PUBACK, and without it each waits 40 ms
-    (a 1,000-device rollout then runs at ~13 devices a second whatever its rate).
-    The service opens its client without the option; set it on the open socket."""
-    client = jobs.mqtt._client
-    sock = client._client.socket() if client is not None else None
-    if sock is not None:
-        sock.setsockopt(*NODELAY)
-
-
 def _spread(values: list[float]) -> dict[str, float]:
     ordered = sorted(values) or [0.0]
     return {"p50": round(ordered[len(ordered) // 2], 3),
@@ -228,7 +217,6 @@ async def simulate(devices: int = 1000, minute_s: float = 1.0, device_s: float =
         try:
             async with LocalJobsService(iot, s3, broker.host, broker.port,
                                         minute_s=minute_s) as jobs:
-                _no_delay(jobs)
                 figures: dict[str, Any] = {}
                 for name, version in (("good", GOOD_VERSION), ("bad", BAD_VERSION)):
                     job_id = f"fleet-{name}-v{version}"

@@ -44,6 +44,7 @@ import asyncio
 import itertools
 import json
 import re
+import socket
 import time
 import unicodedata
 import uuid
@@ -239,7 +240,10 @@ class JobsService:
     # -- lifecycle -----------------------------------------------------------------------
 
     async def __aenter__(self) -> JobsService:
-        client = aiomqtt.Client(self.host, self.port, identifier=self._identifier)
+        # TCP_NODELAY: each request gets two or three QoS 1 replies, each awaiting its
+        # PUBACK; without it every one waits ~40 ms for a delayed ACK.
+        client = aiomqtt.Client(self.host, self.port, identifier=self._identifier,
+                                socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),))
         await client.__aenter__()
         try:
             await client.subscribe("$aws/things/+/jobs/#", qos=1)
