@@ -15,7 +15,7 @@ DEVICE_STAMP := $(VENV)/.installed-device
 DEV_STAMP := $(VENV)/.installed-dev
 DEMO_ARGS ?= --duration 60
 
-.PHONY: venv demo test fuzz bench lint clean
+.PHONY: venv demo fleet-demo test fuzz bench lint clean
 
 venv: $(DEV_STAMP)
 
@@ -32,6 +32,9 @@ $(DEV_STAMP): $(DEVICE_STAMP) plugins/edged-example/pyproject.toml cloud_tools/p
 
 demo: $(DEVICE_STAMP)
 	$(BIN)/edged demo -c configs/demo.yaml $(DEMO_ARGS)
+
+fleet-demo: $(DEV_STAMP)
+	$(BIN)/edged-cloud fleet-demo $(FLEET_ARGS)
 
 test: $(DEV_STAMP)
 	$(BIN)/ruff check .
