@@ -416,6 +416,10 @@ async def run(options: Options, say: Say) -> dict[str, Any]:
                 await story.good_rollout(jobs, good)
                 await story.bad_rollout(jobs, bad)
             await story.captures()
+        except TimeoutError as exc:  # a step the devices never finished: say which
+            raise CloudToolError(f"{exc}; each device's log is "
+                                 f"{work}/devices/<thing>/edged.log (kept with "
+                                 "--workdir)") from None
         finally:
             story.stop()
     figures = story.figures
