@@ -32,6 +32,7 @@ GROUPS = (
     "edged_cloud.commands.publish",
     "edged_cloud.commands.rollout",
     "edged_cloud.commands.provision",
+    "edged_cloud.commands.monitor",
     "edged_cloud.commands.fleet_demo",
 )
 
