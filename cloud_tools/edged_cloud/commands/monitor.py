@@ -114,6 +114,7 @@ def run_monitor(args: argparse.Namespace) -> int:
 
         Path(args.html).write_text(html.render(result, options))
     result.pop("_series", None)
+    result.pop("_baselines", None)
     print(json.dumps(result, indent=2) if args.json else report.table(result))
     fleet = result["fleet"]
     flagged = {"drift": fleet["drifted"], "silent": fleet["silent"],

@@ -152,7 +152,7 @@ def build(lake: Lake, options: Options) -> dict:
     ks = ks_by_device(lake, since, since_date,
                       {k: s.features for k, s in series.items()})
 
-    devices = []
+    devices, used = [], {}
     for device in sorted(set(heard) | {d for d, _ in series}):
         version = current.get(device, (None, 0))[0]
         if version is None:
@@ -167,9 +167,10 @@ def build(lake: Lake, options: Options) -> dict:
                  "decisions": s.decisions if s else 0,
                  "anomaly_rate": _finite(s.anomalous / s.decisions) if s and s.decisions
                  else None}
-        entry["drift"] = drift_of(s, options.baselines.get(version)
-                                  or options.baselines.get(None)
-                                  or fleet_base.get(version), options.psi_limit)
+        base = (options.baselines.get(version) or options.baselines.get(None)
+                or fleet_base.get(version))
+        used[version] = base
+        entry["drift"] = drift_of(s, base, options.psi_limit)
         if s is not None:
             over = s.error_counts[:, np.searchsorted(s.error_edges, 1.0) + 1:].sum(axis=1)
             total = s.error_counts.sum(axis=1)
@@ -204,6 +205,7 @@ def build(lake: Lake, options: Options) -> dict:
         },
         "devices": devices,
         "_series": series,  # for the HTML report; dropped from --json
+        "_baselines": used,
     }
 
 
