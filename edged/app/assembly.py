@@ -180,7 +180,14 @@ def build_graph(config: EdgedConfig, registry: Registry,
                   captures, budget, _watching(config, pipelines, actuators, counters))
     if health is not None and graph.captures:
         health.spool = functools.partial(spool_figures, list(graph.captures.values()))
+        health.sketch = functools.partial(sketch_totals, list(graph.captures.values()))
     return graph
+
+
+def sketch_totals(captures: list[Any]) -> dict[str, Any]:
+    """Fleet health's ``sketch``: each pipeline's open hour (decisions, anomalous,
+    psi_max against the manifest's expected_input, else null)."""
+    return {c.pipeline: c.sketch_totals() for c in captures}
 
 
 def spool_figures(captures: list[Any]) -> dict[str, int]:

@@ -13,6 +13,7 @@ the spool only after the destination acknowledged its upload (``capture_uploaded
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -35,6 +36,15 @@ from edged.capture.policy import (
     RatePolicy,
     ReservoirPolicy,
     Sampler,
+)
+from edged.capture.sketches import (
+    DEFAULT_STEP,
+    MAX_STATE_BYTES,
+    STATE_FILE,
+    Bins,
+    Sketcher,
+    encode_sketch,
+    parse_state,
 )
 from edged.capture.uplink import Budget, CaptureUplink, Entry, UplinkSettings
 from edged.config.capture import PipelineCaptureSpec, reserve_bytes
@@ -120,11 +130,23 @@ class PipelineCapture:
         self._last_round: tuple[Sequence[str], Sequence[float]] = ((), ())
         # Captures on demand outlive a reload or a restart: their wall-clock deadlines
         # are kept beside the spool, rewritten (in a worker thread) at every request.
+        self.root = root
         self._requests_path = root / REQUESTS_FILE
         self._requests_lock = threading.Lock()
         self._requests_version = 0
         self._requests_saved = 0
         self._requests_saving: set[asyncio.Future[None]] = set()
+        # Hourly sketches (edged.capture.sketches): records the decision path closed,
+        # waiting for the writer; the bins of each model version met.
+        self.sketcher: Sketcher | None = None
+        if spec.sketches.enabled:
+            groups = getattr(getattr(source, "preprocessor", None), "groups", None) or {}
+            self.sketcher = Sketcher(pipeline, device, tuple(groups))
+            counters.declare("sketch_records", {"final": ("true", "false")},
+                             pipeline=pipeline)
+            counters.declare("sketch_bins_invalid", pipeline=pipeline)
+        self._sketches: list[dict] = []
+        self._bins: dict[tuple[str, int], tuple[Bins, int]] = {}
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -132,6 +154,8 @@ class PipelineCapture:
         await self.uplink.__aenter__()
         saved = await asyncio.to_thread(self._read_requests)
         self._resume_requests(saved)
+        if self.sketcher is not None:
+            self.sketcher.resume_from(await asyncio.to_thread(self._read_sketch_state))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -182,9 +206,48 @@ class PipelineCapture:
         self._last_round = (features, thresholds)
         if picks:
             self._enqueue(picks, (features, thresholds, self._model_info(), now, round.time))
+        if self.sketcher is not None and round.decisions:
+            self._sketch(round)
 
     def on_event(self, event: Event) -> None:
-        pass
+        if self.sketcher is not None:
+            self.sketcher.on_event(event)
+
+    def sketch_totals(self) -> dict[str, Any] | None:
+        """The open hour's totals of the newest model version (health's ``sketch``)."""
+        return self.sketcher.totals() if self.sketcher is not None else None
+
+    def _sketch(self, round: Round) -> None:
+        model = round.decisions[0].model
+        bins, step = self._sketch_bins(model.name, model.version)
+        sha = self._model_info().get((model.name, model.version))
+        closed = self.sketcher.observe(round, bins=bins, step=step, sha=sha)  # type: ignore[union-attr]
+        if closed:
+            self._sketches += closed
+            with contextlib.suppress(asyncio.QueueFull):
+                self.queue.put_nowait(None)  # type: ignore[arg-type]  # wakes the writer
+
+    def _sketch_bins(self, name: str, version: int) -> tuple[Bins, int]:
+        """The bins of a model version (its manifest's ``monitoring``, else the
+        defaults) and the rows of each decision histogrammed (the preprocessor's step)."""
+        found = self._bins.get((name, version))
+        if found is not None:
+            return found
+        backend = getattr(self._source, "backend", None)
+        manifest = getattr(backend, "manifest", None) or {}
+        preprocessor = getattr(self._source, "preprocessor", None)
+        step = getattr(getattr(preprocessor, "params", None), "step", None) or \
+            (manifest.get("preprocessing") or {}).get("step") or DEFAULT_STEP
+        features = len(getattr(preprocessor, "features", ()) or ())
+        try:
+            bins = Bins.from_manifest(manifest, features)
+        except (KeyError, ValueError) as exc:
+            self.counters.inc("sketch_bins_invalid", pipeline=self.pipeline)
+            log.error("sketch_bins_invalid", pipeline=self.pipeline, model=name,
+                      version=version, error=str(exc))
+            bins = Bins()
+        self._bins[(name, version)] = found = (bins, int(step))
+        return found
 
     def request(self, turbine: str, duration_s: float) -> None:
         """Capture every decision of ``turbine`` (``*``: all) for ``duration_s``; the
@@ -282,22 +345,77 @@ class PipelineCapture:
         the reservoir's open window) before ending."""
         try:
             while True:
-                items = [await self.queue.get()]
-                if self.spec.spool.fsync != "always":
-                    items += self._take_queued()
+                items = await self._next_items()
                 await self.write(items)
+                await self._write_sketches(self._take_sketches(time.time()))
         except asyncio.CancelledError:
             rest = self._take_queued()
             meta = (*self._last_round, self._model_info(), time.monotonic(), time.time())
             rest += [(pick, meta) for pick in self.sampler.drain()]
             if rest:
                 await self.write(rest)
+            if self.sketcher is not None:
+                # The open hour as a partial, and beside the spool for the next start.
+                now = time.time()
+                closed = self._take_sketches(now)
+                partial = self.sketcher.partial(now)
+                await run_to_end(self._write_sketches(closed + partial,
+                                                      self.sketcher.state(partial)))
             raise
+
+    async def _next_items(self) -> list[Item]:
+        """The queued picks, waiting for one at most until the open sketch hour ends."""
+        wait = self.sketcher.seconds_to_roll(time.time()) if self.sketcher else None
+        try:
+            async with asyncio.timeout(None if wait is None else wait + 0.01):
+                items = [await self.queue.get()]
+        except TimeoutError:
+            return []
+        if self.spec.spool.fsync != "always":
+            items += self._take_queued()
+        return [item for item in items if item is not None]
+
+    def _take_sketches(self, now: float) -> list[dict]:
+        if self.sketcher is None:
+            return []
+        closed, self._sketches = self._sketches + self.sketcher.roll(now), []
+        return closed
+
+    async def _write_sketches(self, records: list[dict], state: bytes | None = None) -> None:
+        """Spool sketch records (kept longer, like anomalies: they are few and small);
+        with ``state``, save it beside the spool for the next start to continue from."""
+        if records:
+            await self.uplink.write([(True, encode_sketch(r)) for r in records])
+            for record in records:
+                self.counters.inc("sketch_records", pipeline=self.pipeline,
+                                  final=str(record["final"]).lower())
+        if state is not None:
+            try:
+                await asyncio.to_thread(write_durably, self.root / STATE_FILE, [state],
+                                        self.uplink.spool.fsync)
+            except OSError as exc:
+                log.warning("sketch_state_not_saved", pipeline=self.pipeline, error=str(exc))
+
+    def _read_sketch_state(self) -> dict[str, dict]:
+        """(Blocking.) The partial sketches a previous run left; {} when there are none
+        or the file is unreadable (logged: the hour then starts afresh)."""
+        path = self.root / STATE_FILE
+        try:
+            return parse_state(strict_json.loads(read_at_most(path, MAX_STATE_BYTES),
+                                                 max_bytes=MAX_STATE_BYTES, max_depth=6))
+        except FileNotFoundError:
+            return {}
+        except (OSError, strict_json.JsonError, ValueError) as exc:
+            log.error("sketch_state_unreadable", pipeline=self.pipeline, path=str(path),
+                      error=f"{type(exc).__name__}: {exc}")
+            return {}
 
     def _take_queued(self) -> list[Item]:
         items = []
         while not self.queue.empty():
-            items.append(self.queue.get_nowait())
+            item = self.queue.get_nowait()
+            if item is not None:  # a sketch's wake-up, not a pick
+                items.append(item)
         return items
 
     async def write(self, items: list[Item]) -> None:

@@ -142,8 +142,9 @@ def decode_line(line: bytes, device: str) -> tuple[dict, str]:
 
 def partition(record: dict, device: str) -> str:
     """``device=<id>/model=<name>/version=<v>/date=YYYY-MM-DD/hour=HH`` (UTC, from the
-    record's wall-clock ``time``)."""
-    when = datetime.fromtimestamp(record["time"], UTC)
+    record's wall-clock ``time``; a sketch's from the start of the hour it covers)."""
+    when = datetime.fromtimestamp(
+        record["period_start"] if record.get("kind") == "sketch" else record["time"], UTC)
     version = record.get("model_version")
     if not isinstance(record["model_name"], str):
         raise TypeError("model_name is not a string")

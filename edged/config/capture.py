@@ -55,6 +55,13 @@ def reserve_bytes(min_free_mb: float | None) -> int | None:
     return None if min_free_mb is None else int(min_free_mb * 1024 * 1024)
 
 
+class SketchSpec(Strict):
+    enabled: bool = Field(True, description="Keep hourly sketches of what the model sees "
+                          "(input and error histograms, decision and anomaly counts) and "
+                          "upload one small `sketch` record per model version and hour "
+                          "(docs/capture.md). On wherever capture is configured.")
+
+
 class CaptureSpoolSpec(Strict):
     budget_mb: float = Field(256.0, gt=0, description="Disk the spool may use (what its "
                              "files take on disk, whole blocks); beyond it the oldest "
@@ -209,5 +216,6 @@ class PipelineCaptureSpec(Strict):
                                           "decision and its context.")
     spool: CaptureSpoolSpec = Field(default_factory=CaptureSpoolSpec)
     upload: UploadSpec = Field(default_factory=UploadSpec)
+    sketches: SketchSpec = Field(default_factory=SketchSpec)
     destination: Annotated[S3DestinationSpec | PresignedDestinationSpec | DiskDestinationSpec,
                            Field(discriminator="type")]

@@ -95,6 +95,9 @@ class Health:
         self.stalest = stalest
         self.version = daemon_version()
         self.spool: Callable[[], dict[str, int] | None] | None = None
+        # The captures' open sketch hour by pipeline (edged.capture.sketches); None: no
+        # capture reports ``"sketch": null``.
+        self.sketch: Callable[[], dict[str, Any] | None] | None = None
         self.budget = budget
         self.starts = 0
         self._started = time.monotonic()
@@ -160,6 +163,7 @@ class Health:
             "turbines": {"count": total,
                          "stalest": self._stalest(ages, owners) if total else []},
             "spool": self.spool() if self.spool is not None else None,
+            "sketch": self.sketch() if self.sketch is not None else None,
             "budget": self.budget.usage() if self.budget is not None else None,
             "jobs": {"finished": {sample.labels.get("status", ""): sample.value
                                   for sample in counters.samples("jobs_finished")}},

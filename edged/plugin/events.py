@@ -68,6 +68,12 @@ class Round:
     raw: np.ndarray | None = None  # (decisions, history, inputs); None unless kept
     inputs: tuple[str, ...] = ()  # the columns of ``raw``
     model_io: ModelIO | None = None  # (input, output), each by decision; None unless kept
+    # The scores behind ``decisions`` as arrays, for subscribers that summarise a round
+    # without a loop over its decisions (capture sketches): (decisions, features) floats
+    # and flags, and (decisions, groups) flags in ``Decision.groups``' order.
+    values: np.ndarray | None = None
+    anomalous: np.ndarray | None = None
+    group_flags: np.ndarray | None = None
 
 
 @dataclass(frozen=True, slots=True)

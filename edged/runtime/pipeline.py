@@ -95,7 +95,9 @@ class Pipeline:
         # A raw ring beside the features only for a capture that records raw rows.
         keep_raw = spec.capture is not None and spec.capture.spool.include_rows
         # The model's input and output, kept past scoring only for such a capture too.
-        self._keep_model_io = spec.capture is not None and spec.capture.spool.include_model_io
+        # (Sketches histogram the model's input: they need it too.)
+        self._keep_model_io = spec.capture is not None and (
+            spec.capture.spool.include_model_io or spec.capture.sketches.enabled)
         self.buffers = TurbineBuffers(
             preprocessor.history, len(preprocessor.features), spec.max_turbines,
             inputs=len(preprocessor.inputs) if keep_raw else 0,
@@ -432,7 +434,8 @@ class Pipeline:
                        features=preprocessor.features, thresholds=scores.thresholds.tolist(),
                        time=now, monotonic=monotonic, window=history, raw=raw,
                        inputs=tuple(preprocessor.inputs) if raw is not None else (),
-                       model_io=model_io)
+                       model_io=model_io, values=scores.values, anomalous=scores.anomalous,
+                       group_flags=group_flags)
         for subscriber in self.subscribers:
             subscriber.on_round(round_)
         shadow = self._shadow

@@ -115,12 +115,14 @@ def write_config(tmp_path: Path) -> Path:
 
 
 def uploaded(root: Path) -> list[tuple[dict, str]]:
-    """Every record at the destination, with the partition folders of its object."""
+    """Every decision record at the destination, with the partition folders of its
+    object (the hourly ``sketch`` records beside them are tests/capture/test_sketches)."""
     found = []
     for obj in sorted(root.rglob("*.jsonl.gz")):
         partition = str(obj.relative_to(root).parent)
-        found += [(json.loads(line), partition)
-                  for line in gzip.decompress(obj.read_bytes()).splitlines()]
+        found += [(record, partition)
+                  for record in map(json.loads, gzip.decompress(obj.read_bytes()).splitlines())
+                  if record["kind"] == "decision"]
     return found
 
 

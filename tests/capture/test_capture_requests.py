@@ -89,8 +89,10 @@ class Fleet(MqttPeer):
 
 
 def captured(root: Path) -> list[dict]:
-    return [json.loads(line) for path in sorted(root.rglob("*.jsonl.gz"))
-            for line in gzip.decompress(path.read_bytes()).splitlines()]
+    """The decision records uploaded (not the hourly sketches beside them)."""
+    return [record for path in sorted(root.rglob("*.jsonl.gz"))
+            for record in map(json.loads, gzip.decompress(path.read_bytes()).splitlines())
+            if record["kind"] == "decision"]
 
 
 async def subscribed(graph: Graph) -> None:
