@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -15,7 +15,7 @@ from edged.plugin.components import BuildContext, Component, Emit, Readings
 from edged.plugin.config import SourceConfig
 from edged.plugin.registry import ComponentType
 from edged.windturbine.layout import DATASET_COLUMNS, FAULT_KINDS
-from edged.windturbine.simulator import Fault, WindFarm, parse_schedule
+from edged.windturbine.simulator import Fault, WindFarm, parse_drifts, parse_schedule
 
 _HISTORY_CHUNK_TICKS = 100  # rows per turbine per emitted history batch
 
@@ -51,6 +51,17 @@ class SimulatorConfig(SourceConfig):
         description="Faults by schedule: a list, or the compact form "
         "'2:vibration@5-12,3:rotation@10+6' (seconds after start).",
     )
+
+    drifts: str = Field(
+        "", description="Slow drifts by schedule, in the faults' compact form: "
+        "'1:bias@60+600' (a voltage sensor bias), 'bearing' (vibration growing), 'wind' "
+        "(the wind regime shifting); each grows linearly from START to END, then stays.")
+
+    @field_validator("drifts")
+    @classmethod
+    def _parse_drifts(cls, value: str) -> str:
+        parse_drifts(value)
+        return value
 
     @field_validator("faults")
     @classmethod
@@ -94,6 +105,8 @@ class SimulatorSource(Component):
             farm_id=config.farm_id,
             faults=[Fault(f.turbine, f.kind, f.start + offset, f.end + offset)
                     for f in config.faults],
+            drifts=[replace(d, start=d.start + offset, end=d.end + offset)
+                    for d in parse_drifts(config.drifts)],
         )
         self._ids = tuple(self.farm.turbine_ids)
         self.started_at: float | None = None  # wall clock of the live start

@@ -26,7 +26,7 @@ import numpy as np
 
 from edged.windturbine.layout import DATASET_COLUMNS, FAULT_KINDS
 
-__all__ = ["Fault", "WindFarm", "parse_schedule"]
+__all__ = ["DRIFT_KINDS", "Drift", "Fault", "WindFarm", "parse_drifts", "parse_schedule"]
 
 _COL = {name: i for i, name in enumerate(DATASET_COLUMNS)}
 _TEXT_COLUMNS = ("nanoId", "turbineId", "eventTime")
@@ -100,6 +100,36 @@ _NOISES = (
     "gearboxtemp", "ambtemp", "humidity", "pressure", "gas",
 )  # fmt: skip
 _NOISE = {name: i for i, name in enumerate(_NOISES)}
+
+
+@dataclass(frozen=True)
+class Drift:
+    """One slow drift of turbine ``turbine``: nothing before ``start``, growing linearly
+    to its full size at ``end``, and staying there (worn parts do not mend themselves).
+
+    ``bias``: the voltage sensor reads high by up to ``DRIFT_SIZES['bias']`` volts;
+    ``bearing``: the nacelle's vibration (roll and pitch) grows by up to that many times
+    its healthy amplitude;
+    ``wind``: the wind regime shifts, wind, rotor speed and voltage up to that fraction
+    higher. None of them draws a random number: the healthy rows stay the same."""
+
+    turbine: int
+    kind: str
+    start: float
+    end: float
+
+    def __post_init__(self) -> None:
+        if self.kind not in DRIFT_KINDS:
+            raise ValueError(f"unknown drift kind {self.kind!r} (expected "
+                             f"{', '.join(DRIFT_KINDS)})")
+        if not self.end > self.start:
+            raise ValueError(f"drift {self.kind} on turbine {self.turbine} must end after "
+                             "it starts")
+
+
+#: Each drift's full size (see Drift): 2 training std of voltage; 4x the vibration; +40 %.
+DRIFT_SIZES = {"bias": 32.0, "bearing": 3.0, "wind": 0.4}
+DRIFT_KINDS = tuple(DRIFT_SIZES)
 
 
 @dataclass(frozen=True)
@@ -199,6 +229,7 @@ class WindFarm:
         seed: int | None = None,
         faults: Sequence[Fault] = (),
         farm_id: str = "farm",
+        drifts: Sequence[Drift] = (),
     ) -> None:
         if isinstance(turbines, bool) or not isinstance(turbines, int) or turbines < 1:
             raise ValueError(f"turbines must be a positive integer, got {turbines!r}")
@@ -213,6 +244,11 @@ class WindFarm:
         self._faults: list[Fault] = []
         for fault in faults:
             self._add_fault(fault)
+        for drift in drifts:
+            if drift.turbine >= turbines:
+                raise ValueError(f"{drift}: turbine {drift.turbine} out of range "
+                                 f"0..{turbines - 1}")
+        self.drifts = tuple(drifts)
 
         streams = np.random.SeedSequence(seed).spawn(3 + len(FAULT_KINDS))
         init, self._normals, self._uniforms, *fault_streams = map(np.random.default_rng, streams)
@@ -334,7 +370,8 @@ class WindFarm:
         uniforms = self._uniforms.random((n, width))
         gust_u = uniforms[:, : _Gusts.UNIFORMS * (1 + t)].reshape(n, _Gusts.UNIFORMS, 1 + t)
         history = self._integrate(farm_z, turb_z[:, : len(_TURB)], gust_u)
-        rows = self._observe(history, turb_z[:, len(_TURB) :], uniforms[:, -t:])
+        rows = self._observe(history, turb_z[:, len(_TURB) :], uniforms[:, -t:],
+                             self._drift_progress(n))
         self._apply_faults(rows)
         self._tick += n
         now = self.time
@@ -380,7 +417,18 @@ class WindFarm:
             farm[k], turb[k] = self._farm_state, self._turb_state
         return {"wind": wind, "rotor": rotor, "gearbox": gearbox, "farm": farm, "turb": turb}
 
-    def _observe(self, h: dict[str, np.ndarray], noise: np.ndarray, mem_u) -> np.ndarray:
+    def _drift_progress(self, n: int) -> dict[str, np.ndarray]:
+        """(n, turbines) in [0, 1] for each drift kind: how far each drift has grown at
+        each of the next n rows (0 before it starts, 1 from its end on)."""
+        t = (self._tick + np.arange(n)) / self.rate_hz
+        progress = {kind: np.zeros((n, self._n)) for kind in DRIFT_KINDS}
+        for d in self.drifts:
+            grown = np.clip((t - d.start) / (d.end - d.start), 0.0, 1.0)
+            progress[d.kind][:, d.turbine] = np.maximum(progress[d.kind][:, d.turbine], grown)
+        return progress
+
+    def _observe(self, h: dict[str, np.ndarray], noise: np.ndarray, mem_u,
+                 drift: dict[str, np.ndarray]) -> np.ndarray:
         """What the sensors report for the integrated states: (n, turbines, 23)."""
         n, t = h["wind"].shape
         rows = np.full((n, t, len(DATASET_COLUMNS)), np.nan)
@@ -394,15 +442,20 @@ class WindFarm:
         def farm(name: str) -> np.ndarray:
             return h["farm"][:, _FARM.index(name), None]
 
-        rotor = h["rotor"]
+        # A changed wind regime: more wind, so a faster rotor and a higher voltage.
+        regime = 1.0 + DRIFT_SIZES["wind"] * drift["wind"]
+        rotor = h["rotor"] * regime
         ticks = self._tick + np.arange(n)
         put("arduino_timestamp", self._boot_ms + np.floor(ticks * 1000.0 / self.rate_hz)[:, None])
         _, _, dip, p_dip = _FREEMEM
         put("nanoFreemem", self._freemem - dip * (mem_u < p_dip))
-        put("wind_speed_rps", np.maximum(h["wind"] + _ANEMOMETER_NOISE * z("wind"), 0.0))
+        put("wind_speed_rps",
+            np.maximum(h["wind"] * regime + _ANEMOMETER_NOISE * z("wind"), 0.0))
         put("rps", np.maximum(rotor + _ROTOR_NOISE * z("rps"), 0.0))
-        put("voltage", np.maximum(self._volts_per_rps * rotor + _VOLTAGE_NOISE * z("voltage"), 0))
-        self._observe_motion(put, z, farm, h["turb"], rotor)
+        put("voltage", np.maximum(self._volts_per_rps * rotor + _VOLTAGE_NOISE * z("voltage"), 0)
+            + DRIFT_SIZES["bias"] * drift["bias"])
+        self._observe_motion(put, z, farm, h["turb"], rotor,
+                             1.0 + DRIFT_SIZES["bearing"] * drift["bearing"])
         put("gearboxtemp", h["gearbox"] + _ENV_NOISE["gearboxtemp"] * z("gearboxtemp"))
         ambient = self._env_offset["ambtemp"] + farm("ambtemp")
         put("ambtemp", ambient + _ENV_NOISE["ambtemp"] * z("ambtemp"))
@@ -415,9 +468,11 @@ class WindFarm:
         put("gas", np.maximum(gas + _ENV_NOISE["gas"] * z("gas"), 0.0))
         return rows
 
-    def _observe_motion(self, put, z, farm, turb: np.ndarray, rotor: np.ndarray) -> None:
-        """Orientation quaternion, gravity and linear acceleration of each nacelle."""
-        vibration = _VIBRATION_STD[0] + _VIBRATION_STD[1] * rotor
+    def _observe_motion(self, put, z, farm, turb: np.ndarray, rotor: np.ndarray,
+                        wear: np.ndarray) -> None:
+        """Orientation quaternion, gravity and linear acceleration of each nacelle;
+        ``wear``: each row's vibration gain (a worn bearing's drift, else 1)."""
+        vibration = (_VIBRATION_STD[0] + _VIBRATION_STD[1] * rotor) * wear
         roll = self._mount[0] + vibration * z("roll")
         pitch = self._mount[1] + vibration * z("pitch")
         heading = _YAW_MEAN + farm("direction") + turb[:, _TURB.index("yaw_error")]
@@ -519,6 +574,28 @@ def _iso_time(seconds: float) -> str:
 _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
 _TIMES = re.compile(rf"{_NUMBER}\s*([-+])\s*{_NUMBER}")
 _SCHEDULE_FORM = "TURBINE:KIND@START-END or TURBINE:KIND@START+DURATION (seconds)"
+
+
+def parse_drifts(text: str) -> list[Drift]:
+    """Parse e.g. ``"1:bias@60+600,2:bearing@0-3600"`` (the fault schedule's form, with
+    the kinds of DRIFT_KINDS) into drifts; ValueError says which item is wrong."""
+    if not text.strip():
+        return []
+    drifts = []
+    for i, item in enumerate(text.split(","), start=1):
+        head, at, times = item.strip().partition("@")
+        turbine, _, kind = (s.strip() for s in head.partition(":"))
+        if kind not in DRIFT_KINDS:
+            raise ValueError(f"drift item {i} {item.strip()!r}: unknown drift kind {kind!r} "
+                             f"(expected {', '.join(DRIFT_KINDS)})")
+        # The same TURBINE:KIND@START-END / @START+DURATION grammar as a fault's.
+        try:
+            fault = _parse_item(i, f"{turbine}:{FAULT_KINDS[0]}{at}{times}")
+        except ValueError as exc:
+            why = str(exc).split(": ", 1)[-1]
+            raise ValueError(f"drift item {i} {item.strip()!r}: {why}") from None
+        drifts.append(Drift(fault.turbine, kind, fault.start, fault.end))
+    return drifts
 
 
 def parse_schedule(text: str) -> list[Fault]:

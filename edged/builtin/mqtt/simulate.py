@@ -22,7 +22,7 @@ import select
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from operator import itemgetter
 from typing import Any
 
@@ -35,7 +35,7 @@ from edged.base.log import RateLimit
 from edged.builtin.mqtt.formats import LAYOUTS, PLACEHOLDER, check_template
 from edged.plugin.registry import CliCommand
 from edged.windturbine.layout import DATASET_COLUMNS, FAULT_KINDS
-from edged.windturbine.simulator import Fault, WindFarm, parse_schedule
+from edged.windturbine.simulator import Drift, Fault, WindFarm, parse_drifts, parse_schedule
 
 log = structlog.get_logger("edged.simulate")
 
@@ -61,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="rows per turbine per second (default 20)")
     parser.add_argument("--faults", default="", metavar="SCHEDULE",
                         help="e.g. '2:vibration@5-12,3:voltage@10+5' (seconds after start)")
+    parser.add_argument("--drifts", default="", metavar="SCHEDULE",
+                        help="slow drifts, like faults: '1:bias@60+600' (voltage sensor "
+                        "bias), bearing (vibration growing), wind (wind regime shifting)")
     parser.add_argument("--format", choices=["json", "csv"], default="json")
     parser.add_argument("--layout", choices=sorted(LAYOUTS), default="dataset23",
                         help="dataset23: the 23 dataset columns; successor20: the 20-field "
@@ -103,6 +106,7 @@ class Options:
     history_batch: int
     farm_id: str
     client_id: str
+    drifts: tuple[Drift, ...] = ()
 
 
 def parse_broker(text: str) -> tuple[str, int]:
@@ -139,6 +143,14 @@ def options(args: argparse.Namespace) -> Options:
             raise UsageError(f"--faults: turbine {fault.turbine} does not exist (turbines "
                              f"0..{args.turbines - 1})")
     try:
+        drifts = parse_drifts(args.drifts)
+    except ValueError as exc:
+        raise UsageError(f"--drifts: {exc}") from None
+    for drift in drifts:
+        if drift.turbine >= args.turbines:
+            raise UsageError(f"--drifts: turbine {drift.turbine} does not exist (turbines "
+                             f"0..{args.turbines - 1})")
+    try:
         check_template(args.topic)
     except ValueError as exc:
         raise UsageError(f"--topic: {exc}") from None
@@ -154,7 +166,8 @@ def options(args: argparse.Namespace) -> Options:
             raise UsageError(f"topic {topic!r} contains a NUL character")
     return Options(
         host=host, port=port, turbines=args.turbines, rate=float(args.rate),
-        faults=tuple(faults), format=args.format, layout=args.layout, topic=args.topic,
+        faults=tuple(faults), drifts=tuple(drifts), format=args.format, layout=args.layout,
+        topic=args.topic,
         batch=args.batch, duration=args.duration, seed=args.seed, qos=args.qos,
         control_topic=args.control_topic, history=float(args.history),
         history_batch=args.history_batch, farm_id=args.farm_id,
@@ -195,6 +208,8 @@ class Simulation:
             turbines=opts.turbines, rate_hz=opts.rate, seed=opts.seed, farm_id=opts.farm_id,
             faults=[Fault(f.turbine, f.kind, f.start + offset, f.end + offset)
                     for f in opts.faults],
+            drifts=[replace(d, start=d.start + offset, end=d.end + offset)
+                    for d in opts.drifts],
         )
         self.topics = [opts.topic.replace(PLACEHOLDER, t) for t in self.farm.turbine_ids]
         self.encoder = Encoder(opts.format, opts.layout)
