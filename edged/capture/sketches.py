@@ -146,10 +146,8 @@ class HourSketch:
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = values / thresholds
         _count_into(self.error_counts, ratio, self.bins.error_edges)
-        if inputs is not None:
-            # (decisions, features, rows) -> (features, decisions * rows), one pass
-            _count_into(self.input_counts, np.moveaxis(inputs, 1, 0).reshape(
-                inputs.shape[1], -1).T, self.bins.input_edges)
+        if inputs is not None:  # (decisions, features, rows)
+            _count_into(self.input_counts, inputs, self.bins.input_edges)
 
     def psi_max(self) -> float | None:
         if self.bins.expected is None or not self.input_counts.any():
@@ -201,15 +199,27 @@ class HourSketch:
 
 
 def _count_into(counts: np.ndarray, values: np.ndarray, edges: np.ndarray) -> None:
-    """Add each column of ``values`` (rows, features) to its row of ``counts`` (features,
-    E+1): bin 0 below edges[0], bin E at or above edges[-1]. NaN is not counted."""
+    """Add ``values`` (decisions, features, ...) to ``counts`` (features, E+1), each
+    feature to its row: bin 0 below edges[0], bin E at or above edges[-1]. NaN is not
+    counted. Evenly spaced edges (the defaults) are binned by arithmetic, 3x faster
+    than a search (the same bins but for a value within rounding of an edge)."""
     if not values.size:
         return
-    bins = np.searchsorted(edges, values, side="right")  # (rows, features)
     width = counts.shape[1]
+    steps = np.diff(edges)
+    if len(edges) > 1 and np.allclose(steps, steps[0], rtol=1e-9, atol=0):
+        bins = (values - edges[0]) * (1.0 / steps[0])
+        np.floor(bins, out=bins)
+        bins += 1
+        np.clip(bins, 0, len(edges), out=bins)
+        index = bins.astype(np.intp)
+    else:
+        index = np.searchsorted(edges, values, side="right")
     offsets = np.arange(counts.shape[0]) * width
-    keep = ~np.isnan(values)
-    counts += np.bincount((bins + offsets)[keep], minlength=counts.size).reshape(counts.shape)
+    index += offsets.reshape((1, -1) + (1,) * (values.ndim - 2))
+    nan = np.isnan(values)
+    picked = index[~nan] if nan.any() else index.ravel()
+    counts += np.bincount(picked, minlength=counts.size).reshape(counts.shape)
 
 
 def newest_inputs(model_input: np.ndarray | None, decisions: int, features: int,
