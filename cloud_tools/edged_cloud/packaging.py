@@ -128,6 +128,13 @@ def build(source_dir: Path, out: Path, private_key: Any, kid: str, version: int,
         "model": source.model.name, "inputs": source.inputs, "outputs": source.outputs,
         "preprocessing": source.preprocessing, "golden": "golden.npz",
     }
+    if source.validation is not None and source.validation.ndim == 4 and (
+            source.labels is None or np.any(np.asarray(source.labels) == "healthy")):
+        # What edged-cloud monitor compares the fleet's input sketches against
+        # (docs/cloud.md, "monitor"): the healthy held-out windows' newest rows.
+        from edged_cloud.monitor.baseline import monitoring_section
+
+        manifest["monitoring"] = monitoring_section(source.validation, source.labels)
     limits = shadow_limits(source, shadow or {})
     if limits is not None:
         manifest["shadow"] = limits
