@@ -41,11 +41,21 @@ STATE_FILE = "sketches.json"
 MAX_STATE_BYTES = 4 * 1024 * 1024
 
 
+def _numbers(value: Any, where: str) -> np.ndarray:
+    """A list of JSON numbers (not booleans, not strings) as floats; ValueError naming
+    ``where`` otherwise (an integer too large for a float included)."""
+    if not isinstance(value, list) or not all(type(x) in (int, float) for x in value):
+        raise ValueError(f"{where}: expected a list of numbers")
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except OverflowError:
+        raise ValueError(f"{where}: a number too large") from None
+
+
 def _edges(value: Any, where: str) -> np.ndarray:
-    if not isinstance(value, list) or not 1 <= len(value) <= MAX_EDGES or not all(
-            type(x) in (int, float) for x in value):
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_EDGES:
         raise ValueError(f"{where}: expected a list of 1 to {MAX_EDGES} numbers")
-    edges = np.asarray(value, dtype=np.float64)
+    edges = _numbers(value, where)
     if not np.all(np.isfinite(edges)) or np.any(np.diff(edges) <= 0):
         raise ValueError(f"{where}: edges must be finite and strictly increasing")
     return edges
@@ -79,11 +89,15 @@ class Bins:
         expected = section.get("expected_input")
         if expected is None:
             return bins
-        try:
-            table = np.asarray(expected, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise ValueError("monitoring.expected_input: not a table of numbers") from None
+        if not isinstance(expected, list):
+            raise ValueError("monitoring.expected_input: not a table of numbers")
+        rows = [_numbers(row, f"monitoring.expected_input[{i}]")
+                for i, row in enumerate(expected)]
         shape = (features, len(bins.input_edges) + 1)
+        if len(rows) != shape[0] or any(len(row) != shape[1] for row in rows):
+            raise ValueError(f"monitoring.expected_input: expected {shape[0]} rows of "
+                             f"{shape[1]} proportions")
+        table = np.asarray(rows).reshape(shape)
         if table.shape != shape or not np.all(np.isfinite(table)) or np.any(table < 0):
             raise ValueError(f"monitoring.expected_input: expected {shape[0]} rows of "
                              f"{shape[1]} proportions, got shape {table.shape}")
@@ -352,8 +366,43 @@ def encode_sketch(record: dict) -> bytes:
     return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
 
 
+#: Counts a saved sketch may hold: exact in a float, far above an hour's.
+MAX_COUNT = 2**53
+
+
+def _count(value: Any) -> bool:
+    return type(value) is int and 0 <= value <= MAX_COUNT
+
+
+def _real(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value) and abs(value) < 1e300
+
+
+def _table(value: Any) -> bool:
+    return isinstance(value, list) and len(value) <= MAX_EDGES and all(
+        isinstance(row, list) and len(row) <= MAX_EDGES + 1 and all(map(_count, row))
+        for row in value)
+
+
+#: What a saved partial must hold for a restart to continue it: field -> check.
+_SAVED = {
+    "key": lambda v: isinstance(v, str),
+    "model_version": lambda v: type(v) is int,
+    "period_start": _real,
+    "decisions": _count, "anomalous": _count,
+    "stale_s": lambda v: _real(v) and v >= 0,
+    "groups": lambda v: isinstance(v, dict) and all(map(_count, v.values())),
+    "input_edges": lambda v: isinstance(v, list) and all(map(_real, v)),
+    "error_edges": lambda v: isinstance(v, list) and all(map(_real, v)),
+    "input_counts": _table, "error_counts": _table,
+    "thresholds": lambda v: isinstance(v, list) and all(map(_real, v)),
+    "turbine_names": lambda v: isinstance(v, list) and all(isinstance(t, str) for t in v),
+}
+
+
 def parse_state(data: Any) -> dict[str, dict]:
-    """The saved partials by key; ValueError for a file of another shape."""
+    """The saved partials by key; ValueError naming the sketch and field for a file of
+    another shape (the whole file is then set aside: the hour starts afresh)."""
     if not isinstance(data, dict) or data.get("schema") != 1 \
             or not isinstance(data.get("sketches"), dict):
         raise ValueError('expected {"schema": 1, "sketches": {key: record}}')
@@ -361,5 +410,8 @@ def parse_state(data: Any) -> dict[str, dict]:
     for key, record in data["sketches"].items():
         if not isinstance(record, dict) or record.get("kind") != "sketch":
             raise ValueError(f"sketch {key!r}: not a sketch record")
-        found[str(key)] = record
+        for name, valid in _SAVED.items():
+            if name not in record or not valid(record[name]):
+                raise ValueError(f"sketch {key!r}: {name} missing or invalid")
+        found[key] = record
     return found
