@@ -146,6 +146,8 @@ class PipelineCapture:
                              pipeline=pipeline)
             counters.declare("sketch_bins_invalid", pipeline=pipeline)
         self._sketches: list[dict] = []
+        # When the open sketch hour ends for the writer (a test steps it: FakeClock).
+        self.wall_clock: Callable[[], float] = time.time
         self._bins: dict[tuple[str, int], tuple[Bins, int]] = {}
 
     # -- life cycle ----------------------------------------------------------------------
@@ -347,7 +349,7 @@ class PipelineCapture:
             while True:
                 items = await self._next_items()
                 await self.write(items)
-                await self._write_sketches(self._take_sketches(time.time()))
+                await self._write_sketches(self._take_sketches(self.wall_clock()))
         except asyncio.CancelledError:
             rest = self._take_queued()
             meta = (*self._last_round, self._model_info(), time.monotonic(), time.time())
@@ -356,7 +358,7 @@ class PipelineCapture:
                 await self.write(rest)
             if self.sketcher is not None:
                 # The open hour as a partial, and beside the spool for the next start.
-                now = time.time()
+                now = self.wall_clock()
                 closed = self._take_sketches(now)
                 partial = self.sketcher.partial(now)
                 await run_to_end(self._write_sketches(closed + partial,
@@ -365,7 +367,7 @@ class PipelineCapture:
 
     async def _next_items(self) -> list[Item]:
         """The queued picks, waiting for one at most until the open sketch hour ends."""
-        wait = self.sketcher.seconds_to_roll(time.time()) if self.sketcher else None
+        wait = self.sketcher.seconds_to_roll(self.wall_clock()) if self.sketcher else None
         try:
             async with asyncio.timeout(None if wait is None else wait + 0.01):
                 items = [await self.queue.get()]

@@ -262,6 +262,10 @@ class Sketcher:
         self.version: int | None = None  # the version of the newest round
         self._stale = 0  # turbines stale now (sensor_stale minus sensor_recovered)
         self._stale_since: float | None = None
+        # Stale turbine-seconds of an hour before its first round opens a sketch (an
+        # hour's end rolls the old sketches before the new hour's round comes):
+        # (hour start, seconds), claimed by the hour's first sketch.
+        self._unclaimed: tuple[float, float] = (0.0, 0.0)
         self._saved: dict[str, dict] = {}  # key -> a previous run's partial
 
     def resume_from(self, saved: dict[str, dict]) -> None:
@@ -291,6 +295,11 @@ class Sketcher:
              sha: str | None) -> HourSketch:
         sketch = HourSketch(name, version, hour_of(round.time), tuple(round.features),
                             self.groups, bins, sha)
+        hour, seconds = self._unclaimed
+        if hour == sketch.period_start and not any(
+                s.period_start == hour for s in self.open.values()):
+            sketch.stale_s += seconds
+            self._unclaimed = (0.0, 0.0)
         saved = self._saved.pop(self.key(sketch), None)
         if saved is not None:
             # One that does not fit: counted from now on, the partial stays as written.
@@ -320,6 +329,10 @@ class Sketcher:
             start, end = max(since, sketch.period_start), min(now, sketch.period_start + HOUR_S)
             if end > start:
                 sketch.stale_s += self._stale * (end - start)
+        hour = hour_of(now)
+        if not any(s.period_start == hour for s in self.open.values()):
+            kept = self._unclaimed[1] if self._unclaimed[0] == hour else 0.0
+            self._unclaimed = (hour, kept + self._stale * (now - max(since, hour)))
 
     def roll(self, now: float) -> list[dict]:
         """The final records of every hour that ended by ``now``."""

@@ -61,6 +61,23 @@ async def run_until(path, decisions: int) -> int:
     return graph.counters.get("decisions", pipeline="wt")
 
 
+async def test_the_health_report_carries_the_open_hours_totals(tmp_path):
+    config = yaml.safe_load(write_config(tmp_path).read_text())
+    config["metrics"] = {"listen": "127.0.0.1:0"}  # a health report, without a cloud
+    path = tmp_path / "edged.yaml"
+    path.write_text(yaml.safe_dump(config))
+    async with running_graph(path) as graph:
+        await eventually(lambda: graph.counters.get("decisions", pipeline="wt") >= 10)
+        report = graph.health.report()
+        decided = graph.counters.get("decisions", pipeline="wt")
+    sketch = report["sketch"]["wt"]
+    assert 10 <= sketch["decisions"] <= decided
+    assert sketch["model_version"] == 1 and sketch["period_start"] % 3600 == 0
+    assert 0 <= sketch["anomalous"] <= sketch["decisions"]
+    # windturbine-v1's manifest has no monitoring section: nothing to compare with.
+    assert sketch["psi_max"] is None
+
+
 async def test_a_partial_hour_is_spooled_on_shutdown_and_continued_after_a_restart(tmp_path):
     path = write_config(tmp_path)
     first = await run_until(path, 20)
