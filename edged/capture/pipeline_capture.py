@@ -145,6 +145,7 @@ class PipelineCapture:
             counters.declare("sketch_records", {"final": ("true", "false")},
                              pipeline=pipeline)
             counters.declare("sketch_bins_invalid", pipeline=pipeline)
+            counters.declare("sketch_state_unreadable", pipeline=pipeline)
         self._sketches: list[dict] = []
         # When the open sketch hour ends for the writer (a test steps it: FakeClock).
         self.wall_clock: Callable[[], float] = time.time
@@ -408,6 +409,7 @@ class PipelineCapture:
         except FileNotFoundError:
             return {}
         except (OSError, strict_json.JsonError, ValueError) as exc:
+            self.counters.inc("sketch_state_unreadable", pipeline=self.pipeline)
             log.error("sketch_state_unreadable", pipeline=self.pipeline, path=str(path),
                       error=f"{type(exc).__name__}: {exc}")
             return {}

@@ -211,3 +211,15 @@ def test_totals_report_psi_against_the_manifests_expected_distribution():
     without = Sketcher("p1", "dev-1", ("g",))
     without.observe(a_round(HOUR), bins=Bins(), step=2, sha=None)
     assert without.totals()["psi_max"] is None
+
+
+async def test_an_unreadable_state_file_is_counted_and_the_hour_starts_afresh(tmp_path):
+    clock, counters = FakeClock(HOUR + 10), Counters()
+    (tmp_path / "spool").mkdir()
+    key = f"p1:3:{HOUR:.0f}"
+    (tmp_path / "spool" / "sketches.json").write_text(json.dumps(
+        {"schema": 1, "sketches": {key: {"kind": "sketch", "decisions": -5}}}))
+    async with make(tmp_path, clock, counters) as capture:
+        capture.on_round(a_round(HOUR + 10))
+        assert capture.sketch_totals()["decisions"] == 2
+    assert counters.get("sketch_state_unreadable", pipeline="p1") == 1
