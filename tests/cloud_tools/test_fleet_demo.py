@@ -40,7 +40,7 @@ def test_the_whole_loop_holds_on_two_real_daemons(tmp_path):
     assert figures["held"] is True
     assert {c["name"] for c in figures["checks"]} >= {
         "trained", "optimized", "rollout", "devices serve v2", "bad rollout aborted",
-        "captures"}
+        "captures", "monitor"}
     assert all(c["ok"] for c in figures["checks"]), figures["checks"]
     assert "the story held" in result.stderr
 
@@ -66,6 +66,16 @@ def test_the_whole_loop_holds_on_two_real_daemons(tmp_path):
     assert bad["reached"] == 1, bad  # one device a minute: the first refusal aborts it
     assert bad["states"] == {"REJECTED": 1, "CANCELED": 1}, bad
     assert bad["rejected_because"] == ["hash_mismatch"], bad
+
+    # One device drifts, the other goes silent: the monitor's report flags exactly so.
+    scenario, monitor = figures["scenario"], figures["monitor"]
+    assert set(scenario.values()) == things and scenario["drifting"] != scenario["silent"]
+    assert monitor["fleet"]["drifted"] == [scenario["drifting"]]
+    assert monitor["fleet"]["silent"] == [scenario["silent"]]
+    by_name = {d["device"]: d for d in monitor["devices"]}
+    assert by_name[scenario["drifting"]]["drift"]["feature"] == "voltage"  # the bias
+    assert by_name[scenario["drifting"]]["decisions"] > 0
+    assert (workdir / "monitor.html").is_file()
 
     captures = figures["captures"]
     assert captures["objects"] > 0 and captures["records"] >= captures["objects"]

@@ -2,7 +2,9 @@
 a model trained, optimised, signed, published and rolled out to them, their captures in S3,
 then a tampered release that the abort criteria stop. Each step is the ``edged-cloud``
 command's own function; only AWS is local (moto's server) and the rollout's scheduler is
-the local jobs service (docs/cloud.md, "fleet-demo").
+the local jobs service (docs/cloud.md, "fleet-demo"). The scenario for ``edged-cloud
+monitor``: the first device's turbines drift (a voltage sensor bias), the last one goes
+silent, and the monitor's report on the S3 lake must flag exactly those two.
 
 ::
 
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from edged_cloud.errors import CloudToolError
-from edged_cloud.fleet_demo.local_services import LocalAws, LocalBroker
+from edged_cloud.fleet_demo.local_services import CREDENTIALS, LocalAws, LocalBroker
 
 GROUP = "demo-farm"
 MODEL = "windturbine"
@@ -38,6 +40,23 @@ GOOD_JOB, BAD_JOB = "demo-windturbine-v2", "demo-windturbine-v3-tampered"
 #: A rollout minute lasts this long: the tampered release goes to one device a minute, so
 #: the first refusal has this long to arrive before a second device is told.
 MINUTE_S = 20.0
+#: The drifting device's turbines: a voltage sensor bias growing to its full size
+#: (edged.windturbine.simulator.DRIFT_SIZES) over the first 20 s, before v2 serves.
+DRIFT = "0:bias@0+20,1:bias@0+20"
+#: Every device simulates the same farm (this seed): what differs between them is the
+#: scenario, not the weather (the wind direction wanders on a 5-minute scale, so two farms
+#: seen for seconds differ in yaw by far more than any PSI limit).
+FARM_SEED = 3
+HISTORY_S = 25.0
+#: How long every device serves v2 before the sketches are flushed.
+V2_SECONDS = 20.0
+#: The monitor's --psi-limit here: a sketch of 20 s of a smooth process is a small sample
+#: (the same farm a few seconds apart: PSI up to 0.8 on rps and voltage); the bias drift
+#: reaches ~9 on voltage. Hourly sketches keep the default 0.2.
+PSI_LIMIT = 2.0
+#: The monitor's --silent-after: the demo's devices upload every 2 s, the silent one
+#: stops this long (and a second) before the report.
+SILENT_AFTER_S = 15.0
 
 Say = Callable[[str], None]
 
@@ -51,16 +70,18 @@ class Options:
 
 
 def device_config(thing: str, home: Path, broker: LocalBroker, aws: LocalAws,
-                  seed: int) -> str:
-    """A device's edged.yaml for the local broker (no TLS), a simulated farm, the model
-    store seeded with the built-in v1, and captures straight to moto's S3."""
+                  seed: int, drifts: str = "") -> str:
+    """A device's edged.yaml for the local broker (no TLS), a simulated farm (``drifts``:
+    the simulator's schedule), the model store seeded with the built-in v1, and captures
+    straight to moto's S3."""
     return f"""\
 # edged-cloud fleet-demo: {thing} on a local broker (no TLS) and a local S3.
 device: {{id: {thing}}}
 state_dir: {home / "state"}
 log: {{level: info, stats_interval_s: 0}}
 sources:
-  farm: {{type: simulator, turbines: 2, rate_hz: 20, seed: {seed}, history_s: 25}}
+  farm: {{type: simulator, turbines: 2, rate_hz: 20, seed: {seed}, history_s: {HISTORY_S:g},
+          drifts: "{drifts}"}}
 pipelines:
   turbines:
     inputs: [farm]
@@ -88,8 +109,10 @@ class Daemon:
         self.thing, self.config, self.log = thing, config, log
         self.env = env
         self.process: subprocess.Popen | None = None
+        self.started_at = 0.0
 
     def start(self) -> None:
+        self.started_at = time.time()
         edged = Path(sys.executable).with_name("edged")
         command = [str(edged)] if edged.exists() else [sys.executable, "-m", "edged"]
         with self.log.open("ab") as out:
@@ -169,6 +192,83 @@ def count_captures(s3: Any) -> dict[str, Any]:
             "devices": sorted(devices)}
 
 
+def sketched(s3: Any, thing: str, version: int, read: set[str]) -> bool:
+    """Whether a sketch record of ``thing``'s ``version`` is in the capture bucket
+    (``read``: the objects already looked into, skipped)."""
+    from edged.capture.segments import read_object
+
+    prefix = f"captures/device={thing}/model={MODEL}/version={version}/"
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=CAPTURE_BUCKET,
+                                                               Prefix=prefix):
+        for item in page.get("Contents", []):
+            if item["Key"] in read:
+                continue
+            read.add(item["Key"])
+            body = s3.get_object(Bucket=CAPTURE_BUCKET, Key=item["Key"])["Body"].read()
+            if any(r.get("kind") == "sketch" for r in read_object(item["Key"], body)):
+                return True
+    return False
+
+
+def farm_baseline(work: Path, span: tuple[float, float]) -> Path:
+    """``work/baseline/validation.npz``: v2's model inputs for the demo's farm without the
+    drift over ``span`` (simulated seconds): what every device would have sketched while
+    serving v2 had none drifted, as a training output's healthy windows."""
+    import numpy as np
+
+    from edged.windturbine.features import (
+        WindTurbineParams,
+        WindTurbinePreprocessor,
+        raw_features,
+    )
+    from edged.windturbine.layout import DATASET_COLUMNS, INPUTS
+    from edged.windturbine.simulator import WindFarm
+
+    with tarfile.open(work / "v2.tar.gz", "r:gz") as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+    params = WindTurbineParams.from_manifest(manifest["preprocessing"])
+    pre = WindTurbinePreprocessor(params)
+    rate = 20
+    rows = WindFarm(turbines=2, rate_hz=rate, seed=FARM_SEED).ticks(int(span[1] * rate))
+    features = raw_features(rows[:, :, [DATASET_COLUMNS.index(c) for c in INPUTS]])
+    features = features.transpose(1, 0, 2)  # (turbines, rows, features)
+    first = max(params.buffer, int(span[0] * rate))
+    windows = [pre.windows(features[:, end - params.buffer:end])
+               for end in range(first, features.shape[1] + 1, params.step)]
+    out = work / "baseline"
+    out.mkdir(exist_ok=True)
+    np.savez(out / "validation.npz", inputs=np.concatenate(windows).astype(np.float32))
+    return out
+
+
+def monitor_report(aws: LocalAws, work: Path) -> dict[str, Any]:
+    """``edged-cloud monitor s3://CAPTURE_BUCKET/captures --baseline 2=baseline
+    --silent-after 15s --psi-limit 2 --since 2h --html monitor.html --json`` as its
+    command runs it."""
+    from edged_cloud.monitor import baseline, html, report
+    from edged_cloud.monitor.lake import Lake
+
+    options = report.Options(now=time.time(), since_s=2 * 3600.0,
+                             silent_after_s=SILENT_AFTER_S, psi_limit=PSI_LIMIT,
+                             baselines={2: baseline.load(work / "baseline")})
+    # DuckDB's httpfs takes its credentials from boto3's chain: the environment.
+    saved = {name: os.environ.get(name) for name in CREDENTIALS}
+    os.environ.update(CREDENTIALS)
+    try:
+        result = report.build(Lake(f"s3://{CAPTURE_BUCKET}/captures",
+                                   endpoint_url=aws.endpoint_url), options)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    (work / "monitor.html").write_text(html.render(result, options))
+    result.pop("_series", None)
+    result.pop("_baselines", None)
+    return result
+
+
 def quiet(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """A step function whose progress output (training's bar, publish's) stays out of
     the demo's log."""
@@ -218,9 +318,13 @@ class Story:
             options, say, aws, broker, work)
         self.iot, self.s3, self.iam = aws.client("iot"), aws.client("s3"), aws.client("iam")
         self.things = [f"demo-turbine-{n + 1}" for n in range(options.devices)]
+        # One device drifts, another (where there are two) goes silent; the rest stay well.
+        self.scenario = {"drifting": self.things[0],
+                         "silent": self.things[-1] if len(self.things) > 1 else None}
         self.daemons: list[Daemon] = []
         self.figures: dict[str, Any] = {"workdir": str(work)}
         self.checks: list[dict[str, Any]] = []
+        self.v2_since = 0.0
 
     def check(self, name: str, ok: bool, detail: str) -> None:
         self.checks.append({"name": name, "ok": bool(ok), "detail": detail})
@@ -248,7 +352,7 @@ class Story:
         # The zip's Amazon root CA is of no use on a TLS-less local broker.
         ca = self.work / "no-tls-root-ca.pem"
         ca.write_text("# the demo's devices reach a local broker without TLS\n")
-        for n, thing in enumerate(self.things):
+        for thing in self.things:
             home = self.work / "devices" / thing
             zipped = home / "device.zip"
             quiet(provision.provision, self.iot, provision.Request(
@@ -259,7 +363,9 @@ class Story:
                     if name.startswith("trusted-keys/"):
                         archive.extract(name, home)
             config = home / "edged.yaml"
-            config.write_text(device_config(thing, home, self.broker, self.aws, seed=n + 3))
+            drifts = DRIFT if thing == self.scenario["drifting"] else ""
+            config.write_text(device_config(thing, home, self.broker, self.aws,
+                                            seed=FARM_SEED, drifts=drifts))
             self.daemons.append(Daemon(thing, config, home / "edged.log",
                                        self.aws.environment()))
         self.say(f"provisioned {len(self.things)} things in group {GROUP} "
@@ -340,6 +446,7 @@ class Story:
             await wait_for(lambda: set(self.versions().values()) == {2}, 30,
                            "every device serving v2")
         serving = self.versions()
+        self.v2_since = time.time()
         self.figures["devices"] = [{"thing": t, "model_version": v}
                                    for t, v in serving.items()]
         self.check("devices serve v2", set(serving.values()) == {2},
@@ -387,6 +494,55 @@ class Story:
                    f"s3://{CAPTURE_BUCKET} from {len(captures['devices'])} of "
                    f"{len(self.things)} devices")
 
+    async def monitor(self) -> None:
+        """The silent device stops for good; the others restart, which uploads the
+        partial sketch of the hour each wrote when it stopped; then ``edged-cloud
+        monitor``'s own function reports on the S3 lake against the farm's v2 inputs
+        without the drift (``farm_baseline``: v2 trained on 2 minutes of another farm,
+        so against its manifest every device, healthy or not, has yaw PSI 3 to 17)."""
+        silent = self.scenario["silent"]
+        self.say(f"scenario: {self.scenario['drifting']} drifts ({DRIFT}: a voltage sensor "
+                 f"bias), {silent or 'no device'} goes silent; the others restart to "
+                 "upload their partial sketches")
+        farm_started = min(d.started_at for d in self.daemons)
+        await asyncio.sleep(max(0.0, self.v2_since + V2_SECONDS - time.time()))
+        stopping = [d for d in self.daemons if d.alive()]
+        await asyncio.gather(*(asyncio.to_thread(d.stop) for d in stopping))
+        silent_since = time.time()
+        # The farm's simulated seconds that v2's sketches cover, give or take a start.
+        span = (HISTORY_S + self.v2_since - farm_started - 2,
+                HISTORY_S + silent_since - farm_started + 1)
+        await asyncio.to_thread(farm_baseline, self.work, span)
+        talking = [d for d in self.daemons if d.thing != silent]
+        for daemon in talking:
+            daemon.start()
+        read: set[str] = set()
+        waiting = {d.thing for d in talking}
+
+        def all_sketched() -> bool:
+            waiting.difference_update({t for t in waiting if sketched(self.s3, t, 2, read)})
+            return not waiting
+
+        await wait_for(all_sketched, self.options.timeout_s,
+                       "v2 sketches from every device still talking")
+        # The silent one's last record is older than SILENT_AFTER_S only after it.
+        await asyncio.sleep(max(0.0, silent_since + SILENT_AFTER_S + 1 - time.time()))
+        result = await asyncio.to_thread(monitor_report, self.aws, self.work)
+        result["baseline_span_s"] = [round(x, 1) for x in span]
+        self.figures["scenario"] = dict(self.scenario)
+        self.figures["monitor"] = result
+        fleet = result["fleet"]
+        want_drifted = [self.scenario["drifting"]]
+        want_silent = [silent] if silent else []
+        by_name = {d["device"]: d for d in result["devices"]}
+        psi = by_name.get(self.scenario["drifting"], {}).get("drift", {})
+        self.check("monitor", fleet["drifted"] == want_drifted
+                   and fleet["silent"] == want_silent,
+                   f"drifted {fleet['drifted']} (want {want_drifted}; PSI "
+                   f"{psi.get('psi_max')} on {psi.get('feature')}), silent "
+                   f"{fleet['silent']} (want {want_silent}, --silent-after "
+                   f"{SILENT_AFTER_S:.0f}s); report in {self.work / 'monitor.html'}")
+
     def stop(self) -> None:
         for daemon in self.daemons:
             daemon.stop()
@@ -416,6 +572,7 @@ async def run(options: Options, say: Say) -> dict[str, Any]:
                 await story.good_rollout(jobs, good)
                 await story.bad_rollout(jobs, bad)
             await story.captures()
+            await story.monitor()
         except TimeoutError as exc:  # a step the devices never finished: say which
             raise CloudToolError(f"{exc}; each device's log is "
                                  f"{work}/devices/<thing>/edged.log (kept with "
