@@ -60,6 +60,8 @@ MAX_REQUESTS_BYTES = 4 * 1024 * 1024
 #: Why records never reach the spool: capture_dropped{pipeline,reason} (the spool's own
 #: reasons: edged.capture.uplink.DROP_REASONS).
 QUEUE_REASONS = ("queue_full",)
+#: The writer's last upload at shutdown waits this long at most (an endpoint that hangs).
+LAST_UPLOAD_S = 5.0
 
 
 def build_sampler(spec: PipelineCaptureSpec) -> Sampler:
@@ -364,7 +366,21 @@ class PipelineCapture:
                 partial = self.sketcher.partial(now)
                 await run_to_end(self._write_sketches(closed + partial,
                                                       self.sketcher.state(partial)))
+            # The capture stage cancels the uploader with the writer, so what the writer
+            # spooled just now (the open hour's partial sketch) would wait for the next
+            # start: one attempt at it here, as CaptureStore makes when it leaves.
+            await run_to_end(self._last_upload())
             raise
+
+    async def _last_upload(self) -> None:
+        """One attempt at everything spooled, within LAST_UPLOAD_S; what fails or is
+        left stays in the spool for the next start."""
+        try:
+            async with asyncio.timeout(LAST_UPLOAD_S):
+                await self.uplink.flush()
+        except (TimeoutError, OSError) as exc:
+            log.warning("capture_last_upload_unfinished", pipeline=self.pipeline,
+                        error=f"{type(exc).__name__}: {exc}")
 
     async def _next_items(self) -> list[Item]:
         """The queued picks, waiting for one at most until the open sketch hour ends."""
