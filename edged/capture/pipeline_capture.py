@@ -407,7 +407,7 @@ class PipelineCapture:
             await self.uplink.write([(True, encode_sketch(r)) for r in records])
             for record in records:
                 self.counters.inc("sketch_records", pipeline=self.pipeline,
-                                  final=str(record["final"]).lower())
+                                  final="true" if record["final"] else "false")
         if state is not None:
             try:
                 await asyncio.to_thread(write_durably, self.root / STATE_FILE, [state],
