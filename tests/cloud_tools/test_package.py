@@ -164,3 +164,26 @@ def test_a_revoked_key_signs_nothing(tmp_path, capsys):
     code, result, _ = package(capsys, "builtin:windturbine-v1", tmp_path / "b.tar.gz",
                               directory, "--version", "2")
     assert code == 0 and result["key_id"] != old
+
+
+def test_the_monitoring_section_is_what_a_devices_sketches_take(trained, keydir, tmp_path,
+                                                                 capsys):
+    """package writes the manifest's monitoring section from the healthy validation
+    windows; a device's sketches read it (edged.capture.sketches.Bins) as its bins, and
+    its training distribution sums to one per feature."""
+    from edged.capture.sketches import Bins
+
+    out = tmp_path / "v2.tar.gz"
+    code, _, err = package(capsys, trained, out, keydir, "--version", "2")
+    assert code == 0, err
+    manifest = json.loads(members(out)["manifest.json"])
+    section = manifest["monitoring"]
+    bins = Bins.from_manifest(manifest, len(manifest["preprocessing"]["features"]))
+    assert bins.input_edges.tolist() == section["input_edges"]
+    assert bins.expected is not None
+    assert bins.expected.shape == (6, len(section["input_edges"]) + 1)
+    assert np.allclose(bins.expected.sum(axis=1), 1.0)
+    # Healthy training windows are normalised: most of their mass lies within +-2 std.
+    edges = bins.input_edges
+    inner = (edges[:-1] >= -2) & (edges[1:] <= 2)
+    assert np.all(bins.expected[:, 1:-1][:, inner].sum(axis=1) > 0.5)
