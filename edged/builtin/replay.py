@@ -21,7 +21,7 @@ from edged.base.log import RateLimit
 from edged.plugin.components import BuildContext, Component, Emit, Readings
 from edged.plugin.config import SourceConfig
 from edged.plugin.registry import ComponentType
-from edged.plugin.rows import ROW_REASONS, RowDecoder
+from edged.plugin.rows import ROW_REASONS, RowDecoder, no_numbers
 from edged.windturbine.layout import DATASET_COLUMNS
 
 log = structlog.get_logger("edged.replay")
@@ -66,8 +66,7 @@ class ReplaySource(Component):
     def _is_header(self, fields: list[str]) -> bool:
         if self.config.header != "auto":
             return self.config.header == "yes"
-        return fields[:len(DATASET_COLUMNS)] == list(DATASET_COLUMNS) or not any(
-            _is_number(f) for f in fields)
+        return fields[:len(DATASET_COLUMNS)] == list(DATASET_COLUMNS) or no_numbers(fields)
 
     def _decode(self, number: int, fields: list[str]) -> tuple[str, list[float]] | None:
         try:
@@ -135,14 +134,6 @@ class ReplaySource(Component):
     async def _emit(self, emit: Emit, turbines: list[str], values: list[list[float]]) -> None:
         self.rows_read += len(values)
         await emit(Readings(tuple(turbines), np.asarray(values, dtype=np.float64)))
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _event_time(text: str) -> float | None:

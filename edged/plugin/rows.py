@@ -162,6 +162,18 @@ class RowDecoder:
         return value
 
 
+def no_numbers(fields: Sequence[str]) -> bool:
+    """Whether no field of a CSV line reads as a number: how a header line is told from a
+    row of readings when the file does not say whether it has one."""
+    for field in fields:
+        try:
+            float(field)
+        except ValueError:
+            continue
+        return False
+    return True
+
+
 def turbine_id(raw: object, where: str, pattern: re.Pattern[str] | None = None) -> str:
     """A turbine id from a row field: a non-empty string (stripped) or an integer, then
     :func:`check_turbine_id`."""

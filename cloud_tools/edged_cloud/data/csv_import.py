@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edged.base.errors import RowError
-from edged.plugin.rows import RowDecoder
+from edged.plugin.rows import RowDecoder, no_numbers
 from edged.windturbine.layout import DATASET_COLUMNS, INPUTS
 from edged_cloud.data.dataset import (
     DEFAULT_STRIDE,
@@ -34,14 +34,6 @@ MAX_ROWS = 50_000_000
 #: A dataset row is about 250 characters; a field this long is not one.
 MAX_FIELD = 4096
 MAX_REJECTS_SHOWN = 5
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 class _Reader:
@@ -96,7 +88,7 @@ class _Reader:
                     raise BadInput(f"{self.path}, line {reader.line_num}: not CSV: {exc}") \
                         from None
                 number = reader.line_num
-                if number == 1 and not any(_is_number(f) for f in fields):
+                if number == 1 and no_numbers(fields):
                     has_label = self._header(fields)
                     continue
                 if not fields:
