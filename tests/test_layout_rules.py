@@ -166,7 +166,7 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("shared infrastructure", ("edged.mqtt", "edged.model")),
     ("config", ("edged.config",)),
     ("engine", ("edged.runtime",)),
-    ("services", ("edged.capture", "edged.health", "edged.watch")),
+    ("services", ("edged.capture", "edged.health", "edged.watch", "edged.dashboard")),
     ("plugins and agent", ("edged.builtin", "edged.agent")),
     ("cloud link", ("edged.cloud",)),
     ("application", ("edged.app", "edged.testing", "edged.__main__")),

@@ -68,8 +68,8 @@ def _watchers(config: EdgedConfig, pipelines: dict[str, Pipeline],
         from edged.cloud.budget import build_budget
 
         budget = build_budget(config, counters)
-    if config.raw.metrics is not None or (config.cloud is not None
-                                          and config.cloud.health is not None):
+    if config.raw.metrics is not None or config.raw.dashboard is not None or (
+            config.cloud is not None and config.cloud.health is not None):
         from edged.health.report import Health
 
         health = Health(pipelines, counters, config.state_dir, device=config.raw.device.id,
@@ -105,6 +105,25 @@ def _watching(config: EdgedConfig, pipelines: dict[str, Pipeline],
         services["watch"] = WatchServer(config.raw.watch, socket_path(config), feed,
                                         counters)
     return services
+
+
+def _dashboard(config: EdgedConfig, pipelines: dict[str, Pipeline],
+               actuators: dict[str, ActuatorBinding], counters: Counters,
+               health: Any) -> Any:
+    """The dashboard (``dashboard``): its board and its own event feed (its streams
+    never take the watch socket's places), subscribed to every pipeline and actuator."""
+    from edged.dashboard.board import TurbineBoard
+    from edged.dashboard.server import DashboardServer
+    from edged.watch.feed import EventFeed
+
+    spec = config.raw.dashboard
+    board = TurbineBoard(config.raw.device.id, pipelines, health)
+    feed = EventFeed(config.raw.device.id, counters, spec.max_clients)
+    for pipeline in pipelines.values():
+        pipeline.subscribers += [board, feed]
+    for binding in actuators.values():
+        binding.observers += [board.on_actuator_event, feed.on_actuator_event]
+    return DashboardServer(spec, board, feed, counters)
 
 
 def build_graph(config: EdgedConfig, registry: Registry,
@@ -178,6 +197,9 @@ def build_graph(config: EdgedConfig, registry: Registry,
         raise ConfigError(problems)
     graph = Graph(config, sources, pipelines, actuators, counters, cloud, health, metrics,
                   captures, budget, _watching(config, pipelines, actuators, counters))
+    if config.raw.dashboard is not None:
+        graph.services["dashboard"] = _dashboard(config, pipelines, actuators, counters,
+                                                 health)
     if health is not None and graph.captures:
         health.spool = functools.partial(spool_figures, list(graph.captures.values()))
         health.sketch = functools.partial(sketch_totals, list(graph.captures.values()))

@@ -141,6 +141,22 @@ class WatchSpec(Strict):
         "is dropped (`watch_clients_dropped{reason=too_slow}`); detection never waits.")
 
 
+class DashboardSpec(Strict):
+    """The operator's dashboard over HTTP (docs/dashboard.md); absent: no dashboard."""
+
+    listen: Annotated[str, BeforeValidator(_check_listen)] = Field(
+        "127.0.0.1:8088", description="Address and port to serve the dashboard on; only "
+        "this machine by default (anything wider wants a `token`).")
+    token: EnvSecret | None = Field(
+        None, description="`${NAME}`: a bearer token every request must carry "
+        "(`Authorization: Bearer ...`), from a systemd credential or the environment.")
+    max_clients: int = Field(8, ge=1, le=64, description="Live streams (`/events`) at "
+                             "once; more are refused with 503.")
+    queue: int = Field(
+        1000, ge=10, le=100_000, description="Events a stream may fall behind before it "
+        "is dropped (`dashboard_clients_dropped{reason=too_slow}`); detection never waits.")
+
+
 class RawConfig(Strict):
     """The first pass: the top level, with components still untyped."""
 
@@ -166,6 +182,8 @@ class RawConfig(Strict):
         None, description="Serve the health figures to Prometheus (absent: off).")
     watch: WatchSpec = Field(
         default_factory=WatchSpec, description="The event stream of `edged watch`.")
+    dashboard: DashboardSpec | None = Field(
+        None, description="Serve the operator's dashboard over HTTP (absent: off).")
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ PROMETHEUS = Needed("prometheus_client", "prometheus-client", "prometheus-client
 GRPC = Needed("grpc", "grpcio", "grpcio")
 AIOMQTT = Needed("aiomqtt", "aiomqtt", "aiomqtt")
 CRYPTOGRAPHY = Needed("cryptography", "cryptography", "cryptography")
+AIOHTTP = Needed("aiohttp", "aiohttp", "'edged[dashboard]'")
 
 #: Inference backends of edged's own that import a package when they load.
 _BACKENDS = {"onnx": ("ONNX inference", ONNXRUNTIME),
@@ -62,6 +63,8 @@ def needs(config: EdgedConfig) -> Iterator[tuple[Location, str, Needed]]:
                    BOTO3)
     if config.raw.metrics is not None:
         yield ("metrics",), "the /metrics endpoint", PROMETHEUS
+    if config.raw.dashboard is not None:
+        yield ("dashboard",), "the dashboard", AIOHTTP
     if config.cloud is not None:
         yield ("cloud",), "the cloud link", AIOMQTT
         if config.cloud.jobs is not None and config.cloud.jobs.enabled:

@@ -1,0 +1,107 @@
+"""The dashboard of a real `edged run` process, read with a real HTTP client: every
+turbine in /api/state (paged), the injected fault's alarm on /events, the token."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import aiohttp
+
+from tests.support import EdgedProcess
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "s3cret-dashboard-token"
+FAULTY = "turbine-1"
+
+CONFIG = """\
+device: {{id: dash-gw}}
+state_dir: {state_dir}
+log: {{level: info, format: json}}
+dashboard: {{listen: "127.0.0.1:0", token: "${{EDGED_DASHBOARD_TOKEN}}"}}
+sources:
+  farm:
+    type: simulator
+    turbines: 5
+    rate_hz: 20
+    seed: 5
+    history_s: 25
+    faults: "1:vibration@2-600"
+pipelines:
+  turbines:
+    inputs: [farm]
+    preprocessor: {{type: windturbine}}
+    inference: {{type: onnx}}
+    interval_s: 0.5
+actuators:
+  operator-log:
+    type: log
+    inputs: [turbines]
+    debounce: 2
+    cooldown_s: 600
+"""
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+async def sse_records(response: aiohttp.ClientResponse):
+    """The JSON of each Server-Sent Event of a stream, as they come."""
+    async for line in response.content:
+        if line.startswith(b"data: "):
+            yield json.loads(line[len(b"data: "):])
+
+
+async def test_the_dashboard_of_a_running_daemon(tmp_path):
+    config = tmp_path / "edged.yaml"
+    config.write_text(CONFIG.format(state_dir=tmp_path / "state"))
+    with EdgedProcess(config, {"EDGED_DASHBOARD_TOKEN": TOKEN}, cwd=ROOT) as daemon:
+        listening = await daemon.wait_for("dashboard_listening", 30)
+        assert listening["host"] == "127.0.0.1" and listening["token"] is True
+        base = f"http://127.0.0.1:{listening['port']}"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+            for headers in ({}, {"Authorization": "Bearer wrong"},
+                            {"Authorization": TOKEN}):
+                for path in ("/api/state", "/events"):
+                    async with http.get(base + path, headers=headers) as response:
+                        assert response.status == 401, (path, headers)
+
+            # The alarm comes live over /events (the stream opened before the fault
+            # has been seen long enough to alarm: debounce 2 after a full window).
+            async with http.get(base + "/events", headers=AUTH) as stream:
+                assert stream.status == 200
+                assert stream.headers["Content-Type"] == "text/event-stream"
+                records = sse_records(stream)
+                hello = await anext(records)
+                assert (hello["event"], hello["device"]) == ("hello", "dash-gw")
+                async for record in records:
+                    if record["event"] == "alarm":
+                        assert record["turbine"] == FAULTY
+                        assert "vibration" in record["groups"]
+                        break
+
+            async def state(query: str = "") -> dict:
+                async with http.get(f"{base}/api/state{query}", headers=AUTH) as response:
+                    assert response.status == 200
+                    return await response.json()
+
+            page = await state()
+            assert page["summary"]["turbines"] == 5
+            names = [t["turbine"] for t in page["turbines"]["items"]]
+            assert names == [f"turbine-{i}" for i in range(5)]
+            faulty = next(t for t in page["turbines"]["items"] if t["turbine"] == FAULTY)
+            assert faulty["state"] == "anomaly" and faulty["groups"]["vibration"]
+            assert set(faulty["errors"]) == set(faulty["thresholds"]) == set(
+                faulty["features"])
+            assert faulty["model"] == page["pipelines"]["turbines"]["model"]
+            assert page["alarms"][0]["turbine"] == FAULTY
+            assert page["health"]["decisions_per_s"] > 0
+            assert page["health"]["pipelines"]["turbines"]["decisions"] > 0
+
+            # Paged: two at a time, in name order, with the total.
+            second = await state("?offset=2&limit=2")
+            assert second["turbines"]["total"] == 5
+            assert [t["turbine"] for t in second["turbines"]["items"]] == [
+                "turbine-2", "turbine-3"]
+            async with http.get(f"{base}/api/state?limit=1001", headers=AUTH) as response:
+                assert response.status == 400
+                assert "limit" in (await response.json())["error"]
