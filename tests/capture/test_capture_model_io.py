@@ -4,19 +4,16 @@ simulator -> windturbine + onnx -> capture -> disk."""
 
 from __future__ import annotations
 
-import gzip
-import json
-
 import numpy as np
 import yaml
 from test_pipeline_capture_graph import config_text
 
 from edged.testing import eventually, running_graph
+from tests.support import lake
 
 
 def captured(root) -> list[dict]:
-    return [json.loads(line) for path in root.rglob("*.jsonl.gz")
-            for line in gzip.decompress(path.read_bytes()).splitlines()]
+    return lake.records(root)
 
 
 async def test_records_carry_the_model_input_and_output_behind_their_scores(tmp_path):

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import gzip
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ import yaml
 from edged.testing import eventually, running_graph
 from edged.windturbine import layout
 from edged.windturbine.simulator import WindFarm
+from tests.support import lake
 
 TURBINES = ("T-a", "T-b", "T-c")
 ROWS = 800  # per turbine; the windturbine history is 500
@@ -89,10 +88,7 @@ def captured(tmp_path: Path, include_rows: bool | None) -> tuple[list[dict], obj
             return graph.pipelines["wt"]
 
     pipeline = asyncio.run(main())
-    records = []
-    for obj in sorted((tmp_path / "out").rglob("*.jsonl.gz")):
-        records += map(json.loads, gzip.decompress(obj.read_bytes()).splitlines())
-    return records, pipeline
+    return lake.records(tmp_path / "out"), pipeline
 
 
 def test_records_carry_exactly_the_rows_the_source_sent(tmp_path):

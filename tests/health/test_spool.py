@@ -35,6 +35,8 @@ async def test_the_spool_figures_come_from_the_pipeline_capture(tmp_path: Path):
         dropped = counters.get("capture_dropped", pipeline="turbines", reason="queue_full")
         capture = graph.captures["turbines"]
         assert capture.pending == spooled and capture.dropped() == dropped
+        # Nothing uploaded while it runs (a stopping pipeline uploads once, at the end).
+        assert not list((tmp_path / "out").rglob("*.jsonl*"))
     spool = report["spool"]
     assert 0 < spool["depth"] <= spooled  # nothing uploaded: every record still spooled
     assert 0 < spool["dropped"] <= dropped
@@ -43,7 +45,6 @@ async def test_the_spool_figures_come_from_the_pipeline_capture(tmp_path: Path):
     assert spool["depth"] <= value(text, "edged_spool_depth") <= spooled
     assert spool["dropped"] <= value(text, "edged_spool_dropped_total") <= dropped
     assert value(text, "edged_spool_bytes") > 0
-    assert not list((tmp_path / "out").rglob("*.jsonl*"))  # nothing uploaded
 
 
 async def test_without_capture_the_spool_is_null(tmp_path: Path):
