@@ -7,6 +7,8 @@
     edged-cloud publish                            the bundle to S3
     edged-cloud deploy / rollout ...               an IoT job to things or a group
     edged-cloud provision THING                    a thing, its certificate and its zip
+    edged-cloud monitor LAKE                       drift, silence, versions across the fleet
+    edged-cloud fleet-demo                         the whole loop on one machine
 
 Each group lives in its own module under ``edged_cloud.commands`` and adds its parsers
 with ``register(subparsers)``. A module imports only argparse-level things at the top;
@@ -41,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edged-cloud",
         description="Train, optimise, package, sign, publish and roll out edged models; "
-                    "provision devices.")
+                    "provision devices; monitor the fleet's models.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in GROUPS:
         try:
