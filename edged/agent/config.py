@@ -34,6 +34,7 @@ from edged.base.strict_json import loads as strict_loads
 from edged.capture.store import CapturePolicy, CaptureSettings
 from edged.config import DeviceSpec, LogSpec, _Problems, load_config_yaml
 from edged.config.capture import IotCredentialsSpec, split_iot_endpoint
+from edged.config.dependencies import BOTO3, missing
 from edged.config.locate import default_state_dir
 from edged.config.yamlfile import MAX_BYTES, MAX_DEPTH, Location, read_config_text
 from edged.plugin.config import Strict
@@ -408,6 +409,12 @@ def _validate(body: dict[str, Any], prefix: Location, problems: _Problems,
     if capture.destination == "Cloud" and not capture.s3_bucket:
         problems.add((*prefix, "capture", "s3_bucket"),
                      "the Cloud destination needs an S3 bucket")
+    if capture.destination == "Cloud":
+        # Checked here, not at the capture store's start: a missing boto3 is a config
+        # error (exit 78), as for the daemon (edged.config.dependencies).
+        problem = missing("Cloud (S3) capture", BOTO3)
+        if problem is not None:
+            problems.add((*prefix, "capture", "destination"), problem)
     updates: dict[str, Any] = {
         "model_roots": [base / root if not root.is_absolute() else root
                         for root in config.model_roots]}

@@ -81,11 +81,20 @@ def missing_dependencies(config: EdgedConfig) -> list[str]:
             errors[needed.module] = _import_error(needed.module)
         error = errors[needed.module]
         if error is not None:
-            problems.append(located(config, loc, (
-                f"{feature} needs the Python package {needed.distribution}, which cannot "
-                f"be imported ({error}): install it with `{sys.executable} -m pip install "
-                f"{needed.install}`{needed.note}")))
+            problems.append(located(config, loc, _message(feature, needed, error)))
     return problems
+
+
+def missing(feature: str, needed: Needed) -> str | None:
+    """What to tell the user when ``feature``'s package cannot be imported, or None."""
+    error = _import_error(needed.module)
+    return None if error is None else _message(feature, needed, error)
+
+
+def _message(feature: str, needed: Needed, error: str) -> str:
+    return (f"{feature} needs the Python package {needed.distribution}, which cannot be "
+            f"imported ({error}): install it with `{sys.executable} -m pip install "
+            f"{needed.install}`{needed.note}")
 
 
 def _import_error(module: str) -> str | None:

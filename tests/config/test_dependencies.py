@@ -136,3 +136,24 @@ async def test_a_reload_asking_for_a_missing_package_is_refused(tmp_path):
         assert "S3 capture needs the Python package boto3" in refused["problems"][0]
         assert daemon.stop() == 0
     assert not daemon.events("config_reloaded")
+
+
+def test_the_agents_cloud_capture_without_boto3_is_a_config_error(tmp_path):
+    """`edged agent` with the old JSON config's Cloud destination and no boto3: exit 78
+    naming the key and the install, before it binds its socket (not a failed start)."""
+    import json
+
+    from tests.agent.test_agent_config import AWS_SAMPLE
+
+    config = tmp_path / "agent.json"
+    config.write_text(json.dumps({**AWS_SAMPLE, "sagemaker_edge_core_capture_data_disk_path":
+                                  str(tmp_path / "capture")}))
+    socket_path = tmp_path / "agent.sock"
+    done = edged_cli("agent", "-a", str(socket_path), "-c", str(config),
+                     env=hiding(tmp_path, "boto3", "botocore"), timeout=60)
+    assert done.returncode == EX_CONFIG, done.stderr
+    assert "sagemaker_edge_core_capture_data_destination" in done.stderr
+    assert ("Cloud (S3) capture needs the Python package boto3, which cannot be imported"
+            in done.stderr)
+    assert "'edged[s3]'" in done.stderr
+    assert not socket_path.exists()
