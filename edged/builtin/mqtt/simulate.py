@@ -121,6 +121,20 @@ def parse_broker(text: str) -> tuple[str, int]:
     return host, port
 
 
+def _schedule(option: str, parse, text: str, turbines: int) -> list:
+    """A faults or drifts schedule given as ``option``, each entry on a turbine that
+    exists; UsageError naming the option otherwise."""
+    try:
+        entries = parse(text)
+    except ValueError as exc:
+        raise UsageError(f"{option}: {exc}") from None
+    for entry in entries:
+        if entry.turbine >= turbines:
+            raise UsageError(f"{option}: turbine {entry.turbine} does not exist (turbines "
+                             f"0..{turbines - 1})")
+    return entries
+
+
 def options(args: argparse.Namespace) -> Options:
     """Validate the arguments; UsageError names the first bad one."""
     host, port = parse_broker(args.broker)
@@ -134,22 +148,8 @@ def options(args: argparse.Namespace) -> Options:
         raise UsageError(f"--duration must be positive seconds, got {args.duration}")
     if not (math.isfinite(args.history) and 0 <= args.history <= 3600):
         raise UsageError(f"--history must be 0..3600 seconds, got {args.history}")
-    try:
-        faults = parse_schedule(args.faults)
-    except ValueError as exc:
-        raise UsageError(f"--faults: {exc}") from None
-    for fault in faults:
-        if fault.turbine >= args.turbines:
-            raise UsageError(f"--faults: turbine {fault.turbine} does not exist (turbines "
-                             f"0..{args.turbines - 1})")
-    try:
-        drifts = parse_drifts(args.drifts)
-    except ValueError as exc:
-        raise UsageError(f"--drifts: {exc}") from None
-    for drift in drifts:
-        if drift.turbine >= args.turbines:
-            raise UsageError(f"--drifts: turbine {drift.turbine} does not exist (turbines "
-                             f"0..{args.turbines - 1})")
+    faults = _schedule("--faults", parse_schedule, args.faults, args.turbines)
+    drifts = _schedule("--drifts", parse_drifts, args.drifts, args.turbines)
     try:
         check_template(args.topic)
     except ValueError as exc:
