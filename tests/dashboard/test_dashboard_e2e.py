@@ -9,37 +9,19 @@ from pathlib import Path
 import aiohttp
 
 from tests.support import EdgedProcess
+from tests.support.farms import FAULTY, faulty_farm
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "s3cret-dashboard-token"
-FAULTY = "turbine-1"
 
-CONFIG = """\
-device: {{id: dash-gw}}
-state_dir: {state_dir}
-log: {{level: info, format: json}}
-dashboard: {{listen: "127.0.0.1:0", token: "${{EDGED_DASHBOARD_TOKEN}}"}}
-sources:
-  farm:
-    type: simulator
-    turbines: 5
-    rate_hz: 20
-    seed: 5
-    history_s: 25
-    faults: "1:vibration@2-600"
-pipelines:
-  turbines:
-    inputs: [farm]
-    preprocessor: {{type: windturbine}}
-    inference: {{type: onnx}}
-    interval_s: 0.5
-actuators:
-  operator-log:
-    type: log
-    inputs: [turbines]
-    debounce: 2
-    cooldown_s: 600
+HEAD = """\
+log: {level: info, format: json}
+dashboard: {listen: "127.0.0.1:0", token: "${EDGED_DASHBOARD_TOKEN}"}
 """
+
+
+def config_text(state_dir: Path) -> str:
+    return faulty_farm(state_dir, device="dash-gw", turbines=5, head=HEAD)
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -53,7 +35,7 @@ async def sse_records(response: aiohttp.ClientResponse):
 
 async def test_the_dashboard_of_a_running_daemon(tmp_path):
     config = tmp_path / "edged.yaml"
-    config.write_text(CONFIG.format(state_dir=tmp_path / "state"))
+    config.write_text(config_text(tmp_path / "state"))
     with EdgedProcess(config, {"EDGED_DASHBOARD_TOKEN": TOKEN}, cwd=ROOT) as daemon:
         listening = await daemon.wait_for("dashboard_listening", 30)
         assert listening["host"] == "127.0.0.1" and listening["token"] is True

@@ -14,36 +14,18 @@ from pathlib import Path
 
 from edged.testing import eventually
 from tests.support import EdgedProcess
+from tests.support.farms import FAULTY, faulty_farm
 from tests.support.payloads import assert_valid
 
 ROOT = Path(__file__).resolve().parents[2]
-FAULTY = "turbine-1"
 
-CONFIG = """\
-device: {{id: watch-gw}}
-state_dir: {state_dir}
-log: {{level: info, format: json, decisions: anomalies, stats_interval_s: 1}}
-sources:
-  farm:
-    type: simulator
-    turbines: 3
-    rate_hz: 20
-    seed: 5
-    history_s: 25
-    faults: "1:vibration@2-600"
-pipelines:
-  turbines:
-    inputs: [farm]
-    preprocessor: {{type: windturbine}}
-    inference: {{type: onnx}}
-    interval_s: 0.5
-actuators:
-  operator-log:
-    type: log
-    inputs: [turbines]
-    debounce: 2
-    cooldown_s: 600
+HEAD = """\
+log: {level: info, format: json, decisions: anomalies, stats_interval_s: 1}
 """
+
+
+def config_text(state_dir: Path) -> str:
+    return faulty_farm(state_dir, device="watch-gw", turbines=3, head=HEAD)
 
 
 class Watch:
@@ -75,7 +57,7 @@ class Watch:
 
 async def test_edged_watch_follows_a_running_daemon(tmp_path):
     config = tmp_path / "edged.yaml"
-    config.write_text(CONFIG.format(state_dir=tmp_path / "state"))
+    config.write_text(config_text(tmp_path / "state"))
     with EdgedProcess(config, cwd=ROOT) as daemon:
         listening = await daemon.wait_for("watch_listening", 30)
         assert listening["socket"] == str(tmp_path / "state" / "watch.sock")
@@ -136,7 +118,7 @@ async def test_edged_watch_follows_a_running_daemon(tmp_path):
 
 def test_without_a_daemon_edged_watch_says_where_it_looked(tmp_path):
     config = tmp_path / "edged.yaml"
-    config.write_text(CONFIG.format(state_dir=tmp_path / "state"))
+    config.write_text(config_text(tmp_path / "state"))
     result = subprocess.run([sys.executable, "-m", "edged", "watch", "-c", str(config)],
                             cwd=ROOT, capture_output=True, text=True, timeout=60,
                             check=False)
@@ -148,7 +130,7 @@ async def test_a_watch_of_every_decision_that_falls_behind_never_slows_detection
         tmp_path):
     """A watcher that asks for every decision and never reads is dropped (counted);
     another watcher still sees the fault's alarm on time."""
-    text = CONFIG.format(state_dir=tmp_path / "state").replace(
+    text = config_text(tmp_path / "state").replace(
         "turbines: 3", "turbines: 10").replace("interval_s: 0.5", "interval_s: 0.1")
     config = tmp_path / "edged.yaml"
     config.write_text(text + "watch: {queue: 50}\n")
