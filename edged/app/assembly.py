@@ -107,21 +107,24 @@ def _watching(config: EdgedConfig, pipelines: dict[str, Pipeline],
     return services
 
 
-def _dashboard(config: EdgedConfig, pipelines: dict[str, Pipeline],
-               actuators: dict[str, ActuatorBinding], counters: Counters,
-               health: Any) -> Any:
+def _dashboard(config: EdgedConfig, graph: Graph) -> Any:
     """The dashboard (``dashboard``): its board and its own event feed (its streams
-    never take the watch socket's places), subscribed to every pipeline and actuator."""
+    never take the watch socket's places), subscribed to every pipeline and actuator,
+    with the controls of every source that has them (the simulator)."""
     from edged.dashboard.board import TurbineBoard
+    from edged.dashboard.controls import FarmControl
     from edged.dashboard.server import DashboardServer
     from edged.watch.feed import EventFeed
 
-    spec = config.raw.dashboard
-    board = TurbineBoard(config.raw.device.id, pipelines, health)
+    spec, pipelines, counters = config.raw.dashboard, graph.pipelines, graph.counters
+    controls = {name: node.component for name, node in graph.sources.items()
+                if isinstance(node.component, FarmControl)}
+    board = TurbineBoard(config.raw.device.id, pipelines, graph.health, controls,
+                         jobs=graph.cloud.jobs_in_progress if graph.cloud else None)
     feed = EventFeed(config.raw.device.id, counters, spec.max_clients)
     for pipeline in pipelines.values():
         pipeline.subscribers += [board, feed]
-    for binding in actuators.values():
+    for binding in graph.actuators.values():
         binding.observers += [board.on_actuator_event, feed.on_actuator_event]
     return DashboardServer(spec, board, feed, counters)
 
@@ -198,8 +201,7 @@ def build_graph(config: EdgedConfig, registry: Registry,
     graph = Graph(config, sources, pipelines, actuators, counters, cloud, health, metrics,
                   captures, budget, _watching(config, pipelines, actuators, counters))
     if config.raw.dashboard is not None:
-        graph.services["dashboard"] = _dashboard(config, pipelines, actuators, counters,
-                                                 health)
+        graph.services["dashboard"] = _dashboard(config, graph)
     if health is not None and graph.captures:
         health.spool = functools.partial(spool_figures, list(graph.captures.values()))
         health.sketch = functools.partial(sketch_totals, list(graph.captures.values()))

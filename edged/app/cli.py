@@ -137,8 +137,12 @@ def build_parser(commands: Sequence = ()) -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="a simulated wind farm watched by edged")
     demo.add_argument("-c", "--config", default=None,
                       help="demo config (default: configs/demo.yaml, or the built-in copy)")
-    demo.add_argument("--duration", type=float, default=60.0, help="seconds to run")
+    demo.add_argument("--duration", type=float, default=None,
+                      help="seconds to run (default: 60; with --dashboard, until Ctrl-C)")
     demo.add_argument("--turbines", type=int, default=None, help="override turbine count")
+    demo.add_argument("--dashboard", metavar="[HOST:]PORT", default=None,
+                      help="serve the dashboard there (needs 'edged[dashboard]'; HOST "
+                      "defaults to 127.0.0.1) and print its address")
     demo.add_argument("--json", action="store_true",
                       help="end by printing one JSON summary on stdout")
     demo.set_defaults(func=cmd_demo)

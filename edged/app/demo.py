@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import signal
 import sys
 import time
@@ -35,6 +36,8 @@ from edged.runtime.graph import Graph
 from edged.runtime.supervisor import Supervisor
 from edged.windturbine.simulator import parse_schedule
 
+#: How long the demo runs unless told (with --dashboard: until Ctrl-C).
+DEFAULT_DURATION_S = 60.0
 #: Detections closer together than this are one interval in the summary.
 MERGE_GAP_S = 2.0
 REFRESH_S = 2.0
@@ -248,12 +251,16 @@ def verdict(result: dict, tail_s: float, ended: float,
     return check
 
 
-def _demo_config_text(path: Path, turbines: int) -> tuple[str, list[str]]:
-    """The demo config with ``turbines`` simulated turbines, and a note for each
-    scheduled fault left out because its turbine is no longer there."""
+def _demo_config_text(path: Path, turbines: int | None,
+                      dashboard: str | None) -> tuple[str, list[str]]:
+    """The demo config with ``turbines`` simulated turbines (if given) and a dashboard
+    on ``dashboard`` (if given), and a note for each scheduled fault left out because
+    its turbine is no longer there."""
     data, _ = load_yaml(read_config_text(path), str(path))
+    if dashboard is not None:
+        data["dashboard"] = {**(data.get("dashboard") or {}), "listen": dashboard}
     notes = []
-    for source in data.get("sources", {}).values():
+    for source in data.get("sources", {}).values() if turbines is not None else ():
         if isinstance(source, dict) and source.get("type") == "simulator":
             source["turbines"] = turbines
             faults = source.get("faults", [])
@@ -274,14 +281,22 @@ def _demo_config_text(path: Path, turbines: int) -> tuple[str, list[str]]:
     return yaml.safe_dump(data, sort_keys=False), notes
 
 
+def dashboard_listen(text: str) -> str:
+    """``--dashboard``'s ``[HOST:]PORT`` as the config's ``HOST:PORT``."""
+    return text if ":" in text else f"127.0.0.1:{text}"
+
+
 def run_demo(args: argparse.Namespace) -> int:
     path = Path(args.config) if args.config else default_config()
     args.config = str(path)
     notes: list[str] = []
+    dashboard = None if args.dashboard is None else dashboard_listen(args.dashboard)
+    duration = args.duration if args.duration is not None else (
+        DEFAULT_DURATION_S if dashboard is None else math.inf)
     try:
         pm, registry, config = load(args, path)
-        if args.turbines is not None:
-            text, notes = _demo_config_text(path, args.turbines)
+        if args.turbines is not None or dashboard is not None:
+            text, notes = _demo_config_text(path, args.turbines, dashboard)
             config = parse_config(text, str(path), registry)
     except (ConfigError, OSError) as exc:
         if isinstance(exc, OSError):
@@ -291,7 +306,7 @@ def run_demo(args: argparse.Namespace) -> int:
     configure_logs(args, config)
     view_out = sys.stderr if args.json else sys.stdout
     show_view = not args.json or sys.stderr.isatty()
-    return asyncio.run(_demo(config, registry, pm, args.duration, args.json, view_out,
+    return asyncio.run(_demo(config, registry, pm, duration, args.json, view_out,
                              show_view, notes))
 
 
@@ -307,6 +322,7 @@ class Demo:
         # Redrawn in place only on a terminal: a file or a pipe gets plain frames.
         self.in_place = show_view and out.isatty()
         self.ended: float | None = None  # wall clock
+        self.banner: list[str] = []  # lines above the view (the dashboard's address)
         self.stop = asyncio.Event()
         self.graph_seen = asyncio.Event()
         self.graphs: list[Graph] = []
@@ -343,11 +359,18 @@ class Demo:
             raise ConfigError(["the demo config has no simulator source"])
         await sim.live.wait()
         self.observer.t0 = sim.started_at
+        dashboard = self.graphs[-1].services.get("dashboard")
+        if dashboard is not None and dashboard.address is not None:
+            host, port = dashboard.address
+            host = f"[{host}]" if ":" in host else host
+            self.banner = [f"dashboard: http://{host}:{port}/  (Ctrl-C ends the demo)"]
+            # At once, not with the first frame: a script waits for the address.
+            print(self.banner[0], file=self.out, flush=True)
         deadline = sim.started_at + self.duration
         while time.time() < deadline and not self.stop.is_set():
             await asyncio.sleep(min(REFRESH_S, max(0.0, deadline - time.time())))
             if self.show_view:
-                _render(frame(self.observer, sim), self.out, self.in_place)
+                _render(self.banner + frame(self.observer, sim), self.out, self.in_place)
         self.ended = time.time()
         self.stop.set()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -15,7 +16,13 @@ from edged.plugin.components import BuildContext, Component, Emit, Readings
 from edged.plugin.config import SourceConfig
 from edged.plugin.registry import ComponentType
 from edged.windturbine.layout import DATASET_COLUMNS, FAULT_KINDS
-from edged.windturbine.simulator import Fault, WindFarm, parse_drifts, parse_schedule
+from edged.windturbine.simulator import (
+    DRIFT_KINDS,
+    Fault,
+    WindFarm,
+    parse_drifts,
+    parse_schedule,
+)
 
 _HISTORY_CHUNK_TICKS = 100  # rows per turbine per emitted history batch
 
@@ -91,6 +98,13 @@ class Injection:
 
 
 class SimulatorSource(Component):
+    """The farm as a source; also the dashboard's simulator controls
+    (``edged.dashboard.controls.FarmControl``): start and stop turbines, switch faults
+    and drifts on and off while it runs."""
+
+    fault_kinds = FAULT_KINDS
+    drift_kinds = DRIFT_KINDS
+
     def __init__(self, config: SimulatorConfig, ctx: BuildContext) -> None:
         self.config = config
         missing = [c for c in ctx.inputs if c not in DATASET_COLUMNS]
@@ -109,6 +123,8 @@ class SimulatorSource(Component):
                     for d in parse_drifts(config.drifts)],
         )
         self._ids = tuple(self.farm.turbine_ids)
+        self._index = {turbine: i for i, turbine in enumerate(self._ids)}
+        self._running = np.ones(len(self._ids), bool)  # a stopped turbine sends nothing
         self.started_at: float | None = None  # wall clock of the live start
         self.live = asyncio.Event()  # set when the history is out and live rows begin
         self._commands: list[Injection] = []
@@ -130,10 +146,60 @@ class SimulatorSource(Component):
         end = now + duration if duration is not None else float("inf")
         self._commands.append(Injection(self._ids[turbine], kind, now, end))
 
+    def clear(self, turbine: int, kind: str) -> None:
+        """End ``turbine``'s ``kind`` fault now (by command)."""
+        self.farm.clear(turbine, kind)
+        now, name = time.time(), self._ids[turbine]
+        self._commands = [replace(i, end=now) if (i.turbine, i.kind) == (name, kind)
+                          and i.start <= now < i.end else i for i in self._commands]
+
+    # -- the dashboard's controls, by turbine name --------------------------------------
+
+    def turbine_ids(self) -> Collection[str]:
+        return self._index.keys()
+
+    def running(self, turbine: str) -> bool:
+        return bool(self._running[self._turbine(turbine)])
+
+    def active(self, turbine: str) -> tuple[list[str], list[str]]:
+        index = self._turbine(turbine)
+        return sorted(self.farm.active_faults(index)), sorted(self.farm.active_drifts(index))
+
+    def set_running(self, turbine: str, running: bool) -> None:
+        self._running[self._turbine(turbine)] = running
+
+    def set_fault(self, turbine: str, kind: str, on: bool) -> None:
+        index = self._turbine(turbine)
+        if not on:
+            self.clear(index, kind)
+        elif kind not in self.farm.active_faults(index):
+            self.inject(index, kind)
+
+    def set_drift(self, turbine: str, kind: str, on: bool) -> None:
+        index = self._turbine(turbine)
+        if not on:
+            self.farm.end_drift(index, kind)
+        elif kind not in self.farm.active_drifts(index):
+            self.farm.start_drift(index, kind)
+
+    def _turbine(self, turbine: str) -> int:
+        index = self._index.get(turbine)
+        if index is None:
+            raise KeyError(f"no turbine {turbine[:60]!r} in this simulator")
+        return index
+
     def _readings(self, rows: np.ndarray) -> Readings:
-        """(ticks, turbines, 23) -> one batch, rows in time order per turbine."""
+        """(ticks, turbines, 23) -> one batch, rows in time order per turbine; the
+        stopped turbines' rows left out (they were simulated all the same, so a turbine
+        started again goes on as if it had never stopped sending)."""
         ticks = rows.shape[0]
-        return Readings(self._ids * ticks, rows.reshape(-1, rows.shape[-1])[:, self._columns])
+        values = rows.reshape(-1, rows.shape[-1])[:, self._columns]
+        if self._running.all():
+            return Readings(self._ids * ticks, values)
+        keep = np.tile(self._running, ticks)
+        ids = [turbine for turbine, kept in zip(self._ids * ticks, keep.tolist(),
+                                                strict=True) if kept]
+        return Readings(ids, values[keep])
 
     async def run(self, emit: Emit) -> None:
         remaining = self._history_ticks

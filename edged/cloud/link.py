@@ -73,6 +73,11 @@ class Cloud:
         # The alarms service, also a pipeline subscriber: the graph subscribes it.
         self.alarms = alarms
 
+    def jobs_in_progress(self) -> list[dict[str, Any]]:
+        """The job each service runs now (the jobs executor's, if one runs)."""
+        return [job for service in self.services
+                if (job := getattr(service, "job_in_progress", None)) is not None]
+
     async def __aenter__(self) -> Cloud:
         await self.link.open(connect=False)  # TLS files are read (and checked) here
         return self

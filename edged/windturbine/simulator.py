@@ -130,6 +130,9 @@ class Drift:
 #: Each drift's full size (see Drift): 2 training std of voltage; 4x the vibration; +40 %.
 DRIFT_SIZES = {"bias": 32.0, "bearing": 3.0, "wind": 0.4}
 DRIFT_KINDS = tuple(DRIFT_SIZES)
+#: How long a drift started by command takes to grow to its full size: long enough to
+#: watch it grow, short enough for a demo.
+DRIFT_RAMP_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -341,6 +344,24 @@ class WindFarm:
                 continue  # cleared before its first row: it never happened
             kept.append(f)
         self._faults = kept
+
+    def active_drifts(self, turbine: int) -> set[str]:
+        """Kinds of drift that have begun on ``turbine`` (and stay until ended)."""
+        self._check_turbine(turbine)
+        now = self.time
+        return {d.kind for d in self.drifts if d.turbine == turbine and d.start <= now}
+
+    def start_drift(self, turbine: int, kind: str, ramp_s: float = DRIFT_RAMP_S) -> None:
+        """Begin a drift of ``turbine`` with the next row, at its full size after
+        ``ramp_s`` seconds (by command: a schedule's drifts are given at construction)."""
+        self._check_turbine(turbine)
+        self.drifts = (*self.drifts, Drift(turbine, kind, self.time, self.time + ramp_s))
+
+    def end_drift(self, turbine: int, kind: str) -> None:
+        """Mend ``turbine``'s drifts of ``kind`` at once, begun or scheduled."""
+        self._check_turbine(turbine)
+        self.drifts = tuple(d for d in self.drifts
+                            if not (d.turbine == turbine and d.kind == kind))
 
     def _check_turbine(self, turbine: int) -> None:
         if isinstance(turbine, bool) or not isinstance(turbine, int | np.integer):

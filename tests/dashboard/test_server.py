@@ -61,6 +61,7 @@ async def test_a_stream_that_falls_behind_is_dropped_and_counted():
     counters = Counters()
     async with serve(counters, queue=10) as server, aiohttp.ClientSession() as http, \
             http.get(f"{base(server)}/events?decisions=all") as stream:
+        assert await stream.content.readline() == b"retry: 2000\n"
         assert (await stream.content.readline()).startswith(b"data: ")
         # More lines in one round than the stream may fall behind: dropped at once.
         server.feed.on_round(round_of([decision(f"turbine-{i}") for i in range(20)],

@@ -14,13 +14,14 @@ TLS on ``tls_port``, as AWS IoT Core does (see ``Mosquitto``).
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.support.debian import program
 
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/bin/mosquitto")
 
@@ -33,18 +34,7 @@ def free_port() -> int:
 
 def mosquitto_binary(install: bool = True) -> str:
     """The mosquitto executable; installs Debian's package if allowed and missing."""
-    found = shutil.which("mosquitto") or next(
-        (p for p in MOSQUITTO_PATHS if os.access(p, os.X_OK)), None)
-    if found:
-        return found
-    if install and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env,
-                       stdout=subprocess.DEVNULL)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "mosquitto"], check=True, env=env,
-                       stdout=subprocess.DEVNULL)
-        return mosquitto_binary(install=False)
-    raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
+    return program("mosquitto", ["mosquitto"], MOSQUITTO_PATHS, install)
 
 
 def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:

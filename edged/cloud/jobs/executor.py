@@ -192,6 +192,16 @@ class JobsExecutor:
 
     # -- the cloud link's service interface ------------------------------------------
 
+    @property
+    def job_in_progress(self) -> dict[str, Any] | None:
+        """The execution running now, as the dashboard shows it; None between jobs."""
+        run = self._running
+        if run is None:
+            return None
+        record = run.record
+        return {"job_id": record.job_id, "model": record.model, "version": record.version,
+                "phase": record.phase, "bytes": run.bytes, "started_at": record.started_at}
+
     async def subscribe(self, client: aiomqtt.Client) -> None:
         await self.client.subscribe(client)
         self._connected.set()
