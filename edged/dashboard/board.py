@@ -11,6 +11,7 @@ asked for.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ RATE_WINDOW_S = 10.0
 #: 1,000 turbines of six features cost 2.9 MB (float32 inputs and scores).
 HISTORY = 120
 _ROUNDS_KEPT = 4096
+_DIGITS = re.compile(r"(\d+)")
 _FIRST_ROWS = 64
 
 
@@ -178,9 +180,10 @@ class TurbineBoard:
 
     def state(self, now: float, offset: int = 0, limit: int = DEFAULT_PAGE,
               only: str | None = None, focus: tuple[str, str] | None = None) -> dict[str, Any]:
-        """One page of turbines (sorted by pipeline, then name; in state ``only``, if
-        given), the ``focus`` turbine (pipeline, name) with its history, and everything
-        else; ``now`` is the monotonic clock the pipelines' ``last_seen`` is read against."""
+        """One page of turbines (sorted by pipeline, then name, its numbers as numbers;
+        in state ``only``, if given), the ``focus`` turbine (pipeline, name) with its
+        history, and everything else; ``now`` is the monotonic clock the pipelines'
+        ``last_seen`` is read against."""
         if offset < 0:
             raise PageError(f"offset must be 0 or more, not {offset}")
         if not 1 <= limit <= MAX_PAGE:
@@ -190,7 +193,7 @@ class TurbineBoard:
         everyone = [(name, turbine, slot) for name, pipeline in self.pipelines.items()
                     for slot, turbine in enumerate(pipeline.buffers.names)
                     if turbine and turbine != SUMMARY_TURBINE]
-        everyone.sort(key=lambda t: (t[0], t[1]))
+        everyone.sort(key=lambda t: (t[0], _natural(t[1])))
         counts = dict.fromkeys(STATES, 0)
         items, shown, focused = [], 0, None
         for name, turbine, slot in everyone:
@@ -275,6 +278,11 @@ class TurbineBoard:
                     "decisions", "anomalous_decisions", "rounds_failed", "latency_ms",
                     "turbines", "stale")} for name, p in report["pipelines"].items()})
         return figures
+
+
+def _natural(name: str) -> tuple[str | int, ...]:
+    """``turbine-2`` before ``turbine-10``: the digits in a name compared as numbers."""
+    return tuple(int(part) if i % 2 else part for i, part in enumerate(_DIGITS.split(name)))
 
 
 def _series(values: np.ndarray) -> np.ndarray:

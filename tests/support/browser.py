@@ -24,11 +24,18 @@ FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
 
 
 @contextmanager
-def headless_chromium(width: int = 1280, height: int = 900) -> Iterator[webdriver.Chrome]:
+def headless_chromium(width: int = 1280, height: int = 900,
+                      phone: bool = False) -> Iterator[webdriver.Chrome]:
+    """A browser with a ``width`` x ``height`` viewport; ``phone``: as a phone shows a
+    page (touch, a device pixel ratio of 3), at any width (a window cannot be narrower
+    than 500 pixels)."""
     options = webdriver.ChromeOptions()
     options.binary_location = program("chromium", PACKAGES, ("/usr/bin/chromium",))
-    for flag in (*FLAGS, f"--window-size={width},{height}"):
+    for flag in (*FLAGS, f"--window-size={max(width, 500)},{height}"):
         options.add_argument(flag)
+    if phone:
+        options.add_experimental_option("mobileEmulation", {"deviceMetrics": {
+            "width": width, "height": height, "pixelRatio": 3.0, "touch": True}})
     service = Service(executable_path=program("chromedriver", PACKAGES,
                                               ("/usr/bin/chromedriver",)))
     browser = webdriver.Chrome(options=options, service=service)

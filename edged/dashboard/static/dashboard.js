@@ -57,24 +57,35 @@ function sparkline(values, limit, cls = "spark") {
   return svg;
 }
 
-function flags(groups) {
+// A letter per group, lit when flagged; the diagnosed group (primary) underlined.
+function flags(groups, primary) {
   return el("span", { class: "flags" }, Object.entries(GROUP_LETTERS).map(([group, letter]) =>
-    el("span", { class: groups && groups[group] ? "flag on" : "flag", title: group,
-                 "data-group": group, text: letter })));
+    el("span", { class: ["flag", groups && groups[group] ? "on" : "", group === primary ? "primary" : ""].join(" ").trim(),
+                 title: group === primary ? `${group} (diagnosis)` : group, "data-group": group, text: letter })));
 }
+
+// A card is kept while its turbine stays on the page (its children are redrawn), so a
+// click, a hover or keyboard focus is not lost to the next board event.
+const cards = new Map();
 
 function card(item) {
   const key = `${item.pipeline}/${item.turbine}`;
-  return el("button", {
-    class: "turbine", "data-turbine": item.turbine, "data-pipeline": item.pipeline,
-    "data-state": item.state, "aria-pressed": view.focus === key ? "true" : "false",
-    onclick: () => { view.focus = view.focus === key ? null : key; connect(); },
-  },
-  el("span", { class: "name", text: item.turbine }),
-  el("span", { class: "state", text: item.state.replace("_", " ") }),
-  flags(item.groups),
-  item.score ? sparkline(item.score, 1) : null,
-  item.simulator && !item.simulator.running ? el("span", { class: "stopped", text: "stopped" }) : null);
+  let node = cards.get(key);
+  if (!node) {
+    node = el("button", { class: "turbine", "data-turbine": item.turbine, "data-pipeline": item.pipeline,
+      onclick: () => { view.focus = view.focus === key ? null : key; connect(); } });
+    cards.set(key, node);
+  }
+  node.dataset.state = item.state;
+  node.setAttribute("aria-pressed", view.focus === key ? "true" : "false");
+  node.replaceChildren(...[
+    el("span", { class: "name", text: item.turbine }),
+    el("span", { class: "state", text: item.state.replace("_", " ") }),
+    flags(item.groups, item.primary),
+    item.score ? sparkline(item.score, 1) : null,
+    item.simulator && !item.simulator.running ? el("span", { class: "stopped", text: "stopped" }) : null,
+  ].filter(Boolean));
+  return node;
 }
 
 function renderSummary(board) {
@@ -111,8 +122,12 @@ function renderModels(board) {
 }
 
 function renderGrid(board) {
-  const page = board.turbines;
-  $("grid").replaceChildren(...page.items.map(card));
+  const page = board.turbines, shown = new Set(page.items.map((i) => `${i.pipeline}/${i.turbine}`));
+  for (const key of [...cards.keys()]) if (!shown.has(key)) cards.delete(key);
+  const nodes = page.items.map(card), grid = $("grid");
+  if (nodes.length !== grid.children.length || nodes.some((n, i) => grid.children[i] !== n)) {
+    grid.replaceChildren(...nodes);
+  }
   const last = Math.min(page.offset + page.items.length, page.total);
   $("page-info").textContent = page.total ? `${page.offset + 1}–${last} of ${page.total}` : "none";
   $("prev").disabled = page.offset === 0;
@@ -124,8 +139,9 @@ function control(item, body) {
   fetch(`/api/simulator/${encodeURIComponent(source)}/${encodeURIComponent(item.turbine)}`, {
     method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
   }).then((r) => r.json()).then((status) => {
-    if (status.error) { $("focus-error").textContent = status.error; return; }
-    item.simulator = status;
+    $("focus-error").textContent = status.error || "";
+    if (status.error) return;
+    view.last.focus.simulator = status;  // shown now; the next board event agrees
     renderFocus(view.last);
   });
 }
@@ -139,37 +155,43 @@ function toggles(item, what, kinds, active) {
     })));
 }
 
+// The panel's parts are redrawn apart: the controls only when the simulator's state
+// changes, so a button is never replaced under the pointer by the next board event.
 function renderFocus(board) {
   const item = board && board.focus, panel = $("focus");
   if (!item) { panel.hidden = true; panel.replaceChildren(); return; }
+  if (panel.dataset.key !== `${item.pipeline}/${item.turbine}`) {
+    panel.dataset.key = `${item.pipeline}/${item.turbine}`;
+    panel.replaceChildren(el("div", { id: "focus-head" }), el("div", { id: "focus-controls" }),
+      el("p", { class: "error", id: "focus-error" }), el("div", { id: "focus-charts", class: "charts" }));
+  }
   panel.hidden = false;
-  const children = [
+  $("focus-head").replaceChildren(
     el("h2", {}, el("span", { text: item.turbine }), " ",
       el("span", { class: "state", "data-state": item.state, text: item.state.replace("_", " ") })),
     el("p", { text: item.model ? `${item.pipeline}: ${item.model.name} v${item.model.version}` +
       (item.primary ? ` · diagnosis: ${item.primary}` : "") : `${item.pipeline}: not scored yet` }),
-    flags(item.groups),
-  ];
-  if (item.simulator) {
-    const sim = item.simulator, kinds = board.simulators[sim.source];
-    children.push(el("div", { class: "controls" },
+    flags(item.groups, item.primary));
+  const controls = $("focus-controls"), sim = item.simulator, drawn = JSON.stringify(sim || null);
+  if (controls.dataset.drawn !== drawn) {
+    controls.dataset.drawn = drawn;
+    const kinds = sim && board.simulators[sim.source];
+    controls.replaceChildren(...(sim ? [el("div", { class: "controls" },
       el("button", { "data-control": "running", "aria-pressed": sim.running ? "true" : "false",
         text: sim.running ? "running — stop" : "stopped — start",
         onclick: () => control(item, { running: !sim.running }) }),
       toggles(item, "fault", kinds.faults, sim.faults),
-      toggles(item, "drift", kinds.drifts, sim.drifts),
-      el("p", { class: "error", id: "focus-error" })));
+      toggles(item, "drift", kinds.drifts, sim.drifts))] : []));
   }
-  if (item.history) {
-    const rows = Object.keys(item.history.errors).map((name) => el("div", { class: "series" },
+  const charts = $("focus-charts");
+  if (!item.history) { charts.replaceChildren(); return; }
+  charts.replaceChildren(
+    el("div", { class: "series head" }, el("small", { text: "feature" }),
+      el("small", { text: "input" }), el("small", { text: "error vs threshold" })),
+    ...Object.keys(item.history.errors).map((name) => el("div", { class: "series" },
       el("small", { text: name }),
       sparkline(item.history.features[name], undefined, "spark wide"),
-      sparkline(item.history.errors[name], item.thresholds[name], "spark wide")));
-    children.push(el("div", { class: "charts" },
-      el("div", { class: "series head" }, el("small", { text: "feature" }),
-        el("small", { text: "input" }), el("small", { text: "error vs threshold" })), rows));
-  }
-  panel.replaceChildren(...children);
+      sparkline(item.history.errors[name], item.thresholds[name], "spark wide"))));
 }
 
 function renderAlarms(board) {
