@@ -243,8 +243,11 @@ class TurbineBoard:
         decision, features = latest.decision, latest.features
         width = len(features)
         thresholds = np.asarray(latest.thresholds, np.float32)
-        newest = track.newest(row)
-        rows = track.history(row)
+        if width == track.width:
+            newest, rows = track.newest(row), track.history(row)
+        else:  # its ring started anew for another model's features since: no history
+            newest = np.full(2 * width, np.nan, np.float32)
+            rows = np.empty((0, 2 * width), np.float32)
         item.update(
             groups=decision.groups, primary=decision.primary,
             flagged=[n for n, over in zip(features, decision.anomalous, strict=True) if over],
