@@ -14,8 +14,10 @@ BIN := $(VENV)/bin
 DEVICE_STAMP := $(VENV)/.installed-device
 DEV_STAMP := $(VENV)/.installed-dev
 DEMO_ARGS ?= --duration 60
+DASHBOARD_STAMP := $(VENV)/.installed-dashboard
+DASHBOARD ?= 127.0.0.1:8088
 
-.PHONY: venv demo fleet-demo test fuzz bench lint clean
+.PHONY: venv demo dashboard-demo fleet-demo test fuzz bench lint clean
 
 venv: $(DEV_STAMP)
 
@@ -32,6 +34,15 @@ $(DEV_STAMP): $(DEVICE_STAMP) plugins/edged-example/pyproject.toml cloud_tools/p
 
 demo: $(DEVICE_STAMP)
 	$(BIN)/edged demo -c configs/demo.yaml $(DEMO_ARGS)
+
+# The demo with its dashboard on http://$(DASHBOARD)/ (the device package and its
+# `dashboard` extra, aiohttp), until Ctrl-C.
+$(DASHBOARD_STAMP): $(DEVICE_STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dashboard]'
+	touch $(DASHBOARD_STAMP)
+
+dashboard-demo: $(DASHBOARD_STAMP)
+	$(BIN)/edged demo -c configs/demo.yaml --dashboard $(DASHBOARD)
 
 fleet-demo: $(DEV_STAMP)
 	$(BIN)/edged-cloud fleet-demo $(FLEET_ARGS)
@@ -53,6 +64,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/agent.py
 	$(BIN)/python benchmarks/swap.py
 	$(BIN)/python benchmarks/watch.py
+	$(BIN)/python benchmarks/dashboard.py
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .

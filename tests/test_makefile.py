@@ -94,3 +94,11 @@ def test_after_the_demo_the_tests_add_only_the_development_set(tree):
     stamp(tree, ".installed-device")
     plan = would_run(tree, "test")
     assert DEV in plan and DEVICE not in plan
+
+
+def test_the_dashboard_demo_adds_only_the_dashboard_extra(tree):
+    plan = would_run(tree, "dashboard-demo")
+    assert DEVICE in plan and "pip install --quiet -e '.[dashboard]'" in plan
+    assert "[dev]" not in plan and "cloud_tools" not in plan
+    assert plan.rstrip().splitlines()[-1].endswith(
+        "edged demo -c configs/demo.yaml --dashboard 127.0.0.1:8088")

@@ -43,10 +43,10 @@ _FIRST_ROWS = 64
 
 
 @dataclass(frozen=True, slots=True)
-class _Latest:
-    """A turbine's latest decision, with its round's feature names and thresholds."""
+class _Scale:
+    """What a round's scores are read against: its feature names and thresholds (one
+    object a round, shared by its decisions: a round stores no object per decision)."""
 
-    decision: Decision
     features: tuple[str, ...]
     thresholds: tuple[float, ...]
 
@@ -56,13 +56,15 @@ class PageError(ValueError):
 
 
 class _Track:
-    """One pipeline's turbines: a row each, holding its latest decision and a ring of its
-    last HISTORY model inputs and scores, ``(rows, HISTORY, 2 * features)`` float32."""
+    """One pipeline's turbines: a row each, holding its latest decision (and the scale
+    it was scored on) and a ring of its last HISTORY model inputs and scores,
+    ``(rows, HISTORY, 2 * features)`` float32."""
 
     def __init__(self) -> None:
         self.rows: dict[str, int] = {}
         self.free: list[int] = []
-        self.latest: list[_Latest | None] = []
+        self.latest: list[Decision | None] = []
+        self.scale: list[_Scale | None] = []
         self.width = 0  # features of the ring; a model with other features starts anew
         self.ring = np.zeros((0, HISTORY, 0), np.float32)
         self.count = np.zeros(0, np.int64)  # decisions written into each row's ring
@@ -75,12 +77,13 @@ class _Track:
                 self._grow()
             rows[turbine] = row = self.free.pop()
             self.count[row] = 0
-        return np.fromiter((rows[t] for t in turbines), np.intp, len(turbines))
+        return np.array(list(map(rows.__getitem__, turbines)), np.intp)
 
     def _grow(self) -> None:
         old = len(self.latest)
         new = max(_FIRST_ROWS, 2 * old)
         self.latest += [None] * (new - old)
+        self.scale += [None] * (new - old)
         ring = np.full((new, HISTORY, 2 * self.width), np.nan, np.float32)
         ring[:old] = self.ring
         self.ring = ring
@@ -97,7 +100,7 @@ class _Track:
         """Free the rows of turbines the pipeline no longer tracks."""
         for turbine in [t for t in self.rows if t not in known]:
             row = self.rows.pop(turbine)
-            self.latest[row] = None
+            self.latest[row] = self.scale[row] = None
             self.free.append(row)
 
     def history(self, row: int) -> np.ndarray:
@@ -136,12 +139,14 @@ class TurbineBoard:
         if not decisions:
             return
         track = self._tracks.setdefault(round.pipeline, _Track())
-        features, thresholds = tuple(round.features), tuple(round.thresholds)
-        width = len(features)
+        scale = _Scale(tuple(round.features), tuple(round.thresholds))
+        width = len(scale.features)
         track.reshape(width)
         rows = track.slots([d.turbine for d in decisions])
+        latest, scales = track.latest, track.scale
         for row, decision in zip(rows.tolist(), decisions, strict=True):
-            track.latest[row] = _Latest(decision, features, thresholds)
+            latest[row] = decision
+            scales[row] = scale
         at = track.count[rows] % HISTORY
         values = round.values if round.values is not None else np.array(
             [d.values for d in decisions])
@@ -199,8 +204,7 @@ class TurbineBoard:
         for name, turbine, slot in everyone:
             pipeline = self.pipelines[name]
             age = float(now - pipeline.buffers.last_seen[slot])
-            latest = self._latest(name, turbine)
-            state = _state_of(latest, age > pipeline.spec.stale_after_s)
+            state = _state_of(self._latest(name, turbine), age > pipeline.spec.stale_after_s)
             counts[state] += 1
             if focus == (name, turbine):
                 focused = self._item(name, turbine, state, age, history=True)
@@ -223,7 +227,7 @@ class TurbineBoard:
             "health": self._health(now),
         }
 
-    def _latest(self, pipeline: str, turbine: str) -> _Latest | None:
+    def _latest(self, pipeline: str, turbine: str) -> Decision | None:
         track = self._tracks.get(pipeline)
         row = None if track is None else track.rows.get(turbine)
         return None if row is None else track.latest[row]
@@ -237,12 +241,13 @@ class TurbineBoard:
             item["simulator"] = farm_status(control[0], control[1], turbine)
         track = self._tracks.get(pipeline)
         row = None if track is None else track.rows.get(turbine)
-        latest = None if row is None else track.latest[row]
-        if latest is None:
+        decision = None if row is None else track.latest[row]
+        if decision is None:
             return item  # not scored yet: a window still filling, or no model loaded
-        decision, features = latest.decision, latest.features
+        scale = track.scale[row]
+        features = scale.features
         width = len(features)
-        thresholds = np.asarray(latest.thresholds, np.float32)
+        thresholds = np.asarray(scale.thresholds, np.float32)
         if width == track.width:
             newest, rows = track.newest(row), track.history(row)
         else:  # its ring started anew for another model's features since: no history
@@ -252,7 +257,7 @@ class TurbineBoard:
             groups=decision.groups, primary=decision.primary,
             flagged=[n for n, over in zip(features, decision.anomalous, strict=True) if over],
             errors=per_feature(features, decision.values),
-            thresholds=per_feature(features, latest.thresholds),
+            thresholds=per_feature(features, scale.thresholds),
             features=None if np.isnan(newest[width:]).all()
             else per_feature(features, newest[width:].tolist()),
             # The worst score against its threshold, decision by decision: over 1 flags.
@@ -294,12 +299,12 @@ def _series(values: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(values, np.float32)
 
 
-def _state_of(latest: _Latest | None, stale: bool) -> str:
+def _state_of(latest: Decision | None, stale: bool) -> str:
     if stale:
         return "stale"
     if latest is None:
         return "no_model"  # not scored yet: a window still filling, or no model loaded
-    return "anomaly" if latest.decision.is_anomalous else "ok"
+    return "anomaly" if latest.is_anomalous else "ok"
 
 
 def _pipeline(pipeline: Pipeline) -> dict[str, Any]:
