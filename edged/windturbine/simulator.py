@@ -360,6 +360,8 @@ class WindFarm:
     def end_drift(self, turbine: int, kind: str) -> None:
         """Mend ``turbine``'s drifts of ``kind`` at once, begun or scheduled."""
         self._check_turbine(turbine)
+        if kind not in DRIFT_KINDS:  # a misspelt kind would mend nothing, silently
+            raise ValueError(f"unknown drift kind {kind!r} (expected {', '.join(DRIFT_KINDS)})")
         self.drifts = tuple(d for d in self.drifts
                             if not (d.turbine == turbine and d.kind == kind))
 
