@@ -64,7 +64,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/agent.py
 	$(BIN)/python benchmarks/swap.py
 	$(BIN)/python benchmarks/watch.py
-	$(BIN)/python benchmarks/dashboard.py
+	$(BIN)/python benchmarks/open_page.py
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .

@@ -1,6 +1,6 @@
 """What an open dashboard costs the daemon, at 1,000 turbines.
 
-    .venv/bin/python benchmarks/dashboard.py [--turbines 1000] [--phase-s 20] [--pages 1 4]
+    .venv/bin/python benchmarks/open_page.py [--turbines 1000] [--phase-s 20] [--pages 1 4]
 
 Two measurements:
 
