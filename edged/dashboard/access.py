@@ -36,10 +36,10 @@ class Access:
         if scheme.lower() == "bearer" and self.is_token(given.strip()):
             return True
         cookie = request.cookies.get(COOKIE, "")
-        return hmac.compare_digest(cookie.encode(), self.session.encode())
+        return hmac.compare_digest(_bytes(cookie), self.session.encode())
 
     def is_token(self, given: str) -> bool:
-        return self.token is not None and hmac.compare_digest(given.encode(), self.token)
+        return self.token is not None and hmac.compare_digest(_bytes(given), self.token)
 
     def host_problem(self, request: web.Request) -> str | None:
         """Without a token, the Host must be an IP address or ``localhost``: a page
@@ -67,6 +67,12 @@ def same_origin_problem(request: web.Request) -> str | None:
     if origin is not None and urlsplit(origin).netloc != request.host:
         return f"a control from another origin ({origin[:80]!r}) is refused"
     return None
+
+
+def _bytes(text: str) -> bytes:
+    """A header value's bytes: aiohttp hands bytes that are not UTF-8 over
+    surrogate-escaped, which a plain encode() refuses (a 500 instead of a 401)."""
+    return text.encode("utf-8", "surrogatepass")
 
 
 def _hostname(host: str) -> str:

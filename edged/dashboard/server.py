@@ -166,7 +166,10 @@ class DashboardServer:
         return web.Response(text=login_page(self.board.device), content_type="text/html")
 
     async def _login(self, request: web.Request) -> web.StreamResponse:
-        form = await request.post()
+        try:
+            form = await request.post()
+        except (ValueError, LookupError) as exc:  # bytes not of its charset, no boundary
+            return self._bad_request(f"a login is a form with the token ({str(exc)[:80]})")
         if self.access.token is None:
             raise web.HTTPSeeOther("/")
         if not self.access.is_token(str(form.get("token", ""))):

@@ -367,3 +367,40 @@ def test_any_host_is_served_or_refused_by_name(host):
     problem = Access(None).host_problem(Request)  # type: ignore[arg-type]
     assert problem is None or problem.startswith("Host ")
     assert Access("t").host_problem(Request) is None  # type: ignore[arg-type]
+
+
+async def test_credentials_that_are_not_utf8_are_refused_not_a_server_error(token):
+    """Header bytes that are not UTF-8 (aiohttp hands them over surrogate-escaped) in
+    the Authorization header or the cookie: 401, counted, like any wrong token."""
+    counters = Counters()
+    async with with_token(counters) as server:
+        for header in (b"Authorization: Bearer \xff\xfe", b"Cookie: edged_dashboard=\xff\xfe",
+                       b"Authorization: Bearer " + token.encode() + b"\xff"):
+            reader, writer = await asyncio.open_connection(*server.address)
+            writer.write(b"GET /api/state HTTP/1.1\r\nHost: 127.0.0.1\r\n" + header
+                         + b"\r\nConnection: close\r\n\r\n")
+            status = (await reader.readline()).split(b" ")[1]
+            writer.close()
+            assert status == b"401", header
+    assert counters.get("dashboard_requests_refused", reason="unauthorized") == 3
+
+
+async def test_a_login_that_is_not_a_form_is_400_not_a_server_error(token):
+    counters = Counters()
+    async with with_token(counters) as server, aiohttp.ClientSession() as http:
+        for content_type, body in (
+                ("application/x-www-form-urlencoded", b"token=\xff\xfe"),
+                ("application/x-www-form-urlencoded; charset=no-such-charset", b"token=x"),
+                ("multipart/form-data", b"no boundary"),
+                ("multipart/form-data; boundary=x",
+                 b'--x\r\nContent-Disposition: form-data; name="token"\r\n\r\n\xff\r\n--x--\r\n')):
+            async with http.post(base(server) + "/login", data=body,
+                                 headers={"Content-Type": content_type}) as response:
+                assert response.status == 400, content_type
+                assert "a login is a form with the token" in (await response.json())["error"]
+        # A well-formed form is read: the token is checked.
+        form = aiohttp.FormData({"token": token})
+        async with http.post(base(server) + "/login", data=form,
+                             allow_redirects=False) as response:
+            assert response.status == 303
+    assert counters.get("dashboard_requests_refused", reason="bad_request") == 4
