@@ -208,7 +208,7 @@ class DashboardServer:
         if turbine not in control.turbine_ids():
             return self._not_found(f"no turbine {turbine[:60]!r} in source {source!r}")
         try:
-            body = await request.content.read(MAX_CONTROL_BYTES + 1)
+            body = await _body(request, MAX_CONTROL_BYTES + 1)
             command = parse_control(body)
             command.apply(control, turbine)
         except ValueError as exc:
@@ -324,6 +324,16 @@ class DashboardServer:
 def _event(data: bytes) -> bytes:
     """One Server-Sent Event: JSON has no raw newline, so one ``data:`` line."""
     return b"data: " + data + b"\n\n"
+
+
+async def _body(request: web.Request, limit: int) -> bytes:
+    """The body, or its first ``limit`` bytes: a read returns what has arrived, so a
+    body that comes in parts (TCP segments, chunks) is read until it ends."""
+    parts, size = [], 0
+    while size < limit and (part := await request.content.read(limit - size)):
+        parts.append(part)
+        size += len(part)
+    return b"".join(parts)
 
 
 def _integer(request: web.Request, name: str, default: int) -> int:

@@ -5,6 +5,7 @@ farm that records what it was told."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import aiohttp
@@ -272,3 +273,31 @@ async def test_a_bad_control_is_400_naming_it():
     assert counters.get("dashboard_requests_refused", reason="bad_request") == 5
     assert sum(counters.get("dashboard_controls", what=w)
                for w in ("running", "fault", "drift")) == 0
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_a_control_that_arrives_in_parts_is_read_whole(chunked):
+    """The body's second half is sent after the server has read the first: a read
+    that took what had arrived as the whole body refused a valid control."""
+    counters, farm = Counters(), RecordingFarm()
+    body = b'{"fault": "rotation", "on": true}'
+    head = (b"POST /api/simulator/farm/turbine-1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nConnection: close\r\n")
+    if chunked:
+        head += b"Transfer-Encoding: chunked\r\n\r\n"
+        first, second = b"8\r\n" + body[:8] + b"\r\n", b"%x\r\n%s\r\n0\r\n\r\n" % (
+            len(body) - 8, body[8:])
+    else:
+        head += b"Content-Length: %d\r\n\r\n" % len(body)
+        first, second = body[:8], body[8:]
+    async with serve(counters, farm) as server:
+        reader, writer = await asyncio.open_connection(*server.address)
+        writer.write(head + first)
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the first half has come in alone
+        writer.write(second)
+        await writer.drain()
+        answer = await reader.read()
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert farm.calls == [("fault", "turbine-1", "rotation", True)]
