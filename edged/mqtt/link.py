@@ -23,12 +23,15 @@ Shared by the ``mqtt`` source and the ``mqtt`` actuator. The whole API::
         link.inbox.take(1000)            # messages received (see Inbox)
 
 ``BrokerLink(config, *, name, device_id, counters, kind="", inbox_size=100_000,
-inbox_bytes=None, will=None, meter=None)``
+inbox_bytes=None, max_payload=None, will=None, meter=None)``
     ``name`` is the component's name (``ctx.name``) and ``kind`` its kind (``source``,
     ``actuator``): a source and an actuator may share a name. ``kind.name`` (or just
     ``name`` without a kind) is the ``component`` of the log lines and counters, and the
     default client id is ``edged-<device_id>-<kind>.<name>``. ``meter`` (a :class:`Meter`,
     e.g. the cloud link's ``edged.cloud.budget.DataBudget``) is charged for every publish.
+    ``max_payload``: a message with a larger payload is handed over cut to its first
+    ``max_payload + 1`` bytes (its receiver refuses it as too large) and the rest of it is
+    read past, never held (None: any size the broker sends).
 ``async run(on_connected: Callable[[aiomqtt.Client], Awaitable[None]] | None = None)``
     Calls ``on_connected(client)`` after every (re)connection (subscribe there and
     return), then waits for the connection to drop, backs off (exponential, full jitter,
@@ -49,11 +52,14 @@ inbox_bytes=None, will=None, meter=None)``
 ``async wait_connected() -> aiomqtt.Client``
     The connected client, waiting for one (bound it with ``asyncio.timeout``).
 ``inbox`` (an :class:`Inbox`)
-    Every message received on any connection, in arrival order, bounded: when it holds
+    Every message received on any connection, in arrival order, as
+    :class:`~edged.mqtt.packets.Received` (``topic``, ``payload``), bounded: when it holds
     ``inbox_size`` messages or ``inbox_bytes`` of payload, the oldest message is dropped
     and counted. ``await inbox.wait()`` until one is there,
     ``inbox.take(limit)`` takes up to ``limit``. (``client.messages`` is not used: the
-    inbox replaces aiomqtt's per-message queue so a burst is taken in one go.)
+    inbox replaces aiomqtt's per-message queue so a burst is taken in one go, and
+    :mod:`edged.mqtt.reader` reads the socket in large buffers, a burst of messages per
+    read, instead of paho's packet by packet.)
 
 Logs: ``mqtt_connected`` (``reconnect``, ``gap_s``: seconds without a connection),
 ``mqtt_disconnected`` (``reason``, ``connected_s``), ``mqtt_connect_failed``
@@ -84,6 +90,8 @@ from edged.base import retry
 from edged.base.http import tls_context
 from edged.base.log import RateLimit
 from edged.base.metrics import Counters
+from edged.mqtt import reader
+from edged.mqtt.packets import Received
 from edged.plugin.config import EnvSecret, Strict
 
 log = structlog.get_logger("edged.mqtt")
@@ -173,11 +181,12 @@ def reconnect_delay(config: BrokerConfig, attempt: int) -> float:
 class Inbox:
     """The messages a link received, bounded, dropping the oldest when full.
 
-    It stands in for aiomqtt's incoming queue (``queue_type``): aiomqtt calls
-    :meth:`put_nowait` once per message, which costs an append here, and the consumer
-    takes whole bursts with :meth:`take`. :meth:`get` never returns, so iterating
-    ``client.messages`` only ever reports a lost connection (that is how the link
-    notices one).
+    The link's reader (:mod:`edged.mqtt.reader`) hands it each burst with
+    :meth:`put_many`; it also stands in for aiomqtt's incoming queue (``queue_type``), for
+    a message paho reads itself (QoS 2, or a paho the reader cannot read for), which
+    aiomqtt hands to :meth:`put_nowait`. The consumer takes whole bursts with
+    :meth:`take`. :meth:`get` never returns, so iterating ``client.messages`` only ever
+    reports a lost connection (that is how the link notices one).
     """
 
     def __init__(self, size: int, on_drop: Callable[[], None] = lambda: None,
@@ -186,7 +195,7 @@ class Inbox:
         # Payload bytes held: a count bound alone lets 100,000 large messages take GBs.
         self.max_bytes = max_bytes
         self.bytes = 0
-        self._items: deque[aiomqtt.Message] = deque()
+        self._items: deque[Received] = deque()
         self._ready = asyncio.Event()
         self._on_drop = on_drop
         self.received = 0
@@ -195,16 +204,26 @@ class Inbox:
     def __call__(self, maxsize: int = 0) -> Inbox:  # aiomqtt's queue_type(maxsize=...)
         return self
 
-    def put_nowait(self, message: aiomqtt.Message) -> None:
+    def put_nowait(self, message: aiomqtt.Message | Received) -> None:
+        if isinstance(message, aiomqtt.Message):
+            payload = message.payload
+            message = Received(message.topic.value, payload if isinstance(payload, bytes)
+                               else str(payload).encode(), message.qos, message.retain)
+        self.put_many([message], len(message.payload))
+
+    def put_many(self, messages: list[Received], nbytes: int) -> None:
+        """Add ``messages`` (``nbytes``: their payload bytes), then drop the oldest while
+        over a bound: what is kept is what adding them one by one would keep (the
+        longest run of newest messages within both bounds, never less than one)."""
         items = self._items
-        if len(items) >= self.size:
+        items.extend(messages)
+        self.received += len(messages)
+        while len(items) > self.size:
             self._drop_oldest()
         if self.max_bytes is not None:
-            self.bytes += len(message.payload)
-            while self.bytes > self.max_bytes and items:
+            self.bytes += nbytes
+            while self.bytes > self.max_bytes and len(items) > 1:
                 self._drop_oldest()
-        items.append(message)
-        self.received += 1
         if not self._ready.is_set():
             self._ready.set()
 
@@ -231,7 +250,7 @@ class Inbox:
             self._ready.clear()
             await self._ready.wait()
 
-    def take(self, limit: int) -> list[aiomqtt.Message]:
+    def take(self, limit: int) -> list[Received]:
         """Up to ``limit`` messages, oldest first; an empty list if none."""
         items = self._items
         if len(items) <= limit:
@@ -250,10 +269,11 @@ class BrokerLink:
 
     def __init__(self, config: BrokerConfig, *, name: str, device_id: str,
                  counters: Counters, kind: str = "", inbox_size: int = 100_000,
-                 inbox_bytes: int | None = None, will: aiomqtt.Will | None = None,
-                 meter: Meter | None = None) -> None:
+                 inbox_bytes: int | None = None, max_payload: int | None = None,
+                 will: aiomqtt.Will | None = None, meter: Meter | None = None) -> None:
         self.config = config
         self.meter = meter
+        self.max_payload = max_payload
         # Component names are unique per kind only; "." never occurs in one.
         self.name = f"{kind}.{name}" if kind else name
         self.counters = counters
@@ -384,7 +404,9 @@ class BrokerLink:
             # alarms): Nagle's algorithm would hold every one back for a delayed ACK.
             socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
         )
-        _read_bursts(client, self.inbox)
+        paho = getattr(client, "_client", None)  # aiomqtt 2.x keeps paho's client there
+        if isinstance(paho, mqtt.Client):
+            reader.install(paho, self.inbox.put_many, self.max_payload)
         return client
 
     async def _connect(self) -> aiomqtt.Client:
@@ -429,35 +451,6 @@ class BrokerLink:
                 await client.__aexit__(None, None, None)
 
 
-_BURST_PACKETS = 200  # packets read per readable event, at most
-
-
-def _read_bursts(client: aiomqtt.Client, inbox: Inbox) -> None:
-    """Read up to _BURST_PACKETS packets each time the socket is readable, not one.
-
-    aiomqtt calls paho's ``loop_read()`` once per readable event, and for QoS 0 paho
-    then reads a single packet: one trip through the event loop per message, which is
-    most of a subscriber's cost at 20,000 messages a second. This wraps that one call
-    (aiomqtt 2.x keeps the paho client in ``_client``; without it, nothing changes). It
-    stops at the first read that delivers no message (no data left, or a packet that is
-    not a PUBLISH), so the loop is never held for long.
-    """
-    paho = getattr(client, "_client", None)
-    if not isinstance(paho, mqtt.Client):
-        return
-    read_one = paho.loop_read
-
-    def loop_read(max_packets: int = 1) -> mqtt.MQTTErrorCode:
-        for _ in range(_BURST_PACKETS):
-            before = inbox.received
-            rc = read_one(max_packets)
-            if rc != mqtt.MQTT_ERR_SUCCESS or inbox.received == before:
-                return rc
-        return rc
-
-    paho.loop_read = loop_read  # type: ignore[method-assign]
-
-
 def _tls_context(tls: TlsConfig) -> ssl.SSLContext:
     """Built once, in a thread: loading certificates reads files."""
     return tls_context(ca_file=tls.ca_file, cert_file=tls.cert_file, key_file=tls.key_file,
@@ -482,5 +475,5 @@ def _describe(exc: BaseException) -> str:
     return text
 
 
-__all__ = ["BrokerConfig", "BrokerLink", "Inbox", "Meter", "OnConnected", "TlsConfig",
-           "default_client_id", "publish_size", "reconnect_delay"]
+__all__ = ["BrokerConfig", "BrokerLink", "Inbox", "Meter", "OnConnected", "Received",
+           "TlsConfig", "default_client_id", "publish_size", "reconnect_delay"]

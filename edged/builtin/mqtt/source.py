@@ -246,7 +246,7 @@ class MqttSource(Component):
         parse = self.parser.parse
         rejected: list[RowError] = []
         for message in messages:
-            topic = message.topic.value
+            topic = message.topic
             try:
                 parse(topic, message.payload, turbines, values, rejected)
             except RowError as exc:
