@@ -36,7 +36,7 @@ DEFAULT_PAGE = 100
 RATE_WINDOW_S = 10.0
 #: Decisions of each turbine kept for its sparklines: a minute at two rounds a second.
 #: 1,000 turbines of six features cost 5.9 MB (1,024 rows of 120 x 12 float32: inputs
-#: and scores).
+#: and scores); at most the pipeline's ``max_turbines``, rounded up to a power of two.
 HISTORY = 120
 _ROUNDS_KEPT = 4096
 _DIGITS = re.compile(r"(\d+)")
@@ -70,10 +70,17 @@ class _Track:
         self.ring = np.zeros((0, HISTORY, 0), np.float32)
         self.count = np.zeros(0, np.int64)  # decisions written into each row's ring
 
-    def slots(self, turbines: Sequence[str]) -> np.ndarray:
+    def slots(self, turbines: Sequence[str],
+              known: Callable[[], set[str]] | None = None) -> np.ndarray:
+        """Each turbine's row, a new one for a turbine not seen before: first a row
+        freed from a turbine no longer ``known`` (the pipeline's), else a larger ring.
+        So the ring holds at most the pipeline's turbines (its ``max_turbines``),
+        rounded up to a power of two."""
         rows = self.rows
         missing = [t for t in turbines if t not in rows]
         for turbine in missing:
+            if not self.free and known is not None:
+                self.forget(known() | set(turbines))
             if not self.free:
                 self._grow()
             rows[turbine] = row = self.free.pop()
@@ -143,7 +150,9 @@ class TurbineBoard:
         scale = _Scale(tuple(round.features), tuple(round.thresholds))
         width = len(scale.features)
         track.reshape(width)
-        rows = track.slots([d.turbine for d in decisions])
+        pipeline = self.pipelines.get(round.pipeline)
+        rows = track.slots([d.turbine for d in decisions], None if pipeline is None
+                           else lambda: set(pipeline.buffers.names))
         latest, scales = track.latest, track.scale
         for row, decision in zip(rows.tolist(), decisions, strict=True):
             latest[row] = decision
@@ -161,10 +170,6 @@ class TurbineBoard:
         track.count[rows] += 1
         self._rounds.append((round.monotonic, len(decisions)))
         self.version += 1
-        pipeline = self.pipelines.get(round.pipeline)
-        # Turbines the pipeline evicted keep no row for long: bounded by its slots.
-        if pipeline is not None and len(track.rows) > 2 * pipeline.spec.max_turbines:
-            track.forget(set(pipeline.buffers.names))
 
     def on_event(self, event: Event) -> None:
         """Sensor events: staleness is read off the pipeline's buffers when asked."""
