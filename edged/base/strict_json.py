@@ -108,7 +108,8 @@ def _bounded(data: bytes, max_depth: int) -> bool | None:
 
 def loads(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH,
           repeated_keys: bool = False) -> Any:
-    """Parse ``text`` (str, or UTF-8 bytes) under the bounds; JsonError otherwise.
+    """Parse ``text`` (str, or UTF-8 bytes) under the bounds; JsonError otherwise (for
+    bytes in another encoding too).
 
     ``repeated_keys=True`` allows a key twice in one object (the last wins), for data
     whose keys carry no trust; manifests, job documents and requests keep the default.
@@ -116,6 +117,10 @@ def loads(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX
     size = len(text)
     if size > max_bytes:
         raise JsonError(f"{size} bytes is over the limit of {max_bytes}")
+    # json.loads would take UTF-16 and UTF-32 bytes too (it guesses from the first four);
+    # JSON between systems is UTF-8 (RFC 8259, 8.1), and nothing edged reads is other.
+    if isinstance(text, bytes) and json.detect_encoding(text) != "utf-8":
+        raise JsonError(f"not UTF-8 (it reads as {json.detect_encoding(text)})")
     check_depth(text, max_depth)
     try:
         if repeated_keys:

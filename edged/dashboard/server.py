@@ -23,6 +23,7 @@ from importlib.resources import files
 import orjson
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from edged.base.log import RateLimit
 from edged.base.metrics import Counters
@@ -86,6 +87,32 @@ def _json(document: object) -> bytes:
     return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
+class _ServerLog:
+    """What aiohttp logs about requests (given to it as its ``logger``). A request it
+    could not read (a bad request line, header or chunk) is the client's doing: counted
+    as ``bad_request`` and logged in one line at a limited rate, never a traceback a
+    request (anyone who reaches the port could fill the journal with them). Anything
+    else is a fault of edged's: logged with its traceback, at a limited rate too."""
+
+    def __init__(self, server: DashboardServer) -> None:
+        self.server = server
+
+    def debug(self, message: str, *args: object, exc_info: object = None,
+              **kw: object) -> None:
+        """aiohttp's notes: a client that went away early (nothing to say), or one
+        that spoke no HTTP at all (a bad request like any other)."""
+        if isinstance(exc_info, HttpProcessingError):
+            self.exception(message, *args, exc_info=exc_info)
+
+    def exception(self, message: str, *args: object, exc_info: object = None,
+                  **kw: object) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            self.server._refused("bad_request", f"unreadable request: "
+                                 f"{type(exc_info).__name__} {exc_info.message!s:.100}")
+        elif self.server._rate_limit.allow("dashboard_request_failed") is not None:
+            log.error("dashboard_request_failed", detail=message % args, exc_info=exc_info)
+
+
 class DashboardServer:
     """Serves ``board`` and ``feed`` over HTTP while entered."""
 
@@ -114,7 +141,8 @@ class DashboardServer:
         app.router.add_get("/api/state", self._state)
         app.router.add_post("/api/simulator/{source}/{turbine}", self._control)
         app.router.add_get("/events", self._events)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                               logger=_ServerLog(self))
         await runner.setup()
         host, port = split_listen(self.spec.listen)
         site = web.TCPSite(runner, host, port)

@@ -52,3 +52,14 @@ def test_a_deep_message_is_refused_before_it_is_parsed():
         loads("[" * 2000)  # never closed: the tokenizer's answer
     rows = json.dumps({"rows": [{"a": 1, "b": "x[y"} for _ in range(100)]})
     assert len(loads(rows, max_depth=3)["rows"]) == 100
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32",
+                                      "utf-32-le", "utf-32-be"])
+def test_bytes_in_another_encoding_are_refused_by_name(encoding):
+    from edged.base.strict_json import JsonError, loads
+
+    document = '{"fault": "vibration", "on": true}'
+    assert loads(document.encode()) == {"fault": "vibration", "on": True}
+    with pytest.raises(JsonError, match="not UTF-8"):
+        loads(document.encode(encoding))

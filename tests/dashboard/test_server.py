@@ -404,3 +404,24 @@ async def test_a_login_that_is_not_a_form_is_400_not_a_server_error(token):
                              allow_redirects=False) as response:
             assert response.status == 303
     assert counters.get("dashboard_requests_refused", reason="bad_request") == 4
+
+
+async def test_requests_aiohttp_cannot_read_are_counted_without_a_traceback(capfd):
+    counters = Counters()
+    unreadable = (b"GET /api/state?\xff\xfe HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+                  b"GARBAGE\r\n\r\n",
+                  b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: x\r\n\r\n")
+    async with serve(counters) as server:
+        for raw in unreadable:
+            reader, writer = await asyncio.open_connection(*server.address)
+            writer.write(raw)
+            await writer.drain()
+            assert (await reader.read(100)).startswith(b"HTTP/1.0 400"), raw
+            writer.close()
+        async with aiohttp.ClientSession() as http, \
+                http.get(f"{base(server)}/api/state") as response:
+            assert response.status == 200  # and it serves on
+    assert counters.get("dashboard_requests_refused", reason="bad_request") == 3
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err
+    assert (out + err).count("dashboard_refused") == 1  # the rest within the rate limit
