@@ -198,6 +198,9 @@ class DashboardServer:
             form = await request.post()
         except (ValueError, LookupError) as exc:  # bytes not of its charset, no boundary
             return self._bad_request(f"a login is a form with the token ({str(exc)[:80]})")
+        except web.HTTPRequestEntityTooLarge:
+            self._refused("bad_request", f"a login over {MAX_BODY_BYTES} bytes")
+            raise
         if self.access.token is None:
             raise web.HTTPSeeOther("/")
         if not self.access.is_token(str(form.get("token", ""))):

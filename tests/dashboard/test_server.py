@@ -398,12 +398,15 @@ async def test_a_login_that_is_not_a_form_is_400_not_a_server_error(token):
                                  headers={"Content-Type": content_type}) as response:
                 assert response.status == 400, content_type
                 assert "a login is a form with the token" in (await response.json())["error"]
+        # Over the body's bound: 413, counted.
+        async with http.post(base(server) + "/login", data={"token": "x" * 5000}) as response:
+            assert response.status == 413
         # A well-formed form is read: the token is checked.
         form = aiohttp.FormData({"token": token})
         async with http.post(base(server) + "/login", data=form,
                              allow_redirects=False) as response:
             assert response.status == 303
-    assert counters.get("dashboard_requests_refused", reason="bad_request") == 4
+    assert counters.get("dashboard_requests_refused", reason="bad_request") == 5
 
 
 async def test_requests_aiohttp_cannot_read_are_counted_without_a_traceback(capfd):
