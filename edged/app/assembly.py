@@ -126,6 +126,7 @@ def _dashboard(config: EdgedConfig, graph: Graph) -> Any:
         pipeline.subscribers += [board, feed]
     for binding in graph.actuators.values():
         binding.observers += [board.on_actuator_event, feed.on_actuator_event]
+        binding.outcomes.append(board.on_actuator_outcome)
     return DashboardServer(spec, board, feed, counters)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from edged.dashboard.controls import FarmControl, farm_status
-from edged.plugin.alarm_payload import alarm_payload, iso_time
+from edged.plugin.alarm_payload import alarm_payload, event_id, iso_time
 from edged.plugin.events import Decision, Event, Round
 from edged.runtime.pipeline import SUMMARY_TURBINE, Pipeline
 from edged.watch.records import per_feature
@@ -180,8 +180,20 @@ class TurbineBoard:
         payload = alarm_payload(event, self.device)
         if any(a["id"] == payload["id"] for a in self._alarms):
             return  # raised alike by another actuator's tracker
-        self._alarms.append(payload)
+        self._alarms.append({**payload, "actions": []})
         self.version += 1
+
+    def on_actuator_outcome(self, actuator: str, event: Event, error: str | None) -> None:
+        """What ``actuator`` did with an alarm or clear on the page: done, or its error."""
+        if event.kind not in ("alarm", "clear"):
+            return
+        key = event_id(event, self.device)
+        for alarm in reversed(self._alarms):  # the newest first: it is the one, mostly
+            if alarm["id"] == key:
+                alarm["actions"].append({"actuator": actuator, "ok": error is None,
+                                         "error": error})
+                self.version += 1
+                return
 
     # -- what a page reads --------------------------------------------------------------
 

@@ -137,6 +137,9 @@ class ActuatorBinding:
         self._kinds = frozenset(config.events)
         #: Told each event this actuator is handed, as it is queued (the watch feed).
         self.observers: list[Callable[[Event], None]] = []
+        #: Told what came of each event once the actuator has handled it: (this binding's
+        #: name, the event, None or what went wrong) (the dashboard's recent actions).
+        self.outcomes: list[Callable[[str, Event, str | None], None]] = []
 
     def on_round(self, round: Round) -> None:
         tracker, features, thresholds = self.tracker, round.features, round.thresholds
@@ -169,13 +172,17 @@ class ActuatorBinding:
                 await self._deliver(event)
 
     async def _deliver(self, event: Event) -> None:
+        error = None
         try:
             await self.actuator.handle(event)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            error = repr(exc)
             self.counters.inc("actuator_errors", actuator=self.name)
             log.warning("actuator_failed", actuator=self.name, kind=event.kind,
-                        turbine=event.turbine, error=repr(exc))
+                        turbine=event.turbine, error=error)
         else:
             self.counters.inc("events_delivered", actuator=self.name, kind=event.kind)
+        for told in self.outcomes:
+            told(self.name, event, error)

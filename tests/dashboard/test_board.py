@@ -175,3 +175,23 @@ async def test_alarms_come_newest_first_once_each():
         alarms = farm.board.state(time.monotonic())["alarms"]
         assert [a["event"] for a in alarms] == ["clear", "alarm"]
         assert {a["device"] for a in alarms} == {"gw-7"}
+
+
+def test_what_each_actuator_did_with_an_alarm_is_kept_with_it():
+    from edged.dashboard.board import TurbineBoard
+    from edged.plugin.events import Event, ModelRef
+
+    board = TurbineBoard("gw", {})
+    alarm = Event("alarm", "turbines", "turbine-4", 1_800_000_000.0, ("voltage",),
+                  model=ModelRef("windturbine", 1))
+    board.on_actuator_event(alarm)
+    board.on_actuator_event(alarm)  # a second actuator's tracker raised it alike
+    board.on_actuator_outcome("brake", alarm, None)
+    board.on_actuator_outcome("pager", alarm, "ConnectionError('refused')")
+    other = Event("alarm", "turbines", "turbine-5", 1_800_000_001.0, ("vibration",))
+    board.on_actuator_outcome("brake", other, None)  # not on the page: nothing to add to
+    [shown] = board.state(0.0)["alarms"]
+    assert shown["turbine"] == "turbine-4"
+    assert shown["actions"] == [
+        {"actuator": "brake", "ok": True, "error": None},
+        {"actuator": "pager", "ok": False, "error": "ConnectionError('refused')"}]

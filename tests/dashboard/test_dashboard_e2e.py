@@ -3,6 +3,7 @@ turbine in /api/state (paged), the injected fault's alarm on /events, the token.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -76,6 +77,13 @@ async def test_the_dashboard_of_a_running_daemon(tmp_path):
                 faulty["features"])
             assert faulty["model"] == page["pipelines"]["turbines"]["model"]
             assert page["alarms"][0]["turbine"] == FAULTY
+            # What the actuator did with it, once it has (it works beside the round).
+            for _ in range(100):
+                actions = (await state())["alarms"][0]["actions"]
+                if actions:
+                    break
+                await asyncio.sleep(0.1)
+            assert actions == [{"actuator": "operator-log", "ok": True, "error": None}]
             assert page["health"]["decisions_per_s"] > 0
             assert page["health"]["pipelines"]["turbines"]["decisions"] > 0
 

@@ -199,7 +199,9 @@ function renderAlarms(board) {
     el("li", { "data-kind": a.event },
       el("time", { text: a.time.slice(11, 19) }), " ",
       el("b", { text: a.event }), ` ${a.turbine} `,
-      el("span", { text: a.event === "alarm" ? a.groups.join(", ") + (a.primary ? ` (diagnosis: ${a.primary})` : "") : "" }))));
+      el("span", { text: a.event === "alarm" ? a.groups.join(", ") + (a.primary ? ` (diagnosis: ${a.primary})` : "") : "" }),
+      a.actions.map((act) => el("span", { class: act.ok ? "action" : "action failed",
+        title: act.error || "done", text: `${act.actuator} ${act.ok ? "✓" : "✗"}` })))));
 }
 
 function render(board) {
