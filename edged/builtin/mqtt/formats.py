@@ -15,6 +15,12 @@ Message shapes:
 * JSON: an object (one row), an array of objects or of arrays (a batch), an array of
   values (one positional row), or ``{"rows": [...]}`` (a batch; a turbine id given
   beside ``rows`` applies to the rows that lack one).
+
+The common message, one CSV row of the layout on a topic seen before, is read in batches:
+:meth:`MessageParser.parse_lines` parses many such messages together (one join, one
+split, one numpy conversion) and leaves every other message to :meth:`~MessageParser.parse`,
+which decides what it is. A message parse_lines accepts is one parse would accept, with
+the same values (a property test holds it to that).
 """
 
 from __future__ import annotations
@@ -22,7 +28,10 @@ from __future__ import annotations
 import csv
 import re
 from collections.abc import Mapping, Sequence
+from itertools import repeat
 from typing import Literal
+
+import numpy as np
 
 from edged.base import strict_json
 from edged.base.errors import RowError
@@ -57,6 +66,10 @@ MAX_JSON_DEPTH = 8
 MAX_CACHED_TOPIC = 512
 _JSON_START = (ord("{"), ord("["))
 _SPACE = b" \t\r\n"
+#: Bytes that make a CSV message more than one plain line (parse decides what it is then).
+_NOT_ONE_LINE = (b"\n", b"\r", b'"')
+#: First bytes of a message that format auto may not read as CSV without a closer look.
+_NOT_CSV_START = frozenset((b"", b"{", b"[", *(bytes([c]) for c in _SPACE)))
 
 
 # -- topics -----------------------------------------------------------------------------
@@ -119,6 +132,15 @@ class TopicRouter:
                     self._cache.clear()  # topics churn (ids from garbage): start over
                 self._cache[topic] = found
         return found or None
+
+    def known(self, topics: Sequence[str], fixed: str | None = None) -> list[str | None]:
+        """The turbine id of each topic already matched by :meth:`turbine` (``fixed``
+        for a template without ``{turbine}``, when given), None for any other: a topic
+        not seen yet, or one whose rows name their turbine."""
+        found = list(map(self._cache.get, topics))
+        if "" in found:
+            found = [fixed or None if name == "" else name for name in found]
+        return found
 
     def _match(self, topic: str) -> str:
         levels = topic.split("/")
@@ -202,6 +224,10 @@ class MessageParser:
         self.turbine = turbine
         # A JSON object is a batch when it has "rows" and "rows" is not a row's own key.
         self._rows_key = "rows" not in decoder.keys
+        # parse_lines: positions of the inputs in a row, whose ids come from the topic.
+        self._lines = fmt != "json" and decoder.width > 0
+        self._pick = np.array([decoder.columns.index(name) for name in decoder.inputs]
+                              if decoder.width else [], dtype=np.intp)
 
     def parse(self, topic: str, payload: bytes, turbines: list[str],
               values: list[list[float]], rejected: list[RowError]) -> int:
@@ -231,6 +257,76 @@ class MessageParser:
         else:
             self._json(text, turbine, turbines, values, rejected)
         return len(values) - before
+
+    def parse_lines(self, topics: Sequence[str], payloads: Sequence[bytes]
+                    ) -> tuple[list[int], list[str], np.ndarray]:
+        """Parse together the messages that are one CSV row each: ``(rest, turbines,
+        values)``, where ``rest`` lists (in order) the indices of the messages left for
+        :meth:`parse`, and ``turbines`` and ``values`` (float64, one row per message, the
+        inputs in order) are those of every other message, in order.
+
+        A message is taken here when its turbine is known from its topic (a topic seen
+        before, or the source's fixed ``turbine``), it is ASCII, within ``max_bytes``, not
+        JSON, has no line break or quote and exactly the layout's fields, and every input
+        is a finite number; anything else (and every message of a layout read from JSON
+        only) is left to :meth:`parse`, which accepts or refuses it under its reason.
+        """
+        count = len(payloads)
+        none = np.zeros((0, len(self._pick)))
+        if not self._lines or not count:
+            return list(range(count)), [], none
+        ids = self.router.known(topics, self.turbine)
+        commas = list(map(bytes.count, payloads, repeat(b",")))
+        fields = self.decoder.width - 1
+        blob = b",".join(payloads)
+        plain = blob.isascii() and not any(c in blob for c in _NOT_ONE_LINE)
+        # Format auto reads JSON from { or [, and looks past leading white space first.
+        starts = _NOT_CSV_START if self.format == "auto" else (b"",)
+        take = [i for i in range(count)
+                if ids[i] is not None and commas[i] == fields
+                and 0 < len(payloads[i]) <= self.max_bytes
+                and payloads[i][:1] not in starts
+                and (plain or _one_line(payloads[i]))]
+        if len(take) < count:
+            payloads = [payloads[i] for i in take]
+            blob = b",".join(payloads)
+        values = self._numbers(blob, len(take))
+        good = np.isfinite(values).all(axis=1)
+        if not good.all():
+            take = [i for i, ok in zip(take, good.tolist(), strict=True) if ok]
+            values = values[good]
+        if len(take) == count:
+            return [], ids, values  # type: ignore[return-value]
+        taken = set(take)
+        return ([i for i in range(count) if i not in taken], [ids[i] for i in take],
+                values)  # type: ignore[misc]
+
+    def _numbers(self, blob: bytes, rows: int) -> np.ndarray:
+        """The inputs of ``rows`` CSV rows joined by commas, as floats (Python's float(),
+        so exactly what parse reads); NaN where a row has any field that is no number."""
+        if not rows:
+            return np.zeros((0, len(self._pick)))
+        table = np.array(blob.split(b","), dtype=object).reshape(rows, self.decoder.width)
+        picked = table[:, self._pick]
+        try:
+            return picked.astype(np.float64)
+        except (ValueError, TypeError, OverflowError):
+            pass
+        # One bad field spoils the conversion of all: convert halves, down to the rows
+        # that fail, which are left to parse (NaN is not finite).
+        out = np.empty(picked.shape)
+        stack = [(0, rows)]
+        while stack:
+            lo, hi = stack.pop()
+            try:
+                out[lo:hi] = picked[lo:hi].astype(np.float64)
+            except (ValueError, TypeError, OverflowError):
+                if hi - lo == 1:
+                    out[lo] = np.nan
+                else:
+                    mid = (lo + hi) // 2
+                    stack += [(lo, mid), (mid, hi)]
+        return out
 
     # -- CSV ----------------------------------------------------------------------------
 
@@ -314,6 +410,11 @@ class MessageParser:
         if key is not None and key in row:
             return self.decoder.turbine_id(row[key], f"key {key!r}")
         return fallback
+
+
+def _one_line(payload: bytes) -> bool:
+    """ASCII, no line break, no quote: one plain CSV row, if it has the fields."""
+    return payload.isascii() and not any(c in payload for c in _NOT_ONE_LINE)
 
 
 def _quoted(lines: list[str]) -> list[list[str]]:

@@ -1,10 +1,11 @@
 """Source ``mqtt``: sensor rows published on an MQTT broker by turbines or gateways.
 
 The broker connection (:mod:`edged.mqtt.link`) puts every message in an
-inbox; the receive loop takes them in bursts, parses each
-(:mod:`edged.builtin.mqtt.formats`) and hands the pipeline one batch per burst (at most
-``batch_rows`` rows or ``batch_ms`` of messages): at 20,000 one-row messages a second, a
-batch per message would cost more than the parsing.
+inbox; the receive loop takes them in bursts, parses them
+(:mod:`edged.builtin.mqtt.formats`: one-row CSV messages together, any other one by one)
+and hands the pipeline one batch per burst (at most ``batch_rows`` rows or ``batch_ms``
+of messages): at 20,000 one-row messages a second, a batch per message would cost more
+than the parsing.
 
 No message stops the loop: what the parser refuses is counted under its reason, and
 anything else a message makes it raise is counted under ``decode_failed``; either way
@@ -34,14 +35,14 @@ from edged.builtin.mqtt.formats import (
     check_template,
     make_decoder,
 )
-from edged.mqtt.link import BrokerConfig, BrokerLink
+from edged.mqtt.link import BrokerConfig, BrokerLink, Received
 from edged.plugin.components import BuildContext, Component, Emit, Readings
 from edged.plugin.config import SourceConfig
 from edged.plugin.rows import MESSAGE_REASONS, ROW_REASONS, check_turbine_id
 
 log = structlog.get_logger("edged.mqtt")
 
-_TAKE = 256  # messages taken from the inbox at a time
+_TAKE = 2048  # messages taken from the inbox at a time, at most
 _LOG_EVENT = {"messages_rejected": "message_rejected", "rows_rejected": "row_rejected"}
 #: messages_rejected reason of a message the parser failed on unforeseen (a bug).
 DECODE_FAILED = "decode_failed"
@@ -180,7 +181,9 @@ class MqttSource(Component):
         self.link = BrokerLink(config.broker, name=ctx.name, device_id=ctx.device_id,
                                counters=ctx.counters, kind="source",
                                inbox_size=config.max_queued_messages,
-                               inbox_bytes=config.max_queued_bytes)
+                               inbox_bytes=config.max_queued_bytes,
+                               # Larger messages are refused: never held whole.
+                               max_payload=config.max_message_bytes)
         self._width = len(ctx.inputs)
         self._rate_limit = RateLimit()
         self.rows_received = 0
@@ -220,10 +223,11 @@ class MqttSource(Component):
             await inbox.wait()
             deadline = loop.time() + batch_s
             turbines: list[str] = []
-            values: list[list[float]] = []
+            blocks: list[np.ndarray] = []
             while True:
-                self._parse(inbox.take(_TAKE), turbines, values)
-                if len(values) >= limit:
+                self._parse(inbox.take(max(1, min(_TAKE, limit - len(turbines)))),
+                            turbines, blocks)
+                if len(turbines) >= limit:
                     break
                 if not len(inbox):
                     remaining = deadline - loop.time()
@@ -233,35 +237,59 @@ class MqttSource(Component):
                     await asyncio.sleep(remaining)
                     if not len(inbox):
                         break
-            if values:
-                self.rows_received += len(values)
-                await emit(Readings(tuple(turbines), self._array(values)))
+            if turbines:
+                self.rows_received += len(turbines)
+                values = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+                await emit(Readings(tuple(turbines), values))
+
+    def _parse(self, messages: list[Received], turbines: list[str],
+               blocks: list[np.ndarray]) -> None:
+        """Append the rows of ``messages`` to ``turbines`` and ``blocks`` (arrays of rows),
+        in message order: one-row CSV messages parsed together, the rest one by one."""
+        if not messages:
+            return
+        topics, payloads, *_ = zip(*messages, strict=True)
+        rest, names, values = self.parser.parse_lines(topics, payloads)
+        done = 0  # rows of names/values handed on
+        start = 0  # first message not handed on
+        for index in rest:
+            run = index - start  # the messages before it were parsed together
+            if run:
+                turbines.extend(names[done:done + run])
+                blocks.append(values[done:done + run])
+                done += run
+            found_turbines: list[str] = []
+            found: list[list[float]] = []
+            self._parse_one(messages[index], found_turbines, found)
+            if found:
+                turbines.extend(found_turbines)
+                blocks.append(self._array(found))
+            start = index + 1
+        if done < len(names):
+            turbines.extend(names[done:])
+            blocks.append(values[done:])
+        self.messages_received += len(messages)
 
     def _array(self, values: list[list[float]]) -> np.ndarray:
         array = np.array(values, dtype=np.float64)
         return array.reshape(len(values), self._width)
 
-    def _parse(self, messages: list[aiomqtt.Message], turbines: list[str],
-               values: list[list[float]]) -> None:
-        parse = self.parser.parse
+    def _parse_one(self, message: Received, turbines: list[str],
+                   values: list[list[float]]) -> None:
         rejected: list[RowError] = []
-        for message in messages:
-            topic = message.topic
-            try:
-                parse(topic, message.payload, turbines, values, rejected)
-            except RowError as exc:
-                self._reject("messages_rejected", exc, topic)
-            except Exception as exc:  # noqa: BLE001  (see the module docstring)
-                # Rows come in (turbine, values) pairs; a failure between the two appends
-                # must not shift every later row onto the wrong turbine.
-                del turbines[len(values):], values[len(turbines):]
-                self._reject("messages_rejected", RowError(
-                    DECODE_FAILED, f"{type(exc).__name__}: {str(exc)[:200]}"), topic)
-            if rejected:
-                for exc in rejected:
-                    self._reject("rows_rejected", exc, topic)
-                rejected.clear()
-        self.messages_received += len(messages)
+        topic = message.topic
+        try:
+            self.parser.parse(topic, message.payload, turbines, values, rejected)
+        except RowError as exc:
+            self._reject("messages_rejected", exc, topic)
+        except Exception as exc:  # noqa: BLE001  (see the module docstring)
+            # Rows come in (turbine, values) pairs; a failure between the two appends
+            # must not shift every later row onto the wrong turbine.
+            del turbines[len(values):], values[len(turbines):]
+            self._reject("messages_rejected", RowError(
+                DECODE_FAILED, f"{type(exc).__name__}: {str(exc)[:200]}"), topic)
+        for exc in rejected:
+            self._reject("rows_rejected", exc, topic)
 
     def _reject(self, counter: str, exc: RowError, topic: str) -> None:
         self.counters.inc(counter, source=self.name, reason=exc.reason)
