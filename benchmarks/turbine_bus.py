@@ -141,7 +141,8 @@ class Daemon:
     each ``stats`` line kept with the time it arrived."""
 
     def __init__(self, config: Path, tree: Path = ROOT, cpu: int | None = None) -> None:
-        env = {**os.environ, **unit_environment(tree), "PYTHONPATH": str(tree)}
+        path = os.pathsep.join(filter(None, (str(tree), os.environ.get("PYTHONPATH"))))
+        env = {**os.environ, **unit_environment(tree), "PYTHONPATH": path}
         prefix = ["taskset", "-c", str(cpu)] if cpu is not None else []
         self.process = subprocess.Popen(
             [*prefix, sys.executable, "-m", "edged", "run", "-c", str(config)], cwd=tree,

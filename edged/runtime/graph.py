@@ -8,6 +8,7 @@ edited: a reload builds a new one and swaps.
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -184,7 +185,16 @@ class Graph:
                          pipelines=[p.name for p in pipelines],
                          actuators=[b.name for b in actuators], cloud=bool(cloud))
                 on_ready()
-                await self._stop.wait()
+                # What is built by now (modules, config, components) lasts as long as the
+                # graph: frozen, it is out of the collector's way, and a full collection
+                # walks only what rounds allocate (a few ms, not a ~100 ms pause of the
+                # loop with 1,000 turbines). Thawed when the graph stops, so what it
+                # leaves in reference cycles is collected after a reload.
+                gc.freeze()
+                try:
+                    await self._stop.wait()
+                finally:
+                    gc.unfreeze()
                 log.info("graph_stopping", reason=self.stop_reason)
                 # A job stops first: its journal resumes it, and a swap must not start
                 # while the pipelines are going away.

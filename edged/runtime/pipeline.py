@@ -20,6 +20,7 @@ import contextlib
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from itertools import repeat
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -206,7 +207,7 @@ class Pipeline:
         if not blocks:
             return 0
         values = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
-        finite = np.isfinite(values).all(axis=1).tolist()
+        finite = np.isfinite(values).all(axis=1)
         slots = self._slots(turbines, finite)
         good = slots >= 0
         if not good.all():
@@ -219,13 +220,14 @@ class Pipeline:
         self.counters.inc("rows_accepted", len(slots), pipeline=self.name)
         return len(slots)
 
-    def _slots(self, turbines: list[str], finite: list[bool]) -> np.ndarray:
+    def _slots(self, turbines: list[str], finite: np.ndarray) -> np.ndarray:
         """Each row's slot, or why it has none (_UNKNOWN, _NOT_FINITE, _BAD_ID). Only
         valid rows may claim a slot: garbage must not invent turbines."""
         ids = self.buffers.ids
-        slots = np.fromiter((ids.get(t, _UNKNOWN) if ok else _NOT_FINITE
-                             for t, ok in zip(turbines, finite, strict=True)),
-                            dtype=np.int64, count=len(turbines))
+        # map() looks the ids up in C: this runs for every row (20,000 a second).
+        slots = np.fromiter(map(ids.get, turbines, repeat(_UNKNOWN)), dtype=np.int64,
+                            count=len(turbines))
+        slots[~finite] = _NOT_FINITE
         new = np.flatnonzero(slots == _UNKNOWN)
         if len(new):
             # Rare (a turbine's first rows): claiming may evict and so move slots, so
@@ -233,7 +235,7 @@ class Pipeline:
             self._claim(list(dict.fromkeys(turbines[i] for i in new.tolist())), slots)
             slots = np.fromiter((ids.get(t, _UNKNOWN if len(t) <= MAX_TURBINE_ID else _BAD_ID)
                                  if ok else _NOT_FINITE
-                                 for t, ok in zip(turbines, finite, strict=True)),
+                                 for t, ok in zip(turbines, finite.tolist(), strict=True)),
                                 dtype=np.int64, count=len(turbines))
         return slots
 
