@@ -3,7 +3,8 @@ turbines at 20 Hz through a real mosquitto, with the broker and the publisher on
 core, and its memory idle with the production config (issue 20).
 
     .venv/bin/python benchmarks/lean.py [--baseline REV] [--runs 1000:1 1000:10 ...]
-                                        [--seconds 20] [--repeat 1] [--memory-map] [--json]
+                                        [--seconds 20] [--repeat 1] [--memory-map]
+                                        [--threads] [--no-idle] [--json]
 
 A run ``N:K``: N turbines publish on ``turbines/<id>/raw`` (CSV, QoS 0, K rows per
 message: 40 probe turbines from this process, the rest from ``edged simulate``); the
@@ -29,7 +30,9 @@ nothing published: VmRSS 10 s after the graph started.
 ``--baseline REV`` measures the code at git revision REV the same way (a ``git worktree``
 in a temporary directory, run with this venv), each run right after the current tree's,
 and prints the ratios current / REV. ``--memory-map`` adds the resident memory of each
-daemon by mapping (anonymous memory, each shared library) from /proc/PID/smaps.
+daemon by mapping (anonymous memory, each shared library) from /proc/PID/smaps,
+``--threads`` its CPU by thread from /proc/PID/task (``main`` is the event loop; the
+busiest other one, the pipeline's worker: preprocessing and the model).
 """
 
 from __future__ import annotations
@@ -122,6 +125,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1, help="each run this many times")
     parser.add_argument("--memory-map", action="store_true",
                         help="resident memory by mapping, per daemon")
+    parser.add_argument("--threads", action="store_true",
+                        help="the daemon's CPU by thread, per run")
     parser.add_argument("--no-idle", action="store_true", help="skip the idle run")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
@@ -180,6 +185,11 @@ def measure(trees: dict[str, Path], runs: list, args: argparse.Namespace, say) -
         if idles:
             new, old = (statistics.median(r["rss_mb"] for r in idles[c]) for c in trees)
             say(f"  idle  rss_mb {ratio(new, old)}")
+    if args.threads:
+        for row in rows:
+            say(f"\nCPU by thread, {row['code']} {row['turbines']}:{row['batch']} (cores): "
+                + ", ".join(f"{name} {cores:.3f}" for name, cores in row["thread_cpu"].items()
+                            if cores >= 0.001))
     if args.memory_map:
         for row in rows:
             say(f"\nmemory by mapping, {row['code']} {row['turbines']}:{row['batch']} (MB):")

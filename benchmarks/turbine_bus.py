@@ -103,6 +103,20 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """utime + stime of each thread of ``pid``: ``main`` (edged's event loop) and
+    ``thread <id>`` for the others (Python does not name its threads for the OS)."""
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # a thread that ended meanwhile
+        name = "main" if task.name == str(pid) else f"thread {task.name}"
+        out[name] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
 def process_memory_mb(pid: int) -> tuple[float, float]:
     """(VmRSS, VmHWM) of ``pid`` in MB."""
     status = dict(line.split(":", 1) for line in
@@ -291,9 +305,12 @@ class Scenario:
         probes.thread.start()
         time.sleep(10)  # the history is in; the first decisions have run
         others = [os.getpid(), simulate.pid, broker.process.pid]
+        threads0 = thread_cpu_seconds(daemon.pid)
         cpu0, rest0, t0 = daemon.cpu_seconds(), _cpu(others), time.time()
         time.sleep(self.measure_s)
         cpu1, rest1, t1 = daemon.cpu_seconds(), _cpu(others), time.time()
+        threads = {name: (seconds - threads0.get(name, 0.0)) / (t1 - t0)
+                   for name, seconds in thread_cpu_seconds(daemon.pid).items()}
         rss, peak = daemon.memory_mb()
         mapped = memory_map_mb(daemon.pid) if self.memory_map else {}
         summary = simulate.communicate(timeout=60)[0]
@@ -318,6 +335,7 @@ class Scenario:
             "cpu": (cpu1 - cpu0) / (t1 - t0),
             "rest_cpu": (rest1 - rest0) / (t1 - t0),  # this process, publisher and broker
             "memory_map": mapped,
+            "thread_cpu": dict(sorted(threads.items(), key=lambda item: -item[1])),
         }
 
 
