@@ -36,7 +36,7 @@ def main() -> None:
                 break
         else:
             raise SystemExit("the demo printed no dashboard address")
-        with headless_chromium(1100, 1050) as browser:
+        with headless_chromium(1100, 1300) as browser:
             browser.get(address)
             time.sleep(max(0.0, AT_S - (time.monotonic() - started)))
             browser.find_element(By.CSS_SELECTOR, '.turbine[data-turbine="turbine-3"]').click()
