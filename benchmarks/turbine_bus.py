@@ -125,8 +125,9 @@ def process_memory_mb(pid: int) -> tuple[float, float]:
 
 
 def memory_map_mb(pid: int) -> dict[str, float]:
-    """Resident MB of ``pid`` by what is mapped: anonymous memory (heap, arenas, numpy
-    arrays, thread stacks) and each shared library or file, from /proc/PID/smaps."""
+    """Resident MB of ``pid`` by what is mapped: the heap, other anonymous memory (malloc's
+    thread arenas, arrays large enough to be mapped alone, ONNX Runtime's arena, thread
+    stacks) and each shared library or file, from /proc/PID/smaps."""
     out: dict[str, float] = {}
     name = "?"
     for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
@@ -140,8 +141,10 @@ def memory_map_mb(pid: int) -> dict[str, float]:
 
 
 def _mapping_name(path: str) -> str:
-    if not path or path.startswith("[anon") or path == "[heap]":
-        return "anonymous (heap, arenas, arrays)"
+    if path == "[heap]":
+        return "[heap] (malloc's main arena: the event loop's objects)"
+    if not path or path.startswith("[anon"):
+        return "anonymous (thread arenas, large arrays, ORT)"
     if path.startswith("["):
         return path
     parts = Path(path).parts

@@ -12,7 +12,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field, model_validator
 
-from edged.model.bundle.keys import TrustConfig
+from edged.model.trust import TrustConfig
 from edged.mqtt.link import BrokerConfig
 from edged.plugin.config import NAME_PATTERN, Strict
 from edged.plugin.events import EventKind

@@ -151,6 +151,17 @@ def test_windows_match_reference_x(params):
     print(f"windows max |diff| vs reference: {worst:.3g}")
 
 
+def test_a_round_is_denoised_in_blocks_bit_for_bit(params):
+    """windows() denoises 32 turbines at a time: 70 turbines (three blocks, the last
+    short) give exactly what each turbine alone gives."""
+    pre = WindTurbinePreprocessor(params)
+    rows = np.concatenate([fleet(params, seed=seed)[0] for seed in range(5)])[:70]
+    features = raw_features(rows)
+    together = pre.windows(features)
+    alone = np.concatenate([pre.windows(features[t : t + 1]) for t in range(len(rows))])
+    assert np.array_equal(together, alone)
+
+
 def test_windows_textbook_variant_matches_reference(params):
     params = dataclasses.replace(params, threshold_approximation=False)
     pre = WindTurbinePreprocessor(params)

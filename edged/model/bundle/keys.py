@@ -11,17 +11,18 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from pydantic import Field, StringConstraints
 
 from edged.base.errors import ConfigError
 from edged.model.bundle.errors import BundleError
-from edged.plugin.config import Strict
+from edged.model.trust import KEY_ID_PATTERN, TrustConfig  # re-exported: bundle's API
 
-KEY_ID_PATTERN = r"^[0-9a-f]{16}$"
+__all__ = ["KEY_ID_PATTERN", "PUBLIC_KEY_SUFFIXES", "TrustConfig", "TrustStore",
+           "generate_keypair", "key_id", "load_private_key", "load_public_key",
+           "public_pem"]
+
 PUBLIC_KEY_SUFFIXES = (".pem", ".pub")
 
 
@@ -85,21 +86,6 @@ def load_public_key(source: str | bytes | Path) -> Ed25519PublicKey:
     if not isinstance(key, Ed25519PublicKey):
         raise ConfigError([f"{origin}: not an Ed25519 public key"])
     return key
-
-
-class TrustConfig(Strict):
-    """Which signing keys this device accepts model bundles from."""
-
-    keys_dir: Path | None = Field(
-        None, description="A directory of trusted public keys (*.pem, *.pub; private "
-        "keys there are skipped); drop a file in to trust a key.")
-    keys: list[str] = Field(
-        default_factory=list,
-        description="More trusted public keys: PEM text or paths of PEM files.")
-    revoked: list[Annotated[str, StringConstraints(pattern=KEY_ID_PATTERN)]] = Field(
-        default_factory=list,
-        description="Key ids (16 hex characters) that are no longer trusted, even if "
-        "their key is listed above.")
 
 
 def _is_private_key(path: Path) -> bool:
