@@ -127,15 +127,13 @@ class SimulatorSource(Component):
         self._running = np.ones(len(self._ids), bool)  # a stopped turbine sends nothing
         self.started_at: float | None = None  # wall clock of the live start
         self.live = asyncio.Event()  # set when the history is out and live rows begin
-        self._commands: list[Injection] = []
+        # Every fault as it happens, in wall-clock seconds: the schedule's from the live
+        # start on, then those commanded; a clear ends either kind.
+        self._injections: list[Injection] = []
 
     def injections(self) -> list[Injection]:
         """Every fault scheduled or commanded so far, in wall-clock seconds."""
-        if self.started_at is None:
-            return []
-        scheduled = [Injection(self._ids[f.turbine], f.kind, self.started_at + f.start,
-                               self.started_at + f.end) for f in self.config.faults]
-        return sorted(scheduled + self._commands, key=lambda i: (i.start, i.turbine))
+        return sorted(self._injections, key=lambda i: (i.start, i.turbine))
 
     def inject(self, turbine: int, kind: str, duration: float | None = None) -> None:
         """Start a fault now (by command), for ``duration`` seconds or until cleared."""
@@ -144,14 +142,14 @@ class SimulatorSource(Component):
         self.farm.inject(turbine, kind, duration)
         now = time.time()
         end = now + duration if duration is not None else float("inf")
-        self._commands.append(Injection(self._ids[turbine], kind, now, end))
+        self._injections.append(Injection(self._ids[turbine], kind, now, end))
 
     def clear(self, turbine: int, kind: str) -> None:
-        """End ``turbine``'s ``kind`` fault now (by command)."""
+        """End ``turbine``'s ``kind`` fault now (by command), scheduled or commanded."""
         self.farm.clear(turbine, kind)
         now, name = time.time(), self._ids[turbine]
-        self._commands = [replace(i, end=now) if (i.turbine, i.kind) == (name, kind)
-                          and i.start <= now < i.end else i for i in self._commands]
+        self._injections = [replace(i, end=now) if (i.turbine, i.kind) == (name, kind)
+                            and i.start <= now < i.end else i for i in self._injections]
 
     # -- the dashboard's controls, by turbine name --------------------------------------
 
@@ -208,7 +206,9 @@ class SimulatorSource(Component):
             await emit(self._readings(self.farm.ticks(chunk)))
             remaining -= chunk
         loop = asyncio.get_running_loop()
-        self.started_at = time.time()
+        self.started_at = started = time.time()
+        self._injections = [Injection(self._ids[f.turbine], f.kind, started + f.start,
+                                      started + f.end) for f in self.config.faults]
         self.live.set()
         start, done = loop.time(), 0
         period = 1.0 / self.config.rate_hz

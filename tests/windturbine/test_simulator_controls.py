@@ -162,6 +162,29 @@ async def test_a_fault_switched_on_and_off_by_name(tmp_path):
         await stop(task)
 
 
+async def test_a_scheduled_fault_switched_off_ends_where_the_verdict_judges_it(tmp_path):
+    """Cleared from the page, a fault of the config's schedule ends then, in the farm and
+    in injections() (which the demo's verdict judges detections against)."""
+    sim = source(tmp_path, turbines=3, rate_hz=20, history_s=0,
+                 faults="1:rotation@0-600,2:voltage@300-600")
+    task = asyncio.create_task(sim.run(Collector(sim)))
+    try:
+        await asyncio.wait_for(sim.live.wait(), 5)
+        scheduled = sim.injections()
+        assert [(i.turbine, i.kind, i.end - i.start) for i in scheduled] == [
+            ("turbine-1", "rotation", 600.0), ("turbine-2", "voltage", 300.0)]
+        await asyncio.sleep(0.2)
+        assert sim.active("turbine-1") == (["rotation"], [])
+        sim.set_fault("turbine-1", "rotation", False)
+        ended = time.time()
+        assert sim.active("turbine-1") == ([], [])
+        rotation, voltage = sim.injections()
+        assert rotation.start == scheduled[0].start and rotation.end <= ended
+        assert voltage == scheduled[1]  # not begun: still to come, as in the farm
+    finally:
+        await stop(task)
+
+
 def test_a_drift_switched_on_and_off_by_name(tmp_path):
     sim = source(tmp_path, turbines=3, history_s=0)
     sim.set_drift("turbine-0", "bearing", True)
