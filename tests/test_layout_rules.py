@@ -139,7 +139,8 @@ def test_builtin_plugin_module_exists_and_registers(name, module):
     assert any(f.is_file() for f in files), f"entry point {name} names {module}: no {base}.py"
     loaded = importlib.import_module(module)
     hooks = [getattr(loaded, name, None)
-             for name in ("edged_component_types", "edged_cli_commands")]
+             for name in ("edged_component_types", "edged_service_types",
+                          "edged_cli_commands")]
     hooks = [hook for hook in hooks if callable(hook)]
     assert hooks, f"{module} implements no registration hook"
     for hook in hooks:

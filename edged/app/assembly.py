@@ -107,27 +107,20 @@ def _watching(config: EdgedConfig, pipelines: dict[str, Pipeline],
     return services
 
 
-def _dashboard(config: EdgedConfig, graph: Graph) -> Any:
-    """The dashboard (``dashboard``): its board and its own event feed (its streams
-    never take the watch socket's places), subscribed to every pipeline and actuator,
-    with the controls of every source that has them (the simulator)."""
-    from edged.dashboard.board import TurbineBoard
-    from edged.dashboard.controls import FarmControl
-    from edged.dashboard.server import DashboardServer
-    from edged.watch.feed import EventFeed
-
-    spec, pipelines, counters = config.raw.dashboard, graph.pipelines, graph.counters
-    controls = {name: node.component for name, node in graph.sources.items()
-                if isinstance(node.component, FarmControl)}
-    board = TurbineBoard(config.raw.device.id, pipelines, graph.health, controls,
-                         jobs=graph.cloud.jobs_in_progress if graph.cloud else None)
-    feed = EventFeed(config.raw.device.id, counters, spec.max_clients)
-    for pipeline in pipelines.values():
-        pipeline.subscribers += [board, feed]
-    for binding in graph.actuators.values():
-        binding.observers += [board.on_actuator_event, feed.on_actuator_event]
-        binding.outcomes.append(board.on_actuator_outcome)
-    return DashboardServer(spec, board, feed, counters)
+def _add_services(config: EdgedConfig, registry: Registry, graph: Graph) -> None:
+    """Every plugin service the config asks for (the dashboard), built with the graph
+    they watch; ConfigError naming each that cannot be built."""
+    problems = []
+    for name, service in registry.services.items():
+        try:
+            built = service.build(config, graph)
+        except Exception as exc:  # a factory's error is a config problem, named as such
+            problems.append(f"Cannot build service '{name}' from {config.path}: {exc}")
+            continue
+        if built is not None:
+            graph.services[name] = built
+    if problems:
+        raise ConfigError(problems)
 
 
 def build_graph(config: EdgedConfig, registry: Registry,
@@ -201,8 +194,7 @@ def build_graph(config: EdgedConfig, registry: Registry,
         raise ConfigError(problems)
     graph = Graph(config, sources, pipelines, actuators, counters, cloud, health, metrics,
                   captures, budget, _watching(config, pipelines, actuators, counters))
-    if config.raw.dashboard is not None:
-        graph.services["dashboard"] = _dashboard(config, graph)
+    _add_services(config, registry, graph)
     if health is not None and graph.captures:
         health.spool = functools.partial(spool_figures, list(graph.captures.values()))
         health.sketch = functools.partial(sketch_totals, list(graph.captures.values()))

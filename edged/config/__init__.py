@@ -387,6 +387,7 @@ def validate_config(loaded: tuple[Any, dict[Location, int]], filename: str,
                            problems))
 
     _check_wiring(data, actuators, problems)
+    _check_services(data, registry, problems)
     cloud = _cloud(data, steps, registry, problems)
     if raw is not None:
         _check_presigned(raw, problems)
@@ -497,6 +498,18 @@ def _store_of(inference: InferenceConfig) -> str | None:
     if isinstance(model, str) and model.startswith(STORE_PREFIX):
         return model.removeprefix(STORE_PREFIX)
     return None
+
+
+#: Sections read by a plugin's service (edged.plugin.registry.ServiceType) of that name.
+SERVICE_SECTIONS = ("dashboard",)
+
+
+def _check_services(data: dict, registry: Registry, problems: _Problems) -> None:
+    """A section whose service no loaded plugin provides would be silently ignored."""
+    for section in SERVICE_SECTIONS:
+        if data.get(section) is not None and section not in registry.services:
+            problems.add((section,), f"no loaded plugin provides the '{section}' service"
+                         f"{registry.unavailable('service', section)}")
 
 
 def _check_wiring(data: dict, actuators: dict, problems: _Problems) -> None:

@@ -44,6 +44,8 @@ from edged.plugin.registry import (
     InferenceFactory,
     Kind,
     PreprocessorFactory,
+    ServiceFactory,
+    ServiceType,
     SourceFactory,
 )
 
@@ -52,6 +54,7 @@ __all__ = [
     "ComponentConfig", "ComponentType", "Decision", "Emit", "EnvSecret", "Event", "EventKind",
     "InferenceBackend", "InferenceConfig", "InferenceFactory", "Kind", "ModelError", "ModelRef",
     "Preprocessor", "PreprocessorConfig", "PreprocessorFactory", "QueueConfig", "Readings", "Round",
-    "RowError", "Scores", "Source", "SourceConfig", "SourceFactory", "StartPolicy", "Strict",
+    "RowError", "Scores", "ServiceFactory", "ServiceType", "Source", "SourceConfig",
+    "SourceFactory", "StartPolicy", "Strict",
     "SwappableBackend", "alarm_payload", "hookimpl",
 ]

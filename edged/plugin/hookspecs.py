@@ -9,7 +9,8 @@ group. It implements any of the hooks below, decorated with ``edged.hookimpl``::
     def edged_component_types():
         return [ComponentType.actuator("jsonl", JsonlConfig, JsonlActuator)]
 
-Hooks *register* things (component types, CLI commands) and *observe* the lifecycle.
+Hooks *register* things (component types, services, CLI commands) and *observe* the
+lifecycle.
 No sensor reading, model input or decision ever flows through a hook: the per-reading
 path is built from the registered factories and runs on plain objects.
 
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from edged.plugin.registry import CliCommand, ComponentType
+    from edged.plugin.registry import CliCommand, ComponentType, ServiceType
 
 hookspec = pluggy.HookspecMarker("edged")
 
@@ -51,6 +52,23 @@ def edged_component_types() -> list[ComponentType]:
     another plugin registers too, is left out whole with a warning that says why (a
     built-in keeps its names; of two others, both are left out): docs/plugins.md,
     "Broken plugins".
+    """
+
+
+@hookspec
+def edged_service_types() -> list[ServiceType]:
+    """Register services: what runs beside the pipelines for as long as a graph does,
+    built from the config and the graph (the built-in ``dashboard``).
+
+    Called once per plugin manager, like ``edged_component_types``. Return a list of
+    :class:`edged.plugin.registry.ServiceType`: a ``name`` (unique among services), and
+    ``build(config, graph)``, which returns an async context manager to run with the
+    graph, or None when the config does not ask for it. Each graph (at start and after
+    every reload) builds every registered service anew.
+
+    All results are collected; a plugin whose implementation raises or registers a
+    service name another plugin registers too is left out whole, as for
+    ``edged_component_types``.
     """
 
 

@@ -18,13 +18,22 @@ import structlog
 
 from edged.base.errors import PluginError
 from edged.plugin import hookspecs
-from edged.plugin.registry import CliCommand, ComponentType, PluginInfo, Registry, how_to_block
+from edged.plugin.registry import (
+    CliCommand,
+    ComponentType,
+    PluginInfo,
+    Registry,
+    ServiceType,
+    how_to_block,
+)
 
 ENTRY_POINT_GROUP = "edged.plugins"
 # Comma-separated plugin names to block, added to what the config and CLI block.
 BLOCK_ENV = "EDGED_BLOCK_PLUGINS"
 # Set to 1 to log every hook call (pluggy's tracing), as datasette does.
 TRACE_ENV = "EDGED_TRACE_HOOKS"
+#: What a registration hook may return an item of.
+Offered = ComponentType | ServiceType | CliCommand
 # The names of the CLI's own commands, which plugins may not take.
 CORE_COMMANDS = frozenset({"run", "check-config", "plugins", "demo"})
 # The distribution of the built-in plugins: in a clash, a built-in keeps its name.
@@ -128,19 +137,20 @@ def _collect(pm: pluggy.PluginManager, infos: dict[str, PluginInfo], blocked,
     """Call the registration hooks one plugin at a time, so that everything registered
     is attributed to the plugin that registered it, and a plugin whose hook raises or
     registers what it may not is left out whole (nothing of it half registered)."""
-    offered: dict[str, list[ComponentType | CliCommand]] = {}
-    for hook in (pm.hook.edged_component_types, pm.hook.edged_cli_commands):
+    offered: dict[str, list[Offered]] = {}
+    # Each hook's items checked as what that hook registers (whoever else registers what).
+    checks = ((pm.hook.edged_component_types, Registry.check_component),
+              (pm.hook.edged_service_types, Registry.check_service),
+              (pm.hook.edged_cli_commands,
+               lambda name, item: Registry.check_command(name, item, set(CORE_COMMANDS))))
+    for hook, check in checks:
         for name, results in _per_plugin(pm, hook, broken):
+            try:
+                for item in results:
+                    check(name, item)
+            except PluginError as exc:
+                broken[name] = str(exc)
             offered.setdefault(name, []).extend(results)
-    for name, items in offered.items():
-        try:
-            for item in items:
-                if isinstance(item, CliCommand):
-                    Registry.check_command(name, item, set(CORE_COMMANDS))
-                else:
-                    Registry.check_component(name, item)
-        except PluginError as exc:
-            broken[name] = str(exc)
     _leave_out_clashes(offered, infos, broken)
     for name in broken:
         if pm.get_plugin(name) is not None:
@@ -154,6 +164,8 @@ def _collect(pm: pluggy.PluginManager, infos: dict[str, PluginInfo], blocked,
         for item in items:
             if isinstance(item, CliCommand):
                 registry.add_command(name, item, set(CORE_COMMANDS))
+            elif isinstance(item, ServiceType):
+                registry.add_service(name, item)
             else:
                 registry.add_component(name, item)
             registers[name].append(_label(item))
@@ -166,11 +178,15 @@ def _collect(pm: pluggy.PluginManager, infos: dict[str, PluginInfo], blocked,
     return registry
 
 
-def _label(item: ComponentType | CliCommand) -> str:
-    return f"command:{item.name}" if isinstance(item, CliCommand) else f"{item.kind}:{item.name}"
+def _label(item: Offered) -> str:
+    if isinstance(item, CliCommand):
+        return f"command:{item.name}"
+    if isinstance(item, ServiceType):
+        return f"service:{item.name}"
+    return f"{item.kind}:{item.name}"
 
 
-def _leave_out_clashes(offered: dict[str, list[ComponentType | CliCommand]],
+def _leave_out_clashes(offered: dict[str, list[Offered]],
                        infos: dict[str, PluginInfo], broken: dict[str, str]) -> None:
     """A name (a kind's type, a command) that several plugins register: a built-in keeps
     it and the others are left out; without a built-in among them, all of them are, as

@@ -1,4 +1,5 @@
-"""What plugins register: component types and CLI commands, and who registered them."""
+"""What plugins register: component types, services and CLI commands, and who
+registered them."""
 
 from __future__ import annotations
 
@@ -88,6 +89,30 @@ class ComponentType:
         return cls("actuator", name, config, factory, description)
 
 
+#: A service's factory: the validated config (``edged.config.EdgedConfig``) and the
+#: graph it runs with (``edged.runtime.graph.Graph``; both typed Any below the engine).
+ServiceFactory = Callable[[Any, Any], Any]
+
+
+@dataclass(frozen=True)
+class ServiceType:
+    """A service a plugin offers: something that runs beside the pipelines for as long
+    as a graph does (the dashboard), reading what the graph's pipelines, sources and
+    actuators do.
+
+    ``build(config, graph)`` returns the service, an async context manager the runtime
+    enters as the graph starts (after its pipelines and actuators, before its sources,
+    so it sees the first decision) and leaves as it stops (after the sources), or None
+    when ``config`` does not ask for it; it must not start anything. Whatever it
+    subscribes to (pipelines' ``subscribers``, actuator bindings' ``observers``) it
+    subscribes to there. A build that raises is a config error, like a component's.
+    """
+
+    name: str
+    build: ServiceFactory
+    description: str = ""
+
+
 @dataclass(frozen=True)
 class CliCommand:
     """A sub-command of ``edged``: ``run(args)`` returns the process exit status."""
@@ -126,6 +151,7 @@ class Registry:
     """Everything registered by the loaded plugins; built once per plugin manager."""
 
     components: dict[tuple[Kind, str], ComponentType] = field(default_factory=dict)
+    services: dict[str, ServiceType] = field(default_factory=dict)
     commands: dict[str, CliCommand] = field(default_factory=dict)
     plugins: list[PluginInfo] = field(default_factory=list)
     blocked: tuple[str, ...] = ()
@@ -160,6 +186,21 @@ class Registry:
             raise PluginError(f"command {command.name!r} from plugin {plugin!r} is already "
                               f"provided by 'edged'")
 
+    @staticmethod
+    def check_service(plugin: str, service: object) -> None:
+        if not isinstance(service, ServiceType):
+            raise PluginError(f"plugin {plugin!r} registers {service!r}, not a ServiceType")
+
+    def add_service(self, plugin: str, service: ServiceType) -> None:
+        self.check_service(plugin, service)
+        if service.name in self.services:
+            raise PluginError(
+                f"service {service.name!r} is registered by both "
+                f"{self._owner[f'service:{service.name}']!r} and {plugin!r}: "
+                f"{how_to_block(plugin)}")
+        self.services[service.name] = service
+        self._owner[f"service:{service.name}"] = plugin
+
     def add_component(self, plugin: str, component: ComponentType) -> None:
         self.check_component(plugin, component)
         key = (component.kind, component.name)
@@ -181,9 +222,10 @@ class Registry:
         self.commands[command.name] = command
         self._owner[f"cli:{command.name}"] = plugin
 
-    def unavailable(self, kind: Kind, name: str) -> str:
-        """Why no ``kind`` type ``name`` is registered, for the config's error: it is
-        blocked, or a broken plugin may be the one that provides it; "" if neither."""
+    def unavailable(self, kind: Kind | Literal["service"], name: str) -> str:
+        """Why no ``kind`` type (or service) ``name`` is registered, for the config's
+        error: it is blocked, or a broken plugin may be the one that provides it; "" if
+        neither."""
         if name in self.blocked:
             return " (blocked)"
         # A plugin that failed to import registered nothing, so which types it offers is

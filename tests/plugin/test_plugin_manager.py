@@ -19,7 +19,7 @@ from edged import hookimpl
 from edged.plugin import hookspecs
 from edged.plugin.config import SourceConfig
 from edged.plugin.manager import BLOCK_ENV, CORE_COMMANDS, ENTRY_POINT_GROUP, make_plugin_manager
-from edged.plugin.registry import CliCommand, ComponentType
+from edged.plugin.registry import CliCommand, ComponentType, ServiceType
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,6 +29,7 @@ BUILTINS = {
     "windturbine": ("edged.builtin.windturbine", ["preprocessor:windturbine"]),
     "onnx": ("edged.builtin.onnx", ["inference:onnx"]),
     "log": ("edged.builtin.log_actuator", ["actuator:log"]),
+    "dashboard": ("edged.builtin.dashboard", ["service:dashboard"]),
 }
 
 
@@ -190,6 +191,26 @@ def test_two_extra_plugins_clash_and_both_are_left_out():
     assert registry.component("source", "echo") is None
     assert "echo" not in registry.commands
     assert registry.component("source", "simulator") is not None
+
+
+def test_services_are_registered_attributed_and_clash_like_types():
+    def nothing(config, graph):
+        return None
+
+    watcher = plugin(edged_service_types=lambda: [ServiceType("watcher", nothing)])
+    _, registry = make_plugin_manager(extra=[("watcher", watcher)])
+    assert registry.services["watcher"].build is nothing
+    assert next(i for i in registry.plugins if i.name == "watcher").registers == (
+        "service:watcher",)
+    impostor = plugin(edged_service_types=lambda: [ServiceType("dashboard", nothing)])
+    _, registry = make_plugin_manager(extra=[("impostor", impostor)])
+    assert _broken(registry, "impostor") == (
+        "registers service:dashboard, which the built-in plugin 'dashboard' registers "
+        "(a built-in keeps its names)")
+    assert registry.services["dashboard"].build is not nothing
+    odd = plugin(edged_service_types=lambda: ["not a service"])
+    _, registry = make_plugin_manager(extra=[("odd", odd)])
+    assert _broken(registry, "odd") == "plugin 'odd' registers 'not a service', not a ServiceType"
 
 
 def test_unknown_kind_is_rejected():
