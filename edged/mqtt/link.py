@@ -194,7 +194,7 @@ class Inbox:
         self.size = size
         # Payload bytes held: a count bound alone lets 100,000 large messages take GBs.
         self.max_bytes = max_bytes
-        self.bytes = 0
+        self.bytes = 0  # payload bytes held
         self._items: deque[Received] = deque()
         self._ready = asyncio.Event()
         self._on_drop = on_drop
@@ -218,10 +218,10 @@ class Inbox:
         items = self._items
         items.extend(messages)
         self.received += len(messages)
+        self.bytes += nbytes
         while len(items) > self.size:
             self._drop_oldest()
         if self.max_bytes is not None:
-            self.bytes += nbytes
             while self.bytes > self.max_bytes and len(items) > 1:
                 self._drop_oldest()
         if not self._ready.is_set():
@@ -229,8 +229,7 @@ class Inbox:
 
     def _drop_oldest(self) -> None:
         dropped = self._items.popleft()
-        if self.max_bytes is not None:
-            self.bytes -= len(dropped.payload)
+        self.bytes -= len(dropped.payload)
         self.dropped += 1
         self._on_drop()
 
@@ -250,17 +249,24 @@ class Inbox:
             self._ready.clear()
             await self._ready.wait()
 
-    def take(self, limit: int) -> list[Received]:
-        """Up to ``limit`` messages, oldest first; an empty list if none."""
+    def take(self, limit: int, max_bytes: int | None = None) -> list[Received]:
+        """Up to ``limit`` messages, oldest first, and (with ``max_bytes``) no more
+        payload bytes than that but at least one message; an empty list if none."""
         items = self._items
-        if len(items) <= limit:
+        if len(items) <= limit and (max_bytes is None or self.bytes <= max_bytes):
             taken = list(items)
             items.clear()
             self.bytes = 0
-        else:
-            taken = [items.popleft() for _ in range(limit)]
-            if self.max_bytes is not None:
-                self.bytes -= sum(len(message.payload) for message in taken)
+            return taken
+        taken = []
+        room = self.bytes if max_bytes is None else max_bytes
+        while items and len(taken) < limit:
+            size = len(items[0].payload)
+            if taken and size > room:
+                break
+            taken.append(items.popleft())
+            room -= size
+            self.bytes -= size
         return taken
 
 

@@ -42,6 +42,7 @@ class Publishes(NamedTuple):
     end: int  # offset of the first byte not read: another packet, or an incomplete one
     nbytes: int  # payload bytes of ``messages``
     skip: int  # bytes past the end of the buffer that belong to the last message read
+    other: bool  # whether ``end`` is the start of a packet of another kind
 
 
 def _length(data: bytes, start: int) -> tuple[int, int] | None:
@@ -92,13 +93,13 @@ def read_publishes(data: bytes, start: int = 0,
     nbytes = 0
     end = len(data)
     pos = start
+    other = False
     while pos < end:
         header = data[pos]
-        if header >> 4 != PUBLISH:
-            break
         qos = (header >> 1) & 3
-        if qos == 2:
-            break  # PUBREC/PUBREL/PUBCOMP: paho's
+        if header >> 4 != PUBLISH or qos == 2:  # QoS 2 (PUBREC/PUBREL/PUBCOMP): paho's
+            other = True
+            break
         if qos == 3:
             raise MalformedPacket(f"PUBLISH with QoS 3 at offset {pos}")
         if pos + 1 >= end:
@@ -131,6 +132,6 @@ def read_publishes(data: bytes, start: int = 0,
         if qos:
             acks.append((data[topic_end] << 8) | data[topic_end + 1])
         if full_end > end:
-            return Publishes(messages, acks, end, nbytes, full_end - end)
+            return Publishes(messages, acks, end, nbytes, full_end - end, False)
         pos = full_end
-    return Publishes(messages, acks, pos, nbytes, 0)
+    return Publishes(messages, acks, pos, nbytes, 0, other)

@@ -110,9 +110,9 @@ class BurstReader:
                 if found.skip:
                     self._skip = found.skip
                     break
-                end = packet_end(data, pos) if pos < len(data) else None
+                end = packet_end(data, pos) if found.other else None
                 if end is None:
-                    break  # the rest has not arrived yet
+                    break  # the rest of a packet has not arrived yet
                 rc = self._hand_over(data[pos:end])
                 if rc != mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS:
                     return rc

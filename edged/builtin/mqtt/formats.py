@@ -272,24 +272,24 @@ class MessageParser:
         only) is left to :meth:`parse`, which accepts or refuses it under its reason.
         """
         count = len(payloads)
-        none = np.zeros((0, len(self._pick)))
+        none = np.zeros((0, len(self.decoder.inputs)))
         if not self._lines or not count:
             return list(range(count)), [], none
         ids = self.router.known(topics, self.turbine)
         commas = list(map(bytes.count, payloads, repeat(b",")))
         fields = self.decoder.width - 1
-        blob = b",".join(payloads)
-        plain = blob.isascii() and not any(c in blob for c in _NOT_ONE_LINE)
         # Format auto reads JSON from { or [, and looks past leading white space first.
         starts = _NOT_CSV_START if self.format == "auto" else (b"",)
         take = [i for i in range(count)
                 if ids[i] is not None and commas[i] == fields
                 and 0 < len(payloads[i]) <= self.max_bytes
-                and payloads[i][:1] not in starts
-                and (plain or _one_line(payloads[i]))]
+                and payloads[i][:1] not in starts]
         if len(take) < count:
             payloads = [payloads[i] for i in take]
-            blob = b",".join(payloads)
+        blob = b",".join(payloads)
+        if not blob.isascii() or any(c in blob for c in _NOT_ONE_LINE):
+            take = [i for i, payload in zip(take, payloads, strict=True) if _one_line(payload)]
+            blob = b",".join(payload for payload in payloads if _one_line(payload))
         values = self._numbers(blob, len(take))
         good = np.isfinite(values).all(axis=1)
         if not good.all():
@@ -305,7 +305,7 @@ class MessageParser:
         """The inputs of ``rows`` CSV rows joined by commas, as floats (Python's float(),
         so exactly what parse reads); NaN where a row has any field that is no number."""
         if not rows:
-            return np.zeros((0, len(self._pick)))
+            return np.zeros((0, len(self.decoder.inputs)))
         table = np.array(blob.split(b","), dtype=object).reshape(rows, self.decoder.width)
         picked = table[:, self._pick]
         try:

@@ -42,7 +42,10 @@ from edged.plugin.rows import MESSAGE_REASONS, ROW_REASONS, check_turbine_id
 
 log = structlog.get_logger("edged.mqtt")
 
-_TAKE = 2048  # messages taken from the inbox at a time, at most
+# Taken from the inbox at a time, at most: parsed together, so this bounds what one
+# parse holds (a burst of 64 KiB batches must not become one 100 MB string).
+_TAKE = 2048  # messages
+_TAKE_BYTES = 256 * 1024  # payload bytes (at least one message)
 _LOG_EVENT = {"messages_rejected": "message_rejected", "rows_rejected": "row_rejected"}
 #: messages_rejected reason of a message the parser failed on unforeseen (a bug).
 DECODE_FAILED = "decode_failed"
@@ -225,8 +228,8 @@ class MqttSource(Component):
             turbines: list[str] = []
             blocks: list[np.ndarray] = []
             while True:
-                self._parse(inbox.take(max(1, min(_TAKE, limit - len(turbines)))),
-                            turbines, blocks)
+                self._parse(inbox.take(max(1, min(_TAKE, limit - len(turbines))),
+                                       _TAKE_BYTES), turbines, blocks)
                 if len(turbines) >= limit:
                     break
                 if not len(inbox):

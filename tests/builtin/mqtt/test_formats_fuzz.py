@@ -4,10 +4,12 @@ source), for every layout and format, and the rows it keeps are well formed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -105,3 +107,52 @@ def test_well_formed_rows_are_never_refused_whole(parser, rows):
     turbines, values, rejected = [], [], []
     parser.parse("turbines/t1/raw", payload, turbines, values, rejected)
     assert len(values) + len(rejected) == len(rows)
+
+
+# One-row CSV messages as a sender might spoil them: a field changed to anything.
+_GOOD_LINE = ",".join(["farm", "t1", "1", "2", "2023-11-14T22:13:20.000+00:00",
+                       *("0.5" for _ in range(18))])
+_FIELD = st.one_of(st.sampled_from(["", " ", "1", " 2.5 ", "1_0", "nan", "-inf", "1e999",
+                                    "0x10", "é", '"', "\n", "\r", "1,2", "{", "[", "."]),
+                   st.floats().map(repr), st.text(max_size=6))
+
+
+@st.composite
+def _line_messages(draw):
+    """(topic, payload) pairs: mostly good one-row lines, some spoiled, some known
+    topics, some new, and now and then a JSON message or a batch."""
+    messages = []
+    for _ in range(draw(st.integers(1, 12))):
+        fields = _GOOD_LINE.split(",")
+        for _ in range(draw(st.integers(0, 2))):
+            fields[draw(st.integers(0, len(fields) - 1))] = draw(_FIELD)
+        payload = ",".join(fields)
+        payload = draw(st.sampled_from([payload, payload, " " + payload, payload + "\n",
+                                        '{"qx": 1}', _GOOD_LINE + "\n" + _GOOD_LINE]))
+        topic = f"turbines/{draw(st.sampled_from(['t1', 't2', 'x', 't' * 200]))}/raw"
+        messages.append((topic, payload.encode()))
+    return messages
+
+
+@pytest.mark.fuzz
+@given(st.sampled_from(PARSERS), _line_messages(), st.booleans())
+def test_parse_lines_takes_only_what_parse_accepts_alike(parser, messages, warm):
+    """What MessageParser.parse_lines parses together is exactly what parse makes of
+    each of those messages alone (one row, the same values, nothing refused); the rest
+    are left to parse, in order."""
+    if warm:  # topics seen before: their ids are known
+        for topic, _ in messages:
+            with contextlib.suppress(RowError):
+                parser.router.turbine(topic)
+    topics = [topic for topic, _ in messages]
+    payloads = [payload for _, payload in messages]
+    rest, turbines, values = parser.parse_lines(topics, payloads)
+    assert rest == sorted(set(rest)) and all(0 <= i < len(messages) for i in rest)
+    taken = [i for i in range(len(messages)) if i not in rest]
+    assert len(turbines) == len(values) == len(taken)
+    assert values.shape == (len(taken), len(INPUTS)) and values.dtype == np.float64
+    for row, i in enumerate(taken):
+        one_t, one_v, rejected = [], [], []
+        parser.parse(topics[i], payloads[i], one_t, one_v, rejected)
+        assert (one_t, rejected) == ([turbines[row]], [])
+        assert np.array_equal(np.array(one_v[0]), values[row])
