@@ -303,3 +303,28 @@ def test_replay_style_decoder_is_unchanged():
     record = records(1)[0]
     assert decoder.from_fields(record) == dataset_values(record)
     assert decoder.turbine(record) == "turbine-0"
+
+
+# -- many messages at once -----------------------------------------------------------------
+
+
+def test_parse_lines_takes_one_row_lines_on_known_topics_and_leaves_the_rest():
+    recs = records(6, turbines=2)
+    p = parser()
+    lines = [",".join(r).encode() for r in recs]
+    p.router.turbine("turbines/a/raw")  # seen before: its id is known
+    spoiled = list(recs[2])
+    spoiled[layout.DATASET_COLUMNS.index("voltage")] = "lots"
+    messages = [
+        ("turbines/a/raw", lines[0]),
+        ("turbines/b/raw", lines[1]),  # a topic not seen yet: parse matches it
+        ("turbines/a/raw", ",".join(spoiled).encode()),
+        ("turbines/a/raw", json.dumps(as_object(recs[3])).encode()),
+        ("turbines/a/raw", lines[4] + b"\n" + lines[5]),  # a batch
+        ("turbines/a/raw", b" " + lines[4]),  # format auto looks closer at a space
+        ("turbines/a/raw", lines[5]),
+    ]
+    rest, turbines, values = p.parse_lines(*zip(*messages, strict=True))
+    assert rest == [1, 2, 3, 4, 5]
+    assert turbines == ["a", "a"]
+    assert values.tolist() == [dataset_values(recs[0]), dataset_values(recs[5])]
