@@ -85,8 +85,8 @@ def read_publishes(data: bytes, start: int = 0,
     ``max_payload + 1`` bytes as soon as they are there (a reader can tell it is too
     large, and never holds more); ``skip`` then says how many bytes of it, past the end of
     ``data``, are still to come (the caller reads past them), and reading stops there.
-    A topic that is not UTF-8 is decoded with replacement characters (a broker checks
-    topics; one that does not only yields a topic no template matches).
+    A topic that is not UTF-8 is decoded with U+FFFD for each bad byte (mosquitto refuses
+    such a publish; from a broker that does not, it is matched like any other topic).
     """
     messages: list[Received] = []
     acks: list[int] = []
