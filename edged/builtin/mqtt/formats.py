@@ -16,11 +16,11 @@ Message shapes:
   values (one positional row), or ``{"rows": [...]}`` (a batch; a turbine id given
   beside ``rows`` applies to the rows that lack one).
 
-The common message, one CSV row of the layout on a topic seen before, is read in batches:
+The common message, CSV rows of the layout on a topic seen before, is read in batches:
 :meth:`MessageParser.parse_lines` parses many such messages together (one join, one
 split, one numpy conversion) and leaves every other message to :meth:`~MessageParser.parse`,
 which decides what it is. A message parse_lines accepts is one parse would accept, with
-the same values (a property test holds it to that).
+the same rows (a property test holds it to that).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from __future__ import annotations
 import csv
 import re
 from collections.abc import Mapping, Sequence
-from itertools import repeat
+from itertools import accumulate, repeat
 from typing import Literal
 
 import numpy as np
@@ -66,8 +66,10 @@ MAX_JSON_DEPTH = 8
 MAX_CACHED_TOPIC = 512
 _JSON_START = (ord("{"), ord("["))
 _SPACE = b" \t\r\n"
-#: Bytes that make a CSV message more than one plain line (parse decides what it is then).
-_NOT_ONE_LINE = (b"\n", b"\r", b'"')
+_COMMA, _NEWLINE = ord(","), ord("\n")
+#: Bytes that make parse read a CSV message other than as plain lines split at \n: a
+#: quote (the csv module), \r, and what else str.splitlines splits at.
+_NOT_PLAIN = (b'"', b"\r", b"\x0b", b"\x0c", b"\x1c", b"\x1d", b"\x1e")
 #: First bytes of a message that format auto may not read as CSV without a closer look.
 _NOT_CSV_START = frozenset((b"", b"{", b"[", *(bytes([c]) for c in _SPACE)))
 
@@ -259,47 +261,77 @@ class MessageParser:
         return len(values) - before
 
     def parse_lines(self, topics: Sequence[str], payloads: Sequence[bytes]
-                    ) -> tuple[list[int], list[str], np.ndarray]:
-        """Parse together the messages that are one CSV row each: ``(rest, turbines,
-        values)``, where ``rest`` lists (in order) the indices of the messages left for
-        :meth:`parse`, and ``turbines`` and ``values`` (float64, one row per message, the
-        inputs in order) are those of every other message, in order.
+                    ) -> tuple[list[int], list[str], np.ndarray, list[int]]:
+        """Parse together the messages that are plain CSV rows: ``(rest, turbines,
+        values, ends)``. ``rest`` lists (in order) the indices of the messages left for
+        :meth:`parse`; ``turbines`` and ``values`` (float64, the inputs in order) are the
+        rows of every other message, in order, and message ``i``'s rows end at row
+        ``ends[i]`` (a message left to parse adds none).
 
         A message is taken here when its turbine is known from its topic (a topic seen
         before, or the source's fixed ``turbine``), it is ASCII, within ``max_bytes``, not
-        JSON, has no line break or quote and exactly the layout's fields, and every input
-        is a finite number; anything else (and every message of a layout read from JSON
-        only) is left to :meth:`parse`, which accepts or refuses it under its reason.
+        JSON, every line (``\\n`` between them, none at the end, none blank) has exactly the
+        layout's fields, with no quote, ``\\r`` or other line break, and every input is a
+        finite number;
+        anything else (and every message of a layout read from JSON only) is left to
+        :meth:`parse`, which accepts or refuses it under its reason.
         """
         count = len(payloads)
-        none = np.zeros((0, len(self.decoder.inputs)))
         if not self._lines or not count:
-            return list(range(count)), [], none
+            return list(range(count)), [], np.zeros((0, len(self.decoder.inputs))), \
+                [0] * count
         ids = self.router.known(topics, self.turbine)
-        commas = list(map(bytes.count, payloads, repeat(b",")))
-        fields = self.decoder.width - 1
+        commas = map(bytes.count, payloads, repeat(b","))
+        breaks = list(map(bytes.count, payloads, repeat(b"\n")))
+        fields, most = self.decoder.width - 1, self.max_bytes
         # Format auto reads JSON from { or [, and looks past leading white space first.
         starts = _NOT_CSV_START if self.format == "auto" else (b"",)
-        take = [i for i in range(count)
-                if ids[i] is not None and commas[i] == fields
-                and 0 < len(payloads[i]) <= self.max_bytes
-                and payloads[i][:1] not in starts]
-        if len(take) < count:
-            payloads = [payloads[i] for i in take]
-        blob = b",".join(payloads)
-        if not blob.isascii() or any(c in blob for c in _NOT_ONE_LINE):
-            take = [i for i, payload in zip(take, payloads, strict=True) if _one_line(payload)]
-            blob = b",".join(payload for payload in payloads if _one_line(payload))
-        values = self._numbers(blob, len(take))
+        rows = [lines + 1 if name is not None and found == (lines + 1) * fields
+                and 0 < len(payload) <= most and payload[:1] not in starts else 0
+                for name, found, lines, payload in zip(ids, commas, breaks, payloads,
+                                                        strict=True)]
+        take = [i for i in range(count) if rows[i]]
+        chosen = payloads if len(take) == count else [payloads[i] for i in take]
+        blob = b"\n".join(chosen)
+        if not (blob.isascii() and not any(c in blob for c in _NOT_PLAIN)
+                and (not any(breaks) or self._aligned(blob))):
+            # Something is spoiled somewhere: look at each message alone.
+            keep = [self._plain(payload) for payload in chosen]
+            take = [i for i, ok in zip(take, keep, strict=True) if ok]
+            blob = b"\n".join(payload for payload, ok in zip(chosen, keep, strict=True)
+                              if ok)
+        per_message = [rows[i] for i in take]
+        values = self._numbers(blob.replace(b"\n", b","), sum(per_message))
         good = np.isfinite(values).all(axis=1)
         if not good.all():
-            take = [i for i, ok in zip(take, good.tolist(), strict=True) if ok]
-            values = values[good]
-        if len(take) == count:
-            return [], ids, values  # type: ignore[return-value]
+            # A message with a row parse would refuse is parse's, every row of it.
+            owner = np.repeat(np.arange(len(take)), per_message)
+            spoiled = np.zeros(len(take), dtype=bool)
+            spoiled[owner[~good]] = True
+            values = values[~spoiled[owner]]
+            take = [i for i, bad in zip(take, spoiled.tolist(), strict=True) if not bad]
         taken = set(take)
-        return ([i for i in range(count) if i not in taken], [ids[i] for i in take],
-                values)  # type: ignore[misc]
+        if len(take) == count and not any(breaks):
+            return [], ids, values, list(range(1, count + 1))  # type: ignore[return-value]
+        rows = [rows[i] if i in taken else 0 for i in range(count)]
+        return ([i for i in range(count) if i not in taken],
+                [ids[i] for i in take for _ in range(rows[i])],  # type: ignore[misc]
+                values, list(accumulate(rows)))
+
+    def _aligned(self, blob: bytes) -> bool:
+        """Whether every line of ``blob`` has exactly the layout's fields (the
+        messages' comma counts say only that each message has the right total)."""
+        width = self.decoder.width
+        raw = np.frombuffer(blob, dtype=np.uint8)
+        separators = np.flatnonzero((raw == _COMMA) | (raw == _NEWLINE))
+        return bool((raw[separators[width - 1::width]] == _NEWLINE).all())
+
+    def _plain(self, payload: bytes) -> bool:
+        """One message alone: ASCII, plain lines, each with the layout's fields."""
+        if not payload.isascii() or any(c in payload for c in _NOT_PLAIN):
+            return False
+        fields = self.decoder.width - 1
+        return all(line.count(b",") == fields for line in payload.split(b"\n"))
 
     def _numbers(self, blob: bytes, rows: int) -> np.ndarray:
         """The inputs of ``rows`` CSV rows joined by commas, as floats (Python's float(),
@@ -410,11 +442,6 @@ class MessageParser:
         if key is not None and key in row:
             return self.decoder.turbine_id(row[key], f"key {key!r}")
         return fallback
-
-
-def _one_line(payload: bytes) -> bool:
-    """ASCII, no line break, no quote: one plain CSV row, if it has the fields."""
-    return payload.isascii() and not any(c in payload for c in _NOT_ONE_LINE)
 
 
 def _quoted(lines: list[str]) -> list[list[str]]:

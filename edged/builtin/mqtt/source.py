@@ -2,7 +2,7 @@
 
 The broker connection (:mod:`edged.mqtt.link`) puts every message in an
 inbox; the receive loop takes them in bursts, parses them
-(:mod:`edged.builtin.mqtt.formats`: one-row CSV messages together, any other one by one)
+(:mod:`edged.builtin.mqtt.formats`: plain CSV messages together, any other one by one)
 and hands the pipeline one batch per burst (at most ``batch_rows`` rows or ``batch_ms``
 of messages): at 20,000 one-row messages a second, a batch per message would cost more
 than the parsing.
@@ -248,26 +248,24 @@ class MqttSource(Component):
     def _parse(self, messages: list[Received], turbines: list[str],
                blocks: list[np.ndarray]) -> None:
         """Append the rows of ``messages`` to ``turbines`` and ``blocks`` (arrays of rows),
-        in message order: one-row CSV messages parsed together, the rest one by one."""
+        in message order: plain CSV messages parsed together, the rest one by one."""
         if not messages:
             return
         topics, payloads, *_ = zip(*messages, strict=True)
-        rest, names, values = self.parser.parse_lines(topics, payloads)
+        rest, names, values, ends = self.parser.parse_lines(topics, payloads)
         done = 0  # rows of names/values handed on
-        start = 0  # first message not handed on
         for index in rest:
-            run = index - start  # the messages before it were parsed together
-            if run:
-                turbines.extend(names[done:done + run])
-                blocks.append(values[done:done + run])
-                done += run
+            upto = ends[index]  # the rows of the messages before it, parsed together
+            if upto > done:
+                turbines.extend(names[done:upto])
+                blocks.append(values[done:upto])
+                done = upto
             found_turbines: list[str] = []
             found: list[list[float]] = []
             self._parse_one(messages[index], found_turbines, found)
             if found:
                 turbines.extend(found_turbines)
                 blocks.append(self._array(found))
-            start = index + 1
         if done < len(names):
             turbines.extend(names[done:])
             blocks.append(values[done:])

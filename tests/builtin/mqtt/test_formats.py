@@ -308,23 +308,28 @@ def test_replay_style_decoder_is_unchanged():
 # -- many messages at once -----------------------------------------------------------------
 
 
-def test_parse_lines_takes_one_row_lines_on_known_topics_and_leaves_the_rest():
-    recs = records(6, turbines=2)
+def test_parse_lines_takes_plain_rows_on_known_topics_and_leaves_the_rest():
+    recs = records(8, turbines=2)
     p = parser()
     lines = [",".join(r).encode() for r in recs]
     p.router.turbine("turbines/a/raw")  # seen before: its id is known
     spoiled = list(recs[2])
     spoiled[layout.DATASET_COLUMNS.index("voltage")] = "lots"
+    short = b",".join(lines[7].split(b",")[:-1])
     messages = [
         ("turbines/a/raw", lines[0]),
         ("turbines/b/raw", lines[1]),  # a topic not seen yet: parse matches it
         ("turbines/a/raw", ",".join(spoiled).encode()),
         ("turbines/a/raw", json.dumps(as_object(recs[3])).encode()),
-        ("turbines/a/raw", lines[4] + b"\n" + lines[5]),  # a batch
+        ("turbines/a/raw", lines[4] + b"\n" + lines[5]),  # a batch of two rows
         ("turbines/a/raw", b" " + lines[4]),  # format auto looks closer at a space
+        ("turbines/a/raw", lines[4] + b"\r\n" + lines[5]),
+        ("turbines/a/raw", lines[6] + b"\n"),
+        ("turbines/a/raw", short + b"\n" + lines[7] + b",x"),  # the right total of fields
         ("turbines/a/raw", lines[5]),
     ]
-    rest, turbines, values = p.parse_lines(*zip(*messages, strict=True))
-    assert rest == [1, 2, 3, 4, 5]
-    assert turbines == ["a", "a"]
-    assert values.tolist() == [dataset_values(recs[0]), dataset_values(recs[5])]
+    rest, turbines, values, ends = p.parse_lines(*zip(*messages, strict=True))
+    assert rest == [1, 2, 3, 5, 6, 7, 8]
+    assert turbines == ["a"] * 4
+    assert values.tolist() == [dataset_values(recs[i]) for i in (0, 4, 5, 5)]
+    assert ends == [1, 1, 1, 1, 3, 3, 3, 3, 3, 4]

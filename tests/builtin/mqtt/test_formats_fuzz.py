@@ -119,16 +119,19 @@ _FIELD = st.one_of(st.sampled_from(["", " ", "1", " 2.5 ", "1_0", "nan", "-inf",
 
 @st.composite
 def _line_messages(draw):
-    """(topic, payload) pairs: mostly good one-row lines, some spoiled, some known
-    topics, some new, and now and then a JSON message or a batch."""
+    """(topic, payload) pairs: mostly good lines, alone or a few to a message, some
+    spoiled, some on known topics, some new, and now and then JSON."""
     messages = []
     for _ in range(draw(st.integers(1, 12))):
-        fields = _GOOD_LINE.split(",")
-        for _ in range(draw(st.integers(0, 2))):
-            fields[draw(st.integers(0, len(fields) - 1))] = draw(_FIELD)
-        payload = ",".join(fields)
+        lines = []
+        for _ in range(draw(st.sampled_from([1, 1, 1, 2, 3]))):
+            fields = _GOOD_LINE.split(",")
+            for _ in range(draw(st.sampled_from([0, 0, 0, 1, 2]))):
+                fields[draw(st.integers(0, len(fields) - 1))] = draw(_FIELD)
+            lines.append(",".join(fields))
+        payload = draw(st.sampled_from(["\n", "\n", "\r\n", "\n\n", "\x0b"])).join(lines)
         payload = draw(st.sampled_from([payload, payload, " " + payload, payload + "\n",
-                                        '{"qx": 1}', _GOOD_LINE + "\n" + _GOOD_LINE]))
+                                        '{"qx": 1}']))
         topic = f"turbines/{draw(st.sampled_from(['t1', 't2', 'x', 't' * 200]))}/raw"
         messages.append((topic, payload.encode()))
     return messages
@@ -138,21 +141,25 @@ def _line_messages(draw):
 @given(st.sampled_from(PARSERS), _line_messages(), st.booleans())
 def test_parse_lines_takes_only_what_parse_accepts_alike(parser, messages, warm):
     """What MessageParser.parse_lines parses together is exactly what parse makes of
-    each of those messages alone (one row, the same values, nothing refused); the rest
-    are left to parse, in order."""
+    each of those messages alone (the same rows, the same values, nothing refused); the
+    rest are left to parse, in order."""
     if warm:  # topics seen before: their ids are known
         for topic, _ in messages:
             with contextlib.suppress(RowError):
                 parser.router.turbine(topic)
     topics = [topic for topic, _ in messages]
     payloads = [payload for _, payload in messages]
-    rest, turbines, values = parser.parse_lines(topics, payloads)
+    rest, turbines, values, ends = parser.parse_lines(topics, payloads)
     assert rest == sorted(set(rest)) and all(0 <= i < len(messages) for i in rest)
-    taken = [i for i in range(len(messages)) if i not in rest]
-    assert len(turbines) == len(values) == len(taken)
-    assert values.shape == (len(taken), len(INPUTS)) and values.dtype == np.float64
-    for row, i in enumerate(taken):
-        one_t, one_v, rejected = [], [], []
-        parser.parse(topics[i], payloads[i], one_t, one_v, rejected)
-        assert (one_t, rejected) == ([turbines[row]], [])
-        assert np.array_equal(np.array(one_v[0]), values[row])
+    assert len(ends) == len(messages) and ends == sorted(ends)
+    assert len(turbines) == len(values) == (ends[-1] if ends else 0)
+    assert values.shape == (len(turbines), len(INPUTS)) and values.dtype == np.float64
+    for i in range(len(messages)):
+        first = ends[i - 1] if i else 0
+        if i in rest:
+            assert ends[i] == first
+            continue
+        alone_t, alone_v, rejected = [], [], []
+        parser.parse(topics[i], payloads[i], alone_t, alone_v, rejected)
+        assert (alone_t, rejected) == (turbines[first:ends[i]], [])
+        assert np.array_equal(np.array(alone_v), values[first:ends[i]])
