@@ -7,7 +7,8 @@ of the daemon's CPU. :class:`BurstReader` takes over paho's ``loop_read`` on one
 each time the socket is readable it ``recv``s up to 256 KiB at a time until the socket
 is drained (or 1 MiB is read: the loop is never held long), splits out every PUBLISH of
 QoS 0 and 1 itself (:mod:`edged.mqtt.packets`) and hands them to ``deliver`` in one
-list; QoS 1 ones are acknowledged (PUBACK) after delivery, as paho does. Every other
+list (and asks the kernel to ACK at once: see ``_ack_now``); QoS 1 ones are
+acknowledged (PUBACK) after delivery, as paho does. Every other
 packet (CONNACK, SUBACK, PINGRESP, PUBACK, QoS 2) is handed to paho, whole and in order,
 by serving paho's own read calls from it: connecting, subscribing, keepalive, publishing
 and every disconnect path stay paho's.
@@ -20,12 +21,15 @@ It needs a few of paho's internals (``_sock``, ``_sock_recv``, ``_loop_rc_handle
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 
 from edged.mqtt.packets import MalformedPacket, Received, packet_end, read_publishes
 
+_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux
+_QUICKACK_BELOW = 10_000  # messages a second (see BurstReader._ack_now)
 _RECV_BYTES = 256 * 1024  # one recv() (a TLS socket returns at most a record, 16 KiB)
 _READ_BUDGET = 1024 * 1024  # bytes read per readable event, at most
 _PAHO_INTERNALS = ("_sock", "_sock_recv", "_loop_rc_handle", "_send_puback", "_easy_log",
@@ -60,6 +64,10 @@ class BurstReader:
         self._rest = b""  # the start of a packet whose end has not arrived
         self._skip = 0  # bytes of a message over max_payload still to read past
         self._handoff = b""  # one whole packet for paho
+        self._quickack = _TCP_QUICKACK is not None
+        self._light = True  # under _QUICKACK_BELOW messages a second (see _ack_now)
+        self._counted = 0  # messages since _counted_since
+        self._counted_since = mqtt.time_func()
         paho._sock_recv = self._serve  # type: ignore[method-assign]
         paho.loop_read = self.loop_read  # type: ignore[method-assign]
 
@@ -81,14 +89,34 @@ class BurstReader:
                 if not chunk:
                     return paho._loop_rc_handle(mqtt.MQTTErrorCode.MQTT_ERR_CONN_LOST)
                 read += len(chunk)
+                if self._quickack and self._light:
+                    self._ack_now(paho._sock)
                 rc = self._take(chunk)
                 if rc != mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS:
                     return rc
         finally:
             if read:
+                now = mqtt.time_func()
                 with paho._msgtime_mutex:
-                    paho._last_bytes_received = mqtt.time_func()  # keepalive: alive
+                    paho._last_bytes_received = now  # keepalive: alive
+                if now - self._counted_since >= 1.0:
+                    self._light = self._counted < _QUICKACK_BELOW * (now - self._counted_since)
+                    self._counted, self._counted_since = 0, now
         return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _ack_now(self, sock: socket.socket) -> None:
+        """Acknowledge what was read at once. One large read lets Linux delay its ACK by
+        up to 40 ms (paho's small reads did not), and a broker with Nagle's algorithm on
+        (mosquitto's default) holds the next messages back until the ACK comes: readings
+        then wait 40 ms in bursts. The setting lasts a while only, so it is made again
+        after every read, but only while traffic is light: above _QUICKACK_BELOW
+        messages a second the broker's segments fill and its wait is short, and quick
+        ACKs would make it send more, smaller ones (at 20,000 messages a second, twice
+        the reading CPU for the same p99)."""
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+        except (OSError, AttributeError):
+            self._quickack = False  # not a TCP socket: nothing to hurry
 
     def _take(self, chunk: bytes) -> mqtt.MQTTErrorCode:
         if self._skip:
@@ -101,6 +129,7 @@ class BurstReader:
             while pos < len(data):
                 found = read_publishes(data, pos, self.max_payload)
                 if found.messages:
+                    self._counted += len(found.messages)
                     self._deliver(found.messages, found.nbytes)
                     for mid in found.acks:
                         rc = self._paho._send_puback(mid)
