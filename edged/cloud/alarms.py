@@ -26,7 +26,7 @@ import structlog
 from edged.base.log import RateLimit
 from edged.base.metrics import Counters
 from edged.config.cloud import CloudAlarmsConfig
-from edged.mqtt.link import BrokerLink
+from edged.mqtt.link import BrokerLink, Received
 from edged.plugin.alarm_payload import alarm_payload, dumps
 from edged.plugin.events import Event, Round
 from edged.runtime.actuation import AlarmTracker
@@ -93,7 +93,7 @@ class CloudAlarms:
     async def subscribe(self, client: aiomqtt.Client) -> None:
         pass  # publishes only
 
-    def dispatch(self, message: aiomqtt.Message) -> None:
+    def dispatch(self, message: Received) -> None:
         pass
 
     async def run(self) -> None:

@@ -26,7 +26,7 @@ from edged.base.strict_json import JsonError
 from edged.base.strict_json import loads as strict_loads
 from edged.capture.policy import MAX_ON_DEMAND_S
 from edged.capture.url_protocol import describe
-from edged.mqtt.link import BrokerLink
+from edged.mqtt.link import BrokerLink, Received
 from edged.plugin.config import NAME_PATTERN
 
 log = structlog.get_logger("edged.cloud.capture_requests")
@@ -69,7 +69,7 @@ class CaptureRequests:
     async def subscribe(self, client: aiomqtt.Client) -> None:
         await client.subscribe(self.request_topic, qos=1)
 
-    def dispatch(self, message: aiomqtt.Message) -> None:
+    def dispatch(self, message: Received) -> None:
         if str(message.topic) != self.request_topic:
             return
         try:

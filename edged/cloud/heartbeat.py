@@ -39,7 +39,7 @@ from edged.base.metrics import Counters
 from edged.cloud.budget import DataBudget
 from edged.config.cloud import HealthConfig
 from edged.health.report import Health, to_json
-from edged.mqtt.link import BrokerLink, publish_size
+from edged.mqtt.link import BrokerLink, Received, publish_size
 
 log = structlog.get_logger("edged.cloud.heartbeat")
 
@@ -75,7 +75,7 @@ class Heartbeat:
                                     (f"{self.shadow_topic}/rejected", 1)])
         self._wake.set()  # a heartbeat right away: the fleet sees the device is back
 
-    def dispatch(self, message: aiomqtt.Message) -> None:
+    def dispatch(self, message: Received) -> None:
         if self.shadow_topic is None:
             return
         topic = str(message.topic)

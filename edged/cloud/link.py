@@ -26,7 +26,7 @@ from edged.config import EdgedConfig, store_model
 from edged.config.cloud import CloudConfig
 from edged.health.report import Health
 from edged.model.bundle.keys import TrustStore
-from edged.mqtt.link import BrokerLink
+from edged.mqtt.link import BrokerLink, Received
 from edged.plugin.registry import Registry
 from edged.runtime.pipeline import Pipeline
 
@@ -52,7 +52,7 @@ class CloudService(Protocol):
     async def subscribe(self, client: aiomqtt.Client) -> None:
         """Subscribe to its topics on a new connection."""
 
-    def dispatch(self, message: aiomqtt.Message) -> None:
+    def dispatch(self, message: Received) -> None:
         """Take one received message (every service sees every message)."""
 
     async def run(self) -> None:

@@ -28,7 +28,7 @@ from edged.capture.url_protocol import (
     parse,
     reply_topic,
 )
-from edged.mqtt.link import BrokerLink
+from edged.mqtt.link import BrokerLink, Received
 
 log = structlog.get_logger("edged.cloud.upload_urls")
 
@@ -61,7 +61,7 @@ class UploadUrlClient:
         await client.subscribe(f"{self.request_topic}/+", qos=1)
         self._subscribed.set()
 
-    def dispatch(self, message: aiomqtt.Message) -> None:
+    def dispatch(self, message: Received) -> None:
         model = self._replies.get(str(message.topic))
         if model is None:
             return

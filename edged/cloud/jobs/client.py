@@ -26,7 +26,7 @@ from edged.base.log import RateLimit
 from edged.base.metrics import Counters
 from edged.cloud.jobs import protocol
 from edged.cloud.jobs.protocol import Accepted, ExecutionState, JobExecution, JobsProtocolError
-from edged.mqtt.link import BrokerLink
+from edged.mqtt.link import BrokerLink, Received
 
 log = structlog.get_logger("edged.cloud.jobs")
 
@@ -65,7 +65,7 @@ class JobsClient:
         await client.subscribe([(topic, 1)
                                 for topic in protocol.reply_subscriptions(self.thing)])
 
-    def dispatch(self, message: aiomqtt.Message) -> frozenset[str] | None:
+    def dispatch(self, message: Received) -> frozenset[str] | None:
         topic = str(message.topic)
         payload = message.payload if isinstance(message.payload, (bytes, str)) else b""
         try:

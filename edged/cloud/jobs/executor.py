@@ -87,7 +87,7 @@ from edged.model.errors import SwapError
 from edged.model.package import ModelManifest
 from edged.model.shadow import ShadowLimits, ShadowReport, ShadowTrial
 from edged.model.store import ModelStore
-from edged.mqtt.link import BrokerLink
+from edged.mqtt.link import BrokerLink, Received
 from edged.runtime.pipeline import Pipeline
 from edged.runtime.swap import BuildPreprocessor, Candidate, commit_swap, prepare_swap
 
@@ -207,7 +207,7 @@ class JobsExecutor:
         self._connected.set()
         self._wake.set()  # read the pending list on every connection: jobs queued while away
 
-    def dispatch(self, message: aiomqtt.Message) -> None:
+    def dispatch(self, message: Received) -> None:
         named = self.client.dispatch(message)
         if named is None:
             return
