@@ -16,6 +16,7 @@ most once a second, on the loop between rounds. Who may ask is
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass
 from importlib.resources import files
@@ -80,6 +81,12 @@ class BoardQuery:
 
     def read(self, board: TurbineBoard) -> dict:
         return board.state(time.monotonic(), self.offset, self.limit, self.state, self.focus)
+
+
+@functools.cache
+def _static_text(name: str) -> str:
+    """A file of ``static/`` (one of _STATIC), read from the package once."""
+    return files("edged.dashboard").joinpath("static", name).read_text()
 
 
 def _json(document: object) -> bytes:
@@ -217,8 +224,8 @@ class DashboardServer:
         kind = _STATIC.get(name)
         if kind is None:
             return self._not_found(f"no static file {name[:40]!r}")
-        text = files("edged.dashboard").joinpath("static", name).read_text()
-        return web.Response(text=text, content_type=kind, headers={"Cache-Control": "no-cache"})
+        return web.Response(text=_static_text(name), content_type=kind,
+                            headers={"Cache-Control": "no-cache"})
 
     async def _state(self, request: web.Request) -> web.Response:
         try:
