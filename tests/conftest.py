@@ -2,6 +2,9 @@
 
 import os
 
+# As the daemon does (edged/app/__init__.py), before anything loads numpy's OpenBLAS.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import pytest
 from hypothesis import HealthCheck, settings
 

@@ -20,6 +20,7 @@ import numpy as np
 import pywt
 
 from edged.windturbine.layout import FEATURES, INPUTS
+from edged.windturbine.tail_denoise import soft_threshold, tail_denoiser
 
 _F = len(FEATURES)
 _STAT_KEYS = ("mean", "std", "raw_std", "thresholds")
@@ -27,8 +28,6 @@ _POSITIVE_KEYS = ("std", "raw_std")
 # Inputs that pass straight through as features (everything after roll, pitch, yaw).
 _PASSTHROUGH = tuple(INPUTS.index(name) for name in FEATURES[3:])
 _QX, _QY, _QZ, _QW = (INPUTS.index(name) for name in ("qx", "qy", "qz", "qw"))
-#: Turbines denoised together by ``windows`` (a 32-turbine block's arrays fit the cache).
-_DENOISE_BLOCK = 32
 
 
 # eq=False: the fields are arrays, so a generated __eq__/__hash__ would be ambiguous or fail.
@@ -151,19 +150,12 @@ class WindTurbinePreprocessor:
         self._mean = params.mean[:, None]  # broadcast over the window's time axis
         self._std = params.std[:, None]
 
-    def _soft_threshold(self, coeffs: np.ndarray, t: np.ndarray) -> None:
-        """pywt.threshold(c, t, 'soft') in place, per-feature t on the last axis.
+    def _level(self, n: int) -> int:
+        return min(self.params.max_level, math.floor(math.log2(n)))
 
-        Same operations in the same order as pywt (c * max(0, 1 - t/|c|)), so the result is
-        bit-identical to the reference's per-column calls, not merely close. (``t``
-        broadcasts against ``coeffs``: one threshold per series.)
-        """
-        scale = np.abs(coeffs)
-        with np.errstate(divide="ignore"):  # |c| == 0 gives -inf, clipped to 0 (as pywt)
-            np.divide(t, scale, out=scale)
-        np.subtract(1.0, scale, out=scale)
-        np.maximum(scale, 0.0, out=scale)
-        coeffs *= scale
+    def _threshold(self, n: int) -> np.ndarray:
+        """(6, 1) soft thresholds, one per feature: they broadcast over a series' samples."""
+        return (self.params.raw_std * np.sqrt(2 * np.log2(n)))[:, None]
 
     def denoise(self, features: np.ndarray) -> np.ndarray:
         """(..., N, 6) -> (..., N, 6): the reference's wavelet denoising, every series at once.
@@ -177,16 +169,14 @@ class WindTurbinePreprocessor:
         if data.ndim < 2 or data.shape[-1] != _F:
             raise ValueError(f"expected (..., N, {_F}) features, got shape {data.shape}")
         n = data.shape[-2]
-        level = min(p.max_level, math.floor(math.log2(n)))
-        # (6, 1): broadcasts over the time axis of the (..., 6, N) series.
-        t = (p.raw_std * np.sqrt(2 * np.log2(n)))[:, None]
+        t = self._threshold(n)
         # Each series made contiguous first: pywt walks it in place instead of copying
         # it lane by lane (the same arithmetic, about 7 % faster).
         series = np.ascontiguousarray(data.swapaxes(-1, -2))
-        coeffs = pywt.wavedec(series, p.wavelet, level=level, axis=-1)
+        coeffs = pywt.wavedec(series, p.wavelet, level=self._level(n), axis=-1)
         # wavedec returns fresh arrays, so thresholding in place copies nothing.
         for c in coeffs if p.threshold_approximation else coeffs[1:]:
-            self._soft_threshold(c, t)
+            soft_threshold(c, t)
         out = pywt.waverec(coeffs, p.wavelet, axis=-1).swapaxes(-1, -2)
         return out if out.shape[-2] == n else out[..., :n, :]
 
@@ -203,14 +193,11 @@ class WindTurbinePreprocessor:
             raise ValueError(
                 f"need at least {p.window + p.step} rows per turbine, got {features.shape[1]}"
             )
-        turbines = features.shape[0]
-        span = p.window + p.step
-        tail = np.empty((turbines, span, _F))
-        # A block of turbines at a time: the transform's arrays (several times its input)
-        # stay the size of a block whatever the round's, and in the CPU's cache.
-        for start in range(0, turbines, _DENOISE_BLOCK):
-            block = features[start : start + _DENOISE_BLOCK]
-            tail[start : start + len(block)] = self.denoise(block)[:, -span:, :]
+        turbines, n = features.shape[:2]
+        # Only the newest window + step rows of each denoised buffer make windows.
+        denoise_tail = tail_denoiser(n, p.window + p.step, p.wavelet, self._level(n),
+                                     p.threshold_approximation)
+        tail = denoise_tail(features, self._threshold(n))
         # (T, tail - window + 1, 6, window): the window axis comes last, which is already
         # the model's (6, window) layout, so no transpose is needed.
         view = np.lib.stride_tricks.sliding_window_view(tail, p.window, axis=1)
