@@ -167,7 +167,10 @@ ATTRIBUTION = """\
 The model and statistics come from the AWS SageMaker Edge Manager wind-turbine workshop
 (model.pth, mean.npy, std.npy, raw_std.npy, thresholds.npy), MIT-0 licence.
 cloud_tools/edged_cloud/convert_reference.py converted them into model.onnx, golden.npz and
-manifest.json.
+manifest.json. The graph in model.onnx is the exported network with its transposed
+convolutions rewritten as convolutions (cloud_tools/edged_cloud/graph_rewrite.py): the
+same weights, swapped and flipped, and the same maths. golden.npz holds PyTorch's outputs
+of the original network.
 """
 
 

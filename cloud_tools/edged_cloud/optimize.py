@@ -1,15 +1,18 @@
 """The Neo step: ONNX Runtime offline graph optimisation and int8 quantisation, gated on the
 device's decisions and measured side by side.
 
-Candidates: ``graph`` (offline graph optimisation only), ``dynamic`` (int8 weights,
-activations quantised at run time) and ``static`` (int8 weights and activations, ranges
-calibrated on healthy held-out windows). Each is judged by the device's own decision rule
-(``edged.windturbine.features``: reconstruction errors against the manifest's thresholds)
-on held-out windows, run through the device's session factory (``edged.model.session``)
-as the ``onnx`` backend runs them (float32, ``batch`` windows per call): a candidate passes
-when its decisions (all six feature flags of a window) agree with the fp32 model's on at
-least ``min_agreement`` of them. Speed is the median of ``repeats`` timed passes, fp32 and
-candidate interleaved, same windows, batch and threads.
+Every candidate starts from the model with its stride-1 transposed convolutions rewritten
+as convolutions (``edged_cloud.graph_rewrite``: the same maths in standard operators,
+which ONNX Runtime runs faster). Candidates: ``graph`` (offline graph optimisation only),
+``dynamic`` (int8 weights, activations quantised at run time) and ``static`` (int8 weights
+and activations, ranges calibrated on healthy held-out windows). Each is judged by the
+device's own decision rule (``edged.windturbine.features``: reconstruction errors against
+the manifest's thresholds) on held-out windows, run through the device's session factory
+(``edged.model.session``) as the ``onnx`` backend runs them (float32, ``batch`` windows
+per call): a candidate passes when its decisions (all six feature flags of a window) agree
+with the fp32 model's (the model as given, not rewritten) on at least ``min_agreement`` of
+them. Speed is the median of ``repeats`` timed passes, fp32 and candidate interleaved,
+same windows, batch and threads.
 
 Why ``basic`` by default: ORT_ENABLE_BASIC rewrites with standard ONNX operators only
 (constant folding, redundant nodes, Conv+BatchNorm/Add/Mul folded into Conv), so the saved
@@ -125,6 +128,25 @@ def _prepared(model: Path, work: Path) -> Path:
     return prepared
 
 
+def rewritten(model: Path, out: Path) -> tuple[Path, dict[str, Any]]:
+    """The model with its stride-1 transposed convolutions as convolutions, saved to
+    ``out``, and what was rewritten; the model itself where nothing was, or where ONNX's
+    checker or shape inference refuses the model (the report says why: the candidates are
+    then made from the model as it is, as before the rewrite existed)."""
+    import onnx
+
+    from edged_cloud.graph_rewrite import AS_CONV, rewrite
+
+    try:
+        done = rewrite(onnx.load(str(model)))
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        return model, {"rewritten": {}, "kept": {}, "skipped": str(exc)}
+    if not done.rewritten[AS_CONV]:
+        return model, done.as_report()
+    onnx.save(done.model, str(out))
+    return out, done.as_report()
+
+
 def _input_name(model: Path) -> str:
     from edged.model.session import open_session
 
@@ -233,19 +255,20 @@ def optimize(source_dir: Path, out: Path, *, level: str = "basic", mode: str = "
     with tempfile.TemporaryDirectory(prefix="edged-optimize-") as tmp:
         work = Path(tmp)
         made: dict[str, Path] = {}
+        start, rewrites = rewritten(source.model, work / "rewritten.onnx")
         for name in wanted:
             if name == "none":
-                made[name] = offline_optimize(source.model, work / "none.onnx", level)
+                made[name] = offline_optimize(start, work / "none.onnx", level)
                 continue
             raw = work / f"{name}.raw.onnx"
             if name == "dynamic":
-                quantize_dynamic(source.model, raw, work)
+                quantize_dynamic(start, raw, work)
             else:
                 if not len(healthy):
                     raise BadInput("no healthy validation window to calibrate int8 on")
                 pick = np.unique(np.linspace(0, len(healthy) - 1, min(calibration, len(healthy)))
                                  .round().astype(int))
-                quantize_static(source.model, raw, work, healthy[pick])
+                quantize_static(start, raw, work, healthy[pick])
             made[name] = offline_optimize(raw, work / f"{name}.onnx", level)
         candidates = []
         for name, path in made.items():
@@ -264,6 +287,7 @@ def optimize(source_dir: Path, out: Path, *, level: str = "basic", mode: str = "
         report: dict[str, Any] = {
             "model": {"name": source.name, "version": source.version},
             "source": str(source.directory), "out": str(out), "level": level,
+            "graph_rewrite": rewrites,
             "quantization": chosen["quantization"], "agreement": chosen["agreement"],
             "min_agreement": min_agreement, "accepted": chosen["passed"],
             "speedup": chosen["speedup"],

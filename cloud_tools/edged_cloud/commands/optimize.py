@@ -62,6 +62,7 @@ def _optimize(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
+        print(_rewrite_line(report["graph_rewrite"]))
         for c in report["candidates"]:
             print(f"{c['quantization']:<8} agreement {c['agreement']:.2%} "
                   f"({c['disagreements']} of {report['windows']} differ)  "
@@ -78,3 +79,12 @@ def _optimize(args: argparse.Namespace) -> int:
               f" agreement {report['agreement']:.2%}, speed-up {report['speedup']:.2f}x "
               f"(batch {args.batch}, {args.threads} thread(s), median of {args.repeats})")
     return 0
+
+
+def _rewrite_line(rewrites: dict) -> str:
+    """What graph_rewrite did before the candidates were made, in one line."""
+    if "skipped" in rewrites:
+        return f"graph rewrite skipped: {rewrites['skipped']}"
+    done = ", ".join(f"{kind} {n}" for kind, n in rewrites["rewritten"].items())
+    kept = ", ".join(f"{why} {n}" for why, n in rewrites["kept"].items())
+    return f"graph rewrite: {done or 'nothing'}; ConvTranspose kept: {kept or 'none'}"
