@@ -300,3 +300,43 @@ async def test_decisions_are_spread_over_the_interval():
         assert 3 <= len(round_) <= 20
         await pipe.decide_once(round_)
         assert set(pipe.scheduled(clock())).isdisjoint(round_)
+
+
+async def test_a_fleet_due_at_once_is_decided_in_rounds_of_at_most_max_round():
+    """40 histories filling up together, rounds of at most 8: five rounds, every turbine
+    decided once, the most overdue (earliest due: the largest phase) first."""
+    backend = OnnxBackend(OnnxConfig(type="onnx"))
+    stage = WindTurbineStage(params_for(WindTurbineConfig(type="windturbine"),
+                                        backend.manifest))
+    spec = PipelineSpec(inputs=["farm"], preprocessor={"type": "windturbine"},
+                        inference={"type": "onnx"}, interval_s=60)
+    farm = Farm(turbines=40)
+    rounds: list[list[str]] = []
+    all_decided = asyncio.Event()
+
+    class Rounds(Subscriber):
+        def on_round(self, round: Round) -> None:
+            super().on_round(round)
+            rounds.append([d.turbine for d in round.decisions])
+            if sum(map(len, rounds)) >= 40:
+                all_decided.set()
+
+    async with backend:
+        pipe = Pipeline("turbines", spec, stage, backend, Counters())
+        pipe.max_round = 8
+        pipe.subscribers.append(Rounds())
+        pipe.ingest([farm.readings(HISTORY)])
+        assert len(pipe.scheduled(pipe.monotonic_clock())) == 40  # all due: their times set
+        by_due = np.argsort(pipe._due_at[:40], kind="stable")
+        assert len(set(pipe._due_at[:40])) == 40
+        loop = asyncio.create_task(pipe.decide_loop())
+        try:
+            async with asyncio.timeout(30):
+                await all_decided.wait()
+        finally:
+            loop.cancel()
+    assert [len(r) for r in rounds] == [8] * 5
+    decided = [turbine for r in rounds for turbine in r]
+    assert sorted(decided) == sorted(farm.ids)  # each once
+    expected = [pipe.buffers.names[slot] for slot in by_due]
+    assert [sorted(r) for r in rounds] == [sorted(expected[i:i + 8]) for i in range(0, 40, 8)]
