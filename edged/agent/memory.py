@@ -1,9 +1,10 @@
 """What a call may cost in memory, checked before it runs, and memory given back after.
 
 A Predict's input is small next to what ONNX Runtime allocates for it: the reference
-model needs about 137 bytes of intermediate and output tensors per input byte, so one
-14 MB request (under the 16 MiB message cap) took 1.8 GB, and ONNX Runtime's CPU arena
-kept it after the call. So:
+model needs about 89 bytes of intermediate and output tensors per input byte (137 before
+its transposed convolutions were rewritten as convolutions, when one 14 MB request, under
+the 16 MiB message cap, took 1.8 GB), and ONNX Runtime's CPU arena kept it after the
+call. So:
 
 - each model's **footprint** is measured once, when it is loaded: one run of a small
   probe input under ONNX Runtime's profiler, whose per-node figures give the arena's
