@@ -106,7 +106,7 @@ class _Graph:
         self.uses = _uses(graph)
         self.producers: dict[str, onnx.NodeProto] = {}
         self.names = {*_tensor_names(graph), *(n.name for n in _all_nodes(graph) if n.name)}
-        self.replaced_weights: set[str] = set()
+        self.as_conv_weights: dict[str, str] = {}  # a ConvTranspose weight → its Conv copy
         self.reshaped: set[str] = set()  # tensors whose shape changed: their value_info is stale
         self.done: Counter[str] = Counter({AS_CONV: 0, CROP_INTO_CONV: 0, CROP_AS_SLICE: 0})
         self.kept: Counter[str] = Counter()
@@ -154,21 +154,14 @@ class _Graph:
     def as_conv(self, node: onnx.NodeProto) -> list[onnx.NodeProto]:
         """The Conv (after a Slice, where one is needed) that computes ``node``."""
         attrs = _attributes(node)
-        weights = numpy_helper.to_array(self.initializers[node.input[1]])
-        kernel = weights.shape[2:]
+        kernel = tuple(self.initializers[node.input[1]].dims[2:])
         rank = len(kernel)
         dilations = list(attrs.get("dilations", [1] * rank))
         pads = [dilations[i % rank] * (kernel[i % rank] - 1) - p
                 for i, p in enumerate(attrs.get("pads", [0] * 2 * rank))]
         crop = [max(0, -p) for p in pads]
         pads = [max(0, p) for p in pads]
-        # Conv weights are (out, in, *kernel), ConvTranspose's (in, out, *kernel); the
-        # flip turns the transposed convolution's scatter into a correlation.
-        flipped = np.flip(weights.swapaxes(0, 1), axis=tuple(range(2, 2 + rank)))
-        weight_name = self.fresh(f"{node.input[1]}_as_conv")
-        self.model.graph.initializer.append(
-            numpy_helper.from_array(np.ascontiguousarray(flipped), weight_name))
-        self.replaced_weights.add(node.input[1])
+        weight_name = self.conv_weights(node.input[1])
         made: list[onnx.NodeProto] = []
         data = node.input[0]
         if any(crop):
@@ -186,6 +179,19 @@ class _Graph:
             group=1))
         self.done[AS_CONV] += 1
         return made
+
+    def conv_weights(self, name: str) -> str:
+        """The initializer that holds ConvTranspose weights ``name`` as Conv weights (one
+        for every node that shares them)."""
+        if name not in self.as_conv_weights:
+            weights = numpy_helper.to_array(self.initializers[name])
+            # Conv weights are (out, in, *kernel), ConvTranspose's (in, out, *kernel); the
+            # flip turns the transposed convolution's scatter into a correlation.
+            flipped = np.flip(weights.swapaxes(0, 1), axis=tuple(range(2, weights.ndim)))
+            self.as_conv_weights[name] = self.fresh(f"{name}_as_conv")
+            self.model.graph.initializer.append(numpy_helper.from_array(
+                np.ascontiguousarray(flipped), self.as_conv_weights[name]))
+        return self.as_conv_weights[name]
 
     def fold_crop(self, tensor: str, crop: list[int]) -> bool:
         """Crop ``tensor`` by shrinking the pads of the Conv that makes it (through one
@@ -240,7 +246,7 @@ class _Graph:
         those and of the tensors that changed size; shape inference puts the latter back."""
         graph = self.model.graph
         used = _uses(graph)
-        unused = {name for name in self.replaced_weights if not used[name]}
+        unused = {name for name in self.as_conv_weights if not used[name]}
         kept = [t for t in graph.initializer if t.name not in unused]
         del graph.initializer[:]
         graph.initializer.extend(kept)

@@ -226,6 +226,18 @@ def test_one_rewritten_one_kept_and_a_shared_weight_kept_while_read():
     assert_same_outputs(original, done.model, 8, 2, 4)
 
 
+def test_a_shared_weight_is_flipped_once():
+    original = build(cin=4, cout=4, pads=(1, 1, 1, 1))
+    graph = original.graph
+    graph.node.append(helper.make_node("ConvTranspose", ["input", "w1", "b1"], ["up2"],
+                                       name="up2", kernel_shape=[2, 2], pads=[0, 1, 0, 1]))
+    graph.output.append(helper.make_tensor_value_info("up2", TensorProto.FLOAT, None))
+    done = rewrite(original)
+    assert done.rewritten[AS_CONV] == 2 and ops(done.model) == ["Conv", "Conv"]
+    assert {t.name for t in done.model.graph.initializer} == {"w1_as_conv", "b1"}
+    assert_same_outputs(original, done.model, 8, 2, 4)
+
+
 def test_the_builtin_model_has_no_transposed_convolution_left():
     model = onnx.load(builtin_root() / "windturbine-v1" / "model.onnx")
     assert set(ops(model)) == {"Conv", "Relu"}
