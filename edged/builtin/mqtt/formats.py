@@ -25,7 +25,9 @@ the same rows (a property test holds it to that).
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import re
 from collections.abc import Mapping, Sequence
 from itertools import accumulate, repeat
@@ -301,7 +303,7 @@ class MessageParser:
             blob = b"\n".join(payload for payload, ok in zip(chosen, keep, strict=True)
                               if ok)
         per_message = [rows[i] for i in take]
-        values = self._numbers(blob.replace(b"\n", b","), sum(per_message))
+        values = self._numbers(blob, sum(per_message))
         good = np.isfinite(values).all(axis=1)
         if not good.all():
             # A message with a row parse would refuse is parse's, every row of it.
@@ -334,11 +336,23 @@ class MessageParser:
         return all(line.count(b",") == fields for line in payload.split(b"\n"))
 
     def _numbers(self, blob: bytes, rows: int) -> np.ndarray:
-        """The inputs of ``rows`` CSV rows joined by commas, as floats (Python's float(),
-        so exactly what parse reads); NaN where a row has any field that is no number."""
+        """The inputs of ``rows`` CSV lines (``\\n`` between them) as floats, exactly as
+        Python's float() reads each field; NaN where a row has any field that is no
+        number."""
         if not rows:
             return np.zeros((0, len(self.decoder.inputs)))
-        table = np.array(blob.split(b","), dtype=object).reshape(rows, self.decoder.width)
+        with contextlib.suppress(ValueError):
+            # numpy's C reader converts the input columns alone, no Python object per
+            # field: three times as fast. Its numbers are float()'s (CPython's own
+            # string-to-double, whitespace stripped alike); what float() reads and it
+            # does not (1_000, non-ASCII digits) fails the whole call and is read below.
+            values = np.loadtxt(io.BytesIO(blob), dtype=np.float64, delimiter=",",
+                                usecols=self._pick, comments=None, quotechar=None,
+                                ndmin=2, encoding=None)
+            if values.shape == (rows, len(self._pick)):
+                return values
+        fields = blob.replace(b"\n", b",").split(b",")
+        table = np.array(fields, dtype=object).reshape(rows, self.decoder.width)
         picked = table[:, self._pick]
         try:
             return picked.astype(np.float64)
