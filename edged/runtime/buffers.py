@@ -118,14 +118,21 @@ class TurbineBuffers:
 
     def gather(self, slots: np.ndarray) -> np.ndarray:
         """(len(slots), history, features), each turbine's rows oldest first."""
-        return self._data[slots[:, None], self._offsets(slots)]
+        return self._take(self._data, slots)
 
     def gather_raw(self, slots: np.ndarray) -> np.ndarray:
         """(len(slots), history, inputs): the raw rows behind :meth:`gather`'s, in the
         same order. Only for buffers made with ``inputs``."""
         if self._raw is None:
             raise ValueError("these buffers keep no raw rows (inputs=0)")
-        return self._raw[slots[:, None], self._offsets(slots)]
+        return self._take(self._raw, slots)
+
+    def _take(self, data: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        # Whole rows by their flat index: one take along the first axis is about twice
+        # as fast as indexing (slot, ring position) pairs.
+        rows = (slots[:, None] * self.history + self._offsets(slots)).ravel()
+        width = data.shape[-1]
+        return data.reshape(-1, width).take(rows, axis=0).reshape(len(slots), -1, width)
 
     def _offsets(self, slots: np.ndarray) -> np.ndarray:
         return (self._pos[slots, None] + np.arange(self.history)) % self.history
