@@ -20,7 +20,7 @@ import numpy as np
 import pywt
 
 from edged.windturbine.layout import FEATURES, INPUTS
-from edged.windturbine.tail_denoise import soft_threshold, tail_denoiser
+from edged.windturbine.tail_denoise import BLOCK, MAX_TAIL_ROWS, soft_threshold, tail_denoiser
 
 _F = len(FEATURES)
 _STAT_KEYS = ("mean", "std", "raw_std", "thresholds")
@@ -195,9 +195,14 @@ class WindTurbinePreprocessor:
             )
         turbines, n = features.shape[:2]
         # Only the newest window + step rows of each denoised buffer make windows.
-        denoise_tail = tail_denoiser(n, p.window + p.step, p.wavelet, self._level(n),
-                                     p.threshold_approximation)
-        tail = denoise_tail(features, self._threshold(n))
+        span = p.window + p.step
+        if n <= MAX_TAIL_ROWS:
+            denoise_tail = tail_denoiser(n, span, p.wavelet, self._level(n),
+                                         p.threshold_approximation)
+            tail = denoise_tail(features, self._threshold(n))
+        else:  # the maps would take n x n to build: the whole transform, in blocks
+            tail = np.concatenate([self.denoise(features[start:start + BLOCK])[:, -span:]
+                                   for start in range(0, turbines, BLOCK)])
         # (T, tail - window + 1, 6, window): the window axis comes last, which is already
         # the model's (6, window) layout, so no transpose is needed.
         view = np.lib.stride_tricks.sliding_window_view(tail, p.window, axis=1)

@@ -25,6 +25,10 @@ import functools
 import numpy as np
 import pywt
 
+#: Longest buffer denoised this way: building the maps takes an n x n identity (32 MB
+#: at this length; the reference's 500 rows, 2 MB). A longer one is transformed whole.
+MAX_TAIL_ROWS = 2048
+
 #: Turbines denoised per block: large enough that BLAS runs at speed, small enough that a
 #: block's arrays (about 25 kB a turbine) stay in the CPU's cache.
 BLOCK = 64
@@ -53,9 +57,9 @@ class TailDenoiser:
         for index, (size, coefficients) in enumerate(zip(shapes, analysis, strict=True)):
             needed = np.flatnonzero(np.any(rebuilt[offset:offset + size] != 0, axis=1))
             offset += size
-            if not len(needed):
-                continue
             matrix = coefficients[:, needed]
+            if not matrix.any():  # the tail reads none of them, or they are always 0
+                continue
             first = int(np.flatnonzero(np.any(matrix != 0, axis=1))[0])
             self._levels.append((first, np.ascontiguousarray(matrix[first:])))
             synthesis.append(rebuilt[offset - size + needed])

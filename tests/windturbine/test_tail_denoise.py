@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from edged.windturbine import features as features_module
 from edged.windturbine import tail_denoise
 from edged.windturbine.features import WindTurbinePreprocessor, raw_features
 from edged.windturbine.tail_denoise import TailDenoiser
@@ -83,6 +84,17 @@ def test_windows_use_the_full_transforms_tail(params):
     x = pre.windows(features).reshape(len(rows), 6, params.window)
     expected = ((tail - params.mean) / params.std).swapaxes(1, 2)[:, :, : params.window]
     np.testing.assert_allclose(x, expected, rtol=0, atol=1e-9)
+
+
+def test_buffers_too_long_for_the_maps_take_the_whole_transform_alike(params, monkeypatch):
+    pre = WindTurbinePreprocessor(params)
+    rows, _ = fleet(params, seed=12)
+    features = raw_features(rows)
+    by_maps = pre.windows(features)
+    monkeypatch.setattr(features_module, "MAX_TAIL_ROWS", params.buffer - 1)
+    whole = pre.windows(features)
+    assert not np.array_equal(whole, by_maps)  # the other way, indeed: rounding apart
+    np.testing.assert_allclose(whole, by_maps, rtol=0, atol=1e-9)
 
 
 def test_bad_settings_and_shapes_are_refused():
