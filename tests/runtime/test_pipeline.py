@@ -55,6 +55,16 @@ class Farm:
         return Readings(ids * ticks, rows.reshape(-1, len(COLUMNS)))
 
 
+def windturbine_parts(**spec_options):
+    """The built-in model's backend and stage, and a spec of a pipeline reading the farm."""
+    backend = OnnxBackend(OnnxConfig(type="onnx"))
+    stage = WindTurbineStage(params_for(WindTurbineConfig(type="windturbine"),
+                                        backend.manifest))
+    spec = PipelineSpec(inputs=["farm"], preprocessor={"type": "windturbine"},
+                        inference={"type": "onnx"}, **spec_options)
+    return backend, stage, spec
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     """The pipeline's monotonic clock: tests of staleness step it instead of sleeping."""
@@ -63,11 +73,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 async def pipeline(clock):
-    backend = OnnxBackend(OnnxConfig(type="onnx"))
-    stage = WindTurbineStage(params_for(WindTurbineConfig(type="windturbine"),
-                                        backend.manifest))
-    spec = PipelineSpec(inputs=["farm"], preprocessor={"type": "windturbine"},
-                        inference={"type": "onnx"}, stale_after_s=0.2, max_turbines=4)
+    backend, stage, spec = windturbine_parts(stale_after_s=0.2, max_turbines=4)
     async with backend:
         pipe = Pipeline("turbines", spec, stage, backend, Counters())
         pipe.monotonic_clock = clock
@@ -269,11 +275,7 @@ async def test_decisions_are_spread_over_the_interval():
     """The decide loop's schedule: every turbine decided at once when its history fills,
     then once per interval at its own phase, on the first row after it is due — so a
     round holds a fraction of the fleet, not all of it."""
-    backend = OnnxBackend(OnnxConfig(type="onnx"))
-    stage = WindTurbineStage(params_for(WindTurbineConfig(type="windturbine"),
-                                        backend.manifest))
-    spec = PipelineSpec(inputs=["farm"], preprocessor={"type": "windturbine"},
-                        inference={"type": "onnx"}, interval_s=0.5)
+    backend, stage, spec = windturbine_parts(interval_s=0.5)
     farm = Farm(turbines=40)
     clock = FakeClock()
     async with backend:
@@ -305,11 +307,7 @@ async def test_decisions_are_spread_over_the_interval():
 async def test_a_fleet_due_at_once_is_decided_in_rounds_of_at_most_max_round():
     """40 histories filling up together, rounds of at most 8: five rounds, every turbine
     decided once, the most overdue (earliest due: the largest phase) first."""
-    backend = OnnxBackend(OnnxConfig(type="onnx"))
-    stage = WindTurbineStage(params_for(WindTurbineConfig(type="windturbine"),
-                                        backend.manifest))
-    spec = PipelineSpec(inputs=["farm"], preprocessor={"type": "windturbine"},
-                        inference={"type": "onnx"}, interval_s=60)
+    backend, stage, spec = windturbine_parts(interval_s=60)
     farm = Farm(turbines=40)
     rounds: list[list[str]] = []
     all_decided = asyncio.Event()
