@@ -61,6 +61,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/capture.py
 	$(BIN)/python benchmarks/mqtt_e2e.py
 	$(BIN)/python benchmarks/lean.py
+	$(BIN)/python benchmarks/idle_floor.py
 	$(BIN)/python benchmarks/mqtt_read.py
 	$(BIN)/python benchmarks/agent.py
 	$(BIN)/python benchmarks/swap.py
