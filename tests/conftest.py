@@ -5,6 +5,8 @@ import os
 # As the daemon does (edged/app/__init__.py), before anything loads numpy's OpenBLAS.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+import signal
+
 import pytest
 from hypothesis import HealthCheck, settings
 
@@ -20,6 +22,12 @@ settings.register_profile(
     "fuzz", max_examples=5000, deadline=None, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# A shell starts a background job with SIGINT ignored, and a Python started so keeps
+# ignoring it, as does every child: tests that stop an edged command with ^C would then
+# wait for nothing. The suite runs as if started in the foreground.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
