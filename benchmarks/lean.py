@@ -4,14 +4,16 @@ core, and its memory idle with the production config (issue 20).
 
     .venv/bin/python benchmarks/lean.py [--baseline REV] [--runs 1000:1 1000:10 ...]
                                         [--seconds 20] [--repeat 1] [--memory-map]
-                                        [--threads] [--no-idle] [--json]
+                                        [--threads] [--format csv|json] [--no-idle]
+                                        [--json]
 
-A run ``N:K``: N turbines publish on ``turbines/<id>/raw`` (CSV, QoS 0, K rows per
-message: 40 probe turbines from this process, the rest from ``edged simulate``); the
-daemon (``configs`` of turbine_bus.py: the mqtt source, the reference model, the mqtt
-actuator) decides each turbine twice a second. The daemon runs on CPU 1, this process,
-mosquitto and the publisher on CPU 0 (``taskset``; the output says when they could not be
-pinned). Over a ``--seconds`` window once the history is in:
+A run ``N:K``: N turbines publish on ``turbines/<id>/raw`` (CSV, or JSON objects with
+``--format json``; QoS 0, K rows per message: 40 probe turbines from this process, the
+rest from ``edged simulate``); the daemon (``configs`` of turbine_bus.py: the mqtt
+source, the reference model, the mqtt actuator) decides each turbine twice a second. The
+daemon runs on CPU 1, this process, mosquitto and the publisher on CPU 0 (``taskset``;
+the output says when they could not be pinned). Over a ``--seconds`` window once the
+history is in:
 
 * ``published/s``: rows the publishers achieved (``edged simulate``'s own live rate, plus
   the probes'); ``readings/s``: rows the daemon accepted; ``lost``: published minus
@@ -127,6 +129,8 @@ def main() -> int:
                         help="resident memory by mapping, per daemon")
     parser.add_argument("--threads", action="store_true",
                         help="the daemon's CPU by thread, per run")
+    parser.add_argument("--format", choices=("csv", "json"), default="csv",
+                        help="what the turbines publish: CSV lines or JSON objects")
     parser.add_argument("--no-idle", action="store_true", help="skip the idle run")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
@@ -160,8 +164,8 @@ def measure(trees: dict[str, Path], runs: list, args: argparse.Namespace, say) -
     for turbines, batch in runs:
         for _ in range(args.repeat):
             for code, tree in trees.items():
-                row = Scenario(turbines, batch, 0.5, args.seconds, tree=tree, pin=True,
-                               memory_map=args.memory_map).run()
+                row = Scenario(turbines, batch, 0.5, args.seconds, format=args.format,
+                               tree=tree, pin=True, memory_map=args.memory_map).run()
                 row["code"] = code
                 rows.append(row)
                 if not args.json:

@@ -35,6 +35,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from edged.builtin.mqtt.simulate import Encoder  # noqa: E402
 from edged.windturbine.simulator import Fault, WindFarm  # noqa: E402
 from tests.support import Mosquitto  # noqa: E402
 
@@ -50,7 +51,7 @@ sources:
     type: mqtt
     broker: {{host: 127.0.0.1, port: {port}}}
     topics: ["turbines/{{turbine}}/raw"]
-    format: csv
+    format: {format}
     layout: dataset23
 pipelines:
   turbines:
@@ -211,7 +212,8 @@ class Daemon:
 class Probes:
     """Probe turbines published by this process, remembering each row's publish time."""
 
-    def __init__(self, broker: Mosquitto, count: int) -> None:
+    def __init__(self, broker: Mosquitto, count: int, fmt: str = "csv") -> None:
+        self.encode = Encoder(fmt, "dataset23").row
         faults = [Fault(i, ("vibration", "rotation", "voltage")[i % 3], start, start + 1.0)
                   for i in range(count)
                   for start in np.arange(HISTORY_S + 5 + i * FAULT_EVERY_S / count, 1e4,
@@ -228,7 +230,7 @@ class Probes:
     def _publish(self, rows: np.ndarray, wall: float) -> None:
         for i, record in enumerate(self.farm.records(rows, wall)):
             self.published[i].append(time.time())
-            self.client.publish(f"turbines/{self.ids[i]}/raw", ",".join(record))
+            self.client.publish(f"turbines/{self.ids[i]}/raw", self.encode(record))
 
     def _run(self) -> None:
         for _ in range(int(HISTORY_S * RATE)):
@@ -277,6 +279,7 @@ class Scenario:
     tree: Path = ROOT
     pin: bool = False
     memory_map: bool = False
+    format: str = "csv"  # or json: one object a row, an array of them a batch
 
     def run(self) -> dict:
         pin = self.pin and pinning() is None
@@ -291,17 +294,18 @@ class Scenario:
 
     def _run(self, tmp: Path, broker: Mosquitto, pin: bool) -> dict:
         config = tmp / "edged.yaml"
-        config.write_text(CONFIG.format(port=broker.port, interval=self.interval))
+        config.write_text(CONFIG.format(port=broker.port, interval=self.interval,
+                                        format=self.format))
         daemon = Daemon(config, self.tree, DAEMON_CPU if pin else None)
         if not daemon.started.wait(60):
             daemon.stop()
             raise RuntimeError(f"edged did not start: {daemon.errors}")
         listener = AlarmListener(broker)
-        probes = Probes(broker, PROBES)
+        probes = Probes(broker, PROBES, self.format)
         bulk = self.turbines - PROBES
         simulate = subprocess.Popen(
             [sys.executable, "-m", "edged", "simulate", "--broker", broker.address,
-             "--turbines", str(bulk), "--rate", str(RATE), "--format", "csv",
+             "--turbines", str(bulk), "--rate", str(RATE), "--format", self.format,
              "--batch", str(self.batch), "--history", str(HISTORY_S),
              "--duration", str(self.measure_s + 15), "--control-topic", "", "--seed", "3"],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
