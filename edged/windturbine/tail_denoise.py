@@ -42,31 +42,32 @@ class TailDenoiser:
         if not 0 < span <= n:
             raise ValueError(f"span {span}: must be in 1..{n}")
         self.n, self.span = n, span
-        shapes = [len(c) for c in pywt.wavedec(np.zeros(n), wavelet, level=level)]
         # Row i of each array: the coefficients of the unit series e_i.
         analysis = pywt.wavedec(np.eye(n), wavelet, level=level, axis=-1)
+        shapes = [coefficients.shape[-1] for coefficients in analysis]
         # Row k: the series the unit coefficient k rebuilds to (waverec returns n + 1
         # samples for odd n; the extra one is padding), cut to the tail.
         units = np.split(np.eye(sum(shapes)), np.cumsum(shapes)[:-1], axis=1)
         rebuilt = pywt.waverec(units, wavelet, axis=-1)[:, :n][:, n - span:]
-        # Per coefficient array (cA_level, cD_level, ..., cD1): the coefficients the tail
-        # depends on, and the first input row any of them depends on.
-        self._levels: list[tuple[int, np.ndarray]] = []
-        synthesis, self._thresholded = [], []
+        # Per coefficient array (cA_level, cD_level, ..., cD1): the first input row its
+        # coefficients the tail depends on read, their map from the rows from there on,
+        # and whether they are thresholded.
+        self._levels: list[tuple[int, np.ndarray, bool]] = []
+        synthesis = []
         offset = 0
-        for index, (size, coefficients) in enumerate(zip(shapes, analysis, strict=True)):
+        for index, coefficients in enumerate(analysis):
+            size = coefficients.shape[-1]
             needed = np.flatnonzero(np.any(rebuilt[offset:offset + size] != 0, axis=1))
-            offset += size
             matrix = coefficients[:, needed]
-            if not matrix.any():  # the tail reads none of them, or they are always 0
-                continue
-            first = int(np.flatnonzero(np.any(matrix != 0, axis=1))[0])
-            self._levels.append((first, np.ascontiguousarray(matrix[first:])))
-            synthesis.append(rebuilt[offset - size + needed])
-            self._thresholded.append(index > 0 or threshold_approximation)
+            if matrix.any():  # else the tail reads none of them, or they are always 0
+                first = int(np.flatnonzero(np.any(matrix != 0, axis=1))[0])
+                self._levels.append((first, np.ascontiguousarray(matrix[first:]),
+                                     index > 0 or threshold_approximation))
+                synthesis.append(rebuilt[offset + needed])
+            offset += size
         self._synthesis = np.ascontiguousarray(np.concatenate(synthesis))
         #: The oldest row the tail depends on: rows before it are never read.
-        self.first_row = min(first for first, _ in self._levels)
+        self.first_row = min(first for first, _, _ in self._levels)
 
     def __call__(self, features: np.ndarray, t: np.ndarray) -> np.ndarray:
         """(T, n, F) -> (T, span, F): each series' denoised tail; ``t`` (F, 1) thresholds."""
@@ -79,8 +80,7 @@ class TailDenoiser:
             # (B * F, rows): each series contiguous, as the products want it.
             series = np.ascontiguousarray(block.swapaxes(1, 2)).reshape(-1, n - self.first_row)
             parts = []
-            for (first, matrix), thresholded in zip(self._levels, self._thresholded,
-                                                    strict=True):
+            for first, matrix, thresholded in self._levels:
                 coefficients = series[:, first - self.first_row:] @ matrix
                 if thresholded:
                     soft_threshold(coefficients.reshape(len(block), width, -1), t)
