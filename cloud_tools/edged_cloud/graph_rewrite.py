@@ -68,16 +68,7 @@ def rewrite(model: onnx.ModelProto) -> Rewritten:
     nodes: list[onnx.NodeProto] = []
     # Detached copies: a fold edits a producer's pads, the graph's nodes are replaced last.
     for node in [_copy(n) for n in out.graph.node]:
-        if node.op_type != "ConvTranspose" or node.domain not in DEFAULT_DOMAINS:
-            nodes.append(node)
-            graph.produced(node)
-            continue
-        reason = graph.why_kept(node)
-        if reason is not None:
-            graph.kept[reason] += 1
-            nodes.append(node)
-            continue
-        for made in graph.as_conv(node):
+        for made in graph.replacing(node):
             nodes.append(made)
             graph.produced(made)
     if not graph.done[AS_CONV]:
@@ -124,6 +115,17 @@ class _Graph:
         self.names.add(name)
         return name
 
+    def replacing(self, node: onnx.NodeProto) -> list[onnx.NodeProto]:
+        """What computes ``node``: itself, or for a ConvTranspose that can be rewritten,
+        a Conv (after a Slice, where one is needed)."""
+        if node.op_type != "ConvTranspose" or node.domain not in DEFAULT_DOMAINS:
+            return [node]
+        reason = self.why_kept(node)
+        if reason is not None:
+            self.kept[reason] += 1
+            return [node]
+        return self.as_conv(node)
+
     def why_kept(self, node: onnx.NodeProto) -> str | None:
         """Why ``node`` (a ConvTranspose) cannot be rewritten, or None."""
         attrs = _attributes(node)
@@ -133,7 +135,7 @@ class _Graph:
         rank = len(weight.dims) - 2
         if rank < 1:
             return "weight_rank"
-        if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        if not _explicit_pads(attrs):
             return "auto_pad"
         if any(s != 1 for s in attrs.get("strides", ())):
             return "stride"
@@ -210,8 +212,7 @@ class _Graph:
         rank = len(crop) // 2
         strides = list(attrs.get("strides", [1] * rank))
         pads = list(attrs.get("pads", [0] * 2 * rank))
-        if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") \
-                or len(strides) != rank or len(pads) != 2 * rank:
+        if not _explicit_pads(attrs) or len(strides) != rank or len(pads) != 2 * rank:
             return False
         # Each output dropped at an edge is `stride` input positions less of padding.
         shrunk = [p - c * strides[i % rank] for i, (p, c) in enumerate(zip(pads, crop,
@@ -264,6 +265,11 @@ def _copy(node: onnx.NodeProto) -> onnx.NodeProto:
 
 def _attributes(node: onnx.NodeProto) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _explicit_pads(attrs: dict) -> bool:
+    """Whether a convolution's padding is its ``pads`` (auto_pad NOTSET or absent)."""
+    return attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET")
 
 
 def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
