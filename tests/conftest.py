@@ -1,15 +1,13 @@
 """Fixtures shared by the whole suite: real parts, started by the tests."""
 
 import os
-
-# As the daemon does (edged/app/__init__.py), before anything loads numpy's OpenBLAS.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
 import signal
 
 import pytest
 from hypothesis import HealthCheck, settings
 
+# The daemon's process settings (BLAS on one thread) before anything loads numpy.
+import edged.app  # noqa: F401
 from tests.support import Mosquitto
 
 # Property-based tests of the decoders of untrusted input are marked `fuzz`. `make test`

@@ -11,6 +11,7 @@ import aiomqtt
 
 from edged.base.metrics import Counters
 from edged.mqtt.link import BrokerConfig, BrokerLink, Inbox, Received
+from edged.testing import stop_task
 
 MAX_PAYLOAD = 1000
 
@@ -42,9 +43,7 @@ async def running(link: BrokerLink):
             await asyncio.sleep(0.3)  # subscribed
             yield link
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_task(task)
 
 
 async def test_a_burst_arrives_whole_in_order_and_qos1_is_acknowledged(mosquitto):

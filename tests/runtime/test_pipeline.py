@@ -15,6 +15,7 @@ from edged.config import PipelineSpec
 from edged.plugin.components import Readings
 from edged.plugin.events import Decision, Event, Round
 from edged.runtime.pipeline import Pipeline
+from edged.testing import stop_task
 from edged.windturbine import layout
 from edged.windturbine.simulator import WindFarm
 from tests.support.clock import FakeClock
@@ -332,7 +333,7 @@ async def test_a_fleet_due_at_once_is_decided_in_rounds_of_at_most_max_round():
             async with asyncio.timeout(30):
                 await all_decided.wait()
         finally:
-            loop.cancel()
+            await stop_task(loop)
     assert [len(r) for r in rounds] == [8] * 5
     decided = [turbine for r in rounds for turbine in r]
     assert sorted(decided) == sorted(farm.ids)  # each once
