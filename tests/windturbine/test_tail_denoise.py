@@ -3,29 +3,16 @@ products, against pywt's full transform and inverse (the reference's computation
 
 from __future__ import annotations
 
-import math
+import dataclasses
 
 import numpy as np
 import pytest
 
 from edged.windturbine import features as features_module
-from edged.windturbine import tail_denoise
 from edged.windturbine.features import WindTurbinePreprocessor, raw_features
 from edged.windturbine.tail_denoise import TailDenoiser
 
 from .test_features import fleet
-
-
-def full_tail(features, t, n, span, wavelet, level, threshold_approximation):
-    """The reference's way: pywt over the whole buffer, then its last ``span`` rows."""
-    import pywt
-
-    series = features.swapaxes(1, 2)
-    coeffs = pywt.wavedec(series, wavelet, level=level, axis=-1)
-    for c in coeffs if threshold_approximation else coeffs[1:]:
-        tail_denoise.soft_threshold(c, t)
-    out = pywt.waverec(coeffs, wavelet, axis=-1)[..., :n].swapaxes(1, 2)
-    return out[:, n - span:, :]
 
 
 def signals(rng, turbines, n):
@@ -48,11 +35,16 @@ def signals(rng, turbines, n):
     (300, 100, "sym4", 4, False),
     (128, 17, "haar", 7, True),
 ])
-def test_tail_matches_the_full_transform(n, span, wavelet, level, approximation):
+def test_tail_matches_the_full_transform(params, n, span, wavelet, level, approximation):
     rng = np.random.default_rng(n + span)
     features = signals(rng, 70, n)  # two blocks, the second short
-    t = (np.array([0.016, 0.016, 1.8, 0.39, 0.62, 26.4]) * math.sqrt(2 * math.log2(n)))[:, None]
-    expected = full_tail(features, t, n, span, wavelet, level, approximation)
+    raw_std = np.array([0.016, 0.016, 1.8, 0.39, 0.62, 26.4])
+    t = (raw_std * np.sqrt(2 * np.log2(n)))[:, None]
+    # The reference's way: pywt over the whole buffer, then its last ``span`` rows.
+    whole = WindTurbinePreprocessor(dataclasses.replace(
+        params, raw_std=raw_std, wavelet=wavelet, max_level=level,
+        threshold_approximation=approximation))
+    expected = whole.denoise(features)[:, n - span:]
     got = TailDenoiser(n, span, wavelet, level, approximation)(features, t)
     assert got.shape == expected.shape == (70, span, 6)
     # Different summation orders: rounding of the series' own scale, no more.
