@@ -5,6 +5,12 @@ file twice would be checked against one entry and unpacked with another), recurs
 per nesting level (a 12 KB message of ``{"a":`` x2000 raises RecursionError, which is not
 a ValueError), and reads whatever size it is given. :func:`loads` refuses all three with
 one exception type, :class:`JsonError` (a ValueError), whose message says what and where.
+
+Where repeated keys are allowed (sensor rows, replies from AWS), documents are read by
+orjson, four times as fast as json; whatever it refuses, and any document with a run of
+19 digits (an integer that may be beyond 64 bits, which orjson turns into a float), is
+read by json, so the value or the refusal is always json's (a property test holds it to
+that).
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ from __future__ import annotations
 import json
 import re
 from typing import Any
+
+import orjson
 
 #: Deepest nesting accepted by default: every document edged reads needs fewer than 10.
 MAX_DEPTH = 32
@@ -28,6 +36,9 @@ _BRACKETS = bytes.maketrans(b"{}", b"[]")
 _NOT_STRUCTURE = bytes(c for c in range(256) if c not in b'[]{}"\\')
 # Longer documents skip the bracket count: it would cost more than _bounded saves.
 _SHORT = 2048
+# For _long_digits: a digit becomes 0, any other byte a space.
+_ONLY_DIGITS = bytes(48 if 48 <= c <= 57 else 32 for c in range(256))
+_DIGIT_RUN = b"0" * 19
 
 
 class JsonError(ValueError):
@@ -106,6 +117,13 @@ def _bounded(data: bytes, max_depth: int) -> bool | None:
     return False if b"[]" in structure else None  # unbalanced: let the tokenizer say
 
 
+def _long_digits(text: str | bytes) -> bool:
+    """Whether ``text`` has 19 digits in a row: one C pass and a search, no regex (whose
+    search would cost four times orjson's parse)."""
+    data = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
+    return _DIGIT_RUN in data.translate(_ONLY_DIGITS)
+
+
 def loads(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH,
           repeated_keys: bool = False) -> Any:
     """Parse ``text`` (str, or UTF-8 bytes) under the bounds; JsonError otherwise (for
@@ -122,6 +140,11 @@ def loads(text: str | bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX
     if isinstance(text, bytes) and json.detect_encoding(text) != "utf-8":
         raise JsonError(f"not UTF-8 (it reads as {json.detect_encoding(text)})")
     check_depth(text, max_depth)
+    if repeated_keys and not _long_digits(text):
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass  # json decides: it takes NaN and lone surrogates, and says where it fails
     try:
         if repeated_keys:
             return json.loads(text)

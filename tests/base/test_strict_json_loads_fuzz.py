@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from unittest import mock
 
 import pytest
 from hypothesis import given
@@ -81,3 +82,56 @@ def test_a_repeated_key_is_refused_unless_allowed(obj, data):
     with pytest.raises(JsonError, match="appears twice"):
         strict_json.loads(text)
     assert strict_json.loads(text, repeated_keys=True) == {**obj, key: 7}
+
+
+# JSON numbers of every shape, long ones included (orjson reads integers beyond 64 bits
+# as floats, so a document with one must be json's).
+_EDGES = [2**63 - 1, 2**63, 2**64 - 1, 2**64, 10**18, 10**19, 10**20]
+NUMBER = st.one_of(
+    st.from_regex(r"-?(0|[1-9][0-9]{0,24})(\.[0-9]{1,24})?([eE][+-]?[0-9]{1,4})?",
+                  fullmatch=True),
+    st.sampled_from(_EDGES + [-n for n in _EDGES]).map(str),
+    st.integers(-(10**25), 10**25).map(str))
+ESCAPE = st.sampled_from(['"\\u00e9"', '"\\ud83d\\ude00"', '"\\ud800"', '"\\udc00x"',
+                          '"\\/\\b\\f\\n\\r\\t"', '"\\u0000"', '"\x7f"', '"\x1f"'])
+DOCUMENT = st.one_of(
+    TEXT,
+    VALUES.map(json.dumps),
+    st.lists(st.one_of(NUMBER, ESCAPE, _TOKENS), max_size=60).map(",".join).map(
+        lambda inner: f"[{inner}]"),
+    st.dictionaries(st.sampled_from(["a", "b", "c"]), NUMBER, max_size=4).map(
+        lambda obj: "{" + ",".join(f'"{k}": {v}' for k, v in obj.items()) + ', "a": 1}'),
+)
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal, with the same types all the way down (1 is not 1.0, -0.0 is not 0.0, NaN is
+    NaN)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        return repr(a) == repr(b)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(map(_same, a, b))
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    return a == b
+
+
+def _outcome(document: str | bytes) -> tuple[str, object]:
+    try:
+        return "value", strict_json.loads(document, repeated_keys=True)
+    except JsonError as exc:
+        return "refused", str(exc)
+
+
+@given(DOCUMENT, st.booleans())
+def test_with_repeated_keys_allowed_orjson_reads_what_json_would(text, as_bytes):
+    # The fast path's answer, against json's alone (the path every document with a long
+    # digit run takes): the same value with the same types, or the same refusal.
+    document = text.encode("utf-8", "surrogatepass") if as_bytes else text
+    fast = _outcome(document)
+    with mock.patch.object(strict_json, "_long_digits", return_value=True):
+        slow = _outcome(document)
+    assert fast[0] == slow[0], (document, fast, slow)
+    assert _same(fast[1], slow[1]), (document, fast, slow)
