@@ -57,10 +57,10 @@ inbox_bytes=None, max_payload=None, will=None, meter=None)``
     ``inbox_size`` messages or ``inbox_bytes`` of payload, the oldest message is dropped
     and counted. ``await inbox.wait()`` until one is there,
     ``inbox.take(limit, max_bytes=None)`` takes up to ``limit`` (and, with ``max_bytes``,
-    at most that much payload, but at least one message). (``client.messages`` is not used: the
-    inbox replaces aiomqtt's per-message queue so a burst is taken in one go, and
-    :mod:`edged.mqtt.reader` reads the socket in large buffers, a burst of messages per
-    read, instead of paho's packet by packet.)
+    at most that much payload, but at least one message). ``client.messages`` is not
+    used: the inbox replaces aiomqtt's per-message queue so a burst is taken in one go,
+    and :mod:`edged.mqtt.reader` reads the socket in large buffers, a burst of messages
+    per read, instead of paho's packet by packet.
 
 Logs: ``mqtt_connected`` (``reconnect``, ``gap_s``: seconds without a connection),
 ``mqtt_disconnected`` (``reason``, ``connected_s``), ``mqtt_connect_failed``
